@@ -1,0 +1,321 @@
+"""Run configuration: pydantic models, YAML loading, `--set` overrides and one-line errors.
+
+A run config has five sections (data, model, techniques, train, eval) plus a seed. Every section is strict:
+an unknown key is an error that names the file, the key path and the closest valid key ("did you mean").
+Technique configs are validated by the technique registry (ablate.techniques.registry), which applies the
+same rules to each technique's own fields.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is one line naming the file, the key and the fix."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(Strict):
+    """Sizes of the embedded corpus (ablate.data.synthetic); its own seed so the corpus is fixed across run seeds."""
+
+    n_train: int = Field(10_000, ge=1)
+    n_valid: int = Field(1_000, ge=1)
+    n_test: int = Field(1_000, ge=1)
+    seed: int = 0
+
+
+class DataConfig(Strict):
+    """Which corpus, and how it becomes token ids."""
+
+    name: Literal["synthetic", "ptb", "yahoo", "yelp", "snli", "lines", "hf"] = "synthetic"
+    path: str | None = Field(None, description="directory of line files (ptb/yahoo/yelp/snli/lines)")
+    synthetic: SyntheticConfig = SyntheticConfig()
+    files: dict[str, str] | None = Field(
+        None, description="split -> file name inside data.path, when the names are not the standard ones"
+    )
+    hf_name: str | None = Field(None, description="Hugging Face dataset name or loader ('text', 'csv', ...)")
+    hf_config: str | None = None
+    hf_data_files: dict[str, str] | None = Field(None, description="split -> file, for local 'text'/'csv' loaders")
+    text_column: str = "text"
+    split_names: dict[str, str] = Field(
+        default_factory=lambda: {"train": "train", "valid": "validation", "test": "test"},
+        description="our split -> the dataset's split name (hf)",
+    )
+    max_vocab: int | None = Field(None, ge=4, description="word vocabulary size cap (None: every train word)")
+    min_freq: int = Field(1, ge=1)
+    max_length: int = Field(200, ge=2, description="max tokens per sentence, longer ones are truncated (counted)")
+    max_train: int | None = Field(None, ge=1, description="use only the first N train sentences (a reduced setting)")
+    check_md5: bool = True
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataConfig":
+        if self.name in ("ptb", "yahoo", "yelp", "snli", "lines") and not self.path:
+            raise ValueError(f"data.name={self.name} needs data.path (a directory of line files)")
+        if self.name == "hf" and not self.hf_name:
+            raise ValueError("data.name=hf needs data.hf_name (a dataset name or a loader such as 'text')")
+        return self
+
+
+class LSTMConfig(Strict):
+    """He et al. 2019 / Li et al. 2019 LSTM VAE. Li PTB: emb 256, hidden 256/256, nz 32."""
+
+    name: Literal["lstm"] = "lstm"
+    emb_dim: int = Field(64, ge=1)
+    enc_hidden: int = Field(128, ge=1)
+    dec_hidden: int = Field(128, ge=1)
+    nz: int = Field(16, ge=1)
+    dec_dropout_in: float = Field(0.5, ge=0.0, lt=1.0)
+    dec_dropout_out: float = Field(0.5, ge=0.0, lt=1.0)
+    init_uniform: float = Field(0.01, ge=0.0, description="U(-a, a) init of weights (He et al.)")
+    emb_init_uniform: float = Field(0.1, ge=0.0, description="U(-a, a) init of embeddings (He et al.)")
+
+
+class Seq2SeqArch(Strict):
+    """A random-init encoder-decoder Transformer built from a config (no weights needed)."""
+
+    family: Literal["t5", "bart"] = "t5"
+    d_model: int = Field(128, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    d_ff: int = Field(512, ge=8)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class Seq2SeqConfig(Strict):
+    """Lee & Park 2021: a pretrained (or config-built) encoder-decoder Transformer finetuned into a VAE."""
+
+    name: Literal["seq2seq"] = "seq2seq"
+    pretrained: str | None = Field(None, description="AutoModelForSeq2SeqLM name or local folder")
+    config: Seq2SeqArch | None = None
+    tokenizer: str = Field("train", description="tokenizer name/folder, or 'train' to fit one on the train split")
+    tokenizer_vocab_size: int = Field(2000, ge=100, description="vocabulary size when tokenizer: train")
+    pooling: Literal["mean", "max", "first"] = "max"
+    injection: Literal["memory", "embedding", "cross_attention"] = "memory"
+    nz: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Seq2SeqConfig":
+        if (self.pretrained is None) == (self.config is None):
+            raise ValueError("model: give exactly one of model.pretrained (name or folder) or model.config (family, sizes)")
+        return self
+
+
+ModelConfig = Union[LSTMConfig, Seq2SeqConfig]
+
+
+class TrainConfig(Strict):
+    """Optimisation. The reconstruction term is a per-sentence sum over tokens (never a mean over padded length)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(10, ge=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (overrides epochs)")
+    grad_clip: float | None = Field(5.0, gt=0)
+    kl_weight: float = Field(1.0, ge=0, description="base KL weight; techniques multiply it (0 = autoencoder)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+    divergence_threshold: float = Field(1e6, gt=0, description="a loss above this ends the run as diverged")
+    checkpoint_every_epoch: bool = True
+
+
+class EvalConfig(Strict):
+    """Metric conventions; every one is recorded in the result row."""
+
+    splits: list[Literal["valid", "test"]] = ["valid", "test"]
+    batch_size: int = Field(64, ge=1)
+    iw_samples: int = Field(500, ge=1, description="K of the importance-weighted NLL (He et al. 500, Optimus 100)")
+    iw_max_elements: int = Field(
+        8_000_000, ge=1, description="cap on logits elements per IW chunk (memory bound; ≈32 MB fp32)"
+    )
+    mi_pool: Union[Literal["dataset"], int] = Field(
+        "dataset", description="aggregate posterior over the whole split ('dataset', Li/Optimus) or blocks of M (He: 32)"
+    )
+    au_delta: float = Field(0.01, gt=0, description="active-unit threshold on Var_x E[z] (Burda et al. 2016)")
+    probe: bool = Field(True, description="linear probes of ground-truth factors from mu (embedded corpus)")
+
+    @field_validator("mi_pool")
+    @classmethod
+    def _pool_positive(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 2:
+            raise ValueError("eval.mi_pool must be 'dataset' or an integer M >= 2")
+        return v
+
+
+class RunConfig(Strict):
+    """One run: corpus → model + techniques → training → evaluation → one result row."""
+
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = Field(default_factory=LSTMConfig, discriminator="name")
+    techniques: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "name" not in data["model"]:
+            data = {**data, "model": {"name": "lstm", **data["model"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _techniques_known(self) -> "RunConfig":
+        from ablate.techniques.registry import resolve_techniques
+
+        self.__dict__["techniques"] = resolve_techniques(self.techniques)
+        return self
+
+
+def canonical_dict(config: RunConfig) -> dict[str, Any]:
+    """The resolved config (defaults filled) with technique versions, as plain JSON-able data."""
+    from ablate.techniques.registry import technique_versions
+
+    data = config.model_dump(mode="json")
+    data["technique_versions"] = technique_versions(config.techniques)
+    return data
+
+
+def config_hash(config: RunConfig) -> str:
+    """A stable id of a config: sha256 of its canonical JSON (sorted keys), first 12 hex digits."""
+    text = json.dumps(canonical_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists are kept as JSON strings so columns stay scalar."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        elif isinstance(value, (list, dict)):
+            out[path] = json.dumps(value)
+        else:
+            out[path] = value
+    return out
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=3e-4' -> (['train', 'lr'], 0.0003); the value is parsed as YAML (numbers, bools, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=2")
+    key, _, raw = text.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set {text!r}: empty key; expected KEY=VALUE, e.g. --set train.epochs=2")
+    return path, yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted key in a nested dict (creating sections as needed)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+    return data
+
+
+# ---------------------------------------------------------------- errors
+
+
+def suggest(word: str, options: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest option, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _fields_at(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
+    """The valid field names of the model at a key path of RunConfig (for 'did you mean')."""
+    model: Any = RunConfig
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            if part in ("lstm", "seq2seq"):  # discriminated-union tag in pydantic's location
+                model = LSTMConfig if part == "lstm" else Seq2SeqConfig
+                continue
+            return []
+        annotation = fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        if part == "model":
+            name = (data.get("model") or {}).get("name", "lstm")
+            model = Seq2SeqConfig if name == "seq2seq" else LSTMConfig
+        elif model is None:
+            args = getattr(annotation, "__args__", ())
+            model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(getattr(model, "model_fields", {}))
+
+
+def explain(error: ValidationError, data: dict[str, Any], source: str) -> ConfigError:
+    """Turn pydantic's first error into one line: file, key path, problem, fix."""
+    first = error.errors()[0]
+    loc = tuple(p for p in first["loc"] if p not in ("lstm", "seq2seq"))
+    key = ".".join(str(p) for p in loc)
+    if first["type"] == "extra_forbidden":
+        hint = suggest(str(loc[-1]), _fields_at(loc[:-1], data))
+        return ConfigError(f"{source}: unknown key '{key}'{hint or '; remove it or check the spelling'}")
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "union_tag_invalid" or "discriminator" in first["type"]:
+        message = "model.name must be 'lstm' or 'seq2seq'"
+    value = first.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict) and first["type"] != "missing" else ""
+    return ConfigError(f"{source}: {key + ': ' if key else ''}{message}{shown}")
+
+
+def build_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """Validate a nested dict into a RunConfig or raise a one-line ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a run config must be a mapping of sections (data, model, train, ...)")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise explain(error, data, source) from None
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a syntax error becomes a one-line ConfigError with the line number."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(error, 'problem', error)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a run config must be a YAML mapping")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML run config (or the defaults when path is None) and apply `--set` overrides."""
+    data = read_yaml(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    return build_config(data, str(path) if path else "<defaults>")

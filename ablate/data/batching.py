@@ -1,0 +1,110 @@
+"""Token ids → padded batches, bucketed by length so that padding stays small."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+from ablate.data.tokenize import Framing, Tokenizer
+
+
+@dataclass
+class EncodedSplit:
+    """One split as token ids (no special tokens), with the word counts PPL-per-word needs."""
+
+    tokens: list[list[int]]
+    n_words: list[int]  # whitespace words of the original text + 1 for </s>
+    n_truncated: int
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_predicted(self) -> int:
+        """Tokens a decoder predicts: every token plus </s> (never the start token)."""
+        return sum(len(t) + 1 for t in self.tokens)
+
+
+def encode_split(texts: list[str], tokenizer: Tokenizer, max_length: int) -> EncodedSplit:
+    """Encode texts; a sentence longer than max_length - 1 tokens is cut (room for </s>) and counted."""
+    tokens, n_words, truncated = [], [], 0
+    for text in texts:
+        ids = tokenizer.encode(text)
+        if len(ids) > max_length - 1:
+            ids = ids[: max_length - 1]
+            truncated += 1
+        tokens.append(ids)
+        n_words.append(len(text.split()) + 1)
+    return EncodedSplit(tokens=tokens, n_words=n_words, n_truncated=truncated)
+
+
+@dataclass
+class Batch:
+    """A padded batch. Masks are True on real tokens. `index` are positions in the split (for factors)."""
+
+    enc_ids: Tensor  # [B, Le]
+    enc_mask: Tensor  # [B, Le] bool
+    dec_in: Tensor  # [B, T]
+    dec_target: Tensor  # [B, T]
+    dec_mask: Tensor  # [B, T] bool
+    index: Tensor  # [B]
+    n_words: Tensor  # [B]
+
+    @property
+    def size(self) -> int:
+        return self.enc_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def _pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = True
+    return ids, mask
+
+
+def make_batch(split: EncodedSplit, indices: list[int], framing: Framing) -> Batch:
+    """Frame and pad the sentences at `indices` (see Framing for the layout)."""
+    toks = [split.tokens[i] for i in indices]
+    enc_ids, enc_mask = _pad([list(framing.enc_prefix) + t + [framing.eos] for t in toks], framing.pad)
+    dec_in, dec_mask = _pad([[framing.dec_start] + t for t in toks], framing.pad)
+    dec_target, _ = _pad([t + [framing.eos] for t in toks], framing.pad)
+    return Batch(enc_ids=enc_ids, enc_mask=enc_mask, dec_in=dec_in, dec_target=dec_target, dec_mask=dec_mask,
+                 index=torch.tensor(indices, dtype=torch.long),
+                 n_words=torch.tensor([split.n_words[i] for i in indices], dtype=torch.long))
+
+
+def bucketed_order(lengths: list[int], batch_size: int, rng: random.Random | None,
+                   bucket_batches: int = 50) -> list[list[int]]:
+    """Batches of indices with similar lengths.
+
+    Training (rng given): shuffle, cut into pools of `bucket_batches` batches, sort each pool by length, split it
+    into batches, shuffle the batches. Evaluation (rng None): sort everything by length, in order.
+    """
+    order = list(range(len(lengths)))
+    if rng is None:
+        order.sort(key=lambda i: (lengths[i], i))
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(order)
+    pool = batch_size * bucket_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start: start + pool], key=lambda i: lengths[i])
+        batches.extend(chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def iterate_batches(split: EncodedSplit, framing: Framing, batch_size: int,
+                    rng: random.Random | None = None) -> list[Batch]:
+    """All batches of a split, bucketed by length (shuffled when rng is given)."""
+    lengths = [len(t) for t in split.tokens]
+    return [make_batch(split, idx, framing) for idx in bucketed_order(lengths, batch_size, rng)]

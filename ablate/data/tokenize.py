@@ -1,0 +1,115 @@
+"""Texts → token ids: a word vocabulary built on train, and an adapter for Hugging Face tokenizers.
+
+Both expose the same small interface (`Tokenizer`): `encode(text)` gives the ids of the text without special
+tokens, `framing` says how encoder and decoder sequences are framed with special tokens, `unit` names the
+token unit ('word' or 'subword') that PPL is counted in, and `decode(ids)` goes back to text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from ablate.techniques.base import SpecialIds
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How a token list t becomes model inputs.
+
+    encoder input  = enc_prefix + t + [eos]
+    decoder input  = [dec_start] + t          (teacher forcing)
+    decoder target = t + [eos]                (so </s> is predicted and counted; dec_start never is)
+    """
+
+    enc_prefix: tuple[int, ...]
+    dec_start: int
+    eos: int
+    pad: int
+
+
+class Tokenizer(Protocol):
+    unit: str
+    framing: Framing
+    special_ids: SpecialIds
+
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+    def __len__(self) -> int: ...
+
+
+class WordVocab:
+    """Whitespace words; ids 0..3 are <pad>, <s>, </s>, <unk>; the rest by train frequency (ties alphabetical).
+
+    Words already written as `<unk>` in the corpus (PTB, Yahoo's `_UNK`) map to the <unk> id.
+    """
+
+    unit = "word"
+
+    def __init__(self, words: list[str]) -> None:
+        self.itos = [PAD, BOS, EOS, UNK] + [w for w in words if w not in (PAD, BOS, EOS, UNK)]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.special_ids = SpecialIds(pad=0, bos=1, eos=2, unk=3, mask=3)
+        self.framing = Framing(enc_prefix=(1,), dec_start=1, eos=2, pad=0)
+
+    @classmethod
+    def build(cls, texts: list[str], max_size: int | None = None, min_freq: int = 1,
+              unk_aliases: tuple[str, ...] = ("_UNK", "<UNK>")) -> "WordVocab":
+        counts = Counter(w for text in texts for w in text.split() if w not in unk_aliases)
+        words = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
+        if max_size is not None:
+            words = words[: max(0, max_size - 4)]
+        vocab = cls(words)
+        for alias in unk_aliases:
+            vocab.stoi[alias] = 3
+        return vocab
+
+    def encode(self, text: str) -> list[int]:
+        return [self.stoi.get(w, 3) for w in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.itos[i] for i in ids if i not in (0, 1, 2))
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def state(self) -> list[str]:
+        return list(self.itos)
+
+
+class HFTokenizer:
+    """Adapter for a Hugging Face tokenizer (T5 SentencePiece, BART BPE, ...): subword units.
+
+    T5 style (no BOS): encoder t + </s>; decoder starts from the model's decoder_start_token_id (= pad for T5).
+    BART style (BOS): encoder <s> t </s>; decoder starts from decoder_start_token_id.
+    """
+
+    unit = "subword"
+
+    def __init__(self, tokenizer, decoder_start_id: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("tokenizer has no eos token: a VAE needs one to end sentences")
+        bos = tokenizer.bos_token_id
+        unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else pad
+        mask = tokenizer.mask_token_id
+        if mask is None:  # T5 has no mask token; its first sentinel plays that part
+            sentinel = tokenizer.convert_tokens_to_ids("<extra_id_0>")
+            mask = sentinel if isinstance(sentinel, int) and sentinel != unk else unk
+        start = decoder_start_id if decoder_start_id is not None else (bos if bos is not None else pad)
+        self.special_ids = SpecialIds(pad=pad, bos=bos, eos=eos, unk=unk, mask=mask)
+        self.framing = Framing(enc_prefix=(bos,) if bos is not None else (), dec_start=start, eos=eos, pad=pad)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)

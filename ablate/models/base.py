@@ -1,0 +1,71 @@
+"""The TextVAE interface every model family implements.
+
+Training and every metric use only `encode` and `log_likelihood`, so a new family plugs in without touching
+ablate.train, ablate.evaluate or ablate.metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ablate.data.batching import Batch
+
+
+class TextVAE(nn.Module):
+    """q(z|x) = N(mu(x), diag exp(logvar(x))), p(z) = N(0, I), p(x|z) autoregressive over the decoder target."""
+
+    nz: int
+
+    def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(mu, logvar), each [B, nz], from the encoder input (enc_ids, enc_mask)."""
+        raise NotImplementedError
+
+    def log_likelihood(self, batch: Batch, z: Tensor) -> Tensor:
+        """log p(x|z) per sentence, summed over the target tokens (</s> included, padding excluded).
+
+        z is [B, nz] (→ [B]) or [B, K, nz] (→ [B, K]): K latents per sentence, for importance sampling.
+        """
+        raise NotImplementedError
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        raise NotImplementedError
+
+    def decoder_parameters(self) -> Iterator[nn.Parameter]:
+        raise NotImplementedError
+
+    def reset_decoder(self) -> None:
+        """Re-initialise the decoder (Li et al. 2019 two-phase training)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(self, z: Tensor, max_length: int, strategy: str = "greedy", top_k: int = 0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None) -> list[list[int]]:
+        """Decode token ids (without specials) from latents z [B, nz]."""
+        raise NotImplementedError
+
+
+def expand_for_samples(batch_tensor: Tensor, k: int) -> Tensor:
+    """[B, ...] -> [B*K, ...], each row repeated K times consecutively (matches z.reshape(B*K, nz))."""
+    return batch_tensor.repeat_interleave(k, dim=0)
+
+
+def sample_next(logits: Tensor, strategy: str, top_k: int, top_p: float,
+                generator: torch.Generator | None) -> Tensor:
+    """One decoding step: greedy, top-k or nucleus (Holtzman et al. 2020) sampling from logits [B, V]."""
+    if strategy == "greedy":
+        return logits.argmax(-1)
+    logits = logits.clone()
+    if strategy == "top_k" and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits[logits < kth] = float("-inf")
+    if strategy == "nucleus" and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p
+        sorted_logits[drop] = float("-inf")
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

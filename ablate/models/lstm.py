@@ -1,0 +1,117 @@
+"""The LSTM text VAE of He et al. 2019 ("Lagging inference networks") and Li et al. 2019.
+
+encoder:  e_t = Emb(x_t);  h_T = LSTM(e_1..e_T) at the sentence's last real token;  [mu, logvar] = W h_T (no bias)
+decoder:  c_0 = W_z z,  h_0 = tanh(c_0);  h_t = LSTM([Drop(Emb'(y_{t-1})); z], h_{t-1});
+          p(y_t | y_<t, z) = softmax(V Drop(h_t) + b)
+Init (He et al.): weights U(-0.01, 0.01), embeddings U(-0.1, 0.1).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from ablate.config import LSTMConfig
+from ablate.data.batching import Batch
+from ablate.models.base import TextVAE, expand_for_samples, sample_next
+
+
+class LSTMEncoder(nn.Module):
+    def __init__(self, vocab_size: int, cfg: LSTMConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.emb_dim)
+        self.lstm = nn.LSTM(cfg.emb_dim, cfg.enc_hidden, batch_first=True)
+        self.to_posterior = nn.Linear(cfg.enc_hidden, 2 * cfg.nz, bias=False)
+
+    def forward(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        lengths = mask.sum(1).cpu()
+        packed = pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
+        _, (h_last, _) = self.lstm(packed)  # state after each sentence's own last token
+        mu, logvar = self.to_posterior(h_last[-1]).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class LSTMDecoder(nn.Module):
+    def __init__(self, vocab_size: int, cfg: LSTMConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, cfg.emb_dim)
+        self.drop_in = nn.Dropout(cfg.dec_dropout_in)
+        self.lstm = nn.LSTM(cfg.emb_dim + cfg.nz, cfg.dec_hidden, batch_first=True)
+        self.z_to_cell = nn.Linear(cfg.nz, cfg.dec_hidden, bias=False)
+        self.drop_out = nn.Dropout(cfg.dec_dropout_out)
+        self.out = nn.Linear(cfg.dec_hidden, vocab_size)
+
+    def initial_state(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        c0 = self.z_to_cell(z).unsqueeze(0)
+        return torch.tanh(c0), c0
+
+    def forward(self, inputs: Tensor, z: Tensor, state: tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Logits [N, T, V] for decoder inputs [N, T] given z [N, nz] (z concatenated to every input)."""
+        emb = self.drop_in(self.embed(inputs))
+        z_every_step = z.unsqueeze(1).expand(-1, inputs.shape[1], -1)
+        hidden, state = self.lstm(torch.cat([emb, z_every_step], dim=-1), state or self.initial_state(z))
+        return self.out(self.drop_out(hidden)), state
+
+
+class LSTMVAE(TextVAE):
+    def __init__(self, vocab_size: int, cfg: LSTMConfig, pad_id: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.nz = cfg.nz
+        self.pad_id = pad_id
+        self.encoder = LSTMEncoder(vocab_size, cfg)
+        self.decoder = LSTMDecoder(vocab_size, cfg)
+        self.reset_parameters(self.encoder)
+        self.reset_parameters(self.decoder)
+
+    def reset_parameters(self, module: nn.Module) -> None:
+        """He et al. 2019 init: U(-0.01, 0.01) for weights, U(-0.1, 0.1) for embeddings."""
+        for name, param in module.named_parameters():
+            bound = self.cfg.emb_init_uniform if name.startswith("embed") else self.cfg.init_uniform
+            nn.init.uniform_(param, -bound, bound)
+
+    def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        return self.encoder(batch.enc_ids, batch.enc_mask)
+
+    def log_likelihood(self, batch: Batch, z: Tensor) -> Tensor:
+        per_sample = z.dim() == 3
+        k = z.shape[1] if per_sample else 1
+        flat_z = z.reshape(-1, self.nz)  # [B*K, nz], row b*K + k is sample k of sentence b
+        inputs = expand_for_samples(batch.dec_in, k)
+        targets = expand_for_samples(batch.dec_target, k)
+        mask = expand_for_samples(batch.dec_mask, k)
+        logits, _ = self.decoder(inputs, flat_z)
+        token_logp = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        sentence_logp = (token_logp * mask).sum(-1)  # sum over tokens: no mean over padded length
+        return sentence_logp.view(-1, k) if per_sample else sentence_logp
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        return self.encoder.parameters()
+
+    def decoder_parameters(self) -> Iterator[nn.Parameter]:
+        return self.decoder.parameters()
+
+    def reset_decoder(self) -> None:
+        self.reset_parameters(self.decoder)
+
+    @torch.no_grad()
+    def generate(self, z: Tensor, max_length: int, strategy: str = "greedy", top_k: int = 0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None, start_id: int = 1, eos_id: int = 2) -> list[list[int]]:
+        tokens = torch.full((z.shape[0], 1), start_id, dtype=torch.long, device=z.device)
+        state = None
+        out: list[list[int]] = [[] for _ in range(z.shape[0])]
+        done = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+        for _ in range(max_length):
+            logits, state = self.decoder(tokens, z, state)
+            tokens = sample_next(logits[:, -1], strategy, top_k, top_p, generator).unsqueeze(1)
+            for i, t in enumerate(tokens[:, 0].tolist()):
+                if not done[i] and t != eos_id:
+                    out[i].append(t)
+            done |= tokens[:, 0] == eos_id
+            if bool(done.all()):
+                break
+        return out

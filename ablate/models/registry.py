@@ -1,0 +1,26 @@
+"""Model name → how to build its tokenizer and the model itself."""
+
+from __future__ import annotations
+
+from ablate.config import DataConfig, LSTMConfig, ModelConfig
+from ablate.data.tokenize import Tokenizer, WordVocab
+from ablate.models.base import TextVAE
+
+
+def build_tokenizer(model: ModelConfig, data: DataConfig, train_texts: list[str]) -> Tokenizer:
+    """Word vocabulary on train for the LSTM; the model's own (or a trained) subword tokenizer for seq2seq."""
+    if isinstance(model, LSTMConfig):
+        return WordVocab.build(train_texts, max_size=data.max_vocab, min_freq=data.min_freq)
+    from ablate.models.seq2seq import build_seq2seq_tokenizer
+
+    return build_seq2seq_tokenizer(model, train_texts)
+
+
+def build_model(model: ModelConfig, tokenizer: Tokenizer) -> TextVAE:
+    if isinstance(model, LSTMConfig):
+        from ablate.models.lstm import LSTMVAE
+
+        return LSTMVAE(len(tokenizer), model, pad_id=tokenizer.framing.pad)
+    from ablate.models.seq2seq import build_seq2seq_vae
+
+    return build_seq2seq_vae(model, tokenizer)

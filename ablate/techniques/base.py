@@ -1,0 +1,177 @@
+"""The Technique interface and the one place where the training objective is assembled.
+
+A technique is a remedy for posterior collapse with a strict config and a version. It plugs into the training
+loop (ablate.train) through optional hooks, called in this fixed order every optimiser step:
+
+1. phase control   `wants_pretraining`, `start_phase`, `pretraining_finished`   (which phase, what trains)
+2. corruption      `corrupt(batch)`                                             (training batches only)
+3. KL weight       `kl_weight(step)`                                            (multiplied together)
+4. KL transform    `kl_term(kl_per_dim, step)`                                  (at most one technique replaces it)
+5. extra loss      `extra_loss(parts, step)`                                    (added)
+
+so that the whole objective reads (see `compose_loss`):
+
+    loss = mean_i rec_i + β · KLterm + Σ extra,   β = train.kl_weight · Π_t β_t(step)
+
+with rec_i the reconstruction NLL of sentence i *summed over its tokens* and, unless a technique replaces it,
+KLterm = mean_i KL_i. Reported KL is always the plain KL, never the transformed term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+
+class TechniqueConfig(BaseModel):
+    """Base of every technique's config: strict (unknown fields are errors), immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids a corruption must recognise (never corrupt bos/eos/pad)."""
+
+    pad: int
+    bos: int | None
+    eos: int
+    unk: int
+    mask: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """What a technique may know about the run when it is built."""
+
+    nz: int
+    steps_per_epoch: int
+    special_ids: SpecialIds
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where training is: counted in optimiser steps. `phase_step` restarts at 0 when a phase begins."""
+
+    global_step: int
+    phase_step: int
+    epoch: int
+    phase: str  # "pretrain" | "vae"
+
+
+@dataclass
+class PhaseProgress:
+    """How far the current phase has come, for a technique deciding when pretraining ends."""
+
+    epochs: int
+    steps: int
+    valid_rec: list[float] = field(default_factory=list)  # validation reconstruction after each epoch
+
+
+@dataclass
+class LossParts:
+    """Per-sentence pieces of the objective for one batch."""
+
+    rec: Tensor  # [B] reconstruction NLL, nats, summed over tokens
+    kl_per_dim: Tensor  # [B, nz] analytic KL per dimension
+    mu: Tensor  # [B, nz]
+    logvar: Tensor  # [B, nz]
+    z: Tensor  # [B, nz]
+
+    @property
+    def kl(self) -> Tensor:
+        return self.kl_per_dim.sum(-1)
+
+
+class Technique:
+    """A registered remedy. Subclasses set the class variables and override only the hooks they need."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type[TechniqueConfig]] = TechniqueConfig
+    replaces_kl_term: ClassVar[bool] = False
+
+    def __init__(self, config: TechniqueConfig, context: TrainContext) -> None:
+        self.config = config
+        self.context = context
+
+    # 1. phase control
+    def wants_pretraining(self) -> bool:
+        """True if this technique runs a first phase ('pretrain') before the VAE phase."""
+        return False
+
+    def start_phase(self, phase: str, model: torch.nn.Module) -> None:
+        """Called when a phase begins (freeze or reset parameters here)."""
+
+    def pretraining_finished(self, progress: PhaseProgress) -> bool:
+        """Consulted after every step and every epoch of the 'pretrain' phase."""
+        return True
+
+    def forces_zero_kl(self, step: Step) -> bool:
+        """True while the KL weight must be 0 whatever the other techniques say (an autoencoder phase)."""
+        return False
+
+    # 2. corruption (training only)
+    def corrupt(self, batch: Any, generator: torch.Generator) -> Any:
+        return batch
+
+    # 3. KL weight
+    def kl_weight(self, step: Step) -> float:
+        return 1.0
+
+    # 4. KL transform
+    def kl_term(self, kl_per_dim: Tensor, step: Step) -> Tensor:
+        """The (scalar) KL term that replaces mean_i KL_i; only for techniques with replaces_kl_term."""
+        raise NotImplementedError(f"{self.name} does not transform the KL term")
+
+    # 5. extra loss
+    def extra_loss(self, parts: LossParts, step: Step) -> Tensor | None:
+        return None
+
+    # resumable state
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass
+class Objective:
+    """The assembled loss of one batch and the numbers logged with it."""
+
+    loss: Tensor
+    beta: float
+    kl_term: Tensor
+    extra: Tensor
+
+
+def kl_weight(techniques: list[Technique], base: float, step: Step) -> float:
+    """β = base · Π_t β_t(step), or 0 when a technique forces an autoencoder phase."""
+    if any(t.forces_zero_kl(step) for t in techniques):
+        return 0.0
+    beta = base
+    for technique in techniques:
+        beta *= technique.kl_weight(step)
+    return beta
+
+
+def compose_loss(parts: LossParts, techniques: list[Technique], base_beta: float, step: Step) -> Objective:
+    """loss = mean_i rec_i + β · KLterm + Σ extra (module docstring). rec is summed over tokens per sentence."""
+    beta = kl_weight(techniques, base_beta, step)
+    replacing = [t for t in techniques if t.replaces_kl_term]
+    kl_term = replacing[0].kl_term(parts.kl_per_dim, step) if replacing else parts.kl.mean()
+    extra = torch.zeros((), device=parts.rec.device)
+    for technique in techniques:
+        term = technique.extra_loss(parts, step)
+        if term is not None:
+            extra = extra + term
+    loss = parts.rec.mean() + beta * kl_term + extra
+    return Objective(loss=loss, beta=beta, kl_term=kl_term.detach(), extra=extra.detach())

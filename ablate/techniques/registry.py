@@ -1,0 +1,111 @@
+"""Name → technique. Strict configs with "did you mean", conflict checks, the listing for `ablate techniques`.
+
+Works like lm-evaluation-harness's task registry: each technique module registers its class with
+`@register`; every module of this package is imported on first use, so adding a file adds a technique.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from typing import Any
+
+from pydantic import ValidationError
+
+from ablate.techniques.base import Technique, TrainContext
+
+_REGISTRY: dict[str, type[Technique]] = {}
+_LOADED = False
+
+
+def register(cls: type[Technique]) -> type[Technique]:
+    """Class decorator: add a technique under its `name`."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"technique name {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    import ablate.techniques as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in ("base", "registry"):
+            importlib.import_module(f"ablate.techniques.{info.name}")
+    _LOADED = True
+
+
+def techniques() -> dict[str, type[Technique]]:
+    """Every registered technique, by name, in the fixed order of application (registration order)."""
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(name: str) -> type[Technique]:
+    """The technique class of a name, or a one-line error with the closest name."""
+    known = techniques()
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known) or 'none'}"
+        raise ValueError(f"unknown technique 'techniques.{name}'{hint}")
+    return known[name]
+
+
+def _validate_one(name: str, fields: Any) -> dict[str, Any]:
+    cls = get(name)
+    if fields is None:
+        fields = {}
+    if not isinstance(fields, dict):
+        raise ValueError(f"techniques.{name} must be a mapping of its fields (e.g. {{}} for the defaults)")
+    try:
+        return cls.Config.model_validate(fields).model_dump(mode="json")
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, list(cls.Config.model_fields), n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; fields: {', '.join(cls.Config.model_fields)}"
+            raise ValueError(f"unknown key 'techniques.{name}.{key}'{hint}") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        where = f"techniques.{name}.{key}" if key else f"techniques.{name}"
+        raise ValueError(f"{where}: {msg} (got {first.get('input')!r})") from None
+
+
+def resolve_techniques(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Validate every technique config (defaults filled) and reject conflicting combinations."""
+    resolved = {name: _validate_one(name, fields) for name, fields in sorted(raw.items())}
+    replacing = [name for name in resolved if get(name).replaces_kl_term]
+    if len(replacing) > 1:
+        raise ValueError(
+            f"techniques {' and '.join(replacing)} both replace the KL term; keep one of them "
+            "(free bits thresholds the KL, the constraint targets a value C: they cannot both define it)"
+        )
+    return resolved
+
+
+def technique_versions(resolved: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {name: get(name).version for name in resolved}
+
+
+def build_techniques(resolved: dict[str, dict[str, Any]], context: TrainContext) -> list[Technique]:
+    """Instantiate the configured techniques in the registry's fixed order."""
+    return [cls(cls.Config.model_validate(resolved[name]), context) for name, cls in techniques().items()
+            if name in resolved]
+
+
+def describe() -> list[dict[str, Any]]:
+    """For `ablate techniques`: name, version, paper, summary and each field with its default and help."""
+    rows = []
+    for name, cls in techniques().items():
+        fields = []
+        for field_name, info in cls.Config.model_fields.items():
+            default = None if info.is_required() else info.get_default(call_default_factory=True)
+            fields.append({"name": field_name, "default": default, "required": info.is_required(),
+                           "help": info.description or ""})
+        rows.append({"name": name, "version": cls.version, "paper": cls.paper, "summary": cls.summary,
+                     "replaces_kl_term": cls.replaces_kl_term, "fields": fields})
+    return rows
