@@ -147,7 +147,7 @@ def _log_aggregate_density(z: Tensor, mu: Tensor, logvar: Tensor, chunk_size: in
 
     Uses the expanded quadratic form sum_j (z_j - mu_j)^2 / v_j = z^2 . (1/v) - 2 z . (mu/v) + mu^2 . (1/v), so
     memory is O(chunk_size * M) rather than O(chunk_size * M * nz). Inputs are centred on the mean of mu first to
-    limit cancellation.
+    limit cancellation, and each row's largest term is recomputed from the direct form.
     """
     m, nz = mu.shape
     centre = mu.mean(0, keepdim=True)
@@ -166,6 +166,12 @@ def _log_aggregate_density(z: Tensor, mu: Tensor, logvar: Tensor, chunk_size: in
         quad.add_(mu_sq)
         quad.clamp_(min=0.0)  # a sum of squares; only rounding can make it negative
         log_dens = log_norm - 0.5 * quad  # [c, M]
+        # The expanded form loses ~eps * sum(mu^2 / v) to cancellation; recompute the dominant term of each row
+        # directly so that the logsumexp is exact wherever one component dominates (e.g. tiny variances).
+        top = log_dens.argmax(dim=1, keepdim=True)  # [c, 1]
+        idx = top.squeeze(1)
+        exact_quad = ((zq - muc[idx]).square() * prec[idx]).sum(-1, keepdim=True)
+        log_dens.scatter_(1, top, log_norm[idx].unsqueeze(1) - 0.5 * exact_quad)
         out[start : start + chunk_size] = torch.logsumexp(log_dens, dim=1)
     return out - math.log(m)
 
