@@ -1,0 +1,147 @@
+"""The `ablate` command. Each subcommand is a small function; bad input ends in one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+METRIC_ORDER = ["ppl", "ppl_word", "nll", "nelbo", "rec", "kl", "mi", "au"]
+
+
+def format_metrics(row: dict) -> str:
+    """A plain-text table: one line per metric, one column per evaluation split."""
+    splits = [s for s in ("valid", "test") if f"{s}.kl" in row]
+    names = METRIC_ORDER + sorted({k.split(".", 1)[1] for k in row if k.startswith(("valid.probe", "test.probe"))
+                                   and not k.split(".", 1)[1].startswith("probe_majority")})
+    lines = [f"{'metric':<22}" + "".join(f"{s:>12}" for s in splits)]
+    for name in names:
+        values = [row.get(f"{s}.{name}") for s in splits]
+        if all(v is None for v in values):
+            continue
+        cells = "".join(f"{v:>12.0f}" if name == "au" else f"{v:>12.3f}" for v in values)
+        label = name
+        if name.startswith("probe."):
+            chance = row.get(f"{splits[-1]}.probe_majority.{name.split('.', 1)[1]}")
+            label = f"{name} (maj {chance:.2f})" if chance is not None else name
+        lines.append(f"{label:<22}{cells}")
+    conv = (f"PPL: IW K={row.get('eval.iw_samples')} per {row.get('eval.token_unit')} (+</s>); ppl_word per word "
+            f"(+</s>); MI pool M={row.get('eval.mi_pool')}; AU delta={row.get('eval.au_delta')}")
+    return "\n".join(lines + [conv])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ablate.config import load_config
+    from ablate.run import execute
+
+    config = load_config(args.config, args.set)
+    out = Path(args.out) / "runs"
+    outcome = execute(config, out, progress=not args.quiet)
+    row = outcome.row
+    if not outcome.ok:
+        print(f"run failed: {row['error_class']}: {row['error_message']} (row written to {outcome.result_path})",
+              file=sys.stderr)
+        return 1
+    print(format_metrics(row))
+    tps = row.get("train_tokens_per_second") or 0.0
+    print(f"train {row['train_seconds']:.1f}s ({tps:,.0f} tokens/s), eval {row['eval_seconds']:.1f}s, "
+          f"device {row['device']}")
+    print(f"wrote {outcome.result_path} and {outcome.curves_path}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ablate.config import load_config, read_yaml
+
+    data = read_yaml(args.path)
+    if "arms" in data or "study" in data:
+        from ablate.sweep.study import load_study  # noqa: WPS433 (study support lives in the sweep package)
+
+        study = load_study(args.path)
+        print(study.summary())
+        return 0
+    config = load_config(args.path, args.set)
+    print(f"{args.path}: valid run config ({config.model.name} on {config.data.name}, "
+          f"techniques: {', '.join(config.techniques) or 'none'})")
+    return 0
+
+
+def cmd_techniques(args: argparse.Namespace) -> int:
+    from ablate.techniques.registry import describe
+
+    for entry in describe():
+        print(f"{entry['name']} (v{entry['version']}) — {entry['summary']}")
+        if entry["paper"]:
+            print(f"  source: {entry['paper']}")
+        if entry["replaces_kl_term"]:
+            print("  replaces the KL term (cannot be combined with another technique that does)")
+        for f in entry["fields"]:
+            default = "required" if f["required"] else f"default {f['default']!r}"
+            print(f"    {f['name']:<20} {default:<22} {f['help']}")
+    return 0
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="train and evaluate one config, write one result row")
+    p.add_argument("config", nargs="?", help="YAML run config (omit for the defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, repeatable")
+    p.add_argument("--out", default="results", help="output folder (default results/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+
+def add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check a run config or a study without training")
+    p.add_argument("path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_validate)
+
+
+def add_techniques(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("techniques", help="list the registered techniques and their fields")
+    p.set_defaults(func=cmd_techniques)
+
+
+# Each subcommand module contributes one `add_*` function; later issues append theirs here.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run, add_validate, add_techniques]
+
+
+def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Subcommands whose modules live elsewhere (sweep, report, sample), added when present."""
+    found = []
+    for module_name in ("ablate.sweep.cli", "ablate.report.cli", "ablate.sample"):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        found.append(module.register)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ablate", description="Benchmark and ablate posterior-collapse remedies")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS + _optional_commands():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ablate.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The result row: one explicit pyarrow schema, atomic parquet writes, and the loader.
+
+A row holds identity (run id, study, cell id, arm, attempt, seed), status and error, provenance (versions,
+commit, host, device, times), the metric conventions (`eval.*`), the metrics (`{split}.{metric}`, float64) and
+the flattened resolved config (`config.*`). Curves are a second table: step, epoch, phase, split, beta, kl,
+rec, loss.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+IDENTITY_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("study", pa.string()), ("cell_id", pa.string()), ("config_hash", pa.string()),
+    ("arm", pa.string()), ("attempt", pa.int64()), ("seed", pa.int64()),
+    ("status", pa.string()), ("error_class", pa.string()), ("error_message", pa.string()),
+    ("dataset", pa.string()), ("model", pa.string()), ("techniques", pa.string()), ("notes", pa.string()),
+    ("started_at", pa.string()), ("finished_at", pa.string()),
+    ("train_seconds", pa.float64()), ("eval_seconds", pa.float64()), ("train_steps", pa.int64()),
+    ("train_tokens", pa.int64()), ("train_tokens_per_second", pa.float64()), ("best_epoch", pa.int64()),
+    ("device", pa.string()), ("host", pa.string()), ("git_commit", pa.string()),
+    ("version.ablate", pa.string()), ("version.torch", pa.string()), ("version.transformers", pa.string()),
+    ("version.python", pa.string()),
+    ("eval.iw_samples", pa.int64()), ("eval.mi_pool", pa.int64()), ("eval.mi_pool_kind", pa.string()),
+    ("eval.au_delta", pa.float64()), ("eval.token_unit", pa.string()), ("eval.ppl_counts_eos", pa.bool_()),
+    ("eval.ppl_counts_bos", pa.bool_()),
+])
+
+CURVES_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("step", pa.int64()), ("epoch", pa.int64()), ("phase", pa.string()),
+    ("split", pa.string()), ("beta", pa.float64()), ("kl", pa.float64()), ("rec", pa.float64()),
+    ("loss", pa.float64()),
+])
+
+
+def _arrow_type(value: Any) -> pa.DataType:
+    if isinstance(value, bool):
+        return pa.bool_()
+    if isinstance(value, int):
+        return pa.int64()
+    if isinstance(value, float):
+        return pa.float64()
+    return pa.string()
+
+
+def row_schema(row: dict[str, Any]) -> pa.Schema:
+    """The fixed identity/provenance fields, float64 for every metric, and typed config columns."""
+    fields = list(IDENTITY_SCHEMA)
+    known = set(IDENTITY_SCHEMA.names)
+    for name in sorted(k for k in row if k not in known):
+        if name.startswith("config."):
+            value = row[name]
+            kind = pa.string() if value is None or isinstance(value, (list, dict)) else _arrow_type(value)
+            fields.append(pa.field(name, kind))
+        else:
+            fields.append(pa.field(name, pa.float64()))
+    return pa.schema(fields)
+
+
+def _coerce(value: Any, kind: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if kind == pa.string() and not isinstance(value, str):
+        return str(value)
+    return value
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_row(row: dict[str, Any], path: Path) -> None:
+    schema = row_schema(row)
+    columns = {f.name: [_coerce(row.get(f.name), f.type)] for f in schema}
+    write_atomic(pa.Table.from_pydict(columns, schema=schema), path)
+
+
+def write_curves(curves: list[dict[str, Any]], run_id: str, path: Path) -> None:
+    columns = {f.name: [run_id if f.name == "run_id" else c.get(f.name) for c in curves] for f in CURVES_SCHEMA}
+    write_atomic(pa.Table.from_pydict(columns, schema=CURVES_SCHEMA), path)
+
+
+def read_rows(paths: list[Path]) -> pd.DataFrame:
+    """Concatenate result files (columns may differ between techniques' configs)."""
+    frames = [pq.read_table(p).to_pandas() for p in paths]
+    return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
+
+
+def git_commit(directory: Path | None = None) -> str:
+    """The current commit of the source checkout (with '+dirty' when modified), or '' outside git."""
+    where = directory or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{commit}+dirty" if commit and dirty else commit
+
+
+def load_results(directory: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All result rows under a folder (recursively): (successful, failed).
+
+    Successful rows are deduplicated by cell id, keeping the latest attempt (then the latest finish time);
+    failed rows are every failed attempt, kept apart so that a retried cell does not count twice.
+    """
+    paths = sorted(p for p in Path(directory).rglob("*.parquet") if not p.name.endswith(".curves.parquet")
+                   and not p.name.startswith("."))
+    rows = read_rows(paths)
+    if rows.empty:
+        return rows, rows
+    ok = rows[rows["status"] == "ok"].sort_values(["cell_id", "attempt", "finished_at"])
+    ok = ok.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
+    failed = rows[rows["status"] != "ok"].reset_index(drop=True)
+    return ok, failed
+
+
+def load_curves(directory: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
+    """Curves of the runs under a folder (optionally only some run ids)."""
+    paths = sorted(Path(directory).rglob("*.curves.parquet"))
+    curves = read_rows(paths)
+    if run_ids is not None and not curves.empty:
+        curves = curves[curves["run_id"].isin(run_ids)]
+    return curves

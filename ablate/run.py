@@ -1,0 +1,182 @@
+"""One run: config → corpus → model + techniques → train → evaluate → one result row (+ curves).
+
+The only place that wires the parts together. `ablate run`, sweep workers and tests all call `execute`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import random
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import ablate
+from ablate.config import RunConfig, canonical_dict, config_hash, flatten
+from ablate.data.batching import EncodedSplit, encode_split
+from ablate.data.corpus import SPLITS, Corpus, load_corpus
+from ablate.data.tokenize import Tokenizer
+from ablate.evaluate import encode_all, evaluate_split, probe_factors
+from ablate.models.base import TextVAE
+from ablate.models.registry import build_model, build_tokenizer
+from ablate.results import git_commit, write_curves, write_row
+from ablate.techniques.base import TrainContext
+from ablate.techniques.registry import build_techniques
+from ablate.train import train
+
+
+@dataclass
+class Prepared:
+    """A corpus made ready for a model: tokenizer and token ids of every split."""
+
+    corpus: Corpus
+    tokenizer: Tokenizer
+    splits: dict[str, EncodedSplit]
+
+
+@dataclass
+class RunOutcome:
+    row: dict[str, Any]
+    result_path: Path
+    curves_path: Path
+    model_path: Path | None = None
+    error: BaseException | None = None
+    curves: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.row["status"] == "ok"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    corpus = load_corpus(config.data)
+    tokenizer = build_tokenizer(config.model, config.data, corpus.texts["train"])
+    splits = {s: encode_split(corpus.texts[s], tokenizer, config.data.max_length) for s in SPLITS}
+    return Prepared(corpus=corpus, tokenizer=tokenizer, splits=splits)
+
+
+def build(config: RunConfig, prepared: Prepared) -> TextVAE:
+    seed_everything(config.seed)
+    return build_model(config.model, prepared.tokenizer)
+
+
+def _provenance(device: torch.device) -> dict[str, Any]:
+    try:
+        import transformers
+        transformers_version = transformers.__version__
+    except ImportError:  # pragma: no cover - declared dependency
+        transformers_version = ""
+    return {"host": socket.gethostname(), "git_commit": git_commit(), "device": str(device),
+            "version.ablate": ablate.__version__, "version.torch": torch.__version__,
+            "version.transformers": transformers_version, "version.python": platform.python_version()}
+
+
+def base_row(config: RunConfig, run_id: str, labels: dict[str, Any]) -> dict[str, Any]:
+    canonical = canonical_dict(config)
+    row: dict[str, Any] = {
+        "run_id": run_id, "study": labels.get("study", ""), "cell_id": labels.get("cell_id", config_hash(config)),
+        "config_hash": config_hash(config), "arm": labels.get("arm", ""), "attempt": labels.get("attempt", 1),
+        "seed": config.seed, "dataset": config.data.name, "model": config.model.name,
+        "techniques": json.dumps({"config": canonical["techniques"], "versions": canonical["technique_versions"]},
+                                 sort_keys=True),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    row.update(flatten(canonical, "config."))
+    return row
+
+
+def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels: dict[str, Any] | None = None,
+            checkpoint: Path | None = None, progress: bool = True, save_model: bool = True,
+            file_stem: str | None = None) -> RunOutcome:
+    """Train and evaluate one config; always writes a result row (status ok or failed) before returning."""
+    labels = labels or {}
+    run_id = run_id or f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{config_hash(config)[:8]}"
+    stem = file_stem or run_id
+    out_dir = Path(out_dir)
+    result_path, curves_path = out_dir / f"{stem}.parquet", out_dir / f"{stem}.curves.parquet"
+    model_path = out_dir / f"{stem}.model.pt" if save_model else None
+    row = base_row(config, run_id, labels)
+    curves: list[dict[str, Any]] = []
+    device = resolve_device(config.train.device)
+    row.update(_provenance(device))
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    try:
+        prepared = prepare(config)
+        row["notes"] = "; ".join(prepared.corpus.notes)
+        model = build(config, prepared).to(device)
+        context = TrainContext(
+            nz=model.nz, special_ids=prepared.tokenizer.special_ids, seed=config.seed,
+            steps_per_epoch=-(-len(prepared.splits["train"]) // config.train.batch_size))
+        techniques = build_techniques(config.techniques, context)
+        result = train(model, techniques, prepared.splits["train"], prepared.splits["valid"],
+                       prepared.tokenizer.framing, config.train, device, config.seed,
+                       eval_batch_size=config.eval.batch_size, checkpoint=checkpoint, progress=progress)
+        curves = result.curves
+        state = result.state
+        row.update({"train_seconds": state.train_seconds, "train_steps": state.global_step,
+                    "train_tokens": state.train_tokens, "best_epoch": state.best_epoch,
+                    "train_tokens_per_second": state.train_tokens / state.train_seconds if state.train_seconds else None})
+        if model_path is not None:
+            model_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"config": config.model_dump(mode="json"), "model": model.state_dict()}, model_path)
+        started = time.perf_counter()
+        row.update(evaluate_all(config, prepared, model, device))
+        row["eval_seconds"] = time.perf_counter() - started
+        row["status"] = "ok"
+        error = None
+    except Exception as exc:  # recorded in the row; the caller decides whether to re-raise
+        row.update({"status": "failed", "error_class": type(exc).__name__,
+                    "error_message": f"{exc}".splitlines()[0][:500] if str(exc) else type(exc).__name__})
+        error = exc
+        if progress:
+            traceback.print_exc(file=sys.stderr)
+    row["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    write_row(row, result_path)
+    write_curves(curves, run_id, curves_path)
+    return RunOutcome(row=row, result_path=result_path, curves_path=curves_path, model_path=model_path, error=error,
+                      curves=curves)
+
+
+def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: torch.device) -> dict[str, Any]:
+    """Metrics of every evaluation split, conventions, and probes of ground-truth factors when known."""
+    out: dict[str, Any] = {}
+    corpus = prepared.corpus
+    train_mu = None
+    if config.eval.probe and corpus.factor_classes:
+        train_mu, _ = encode_all(model, prepared.splits["train"], prepared.tokenizer.framing, config.eval.batch_size,
+                                 device)
+    for i, split in enumerate(config.eval.splits):
+        evaluation = evaluate_split(model, prepared.splits[split], prepared.tokenizer.framing,
+                                    len(prepared.tokenizer), config.eval, device, seed=config.seed * 1000 + i,
+                                    token_unit=prepared.tokenizer.unit)
+        out.update({f"{split}.{k}": v for k, v in evaluation.metrics.items()})
+        conv = evaluation.conventions
+        out.update({"eval.iw_samples": conv["iw_samples"], "eval.mi_pool": conv["mi_pool"],
+                    "eval.mi_pool_kind": "dataset" if config.eval.mi_pool == "dataset" else "block",
+                    "eval.au_delta": conv["au_delta"], "eval.token_unit": conv["token_unit"],
+                    "eval.ppl_counts_eos": conv["ppl_counts_eos"], "eval.ppl_counts_bos": conv["ppl_counts_bos"]})
+        if train_mu is not None:
+            probes = probe_factors(train_mu, corpus.factors["train"], evaluation.mu, corpus.factors[split],
+                                   corpus.factor_classes, seed=config.seed)
+            out.update({f"{split}.{k}": v for k, v in probes.items()})
+    return out

@@ -1,0 +1,201 @@
+"""The training loop: phases, optimiser, clipping, validation every epoch, best state, checkpoints.
+
+The objective is assembled in one place (ablate.techniques.base.compose_loss):
+    loss = mean_i rec_i + β · KLterm + Σ extra,   rec_i = −log p(x_i|z_i) summed over the tokens of sentence i.
+`train.epochs` and `train.max_steps` count the VAE phase; a pretraining phase (encoder_pretraining) comes first
+and is counted apart, so runs with and without pretraining get the same VAE-phase budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ablate.config import TrainConfig
+from ablate.data.batching import Batch, EncodedSplit, iterate_batches
+from ablate.data.tokenize import Framing
+from ablate.metrics import gaussian_kl_per_dim, sample_posterior
+from ablate.models.base import TextVAE
+from ablate.techniques.base import LossParts, PhaseProgress, Step, Technique, compose_loss
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exceeded train.divergence_threshold."""
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run exactly (saved in checkpoints)."""
+
+    global_step: int = 0
+    phase: str = "vae"
+    phase_step: int = 0
+    epoch: int = 0
+    epochs_in_phase: int = 0
+    valid_rec: list[float] = field(default_factory=list)  # of the pretraining phase
+    best_nelbo: float = math.inf
+    best_epoch: int = -1
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+    finished: bool = False
+
+
+@dataclass
+class TrainResult:
+    curves: list[dict[str, Any]]
+    state: TrainState
+
+
+def forward_parts(model: TextVAE, batch: Batch) -> LossParts:
+    """Encode, sample one z per sentence (reparameterised), score the sentence: the pieces of the loss."""
+    mu, logvar = model.encode(batch)
+    z = sample_posterior(mu, logvar)
+    rec = -model.log_likelihood(batch, z)
+    return LossParts(rec=rec, kl_per_dim=gaussian_kl_per_dim(mu, logvar), mu=mu, logvar=logvar, z=z)
+
+
+@torch.no_grad()
+def validate(model: TextVAE, batches: list[Batch], device: torch.device) -> dict[str, float]:
+    """Mean single-sample rec, KL and −ELBO per sentence over a split."""
+    model.eval()
+    rec = kl = 0.0
+    count = 0
+    for batch in batches:
+        parts = forward_parts(model, batch.to(device))
+        rec += float(parts.rec.sum())
+        kl += float(parts.kl.sum())
+        count += batch.size
+    model.train()
+    return {"rec": rec / count, "kl": kl / count, "nelbo": (rec + kl) / count}
+
+
+def make_optimizer(model: TextVAE, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _save_checkpoint(path: Path, model: TextVAE, optimizer: torch.optim.Optimizer, techniques: list[Technique],
+                     state: TrainState, best: dict[str, Any] | None, curves: list[dict[str, Any]],
+                     generator: torch.Generator) -> None:
+    """Atomic: write a temporary file in the same folder, then rename."""
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "techniques": [t.state_dict() for t in techniques], "state": asdict(state), "best": best,
+               "curves": curves, "torch_rng": torch.get_rng_state(), "corrupt_rng": generator.get_state()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit, valid_split: EncodedSplit,
+          framing: Framing, cfg: TrainConfig, device: torch.device, seed: int, eval_batch_size: int = 64,
+          checkpoint: Path | None = None, progress: bool = True) -> TrainResult:
+    """Train in place; on return the model holds the best VAE-phase state by validation −ELBO."""
+    model.to(device).train()
+    state = TrainState(phase="pretrain" if any(t.wants_pretraining() for t in techniques) else "vae")
+    curves: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    generator = torch.Generator().manual_seed(seed + 7919)
+    for technique in techniques:
+        technique.start_phase(state.phase, model)
+    optimizer = make_optimizer(model, cfg)
+
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = TrainState(**saved["state"])
+        for technique, tech_state in zip(techniques, saved["techniques"]):
+            technique.load_state_dict(tech_state)
+            technique.start_phase(state.phase, model)
+        model.load_state_dict(saved["model"])
+        optimizer = make_optimizer(model, cfg)
+        optimizer.load_state_dict(saved["optimizer"])
+        best, curves = saved["best"], saved["curves"]
+        torch.set_rng_state(saved["torch_rng"])
+        generator.set_state(saved["corrupt_rng"])
+
+    valid_batches = iterate_batches(valid_split, framing, eval_batch_size)
+    pretrainers = [t for t in techniques if t.wants_pretraining()]
+    vae_budget_done = lambda: (cfg.max_steps is not None and state.phase_step >= cfg.max_steps) or (  # noqa: E731
+        cfg.max_steps is None and state.epochs_in_phase >= cfg.epochs)
+    if state.phase == "vae" and vae_budget_done():
+        state.finished = True
+
+    while not state.finished:
+        batches = iterate_batches(train_split, framing, cfg.batch_size, random.Random(seed * 100_003 + state.epoch))
+        switch_phase = False
+        started = time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {state.epoch + 1} [{state.phase}]", leave=False, disable=not progress,
+                   dynamic_ncols=True)
+        for batch in bar:
+            step = Step(state.global_step, state.phase_step, state.epoch, state.phase)
+            for technique in techniques:
+                batch = technique.corrupt(batch, generator)
+            batch = batch.to(device)
+            parts = forward_parts(model, batch)
+            objective = compose_loss(parts, techniques, cfg.kl_weight, step)
+            loss = float(objective.loss.detach())
+            if not math.isfinite(loss) or loss > cfg.divergence_threshold:
+                raise TrainingDiverged(f"loss {loss} at step {state.global_step} (epoch {state.epoch + 1})")
+            optimizer.zero_grad(set_to_none=True)
+            objective.loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+
+            rec, kl = float(parts.rec.mean()), float(parts.kl.mean())
+            curves.append({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "train",
+                           "beta": objective.beta, "kl": kl, "rec": rec, "loss": loss})
+            state.global_step += 1
+            state.phase_step += 1
+            state.train_tokens += int(batch.dec_mask.sum())
+            bar.set_postfix(loss=f"{loss:.2f}", kl=f"{kl:.2f}", beta=f"{objective.beta:.2f}", refresh=False)
+            if state.phase == "pretrain" and all(
+                    t.pretraining_finished(PhaseProgress(state.epochs_in_phase, state.phase_step, state.valid_rec))
+                    for t in pretrainers):
+                switch_phase = True
+                break
+            if state.phase == "vae" and cfg.max_steps is not None and state.phase_step >= cfg.max_steps:
+                break
+        bar.close()
+        state.train_seconds += time.perf_counter() - started
+
+        valid = validate(model, valid_batches, device)
+        curves.append({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "valid",
+                       "beta": float("nan"), "kl": valid["kl"], "rec": valid["rec"], "loss": valid["nelbo"]})
+        state.epoch += 1
+        state.epochs_in_phase += 1
+        if state.phase == "pretrain":
+            state.valid_rec.append(valid["rec"])
+            progress_now = PhaseProgress(state.epochs_in_phase, state.phase_step, state.valid_rec)
+            switch_phase = switch_phase or all(t.pretraining_finished(progress_now) for t in pretrainers)
+        elif valid["nelbo"] < state.best_nelbo:
+            state.best_nelbo, state.best_epoch = valid["nelbo"], state.epoch
+            best = copy.deepcopy(model.state_dict())
+        if progress:
+            tqdm.write(f"epoch {state.epoch} [{state.phase}] valid rec {valid['rec']:.2f} kl {valid['kl']:.3f} "
+                       f"-elbo {valid['nelbo']:.2f}")
+
+        if switch_phase:
+            state.phase, state.phase_step, state.epochs_in_phase = "vae", 0, 0
+            for technique in techniques:
+                technique.start_phase("vae", model)
+            optimizer = make_optimizer(model, cfg)
+        if state.phase == "vae" and vae_budget_done():
+            state.finished = True
+        if checkpoint is not None and cfg.checkpoint_every_epoch:
+            _save_checkpoint(checkpoint, model, optimizer, techniques, state, best, curves, generator)
+
+    if best is not None:
+        model.load_state_dict(best)
+    return TrainResult(curves=curves, state=state)
