@@ -1,0 +1,41 @@
+"""Shared test set-up: offline, small thread count, tiny configs, paths to the optional reference data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_overrides(**extra: object) -> dict:
+    """A run config small enough to train in a second or two on a CPU (embedded corpus)."""
+    config = {
+        "seed": 0,
+        "data": {"name": "synthetic", "synthetic": {"n_train": 300, "n_valid": 60, "n_test": 60}},
+        "model": {"name": "lstm", "emb_dim": 16, "enc_hidden": 32, "dec_hidden": 32, "nz": 4},
+        "train": {"epochs": 1, "batch_size": 32},
+        "eval": {"iw_samples": 5, "batch_size": 32},
+    }
+    for key, value in extra.items():
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return config
+
+
+@pytest.fixture
+def ptb_dir() -> Path:
+    path = SHARED_DATA / "ptb"
+    if not (path / "ptb.train.txt").exists():
+        pytest.skip(f"reference data absent: {path} (see ../shared/data/README.md)")
+    return path

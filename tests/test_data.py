@@ -1,0 +1,114 @@
+"""Corpus loaders, vocabulary, framing and length-bucketed batching."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from ablate.config import ConfigError, DataConfig
+from ablate.data.batching import bucketed_order, encode_split, iterate_batches, make_batch
+from ablate.data.corpus import PTB_MD5, load_corpus, md5_of
+from ablate.data.tokenize import WordVocab
+
+
+def write_lines(folder: Path, names: dict[str, list[str]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, lines in names.items():
+        (folder / name).write_text("".join(line + "\n" for line in lines))
+    return folder
+
+
+def test_ptb_full_corpus_counts_and_md5(ptb_dir):
+    corpus = load_corpus(DataConfig(name="ptb", path=str(ptb_dir)))
+    assert [len(corpus.texts[s]) for s in ("train", "valid", "test")] == [42_068, 3_370, 3_761]
+    words = [sum(len(t.split()) for t in corpus.texts[s]) for s in ("train", "valid", "test")]
+    assert words == [887_521, 70_390, 78_669]  # REFERENCE.md section 4
+    assert corpus.notes == []  # canonical md5s
+    vocab = WordVocab.build(corpus.texts["train"])
+    assert len(vocab) == 10_000 + 2  # Mikolov 10k counts <unk> and </s>; we add <pad> and <s>
+    assert md5_of(ptb_dir / "ptb.valid.txt") == PTB_MD5["ptb.valid.txt"]
+
+
+def test_ptb_md5_mismatch_warns_and_is_noted(tmp_path):
+    folder = write_lines(tmp_path / "ptb", {"ptb.train.txt": [" a b c"], "ptb.valid.txt": ["a b"],
+                                            "ptb.test.txt": ["c"]})
+    with pytest.warns(UserWarning, match="md5"):
+        corpus = load_corpus(DataConfig(name="ptb", path=str(folder)))
+    assert len(corpus.notes) == 3 and "md5" in corpus.notes[0]
+
+
+def test_yahoo_label_column_becomes_a_factor(tmp_path):
+    folder = write_lines(tmp_path / "yahoo", {
+        "train.txt": ["1\tthe cat sat", "2\ta dog ran", "1\tthe end"],
+        "val.txt": ["2\tdog"], "test.txt": ["1\tcat _UNK"]})
+    corpus = load_corpus(DataConfig(name="yahoo", path=str(folder)))
+    assert corpus.texts["train"] == ["the cat sat", "a dog ran", "the end"]
+    assert corpus.factors["train"]["label"] == [0, 1, 0] and corpus.factor_classes == {"label": 2}
+    vocab = WordVocab.build(corpus.texts["train"])
+    assert vocab.encode("cat _UNK zebra")[1:] == [3, 3]  # _UNK and unseen words map to <unk>
+
+
+def test_missing_split_file_is_a_clear_error(tmp_path):
+    folder = write_lines(tmp_path / "y", {"val.txt": ["a"], "test.txt": ["b"]})
+    with pytest.raises(ConfigError, match=r"no train file .*data\.files\.train"):
+        load_corpus(DataConfig(name="yahoo", path=str(folder)))
+    corpus = load_corpus(DataConfig(name="yahoo", path=str(folder), files={"train": "val.txt"}))
+    assert corpus.texts["train"] == ["a"]
+
+
+def test_snli_jsonl_sentences_deduplicated(tmp_path):
+    folder = tmp_path / "snli"
+    folder.mkdir()
+    pairs = [{"sentence1": "A man sleeps .", "sentence2": "A person rests ."},
+             {"sentence1": "A man sleeps .", "sentence2": "Nobody sleeps ."}]
+    for split in ("train", "dev", "test"):
+        (folder / f"snli_1.0_{split}.jsonl").write_text("\n".join(json.dumps(p) for p in pairs) + "\n")
+    corpus = load_corpus(DataConfig(name="snli", path=str(folder)))
+    assert corpus.texts["valid"] == ["A man sleeps .", "A person rests .", "Nobody sleeps ."]
+
+
+def test_hf_text_loader_offline(tmp_path):
+    folder = write_lines(tmp_path / "hf", {"tr.txt": ["one two", "three"], "va.txt": ["four"], "te.txt": ["five"]})
+    files = {k: str(folder / v) for k, v in {"train": "tr.txt", "validation": "va.txt", "test": "te.txt"}.items()}
+    corpus = load_corpus(DataConfig(name="hf", hf_name="text", hf_data_files=files))
+    assert corpus.texts == {"train": ["one two", "three"], "valid": ["four"], "test": ["five"]}
+
+
+def test_max_train_is_a_noted_reduced_setting():
+    corpus = load_corpus(DataConfig(synthetic={"n_train": 50, "n_valid": 5, "n_test": 5}, max_train=20))
+    assert len(corpus.texts["train"]) == 20 and len(corpus.factors["train"]["topic"]) == 20
+    assert "reduced setting" in corpus.notes[0]
+
+
+def test_framing_and_truncation():
+    vocab = WordVocab.build(["a b c d e"])
+    split = encode_split(["a b c d e", "a b"], vocab, max_length=4)
+    assert split.n_truncated == 1 and split.tokens[0] == vocab.encode("a b c")
+    assert split.n_words == [6, 3]  # words of the original text + </s>
+    batch = make_batch(split, [1], vocab.framing)
+    a, b = vocab.encode("a b")
+    assert batch.enc_ids.tolist() == [[1, a, b, 2]]  # <s> a b </s>
+    assert batch.dec_in.tolist() == [[1, a, b]] and batch.dec_target.tolist() == [[a, b, 2]]
+    assert split.n_predicted == (3 + 1) + (2 + 1)
+
+
+def test_bucketing_covers_every_index_once_and_keeps_padding_small():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 60) for _ in range(5000)]
+    batches = bucketed_order(lengths, 32, random.Random(1))
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(5000))
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert padded / sum(lengths) < 1.1  # random batches would pad ~1.9x
+    assert bucketed_order(lengths, 32, random.Random(1)) == batches  # deterministic for a seed
+
+
+def test_batches_masks_match_lengths():
+    vocab = WordVocab.build(["x y z w"])
+    split = encode_split(["x", "x y z", "y z", "w w w w"], vocab, max_length=20)
+    for batch in iterate_batches(split, vocab.framing, 3):
+        assert (batch.enc_mask.sum(1) == batch.dec_mask.sum(1) + 1).all()  # encoder has <s> and </s>
+        assert ((batch.enc_ids != 0) == batch.enc_mask).all()
