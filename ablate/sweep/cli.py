@@ -1,0 +1,60 @@
+"""`ablate sweep`, `ablate worker`, `ablate status` (picked up by ablate.cli through `register`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ablate.sweep.runner import run_sweep
+
+    return run_sweep(args.study, jobs=args.jobs, storage=args.storage, dry_run=args.dry_run,
+                     fail_fast=args.fail_fast, max_attempts=args.max_attempts, out=args.out,
+                     progress=not args.quiet)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from ablate.sweep.runner import run_worker
+
+    return run_worker(args.study, out=args.out, storage=args.storage, threads=args.threads,
+                      fail_fast=args.fail_fast, progress=not args.quiet and sys.stderr.isatty())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ablate.sweep.runner import status_text
+
+    print(status_text(args.study, out=args.out, storage=args.storage))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="study YAML file (or its results folder, results/<study>)")
+    p.add_argument("--storage", metavar="URL", default=None,
+                   help="Optuna storage: a journal file (*.journal), redis://…, or an RDB URL (sqlite:///x.db); "
+                        "default: the journal file results/<study>/ledger.journal")
+    p.add_argument("--out", default="results", help="results root (default results/): the study writes to OUT/<study>")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="train every missing cell of a study, in parallel, resumably")
+    _common(p)
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="worker processes (default: one per GPU, else 1); torch threads are divided among them")
+    p.add_argument("--dry-run", action="store_true", help="validate, print the cell counts and the plan; run nothing")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failed attempt (no retries)")
+    p.add_argument("--max-attempts", type=int, default=2, metavar="N",
+                   help="attempts per cell in this sweep, the first included (default 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("worker", help="pull queued cells of a study until its queue is empty (started by sweep)")
+    _common(p)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this worker")
+    p.add_argument("--fail-fast", action="store_true", help="stop after the first failed attempt, queue no retry")
+    p.add_argument("--quiet", action="store_true", help="no run progress bars")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("status", help="expected / done / failed / running / waiting cells per arm of a study")
+    _common(p)
+    p.set_defaults(func=cmd_status)

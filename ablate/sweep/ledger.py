@@ -1,0 +1,399 @@
+"""Optuna storage as the durable queue and ledger of a sweep.
+
+One Optuna study per ablate study. Each attempt at a cell is one Optuna trial, created by `enqueue_trial` (state
+WAITING) with user attributes
+
+    cell_id, attempt, max_attempt, arm, dataset, model, seed, settings (JSON), config (flattened resolved
+    config), run_config (the run config as JSON, so a worker needs nothing but the ledger)
+
+A worker pops a WAITING trial (the storage's WAITING → RUNNING transition is atomic: of two workers racing for
+one trial exactly one wins), records `pid`, `pid_start` and `host` on it, runs the cell and ends the trial
+COMPLETE (value: valid −ELBO) or FAIL (user attributes error_class, error_message). A failed attempt is retried
+by enqueueing attempt + 1 while attempt < max_attempt (Optuna's own retry only covers dead workers).
+
+The result files are the truth, the ledger is the queue: a cell with an ok result file is never enqueued, and
+a cell with a WAITING trial or a RUNNING trial whose process is alive (a "live attempt") is not enqueued again.
+A RUNNING trial whose process is gone (same host; pid checked against its start time, so a reused pid does not
+count as alive) is reclaimed: COMPLETE if its result file says ok (the worker died between writing the row and
+updating the ledger), otherwise FAIL with error_class WorkerDied and a failed result row, so no attempt is
+lost. Dead workers are only detected on this machine; a trial claimed on another host stays RUNNING.
+
+Default storage: a journal file `results/<study>/ledger.journal` (Optuna's JournalFileBackend: safe for many
+processes on one machine). `--storage` takes a journal path (`*.journal`, `journal:PATH`), `redis://…`, or any
+RDB URL (`sqlite:///x.db`, `postgresql://…`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import math
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+import pyarrow.parquet as pq
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from ablate.config import canonical_dict, flatten
+
+CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial without a pid (killed between pop and record) counts as dead after
+RESULT_NAME = re.compile(r"^(?P<cell>[0-9a-f]{12})\.a(?P<attempt>\d+)\.parquet$")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- storage
+
+
+def open_storage(folder: Path, url: str | None) -> BaseStorage:
+    """The default journal file under the study folder, a journal path, a Redis URL or an RDB URL."""
+    if url is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        return _journal(folder / "ledger.journal")
+    if url.startswith("journal:"):
+        return _journal(Path(url.removeprefix("journal:").removeprefix("//")))
+    if url.endswith((".journal", ".log", ".jsonl")) and "://" not in url:
+        return _journal(Path(url))
+    if url.startswith("redis://"):
+        from optuna.storages.journal import JournalRedisBackend
+
+        return optuna.storages.JournalStorage(JournalRedisBackend(url))
+    return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+
+
+def _journal(path: Path) -> BaseStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2:].split()  # fields from 3 (state) on; the command may contain spaces
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid from the original."""
+    stat = _proc_stat(pid)
+    return stat[19] if stat and len(stat) > 19 else None
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:
+        return not Path("/proc/self/stat").exists()  # no /proc (not Linux): trust kill(0)
+    if stat[0] in ("Z", "X"):  # a zombie is dead: killed, not yet reaped by its parent
+        return False
+    return start is None or stat[19] == start
+
+
+# ---------------------------------------------------------------- result files
+
+
+def result_stem(cell_id: str, attempt: int) -> str:
+    return f"{cell_id}.a{attempt}"
+
+
+class ResultIndex:
+    """The result files of a study folder's runs/: which attempts exist and their status."""
+
+    def __init__(self, runs: Path):
+        self.runs = Path(runs)
+        self.files: dict[str, dict[int, Path]] = {}
+        if self.runs.exists():
+            for path in self.runs.iterdir():
+                match = RESULT_NAME.match(path.name)
+                if match:
+                    self.files.setdefault(match["cell"], {})[int(match["attempt"])] = path
+        self._status: dict[Path, str] = {}
+
+    def status(self, cell_id: str, attempt: int) -> str | None:
+        path = self.files.get(cell_id, {}).get(attempt)
+        if path is None:
+            return None
+        if path not in self._status:
+            try:
+                self._status[path] = str(pq.read_table(path, columns=["status"]).column("status")[0])
+            except Exception:  # noqa: BLE001 - an unreadable file is not a result
+                self._status[path] = "unreadable"
+        return self._status[path]
+
+    def ok(self, cell_id: str) -> bool:
+        return any(self.status(cell_id, a) == "ok" for a in self.files.get(cell_id, {}))
+
+    def max_attempt(self, cell_id: str) -> int:
+        return max(self.files.get(cell_id, {}), default=0)
+
+    def failed_attempts(self, cell_id: str) -> int:
+        return sum(self.status(cell_id, a) == "failed" for a in self.files.get(cell_id, {}))
+
+
+def has_ok_result(runs: Path, cell_id: str) -> bool:
+    index = ResultIndex.__new__(ResultIndex)
+    index.runs, index._status = Path(runs), {}
+    index.files = {cell_id: {int(m["attempt"]): p for p in Path(runs).glob(f"{cell_id}.a*.parquet")
+                             if (m := RESULT_NAME.match(p.name))}}
+    return index.ok(cell_id)
+
+
+# ---------------------------------------------------------------- the ledger
+
+
+@dataclass
+class CellCounts:
+    expected: int = 0
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    pending: int = 0  # not queued, or last attempt lost with a dead worker: the next `ablate sweep` runs them
+
+
+class Ledger:
+    """One Optuna study in a storage, used as a queue of cell attempts."""
+
+    def __init__(self, storage: BaseStorage, study_name: str, folder: Path):
+        self.storage = storage
+        self.name = study_name
+        self.folder = Path(folder)
+        self.study_id = storage.get_study_id_from_name(study_name)
+        self.host = socket.gethostname()
+
+    @classmethod
+    def open(cls, study_name: str, folder: Path, url: str | None = None) -> "Ledger":
+        storage = open_storage(folder, url)
+        optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
+        return cls(storage, study_name, folder)
+
+    @classmethod
+    def open_existing(cls, study_name: str, folder: Path, url: str | None = None) -> "Ledger | None":
+        """Read-only use (status, dry run): None when there is no ledger yet; never creates one."""
+        if url is None and not (folder / "ledger.journal").exists():
+            return None
+        storage = open_storage(folder, url)
+        try:
+            return cls(storage, study_name, folder)
+        except KeyError:
+            return None
+
+    @property
+    def runs(self) -> Path:
+        return self.folder / "runs"
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock for enqueue/reclaim decisions (one machine), so two coordinators never both enqueue."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".ledger.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+        return self.storage.get_all_trials(self.study_id, deepcopy=False, states=states)
+
+    def trial_id(self, trial: FrozenTrial) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+
+    def by_cell(self, trials: list[FrozenTrial] | None = None) -> dict[str, list[FrozenTrial]]:
+        out: dict[str, list[FrozenTrial]] = {}
+        for trial in self.trials() if trials is None else trials:
+            cell = trial.user_attrs.get("cell_id")
+            if cell:
+                out.setdefault(cell, []).append(trial)
+        return out
+
+    def is_live(self, trial: FrozenTrial) -> bool:
+        if trial.state == TrialState.WAITING:
+            return True
+        if trial.state != TrialState.RUNNING:
+            return False
+        attrs = trial.user_attrs
+        if "pid" not in attrs:  # claimed, pid not recorded yet (or killed in between)
+            started = trial.datetime_start or dt.datetime.now()
+            return (dt.datetime.now() - started).total_seconds() < CLAIM_GRACE_SECONDS
+        if attrs.get("host") != self.host:
+            return True  # another machine's worker: cannot tell, assume alive
+        return process_alive(int(attrs["pid"]), attrs.get("pid_start"))
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def enqueue(self, cell: Any, attempt: int, max_attempt: int) -> None:
+        """Queue one attempt at a cell (a study.Cell)."""
+        config = cell.config
+        attrs = {"cell_id": cell.cell_id, "attempt": attempt, "max_attempt": max_attempt, "arm": cell.arm,
+                 "dataset": cell.dataset, "model": cell.model, "seed": cell.seed,
+                 "settings": json.dumps(cell.settings, sort_keys=True),
+                 "config": flatten(canonical_dict(config)),
+                 "run_config": json.dumps(config.model_dump(mode="json"), sort_keys=True),
+                 "enqueued_at": now_iso()}
+        optuna.load_study(study_name=self.name, storage=self.storage).enqueue_trial({}, user_attrs=attrs)
+
+    def requeue(self, trial: FrozenTrial, attempt: int) -> None:
+        """Queue the next attempt of a trial's cell with the same attributes."""
+        attrs = {k: v for k, v in trial.user_attrs.items()
+                 if k in ("cell_id", "max_attempt", "arm", "dataset", "model", "seed", "settings", "config",
+                          "run_config")}
+        attrs.update({"attempt": attempt, "enqueued_at": now_iso()})
+        optuna.load_study(study_name=self.name, storage=self.storage).enqueue_trial({}, user_attrs=attrs)
+
+    def pop(self) -> FrozenTrial | None:
+        """Claim the oldest WAITING trial for this process (atomic in the storage) and record pid and host."""
+        for trial in self.trials((TrialState.WAITING,)):
+            trial_id = self.trial_id(trial)
+            try:
+                claimed = self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+            except UpdateFinishedTrialError:
+                continue
+            if not claimed:
+                continue
+            pid = os.getpid()
+            for key, value in (("pid", pid), ("pid_start", process_start(pid)), ("host", self.host),
+                               ("claimed_at", now_iso())):
+                self.storage.set_trial_user_attr(trial_id, key, value)
+            return self.storage.get_trial(trial_id)
+        return None
+
+    def _set_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        for key, value in attrs.items():
+            self.storage.set_trial_user_attr(trial_id, key, value)
+
+    def complete(self, trial: FrozenTrial, row: dict[str, Any] | None, note: str = "") -> None:
+        trial_id = self.trial_id(trial)
+        value = _objective(row or {})
+        try:
+            self._set_attrs(trial_id, {"status": "ok", "finished_at": now_iso(), **({"note": note} if note else {})})
+            self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
+        except UpdateFinishedTrialError:
+            pass
+
+    def fail(self, trial: FrozenTrial, error_class: str, error_message: str) -> None:
+        trial_id = self.trial_id(trial)
+        try:
+            self._set_attrs(trial_id, {"status": "failed", "error_class": error_class,
+                                       "error_message": error_message[:500], "finished_at": now_iso()})
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            pass
+
+    def retry_if_allowed(self, trial: FrozenTrial) -> bool:
+        attempt = int(trial.user_attrs.get("attempt", 1))
+        if attempt < int(trial.user_attrs.get("max_attempt", attempt)):
+            with self.lock():
+                cell = trial.user_attrs["cell_id"]
+                live = any(self.is_live(t) for t in self.by_cell().get(cell, []))
+                if not live and not has_ok_result(self.runs, cell):
+                    self.requeue(trial, attempt + 1)
+                    return True
+        return False
+
+    # -- reclaim and sync (call under `lock()`) ---------------------------------------------------------
+
+    def reclaim(self, retry: bool) -> list[FrozenTrial]:
+        """End the RUNNING trials of dead workers (see the module docstring); optionally queue their retries."""
+        from ablate.sweep.runner import record_lost_attempt  # the row writer lives with the worker
+
+        reclaimed = []
+        results = ResultIndex(self.runs)
+        for trial in self.trials((TrialState.RUNNING,)):
+            if self.is_live(trial) or "cell_id" not in trial.user_attrs:
+                continue
+            cell, attempt = trial.user_attrs["cell_id"], int(trial.user_attrs.get("attempt", 1))
+            status = results.status(cell, attempt)
+            if status == "ok":
+                self.complete(trial, _read_row(results.files[cell][attempt]), note="reclaimed: worker died after "
+                                                                                   "writing its result")
+                continue
+            if status == "failed":
+                row = _read_row(results.files[cell][attempt])
+                self.fail(trial, str(row.get("error_class") or "Failed"), str(row.get("error_message") or ""))
+            else:
+                message = (f"worker pid {trial.user_attrs.get('pid', '?')} on {trial.user_attrs.get('host', '?')} "
+                           "died during the attempt (killed or crashed)")
+                record_lost_attempt(self.folder, trial, message)
+                self.fail(trial, "WorkerDied", message)
+            reclaimed.append(trial)
+            if retry and attempt < int(trial.user_attrs.get("max_attempt", attempt)):
+                self.requeue(trial, attempt + 1)
+        return reclaimed
+
+    def sync(self, cells: list[Any], max_attempts: int) -> dict[str, int]:
+        """Queue every cell with no ok result and no live attempt (each gets `max_attempts` tries from now)."""
+        results = ResultIndex(self.runs)
+        grouped = self.by_cell()
+        counts = {"done": 0, "live": 0, "enqueued": 0}
+        for cell in cells:
+            trials = grouped.get(cell.cell_id, [])
+            if results.ok(cell.cell_id):
+                counts["done"] += 1
+                continue
+            if any(self.is_live(t) for t in trials):
+                counts["live"] += 1
+                continue
+            last = max([results.max_attempt(cell.cell_id)] + [int(t.user_attrs.get("attempt", 0)) for t in trials])
+            self.enqueue(cell, last + 1, last + max_attempts)
+            counts["enqueued"] += 1
+        return counts
+
+    # -- counting ----------------------------------------------------------------------------------------
+
+    def cell_state(self, trials: list[FrozenTrial], ok_file: bool) -> str:
+        """done | running | waiting | failed | pending, from a cell's trials (and whether an ok file exists)."""
+        if ok_file or any(t.state == TrialState.COMPLETE for t in trials):
+            return "done"
+        if any(t.state == TrialState.RUNNING and self.is_live(t) for t in trials):
+            return "running"
+        if any(t.state == TrialState.WAITING for t in trials):
+            return "waiting"
+        finished = [t for t in trials if t.state == TrialState.FAIL]
+        if finished and not any(t.state == TrialState.RUNNING for t in trials):
+            last = max(finished, key=lambda t: int(t.user_attrs.get("attempt", 0)))
+            if last.user_attrs.get("error_class") != "Interrupted":
+                return "failed"
+        return "pending"
+
+
+def _objective(row: dict[str, Any]) -> float:
+    for key in ("valid.nelbo", "test.nelbo", "valid.nll", "test.nll"):
+        value = row.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return math.inf
+
+
+def _read_row(path: Path) -> dict[str, Any]:
+    try:
+        return pq.read_table(path).to_pylist()[0]
+    except Exception:  # noqa: BLE001
+        return {}
+

@@ -1,0 +1,617 @@
+"""Study YAML → cells: a resolved run config per cell, named by the hash of that config.
+
+A study file:
+
+    study: full_grid                 # the results folder name (default: the file's stem)
+    base: {model: ..., train: ...}   # a run config, as for `ablate run`
+    datasets: [synthetic]            # optional: names (→ data.name) or data sections ({name: ptb, path: ...})
+    models: [{name: lstm, nz: 32}]   # optional: model sections (merged over base.model when the name matches)
+    seeds: [0, 1, 2]                 # optional (default: base.seed)
+    arms:                            # chained: each arm is a family of cells (a row family in the report)
+      - name: free_bits
+        techniques: {free_bits: {mode: per_dim_example, lambda_per_dim: [0.1, 0.25]}}   # a list = an axis
+        train: {lr: [1.0e-3, 3.0e-4]}                                                   # any section may be set
+        zip: [[techniques.free_bits.lambda_per_dim, train.lr]]   # optional: pair these axes instead of crossing
+        exclude: [{train.lr: 3.0e-4, seed: 2}]                   # optional, as the study-level one
+    exclude: [{arm: free_bits, dataset: ptb}]                    # optional: drop matching cells
+
+Resolution of one cell: base ← dataset entry (data section) ← model entry ← arm sections (deep merge; an arm's
+`techniques` are merged too, technique by technique) ← axis values ← seed. Every list-valued leaf of the
+merged config is an axis; on a field that is itself a list (e.g. eval.splits) an axis is a list of lists. The
+axes of an arm are crossed, except the groups named in `zip`, which advance together. Exclude entries match on
+the resolved config's dotted keys (defaults included) and on the labels arm, dataset, model, seed; a list value
+in an exclude entry means "any of".
+
+A cell's id is `config_hash` of its resolved config (defaults filled, technique versions included), never its
+position or its arm name: adding seeds, values or arms adds cells and leaves existing results valid. Two cells
+with the same config in one study are an error (the manifest maps each id to one arm).
+
+Errors are one line naming the file, the line (from YAML node marks) and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import re
+import types
+import typing
+from collections.abc import Sequence as AbcSequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ablate.config import (ConfigError, DataConfig, EvalConfig, LSTMConfig, RunConfig, Seq2SeqConfig, TrainConfig,
+                           canonical_dict, config_hash, explain, flatten, suggest)
+
+STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude"]
+ARM_KEYS = ["name", "description", "techniques", "zip", "exclude", "data", "model", "train", "eval"]
+LABEL_KEYS = ["arm", "dataset", "model", "seed"]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+Path_ = tuple[Any, ...]  # a key path in the YAML document: ("arms", 2, "techniques", "free_bits")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One resolved run config of a study with its labels. `settings`: the swept axis values of this cell."""
+
+    cell_id: str
+    arm: str
+    dataset: str
+    model: str
+    seed: int
+    settings: dict[str, Any]
+    config: RunConfig
+
+    def canonical_json(self) -> str:
+        return json.dumps(canonical_dict(self.config), sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    text: str
+    cells: list[Cell]
+    arms: list[str]
+    datasets: list[str]
+    models: list[str]
+    seeds: list[int]
+    settings_per_arm: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    excluded: int = 0
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def cell(self, cell_id: str) -> Cell:
+        for cell in self.cells:
+            if cell.cell_id == cell_id:
+                return cell
+        raise KeyError(cell_id)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """arm -> dataset -> number of cells."""
+        out: dict[str, dict[str, int]] = {arm: {d: 0 for d in self.datasets} for arm in self.arms}
+        for cell in self.cells:
+            out[cell.arm][cell.dataset] += 1
+        return out
+
+    def summary(self) -> str:
+        """The cell counts per arm and dataset (what `ablate validate` and `ablate sweep --dry-run` print)."""
+        counts = self.counts()
+        width = max([len("arm"), len("total")] + [len(a) for a in self.arms]) + 2
+        cols = [max(len(d), 5) + 2 for d in self.datasets]
+        head = f"{'arm':<{width}}{'settings':>10}" + "".join(f"{d:>{w}}" for d, w in zip(self.datasets, cols))
+        lines = [f"{self.path}: study '{self.name}': {len(self.cells)} cells = {len(self.arms)} arm(s) "
+                 f"[{sum(self.settings_per_arm.values())} settings] × {len(self.datasets)} dataset(s) × "
+                 f"{len(self.models)} model(s) × {len(self.seeds)} seed(s)"
+                 + (" (after exclusions)" if self.excluded else ""),
+                 head + f"{'total':>8}"]
+        for arm in self.arms:
+            row = counts[arm]
+            lines.append(f"{arm:<{width}}{self.settings_per_arm.get(arm, 1):>10}"
+                         + "".join(f"{row[d]:>{w}}" for d, w in zip(self.datasets, cols))
+                         + f"{sum(row.values()):>8}")
+        totals = [sum(counts[a][d] for a in self.arms) for d in self.datasets]
+        lines.append(f"{'total':<{width}}{'':>10}" + "".join(f"{t:>{w}}" for t, w in zip(totals, cols))
+                     + f"{len(self.cells):>8}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def manifest_rows(self) -> list[dict[str, Any]]:
+        """One row per expected cell (the study folder's manifest.parquet)."""
+        return [{"cell_id": c.cell_id, "arm": c.arm, "dataset": c.dataset, "model": c.model, "seed": c.seed,
+                 "settings": json.dumps(c.settings, sort_keys=True), "config": c.canonical_json()}
+                for c in self.cells]
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+
+def _line_map(node: yaml.Node, path: Path_ = (), out: dict[Path_, int] | None = None) -> dict[Path_, int]:
+    """Key path -> 1-based line of each mapping key and sequence item (from the composed node tree)."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            try:  # keys typed as safe_load types them (a key `1` is an int), so paths match the loaded data
+                key = yaml.SafeLoader("").construct_object(key_node, deep=True)
+            except yaml.YAMLError:
+                key = getattr(key_node, "value", None)
+            if isinstance(key, (list, dict)):
+                continue
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            _line_map(item, path + (i,), out)
+    return out
+
+
+def _load_yaml(path: Path) -> tuple[str, dict[str, Any], dict[Path_, int]]:
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(error, 'problem', error)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a study must be a YAML mapping with 'base' and 'arms'")
+    lines: dict[Path_, int] = {}
+    if root is not None:
+        _line_map(root, (), lines)
+    return text, data, lines
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# ---------------------------------------------------------------- merging and axes
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    """`over` merged into a copy of `base`: mappings recursively, everything else replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = copy.deepcopy(base)
+        for key, value in over.items():
+            out[key] = deep_merge(out.get(key), value) if key in out else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(over)
+
+
+def _is_list_annotation(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if annotation in (list, tuple, set) or origin in (list, tuple, set, AbcSequence):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list_annotation(a) for a in typing.get_args(annotation))
+    return False
+
+
+SECTION_MODELS: dict[str, type[BaseModel]] = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def is_list_field(path: Path_, merged: dict[str, Any]) -> bool:
+    """Whether the run-config field at a key path is itself list-valued (so a plain list there is not an axis)."""
+    if not path:
+        return False
+    head, rest = path[0], path[1:]
+    model: Any
+    if head == "techniques":
+        if len(rest) < 2:
+            return False
+        from ablate.techniques.registry import get
+
+        try:
+            model = get(str(rest[0])).Config
+        except ValueError:
+            return False
+        rest = rest[1:]
+    elif head == "model":
+        name = (merged.get("model") or {}).get("name", "lstm") if isinstance(merged.get("model"), dict) else "lstm"
+        model = Seq2SeqConfig if name == "seq2seq" else LSTMConfig
+    elif head in SECTION_MODELS:
+        model = SECTION_MODELS[head]
+    else:
+        return False
+    for i, part in enumerate(rest):
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return False
+        annotation = fields[part].annotation
+        if i == len(rest) - 1:
+            return _is_list_annotation(annotation)
+        candidates = [annotation, *typing.get_args(annotation)]
+        model = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return False
+    return False
+
+
+def find_axes(data: Any, merged: dict[str, Any], path: Path_ = ()) -> dict[Path_, list[Any]]:
+    """Every list-valued leaf (an axis) of a merged config, in document order."""
+    axes: dict[Path_, list[Any]] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            axes.update(find_axes(value, merged, path + (key,)))
+    elif isinstance(data, list):
+        if is_list_field(path, merged):
+            if data and all(isinstance(v, list) for v in data):
+                axes[path] = data
+        else:
+            axes[path] = data
+    return axes
+
+
+def set_path(data: dict[str, Any], path: Path_, value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = copy.deepcopy(value)
+
+
+# ---------------------------------------------------------------- the loader
+
+
+class _Loader:
+    """Builds a Study from a parsed file; every error names the file, the line and the key."""
+
+    def __init__(self, path: Path, text: str, data: dict[str, Any], lines: dict[Path_, int]):
+        self.path, self.text, self.data, self.lines = path, text, data, lines
+
+    def line_of(self, *paths: Path_) -> int | None:
+        """The line of the first path found (trying ever shorter prefixes of each in turn)."""
+        for path in paths:
+            if path in self.lines:
+                return self.lines[path]
+        for path in paths:
+            for n in range(len(path) - 1, 0, -1):
+                if path[:n] in self.lines:
+                    return self.lines[path[:n]]
+        return None
+
+    def error(self, path: Path_, message: str, *fallbacks: Path_) -> ConfigError:
+        line = self.line_of(path, *fallbacks)
+        where = f" line {line}:" if line else ""
+        key = f" {_dotted(path)}:" if path else ""
+        return ConfigError(f"{self.path}:{where}{key} {message}")
+
+    # -- pieces ------------------------------------------------------------------------------------------
+
+    def check_keys(self, data: dict[str, Any], allowed: list[str], at: Path_, what: str) -> None:
+        for key in data:
+            if key not in allowed:
+                hint = suggest(str(key), allowed) or f"; allowed: {', '.join(allowed)}"
+                raise self.error(at + (key,), f"unknown {what} key '{key}'{hint}")
+
+    def expect(self, value: Any, kind: type | tuple[type, ...], at: Path_, what: str) -> Any:
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+            raise self.error(at, f"{what} (got {type(value).__name__}: {value!r})")
+        return value
+
+    def name(self, value: Any, at: Path_, what: str) -> str:
+        if not isinstance(value, str) or not NAME_RE.match(value):
+            raise self.error(at, f"{what} must be a name of letters, digits, '_', '-', '.' (got {value!r})")
+        return value
+
+    def datasets(self, base: dict[str, Any]) -> list[tuple[str, dict[str, Any], Path_]]:
+        raw = self.data.get("datasets")
+        if raw is None:
+            data = base.get("data") or {}
+            return [(str(data.get("name", "synthetic")) if isinstance(data, dict) else "synthetic", {}, ("base",))]
+        self.expect(raw, list, ("datasets",), "datasets must be a list of names or data sections")
+        if not raw:
+            raise self.error(("datasets",), "datasets is empty; give at least one (e.g. [synthetic])")
+        out = []
+        for i, entry in enumerate(raw):
+            if isinstance(entry, str):
+                out.append((entry, {"name": entry}, ("datasets", i)))
+            elif isinstance(entry, dict):
+                entry = dict(entry)
+                label = entry.pop("label", None) or entry.get("name") or (base.get("data") or {}).get("name",
+                                                                                                      "synthetic")
+                out.append((self.name(str(label), ("datasets", i), "a dataset label"), entry, ("datasets", i)))
+            else:
+                raise self.error(("datasets", i), f"a dataset is a name or a data section (got {entry!r})")
+        labels = [label for label, _, _ in out]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise self.error(("datasets", i), f"dataset '{label}' appears twice; give the entries distinct "
+                                                   "'label' keys")
+        return out
+
+    def models(self, base: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None, Path_]]:
+        raw = self.data.get("models")
+        base_model = base.get("model") if isinstance(base.get("model"), dict) else {}
+        if raw is None:
+            return [(str(base_model.get("name", "lstm")), None, ("base",))]
+        self.expect(raw, list, ("models",), "models must be a list of model sections")
+        if not raw:
+            raise self.error(("models",), "models is empty; drop the key to use base.model")
+        out = []
+        for i, entry in enumerate(raw):
+            self.expect(entry, dict, ("models", i), "a model entry must be a model section (e.g. {name: lstm})")
+            entry = dict(entry)
+            label = entry.pop("label", None) or entry.get("name", "lstm")
+            out.append((self.name(str(label), ("models", i), "a model label"), entry, ("models", i)))
+        labels = [label for label, _, _ in out]
+        for i, label in enumerate(labels):
+            if label in labels[:i]:
+                raise self.error(("models", i), f"model '{label}' appears twice; give the entries distinct "
+                                                 "'label' keys")
+        return out
+
+    def seeds(self, base: dict[str, Any]) -> list[int]:
+        raw = self.data.get("seeds")
+        if raw is None:
+            return [int(base.get("seed", 0))]
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            raw = [raw]
+        self.expect(raw, list, ("seeds",), "seeds must be a list of integers")
+        if not raw:
+            raise self.error(("seeds",), "seeds is empty; give at least one (e.g. [0])")
+        for i, seed in enumerate(raw):
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise self.error(("seeds", i), f"a seed must be an integer (got {seed!r})")
+        if len(set(raw)) != len(raw):
+            raise self.error(("seeds",), f"seeds repeat a value: {raw}")
+        return list(raw)
+
+    def zip_groups(self, arm: dict[str, Any], at: Path_, axes: dict[Path_, list[Any]]) -> list[list[Path_]]:
+        raw = arm.get("zip")
+        if raw is None:
+            return []
+        self.expect(raw, list, at + ("zip",), "zip must be a list of key lists, e.g. [[train.lr, train.epochs]]")
+        groups = raw if raw and all(isinstance(g, list) for g in raw) else [raw]
+        swept = {".".join(map(str, p)): p for p in axes}
+        seen: set[Path_] = set()
+        out = []
+        for g, group in enumerate(groups):
+            where = at + ("zip", g) if groups is raw else at + ("zip",)
+            if len(group) < 2:
+                raise self.error(where, f"a zip group pairs two or more swept keys (got {group!r})")
+            paths = []
+            for key in group:
+                if not isinstance(key, str) or key not in swept:
+                    hint = suggest(str(key), list(swept)) or f"; swept keys of this arm: {', '.join(swept) or 'none'}"
+                    raise self.error(where, f"zip: '{key}' is not a swept key (a list-valued leaf) of this arm{hint}")
+                if swept[key] in seen:
+                    raise self.error(where, f"zip: '{key}' is in two zip groups")
+                seen.add(swept[key])
+                paths.append(swept[key])
+            lengths = {".".join(map(str, p)): len(axes[p]) for p in paths}
+            if len(set(lengths.values())) > 1:
+                raise self.error(where, f"zip: zipped axes must have equal lengths (got {lengths})")
+            out.append(paths)
+        return out
+
+    def expand_arm(self, arm: dict[str, Any], merged: dict[str, Any], at: Path_, sources: "_Sources"
+                   ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """(resolved raw config, settings) for every setting of one arm's axes."""
+        axes = find_axes(merged, merged)
+        for path, values in axes.items():
+            if not values:
+                raise self.error(at + path, "an empty list: a swept key needs at least one value",
+                                 *sources.paths(path))
+        groups = self.zip_groups(arm, at, axes)
+        zipped = {p for g in groups for p in g}
+        units: list[list[dict[Path_, Any]]] = []
+        for path, values in axes.items():
+            group = next((g for g in groups if g[0] == path), None)
+            if group is not None:
+                units.append([{p: axes[p][i] for p in group} for i in range(len(values))])
+            elif path not in zipped:
+                units.append([{path: v} for v in values])
+        out = []
+        for combo in itertools.product(*units) if units else [()]:
+            data = copy.deepcopy(merged)
+            settings: dict[str, Any] = {}
+            for part in combo:
+                for path, value in part.items():
+                    set_path(data, path, value)
+                    settings[".".join(map(str, path))] = value
+            out.append((data, settings))
+        return out
+
+    def validate(self, data: dict[str, Any], where: str, sources: "_Sources") -> RunConfig:
+        try:
+            return RunConfig.model_validate(data)
+        except ValidationError as error:
+            first = error.errors()[0]
+            loc = tuple(p for p in first["loc"] if p not in ("lstm", "seq2seq"))
+            if not loc:
+                match = re.search(r"techniques\.([A-Za-z0-9_]+)(?:\.([A-Za-z0-9_]+))?", first["msg"])
+                loc = tuple(p for p in match.groups() if p) if match else ()
+                loc = ("techniques", *loc) if match else ()
+            line = self.line_of(*sources.paths(loc))
+            prefix = f"{self.path}:{f' line {line}:' if line else ''} {where}"
+            raise explain(error, data, prefix) from None
+
+    def exclusions(self, raw: Any, at: Path_) -> list[tuple[dict[str, Any], Path_]]:
+        if raw is None:
+            return []
+        self.expect(raw, list, at, "exclude must be a list of mappings, e.g. [{arm: vanilla, seed: 2}]")
+        out = []
+        for i, entry in enumerate(raw):
+            self.expect(entry, dict, at + (i,), "an exclude entry must be a mapping of keys to values")
+            if not entry:
+                raise self.error(at + (i,), "an empty exclude entry would drop every cell")
+            out.append((entry, at + (i,)))
+        return out
+
+    # -- the whole study ---------------------------------------------------------------------------------
+
+    def load(self) -> Study:
+        data = self.data
+        self.check_keys(data, STUDY_KEYS, (), "study")
+        name = self.name(data.get("study", self.path.stem), ("study",), "study")
+        base = data.get("base") or {}
+        self.expect(base, dict, ("base",), "base must be a run config mapping (data, model, train, eval, ...)")
+        arms = data.get("arms")
+        if arms is None:
+            raise self.error((), "a study needs 'arms' (a list of {name, techniques, ...})")
+        self.expect(arms, list, ("arms",), "arms must be a list of {name, techniques, ...}")
+        if not arms:
+            raise self.error(("arms",), "arms is empty; give at least one arm (e.g. {name: vanilla, techniques: {}})")
+        datasets, models, seeds = self.datasets(base), self.models(base), self.seeds(base)
+        study_excludes = self.exclusions(data.get("exclude"), ("exclude",))
+
+        arm_names: list[str] = []
+        cells: list[Cell] = []
+        candidates: list[tuple[Cell, list[tuple[dict[str, Any], Path_]]]] = []
+        settings_per_arm: dict[str, int] = {}
+        for a, arm in enumerate(arms):
+            at: Path_ = ("arms", a)
+            self.expect(arm, dict, at, "an arm must be a mapping {name, techniques, ...}")
+            self.check_keys(arm, ARM_KEYS, at, "arm")
+            if "name" not in arm:
+                raise self.error(at, "an arm needs a 'name'")
+            arm_name = self.name(arm["name"], at + ("name",), "an arm name")
+            if arm_name in arm_names:
+                raise self.error(at + ("name",), f"arm name '{arm_name}' is used twice")
+            arm_names.append(arm_name)
+            for section in ("techniques", "data", "model", "train", "eval"):
+                if section in arm and arm[section] is not None:
+                    self.expect(arm[section], dict, at + (section,), f"{section} must be a mapping")
+            overrides = {k: v for k, v in arm.items() if k in ("techniques", "data", "model", "train", "eval")
+                         and v is not None}
+            excludes = study_excludes + self.exclusions(arm.get("exclude"), at + ("exclude",))
+            settings_seen = 0
+            for d_label, d_data, d_at in datasets:
+                for m_label, m_data, m_at in models:
+                    merged = copy.deepcopy(base)
+                    merged.pop("seed", None)
+                    if d_data:
+                        merged["data"] = deep_merge(merged.get("data") or {}, d_data)
+                    if m_data is not None:
+                        base_model = merged.get("model") if isinstance(merged.get("model"), dict) else {}
+                        same = m_data.get("name", "lstm") == base_model.get("name", "lstm")
+                        merged["model"] = deep_merge(base_model, m_data) if same else copy.deepcopy(m_data)
+                    merged = deep_merge(merged, overrides)
+                    sources = _Sources(at, m_at if m_data is not None else None, d_at if d_data else None)
+                    settings = self.expand_arm(arm, merged, at, sources)
+                    settings_seen = max(settings_seen, len(settings))
+                    for raw, setting in settings:
+                        for seed in seeds:
+                            raw_seeded = {**raw, "seed": seed}
+                            config = self.validate(raw_seeded, f"arm '{arm_name}'", sources)
+                            cell = Cell(cell_id=config_hash(config), arm=arm_name, dataset=d_label, model=m_label,
+                                        seed=seed, settings=setting, config=config)
+                            candidates.append((cell, excludes))
+            settings_per_arm[arm_name] = settings_seen
+
+        warnings: list[str] = []
+        all_keys = set(LABEL_KEYS)
+        flat = {}
+        for cell, _ in candidates:
+            flat[id(cell)] = {**flatten(canonical_dict(cell.config)), "arm": cell.arm, "dataset": cell.dataset,
+                              "model": cell.model, "seed": cell.seed}
+            all_keys.update(flat[id(cell)])
+        used: set[Path_] = set()
+        for entry, at in study_excludes + [e for a, arm in enumerate(arms)
+                                           for e in self.exclusions(arm.get("exclude"), ("arms", a, "exclude"))]:
+            for key in entry:
+                if key not in all_keys and not any(k.startswith(f"{key}.") for k in all_keys):
+                    hint = suggest(str(key), sorted(all_keys)) or "; use a dotted config key or arm/dataset/model/seed"
+                    raise self.error(at + (key,), f"exclude: unknown key '{key}'{hint}")
+        for cell, excludes in candidates:
+            dropped = False
+            for entry, at in excludes:
+                if self._matches(entry, flat[id(cell)], cell):
+                    used.add(at)
+                    dropped = True
+            if not dropped:
+                cells.append(cell)
+        for entry, at in study_excludes + [e for a, arm in enumerate(arms)
+                                           for e in self.exclusions(arm.get("exclude"), ("arms", a, "exclude"))]:
+            if at not in used:
+                warnings.append(f"{self.path}: line {self.line_of(at)}: exclude entry {entry} matches no cell")
+
+        seen: dict[str, Cell] = {}
+        for cell in cells:
+            if cell.cell_id in seen:
+                other = seen[cell.cell_id]
+                a = arm_names.index(cell.arm)
+                def label(c: Cell) -> str:
+                    return f"arm '{c.arm}'" + (f" {c.settings}" if c.settings else "")
+                raise self.error(("arms", a), f"{label(cell)} (seed {cell.seed}, {cell.dataset}) has the same "
+                                 f"resolved config as {label(other)}: cell {cell.cell_id}; make them differ or "
+                                 "drop one")
+            seen[cell.cell_id] = cell
+        if not cells:
+            raise self.error(("exclude",) if study_excludes else ("arms",), "no cells left after exclusions")
+        return Study(name=name, path=self.path, text=self.text, cells=cells, arms=arm_names,
+                     datasets=[d for d, _, _ in datasets], models=[m for m, _, _ in models], seeds=seeds,
+                     settings_per_arm=settings_per_arm, warnings=warnings,
+                     excluded=len(candidates) - len(cells))
+
+    @staticmethod
+    def _matches(entry: dict[str, Any], flat: dict[str, Any], cell: Cell) -> bool:
+        for key, want in entry.items():
+            if key in flat:
+                have = flat[key]
+            else:  # a section or technique named as a whole (e.g. techniques.free_bits): compare the mapping
+                have = _get_path(canonical_dict(cell.config), tuple(key.split(".")))
+            if isinstance(want, list) and not (isinstance(have, str) and have.startswith("[")):
+                if not any(_equal(have, w) for w in want):
+                    return False
+            elif not _equal(have, want):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class _Sources:
+    """Where the keys of one cell's merged config were written: the arm, a models entry, a datasets entry, base."""
+
+    arm: Path_
+    model: Path_ | None
+    dataset: Path_ | None
+
+    def paths(self, loc: Path_) -> list[Path_]:
+        out = [self.arm + loc]
+        if self.model is not None and loc[:1] == ("model",):
+            out.append(self.model + loc[1:])
+        if self.dataset is not None and loc[:1] == ("data",):
+            out.append(self.dataset + loc[1:])
+        return out + [("base",) + loc]
+
+
+def _get_path(data: Any, path: Path_) -> Any:
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def _equal(have: Any, want: Any) -> bool:
+    if isinstance(have, str) and isinstance(want, (list, dict)):
+        return have == json.dumps(want)
+    if isinstance(have, (int, float)) and isinstance(want, (int, float)) and not isinstance(want, bool):
+        return float(have) == float(want)
+    return have == want
+
+
+def load_study(path: str | Path) -> Study:
+    """Parse, expand and validate a study file; raises a one-line ConfigError (file, line, key) on any problem."""
+    path = Path(path)
+    text, data, lines = _load_yaml(path)
+    return _Loader(path, text, data, lines).load()

@@ -1,0 +1,220 @@
+"""The sweep end to end at tiny sizes: resume without duplicates, an injected NaN that fails one cell while the
+rest complete, --fail-fast, a worker killed with SIGKILL mid-sweep, two concurrent workers on one journal, a
+malformed study that writes nothing, and `ablate status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from ablate.cli import main
+from ablate.results import load_results
+from ablate.sweep.ledger import Ledger
+from ablate.sweep.runner import run_sweep, status_text, write_study_files
+from ablate.sweep.study import load_study
+
+pytestmark = pytest.mark.slow
+
+TINY = """\
+base:
+  data: {synthetic: {n_train: 120, n_valid: 40, n_test: 40}}
+  model: {emb_dim: 16, enc_hidden: 32, dec_hidden: 32, nz: 4}
+  train: {epochs: 1, batch_size: 32, device: cpu, threads: 1}
+  eval: {iw_samples: 5, probe: false, splits: [test]}
+"""
+
+
+def make_study(tmp_path: Path, name: str, arms: str, seeds: str = "[0]", base: str = TINY) -> Path:
+    text = f"study: {name}\n{base}seeds: {seeds}\narms:\n{textwrap.indent(textwrap.dedent(arms), '  ')}"
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def raw_rows(folder: Path) -> pd.DataFrame:
+    paths = sorted(p for p in (folder / "runs").glob("*.parquet") if not p.name.endswith(".curves.parquet"))
+    return pd.concat([pq.read_table(p).to_pandas() for p in paths], ignore_index=True) if paths else pd.DataFrame()
+
+
+def trials_by_state(folder: Path, name: str) -> dict[str, int]:
+    ledger = Ledger.open_existing(name, folder)
+    out: dict[str, int] = {}
+    for trial in ledger.trials():
+        out[trial.state.name] = out.get(trial.state.name, 0) + 1
+    return out
+
+
+def assert_each_cell_once(folder: Path, study_path: Path) -> pd.DataFrame:
+    study = load_study(study_path)
+    rows = raw_rows(folder)
+    ok = rows[rows["status"] == "ok"]
+    assert sorted(ok["cell_id"]) == sorted(c.cell_id for c in study.cells), "each cell exactly one ok row"
+    deduped, _ = load_results(folder / "runs")
+    assert len(deduped) == len(study.cells)
+    return rows
+
+
+def test_nan_cell_fails_rest_complete_and_rerun_duplicates_nothing(tmp_path, capsys):
+    path = make_study(tmp_path, "nan", """\
+        - name: vae
+        - name: ae
+          train: {kl_weight: 0.0}
+        - name: diverges
+          train: {divergence_threshold: 1.0e-3}
+        """)
+    out = tmp_path / "results"
+    assert run_sweep(path, jobs=1, out=out, max_attempts=2, progress=False) == 1
+    folder = out / "nan"
+    rows = raw_rows(folder)
+    ok, failed = load_results(folder / "runs")
+    assert sorted(ok["arm"]) == ["ae", "vae"]
+    assert list(failed["arm"]) == ["diverges", "diverges"] and sorted(failed["attempt"]) == [1, 2]
+    assert set(failed["error_class"]) == {"TrainingDiverged"}
+    assert set(rows["study"]) == {"nan"} and rows["cell_id"].str.len().eq(12).all()
+    assert trials_by_state(folder, "nan") == {"COMPLETE": 2, "FAIL": 2}
+    ledger = Ledger.open_existing("nan", folder)
+    failed_trial = next(t for t in ledger.trials() if t.state.name == "FAIL")
+    assert failed_trial.user_attrs["error_class"] == "TrainingDiverged"
+    assert failed_trial.user_attrs["cell_id"] == failed["cell_id"].iloc[0]
+    assert not (folder / "checkpoints" / f"{ok['cell_id'].iloc[0]}.pt").exists()  # ok cells drop checkpoints
+
+    # the study folder: manifest, study.json, study.yaml
+    manifest = pq.read_table(folder / "manifest.parquet").to_pandas()
+    assert sorted(manifest["arm"]) == ["ae", "diverges", "vae"]
+    assert json.loads(manifest.loc[manifest["arm"] == "ae", "config"].iloc[0])["train"]["kl_weight"] == 0.0
+    meta = json.loads((folder / "study.json").read_text())
+    assert meta["study"] == "nan" and len(meta["study_hash"]) == 64
+    assert (folder / "study.yaml").read_text() == path.read_text()
+
+    status = status_text(path, out=out)
+    assert "diverges" in status and "total" in status
+    capsys.readouterr()
+
+    # run again: only the failed cell is tried again (a fresh budget), ok cells are never re-run
+    assert run_sweep(path, jobs=1, out=out, max_attempts=1, progress=False) == 1
+    again = raw_rows(folder)
+    assert len(again) == len(rows) + 1
+    assert sorted(again[again["status"] == "ok"]["run_id"]) == sorted(rows[rows["status"] == "ok"]["run_id"])
+    assert sorted(again[again["status"] == "failed"]["attempt"]) == [1, 2, 3]
+
+
+def test_fail_fast_stops_at_the_first_failure(tmp_path):
+    path = make_study(tmp_path, "ff", """\
+        - name: diverges
+          train: {divergence_threshold: 1.0e-3}
+        - name: vae
+          train: {kl_weight: [0.5, 1.0]}
+        """)
+    out = tmp_path / "results"
+    assert run_sweep(path, jobs=1, out=out, fail_fast=True, progress=False) == 1
+    rows = raw_rows(out / "ff")
+    assert list(rows["status"]) == ["failed"] and list(rows["attempt"]) == [1]
+
+
+def test_malformed_study_is_one_line_and_writes_nothing(tmp_path, capsys):
+    path = make_study(tmp_path, "bad", """\
+        - name: vae
+          train: {kl_wieght: 0.5}
+        """)
+    out = tmp_path / "results"
+    for extra in ([], ["--dry-run"]):
+        assert main(["sweep", str(path), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(path) in err and "line 10" in err and "train.kl_wieght" in err
+        assert "did you mean 'kl_weight'" in err
+    assert not out.exists()
+
+
+def test_dry_run_prints_counts_and_writes_nothing(tmp_path, capsys):
+    path = make_study(tmp_path, "dry", "- name: vae\n  train: {kl_weight: [0.5, 1.0]}\n", seeds="[0, 1, 2]")
+    out = tmp_path / "results"
+    assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "6 cells" in text and "6 would be queued" in text
+    assert not out.exists()
+
+
+def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def test_sigkilled_worker_loses_no_run_and_rerun_completes_each_cell_once(tmp_path):
+    path = make_study(tmp_path, "kill", """\
+        - name: vae
+          train: {epochs: 3, kl_weight: [0.25, 0.5, 0.75, 1.0]}
+        """)
+    out = tmp_path / "results"
+    folder = out / "kill"
+    sweep = subprocess.Popen([sys.executable, "-m", "ablate.cli", "sweep", str(path), "--jobs", "2", "--out",
+                              str(out), "--quiet"], env=_env(), start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait(lambda: any((folder / "runs").glob("*.a1.parquet")), 180, "a first result", sweep)
+        victim: list[int] = []
+
+        def running_worker() -> bool:
+            ledger = Ledger.open_existing("kill", folder)
+            pids = [t.user_attrs.get("pid") for t in ledger.trials() if t.state.name == "RUNNING"]
+            victim[:] = [p for p in pids if p and p != sweep.pid]
+            return bool(victim)
+
+        _wait(running_worker, 120, "a worker running a cell", sweep)
+        os.kill(victim[0], signal.SIGKILL)
+        # the coordinator notices, reclaims the killed attempt and finishes the study with a fresh worker; then
+        # kill the whole sweep anyway if it is still going, to exercise the reclaim on re-run as well
+        time.sleep(1.0)
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait(timeout=60)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+    assert run_sweep(path, jobs=1, out=out, progress=False) == 0
+    rows = assert_each_cell_once(folder, path)
+    died = rows[rows["status"] == "failed"]
+    assert len(died) >= 1 and set(died["error_class"]) == {"WorkerDied"}  # the killed attempt is on record
+    assert trials_by_state(folder, "kill").get("RUNNING", 0) == 0
+    assert run_sweep(path, jobs=1, out=out, progress=False) == 0  # a third run has nothing to do
+    assert len(raw_rows(folder)) == len(rows)
+
+
+def test_two_concurrent_workers_on_one_journal_run_each_cell_once(tmp_path):
+    path = make_study(tmp_path, "pair", "- name: vae\n  train: {kl_weight: [0.25, 0.5, 0.75, 1.0]}\n")
+    study = load_study(path)
+    folder = tmp_path / "results" / "pair"
+    write_study_files(study, folder)
+    ledger = Ledger.open("pair", folder)
+    with ledger.lock():
+        assert ledger.sync(study.cells, max_attempts=1)["enqueued"] == 4
+    workers = [subprocess.Popen([sys.executable, "-m", "ablate.cli", "worker", str(folder), "--quiet",
+                                 "--threads", "1"], env=_env()) for _ in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0
+    rows = assert_each_cell_once(folder, path)
+    assert (rows["status"] == "ok").all()
+    assert trials_by_state(folder, "pair") == {"COMPLETE": 4}
+    claimed_by = {t.user_attrs["pid"] for t in Ledger.open_existing("pair", folder).trials()}
+    assert claimed_by <= {w.pid for w in workers}
+    assert "done" in status_text(folder)
