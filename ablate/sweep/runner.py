@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,10 @@ def run_worker(target: str | Path, out: str | Path = "results", storage: str | N
     return 1 if fail_fast and any(not r.ok for r in results) else 0
 
 
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _raise_exit(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
@@ -351,6 +356,17 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
     if dry_run:
         return _dry_run(study, folder, storage, jobs, stream)
 
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None  # stop workers as Ctrl-C does
+    try:
+        return _sweep(study, folder, jobs, gpus, storage, fail_fast, max_attempts, out, progress, stream)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str | None, fail_fast: bool,
+           max_attempts: int, out: str | Path, progress: bool, stream: TextIO) -> int:
     started = time.perf_counter()
     write_study_files(study, folder)
     ledger = Ledger.open(study.name, folder, storage)
