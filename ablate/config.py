@@ -98,7 +98,9 @@ class Seq2SeqConfig(Strict):
     name: Literal["seq2seq"] = "seq2seq"
     pretrained: str | None = Field(None, description="AutoModelForSeq2SeqLM name or local folder")
     config: Seq2SeqArch | None = None
-    tokenizer: str = Field("train", description="tokenizer name/folder, or 'train' to fit one on the train split")
+    tokenizer: str | None = Field(
+        None, description="tokenizer name/folder, or 'train' to fit one on the train split "
+        "(default: the pretrained model's own, or 'train' for a model built from config)")
     tokenizer_vocab_size: int = Field(2000, ge=100, description="vocabulary size when tokenizer: train")
     pooling: Literal["mean", "max", "first"] = "max"
     injection: Literal["memory", "embedding", "cross_attention"] = "memory"
@@ -126,6 +128,10 @@ class TrainConfig(Strict):
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (overrides epochs)")
     grad_clip: float | None = Field(5.0, gt=0)
     kl_weight: float = Field(1.0, ge=0, description="base KL weight; techniques multiply it (0 = autoencoder)")
+    select_by: Literal["nelbo", "rec", "last"] = Field(
+        "nelbo", description="which VAE-phase epoch's state is kept: best validation -ELBO (default), best "
+        "validation rec (for an autoencoder, whose KL grows without bound), or the last"
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
     divergence_threshold: float = Field(1e6, gt=0, description="a loss above this ends the run as diverged")

@@ -42,7 +42,7 @@ class TrainState:
     epoch: int = 0
     epochs_in_phase: int = 0
     valid_rec: list[float] = field(default_factory=list)  # of the pretraining phase
-    best_nelbo: float = math.inf
+    best_score: float = math.inf  # validation value of train.select_by
     best_epoch: int = -1
     train_tokens: int = 0
     train_seconds: float = 0.0
@@ -101,7 +101,7 @@ def _save_checkpoint(path: Path, model: TextVAE, optimizer: torch.optim.Optimize
 def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit, valid_split: EncodedSplit,
           framing: Framing, cfg: TrainConfig, device: torch.device, seed: int, eval_batch_size: int = 64,
           checkpoint: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train in place; on return the model holds the best VAE-phase state by validation −ELBO."""
+    """Train in place; on return the model holds the best VAE-phase state by `cfg.select_by` (validation)."""
     model.to(device).train()
     state = TrainState(phase="pretrain" if any(t.wants_pretraining() for t in techniques) else "vae")
     curves: list[dict[str, Any]] = []
@@ -153,7 +153,7 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
 
-            rec, kl = float(parts.rec.mean()), float(parts.kl.mean())
+            rec, kl = float(parts.rec.detach().mean()), float(parts.kl.detach().mean())
             curves.append({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "train",
                            "beta": objective.beta, "kl": kl, "rec": rec, "loss": loss})
             state.global_step += 1
@@ -179,8 +179,8 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
             state.valid_rec.append(valid["rec"])
             progress_now = PhaseProgress(state.epochs_in_phase, state.phase_step, state.valid_rec)
             switch_phase = switch_phase or all(t.pretraining_finished(progress_now) for t in pretrainers)
-        elif valid["nelbo"] < state.best_nelbo:
-            state.best_nelbo, state.best_epoch = valid["nelbo"], state.epoch
+        elif cfg.select_by == "last" or valid[cfg.select_by] < state.best_score:
+            state.best_score, state.best_epoch = valid[cfg.select_by], state.epoch
             best = copy.deepcopy(model.state_dict())
         if progress:
             tqdm.write(f"epoch {state.epoch} [{state.phase}] valid rec {valid['rec']:.2f} kl {valid['kl']:.3f} "

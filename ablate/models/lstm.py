@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from ablate.config import LSTMConfig
@@ -85,8 +86,8 @@ class LSTMVAE(TextVAE):
         targets = expand_for_samples(batch.dec_target, k)
         mask = expand_for_samples(batch.dec_mask, k)
         logits, _ = self.decoder(inputs, flat_z)
-        token_logp = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        sentence_logp = (token_logp * mask).sum(-1)  # sum over tokens: no mean over padded length
+        token_nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        sentence_logp = -(token_nll * mask).sum(-1)  # sum over tokens: no mean over padded length
         return sentence_logp.view(-1, k) if per_sample else sentence_logp
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
