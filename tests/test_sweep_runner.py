@@ -218,3 +218,53 @@ def test_two_concurrent_workers_on_one_journal_run_each_cell_once(tmp_path):
     claimed_by = {t.user_attrs["pid"] for t in Ledger.open_existing("pair", folder).trials()}
     assert claimed_by <= {w.pid for w in workers}
     assert "done" in status_text(folder)
+
+
+def test_worker_dying_after_writing_its_row_is_reclaimed_as_done_not_rerun(tmp_path):
+    """The worker wrote its ok row, then died before telling the ledger: the re-run must not run the cell again."""
+    from ablate.run import execute
+
+    path = make_study(tmp_path, "late", "- name: vae\n")
+    study = load_study(path)
+    folder = tmp_path / "results" / "late"
+    write_study_files(study, folder)
+    ledger = Ledger.open("late", folder)
+    with ledger.lock():
+        ledger.sync(study.cells, max_attempts=2)
+    trial = ledger.pop()
+    (cell,) = study.cells
+    execute(cell.config, folder / "runs", labels={"study": "late", "cell_id": cell.cell_id, "arm": "vae",
+                                                  "attempt": 1}, progress=False, file_stem=f"{cell.cell_id}.a1")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ledger.storage.set_trial_user_attr(ledger.trial_id(trial), "pid", gone.pid)  # as if its worker had died
+    ledger.storage.set_trial_user_attr(ledger.trial_id(trial), "pid_start", None)
+    assert run_sweep(path, jobs=1, out=tmp_path / "results", progress=False) == 0
+    rows = assert_each_cell_once(folder, path)
+    assert len(rows) == 1
+    (done,) = Ledger.open_existing("late", folder).trials()
+    assert done.state.name == "COMPLETE" and "reclaimed" in done.user_attrs["note"]
+
+
+def test_a_cell_continues_from_its_checkpoint(tmp_path):
+    """results/<study>/checkpoints/<cell_id>.pt is handed to the run: a retried cell resumes, not restarts."""
+    import torch
+
+    from ablate.run import execute
+
+    path = make_study(tmp_path, "resume", "- name: vae\n  train: {epochs: 2}\n")
+    (cell,) = load_study(path).cells
+    checkpoint = tmp_path / "results" / "resume" / "checkpoints" / f"{cell.cell_id}.pt"
+    first_epoch = cell.config.model_copy(deep=True)
+    first_epoch.train.epochs = 1  # what a killed attempt leaves behind: the state after epoch 1 of 2
+    execute(first_epoch, tmp_path / "scratch", checkpoint=checkpoint, progress=False)
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["state"]["epoch"] == 1
+    saved["state"]["finished"] = False  # it was killed, not finished
+    saved["curves"][0]["loss"] = 12345.0  # a marker that only a resumed run can carry into its curves
+    torch.save(saved, checkpoint)
+    assert run_sweep(path, jobs=1, out=tmp_path / "results", progress=False) == 0
+    curves = pq.read_table(tmp_path / "results" / "resume" / "runs" / f"{cell.cell_id}.a1.curves.parquet")
+    curves = curves.to_pandas()
+    assert 12345.0 in set(curves["loss"]) and curves["epoch"].max() == 1
+    assert not checkpoint.exists()  # an ok cell drops its checkpoint

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import json
 import math
 import os
@@ -202,6 +203,10 @@ class Ledger:
         except KeyError:
             return None
 
+    @functools.cached_property
+    def optuna_study(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.name, storage=self.storage)
+
     @property
     def runs(self) -> Path:
         return self.folder / "runs"
@@ -257,7 +262,7 @@ class Ledger:
                  "config": flatten(canonical_dict(config)),
                  "run_config": json.dumps(config.model_dump(mode="json"), sort_keys=True),
                  "enqueued_at": now_iso()}
-        optuna.load_study(study_name=self.name, storage=self.storage).enqueue_trial({}, user_attrs=attrs)
+        self.optuna_study.enqueue_trial({}, user_attrs=attrs)
 
     def requeue(self, trial: FrozenTrial, attempt: int) -> None:
         """Queue the next attempt of a trial's cell with the same attributes."""
@@ -265,7 +270,7 @@ class Ledger:
                  if k in ("cell_id", "max_attempt", "arm", "dataset", "model", "seed", "settings", "config",
                           "run_config")}
         attrs.update({"attempt": attempt, "enqueued_at": now_iso()})
-        optuna.load_study(study_name=self.name, storage=self.storage).enqueue_trial({}, user_attrs=attrs)
+        self.optuna_study.enqueue_trial({}, user_attrs=attrs)
 
     def pop(self) -> FrozenTrial | None:
         """Claim the oldest WAITING trial for this process (atomic in the storage) and record pid and host."""
