@@ -1,0 +1,56 @@
+"""`ablate report [STUDY_DIR ...] --out DIR` (picked up by ablate.cli through `register`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ablate.report.build import Options, build_report, find_studies, is_study_folder
+
+    if args.studies:
+        folders = []
+        for given in args.studies:
+            path = Path(given)
+            if not path.is_dir():
+                print(f"error: {given}: no such folder; give a study results folder such as results/full_grid",
+                      file=sys.stderr)
+                return 2
+            if not is_study_folder(path):
+                inner = find_studies(path)
+                if not inner:
+                    print(f"error: {given}: neither a study folder (manifest.parquet or runs/) nor a folder of "
+                          f"studies", file=sys.stderr)
+                    return 2
+                folders += inner
+            else:
+                folders.append(path)
+    else:
+        folders = find_studies(args.results)
+        if not folders:
+            print(f"error: {args.results}: no study folders (with manifest.parquet or runs/) found; run "
+                  f"`ablate sweep STUDY.yaml` first or name a folder", file=sys.stderr)
+            return 2
+    select = tuple(s.strip() for s in args.select.split(",") if s.strip())
+    options = Options(baseline=args.baseline, select=select, split=args.split)
+    index = build_report(folders, args.out, options)
+    print(f"wrote {index} ({len(folders)} stud{'y' if len(folders) == 1 else 'ies'}: "
+          f"{', '.join(str(f) for f in folders)})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="tables and plots of stored results → OUT/index.html (never trains)")
+    p.add_argument("studies", nargs="*", metavar="STUDY_DIR",
+                   help="study results folders (default: every study under --results)")
+    p.add_argument("--out", default="reports", help="output folder (default reports/)")
+    p.add_argument("--results", default="results", help="results root searched when no STUDY_DIR is given")
+    p.add_argument("--baseline", default="vanilla",
+                   help="arm the paired differences are taken against (default: vanilla, the plain VAE)")
+    p.add_argument("--select", default="valid.nll,valid.nelbo", metavar="COLUMN[,COLUMN]",
+                   help="validation column choosing each arm's setting; the first present is used "
+                        "(default valid.nll, then valid.nelbo)")
+    p.add_argument("--split", default="test", choices=["test", "valid"], help="split the tables report")
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,347 @@
+"""The report's figures (matplotlib on the Agg canvas, seaborn styles and palettes), each as PNG and SVG.
+
+Figures are built on `matplotlib.figure.Figure` objects, never through pyplot's global state, inside an rc
+context that makes the files deterministic: `svg.hashsalt` is fixed, and neither file carries a date or the
+software version. So regenerating a report from the same results gives byte-identical plot files.
+
+Each function takes the prepared result rows (ablate.report.tables.attach_settings) of one dataset × model
+panel and writes `<stem>.png` and `<stem>.svg`, returning a `Figure_` (the files and a caption), or None when
+there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.ticker as mticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ablate.report.schema import metric  # noqa: E402
+
+RC = {
+    "svg.hashsalt": "ablate-report",     # stable ids inside the SVG
+    "svg.fonttype": "path",
+    "font.family": "DejaVu Sans",        # shipped with matplotlib: the same glyphs on every machine
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "figure.dpi": 100,
+}
+DPI = 100
+MAX_BINS = 120   # training curves are averaged into at most this many step bins per run
+SENSITIVITY_METRICS = ["nll", "rec", "kl", "mi", "au"]
+
+
+@dataclass(frozen=True)
+class Figure_:
+    key: str          # kind of plot
+    title: str
+    png: Path
+    svg: Path
+    caption: str
+
+
+def slug(*parts: str) -> str:
+    text = "__".join(str(p) for p in parts if p != "")
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text).strip("-") or "plot"
+
+
+def arm_palette(arms: Sequence[str]) -> dict[str, tuple]:
+    """One colour per arm, fixed by the arm's position in the study, shared by every figure."""
+    colours = sns.color_palette("tab10" if len(arms) <= 10 else "tab20", max(len(arms), 1))
+    return {arm: tuple(colours[i % len(colours)]) for i, arm in enumerate(arms)}
+
+
+def _style():
+    return sns.axes_style("whitegrid", rc=RC)
+
+
+def _save(fig: Figure, stem: Path) -> tuple[Path, Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png, svg = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")
+    with matplotlib.rc_context(RC):
+        fig.savefig(png, dpi=DPI, metadata={"Software": None})
+        fig.set_layout_engine("none")    # keep the layout just computed: the SVG needs no second pass
+        fig.savefig(svg, metadata={"Date": None, "Creator": None})
+    return png, svg
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    with matplotlib.rc_context(RC):
+        return Figure(figsize=(width, height), layout="constrained")
+
+
+def _legend(fig: Figure, ax, arms: Sequence[str], palette: dict[str, tuple]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", linestyle="", color=palette[a], label=a) for a in arms]
+    if handles:
+        fig.legend(handles=handles, loc="outside right upper", frameon=False, title="arm")
+
+
+# ----------------------------------------------------------------------------- rate–distortion and KL vs PPL
+
+
+def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, title: str,
+                    split: str = "test") -> Figure_ | None:
+    """KL (rate) against Rec (distortion), one point per run, group means ringed; dashed iso-ELBO lines
+    KL + Rec = c (every point on one has the same −ELBO)."""
+    kl, rec = f"{split}.kl", f"{split}.rec"
+    if rows.empty or kl not in rows or rec not in rows:
+        return None
+    data = rows.dropna(subset=[kl, rec])
+    if data.empty:
+        return None
+    present = [a for a in arms if a in set(data["arm"])]
+    with _style():
+        fig = _new_figure(7.5, 4.6)
+        ax = fig.add_subplot()
+        for arm in present:
+            part = data[data["arm"] == arm]
+            ax.scatter(part[kl], part[rec], s=22, color=palette[arm], alpha=0.55, linewidths=0, zorder=3)
+            means = part.groupby("settings", sort=True)[[kl, rec]].mean()
+            ax.scatter(means[kl], means[rec], s=70, facecolor=palette[arm], edgecolor="black", linewidths=0.8,
+                       zorder=4)
+        wide = _wide_range(data[kl])
+        if wide:   # e.g. an autoencoder arm far to the right: a linear scale near 0, logarithmic beyond 1 nat
+            ax.set_xscale("symlog", linthresh=1.0, linscale=0.6)
+        x0, x1 = ax.get_xlim()
+        y0, y1 = ax.get_ylim()
+        x0 = min(x0, 0.0)
+        total = data[kl] + data[rec]
+        levels = mticker.MaxNLocator(nbins=6).tick_values(total.min(), total.max())
+        xs = np.concatenate([np.linspace(x0, min(x1, 1.0), 50), np.geomspace(1.0, x1, 200)]) if wide and x1 > 1 \
+            else np.linspace(x0, x1, 2)
+        for c in levels:
+            ax.plot(xs, c - xs, color="0.55", linestyle="--", linewidth=0.7, zorder=1)
+            # label where the line leaves the plot through the bottom or the right edge
+            x_at = min(x1, c - y0)
+            y_at = c - x_at
+            if x0 <= x_at <= x1 and y0 <= y_at <= y1:
+                ax.annotate(f"−ELBO={c:g}", (x_at, y_at), fontsize=7, color="0.4", ha="right", va="bottom",
+                            xytext=(-2, 2), textcoords="offset points")
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        ax.yaxis.get_major_formatter().set_useOffset(False)
+        ax.set_xlabel(f"KL (rate), {metric('kl').unit}" + (" (symlog scale)" if wide else ""))
+        ax.set_ylabel(f"Rec (distortion), {metric('rec').unit}")
+        ax.set_title(title)
+        _legend(fig, ax, present, palette)
+    png, svg = _save(fig, stem)
+    return Figure_("rate_distortion", f"Rate–distortion ({split})", png, svg,
+                   f"{split.capitalize()} KL against Rec: small points are runs (one per seed), ringed points the "
+                   f"mean of each setting. Dashed lines are iso-ELBO lines KL + Rec = const; lower-left is better, "
+                   f"points on the Rec axis (KL ≈ 0) have collapsed.")
+
+
+def _wide_range(kl: pd.Series) -> bool:
+    """Whether KL spans orders of magnitude beyond 1 nat (then a symlog axis keeps the small values readable)."""
+    top = float(kl.max())
+    return top > 20.0 and top > 8.0 * max(float(kl.quantile(0.5)), 1.0)
+
+
+def kl_vs_ppl(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, title: str,
+              split: str = "test") -> Figure_ | None:
+    kl, ppl = f"{split}.kl", f"{split}.ppl"
+    if rows.empty or kl not in rows or ppl not in rows:
+        return None
+    data = rows.dropna(subset=[kl, ppl])
+    if data.empty:
+        return None
+    present = [a for a in arms if a in set(data["arm"])]
+    with _style():
+        fig = _new_figure(7.5, 4.2)
+        ax = fig.add_subplot()
+        for arm in present:
+            part = data[data["arm"] == arm]
+            ax.scatter(part[kl], part[ppl], s=22, color=palette[arm], alpha=0.55, linewidths=0, zorder=3)
+            means = part.groupby("settings", sort=True)[[kl, ppl]].mean()
+            ax.scatter(means[kl], means[ppl], s=70, facecolor=palette[arm], edgecolor="black", linewidths=0.8,
+                       zorder=4)
+        if _wide_range(data[kl]):
+            ax.set_xscale("symlog", linthresh=1.0, linscale=0.6)
+        if data[ppl].min() > 0 and data[ppl].max() / data[ppl].min() > 10:
+            ax.set_yscale("log")
+        else:
+            ax.yaxis.get_major_formatter().set_useOffset(False)
+        ax.set_xlabel(f"KL, {metric('kl').unit}")
+        ax.set_ylabel(f"PPL ({metric('ppl').unit})")
+        ax.set_title(title)
+        _legend(fig, ax, present, palette)
+    png, svg = _save(fig, stem)
+    return Figure_("kl_vs_ppl", f"KL vs PPL ({split})", png, svg,
+                   f"{split.capitalize()} KL against perplexity (importance-weighted NLL): runs and setting means "
+                   f"(ringed). A remedy that buys KL with a much worse PPL moves up and right.")
+
+
+# ----------------------------------------------------------------------------- MI and AU per arm
+
+
+def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, title: str,
+          split: str = "test") -> Figure_ | None:
+    """MI and AU of each arm's chosen setting: a bar at the mean over seeds, a dot per seed; MI's bound log M."""
+    mi, au = f"{split}.mi", f"{split}.au"
+    if rows.empty or (mi not in rows and au not in rows):
+        return None
+    present = [a for a in arms if a in set(rows["arm"])]
+    if not present:
+        return None
+    cols = [c for c in (mi, au) if c in rows]
+    with _style():
+        fig = _new_figure(8.0, 0.9 + 0.32 * len(present))
+        axes = fig.subplots(1, len(cols), sharey=True, squeeze=False)[0]
+        ypos = {a: i for i, a in enumerate(present)}
+        for ax, col in zip(axes, cols):
+            for arm in present:
+                values = rows.loc[rows["arm"] == arm, col].astype(float).dropna()
+                if values.empty:
+                    continue
+                y = ypos[arm]
+                ax.barh(y, values.mean(), color=palette[arm], alpha=0.45, height=0.7, zorder=2)
+                ax.scatter(values, np.full(len(values), y), s=14, color=palette[arm], edgecolor="black",
+                           linewidths=0.4, zorder=3)
+            m = metric(col.split(".", 1)[1])
+            ax.set_xlabel(f"{m.label} ({m.unit})")
+            if col == mi and f"{split}.mi_pool" in rows:
+                pools = rows[f"{split}.mi_pool"].dropna().unique()
+                for pool in pools:
+                    if pool > 1:
+                        ax.axvline(math.log(pool), color="0.3", linestyle=":", linewidth=0.9)
+                        ax.text(math.log(pool), 0.02, f"log M = {math.log(pool):.2f} ", fontsize=7, color="0.3",
+                                ha="right", va="bottom", rotation=90, transform=ax.get_xaxis_transform())
+            ax.axvline(0.0, color="0.2", linewidth=0.6)
+            if col == au:
+                ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+        axes[0].set_yticks(range(len(present)), present)
+        axes[0].set_ylim(len(present) - 0.5, -0.5)
+        fig.suptitle(title)
+    png, svg = _save(fig, stem)
+    return Figure_("mi_au", f"MI and AU per arm ({split})", png, svg,
+                   "Mutual information I(x; z) and active units of each arm at its chosen setting (see “Best per "
+                   "technique”): bars are means over seeds, dots single seeds. The dotted line is MI's upper bound "
+                   "log M for the pool of M sentences.")
+
+
+# ----------------------------------------------------------------------------- training curves
+
+
+def _binned(curves: pd.DataFrame, width: int) -> pd.DataFrame:
+    c = curves.assign(bin=(curves["step"] // width) * width)
+    return c.groupby(["run_id", "bin"], sort=True)[["beta", "kl", "rec"]].mean().reset_index()
+
+
+def training_curves(rows: pd.DataFrame, curves: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path,
+                    title: str) -> Figure_ | None:
+    """β, KL and Rec of the training steps, one row per arm (its chosen setting): the mean over seeds with a
+    min–max band, steps averaged in bins; the pretraining phase shaded."""
+    if rows.empty or curves.empty or "run_id" not in rows:
+        return None
+    train = curves[(curves["split"] == "train") & curves["run_id"].isin(set(rows["run_id"]))]
+    if train.empty:
+        return None
+    run_arm = dict(zip(rows["run_id"], rows["arm"]))
+    present = [a for a in arms if a in set(train["run_id"].map(run_arm))]
+    width = max(1, int(math.ceil((train["step"].max() + 1) / MAX_BINS)))
+    binned = _binned(train, width)
+    binned["arm"] = binned["run_id"].map(run_arm)
+    quantities = [("beta", "β"), ("kl", "KL (nats)"), ("rec", "Rec (nats)")]
+    with _style():
+        fig = _new_figure(10.0, 0.6 + 1.55 * len(present))
+        axes = fig.subplots(len(present), 3, squeeze=False, sharex="row")
+        for r, arm in enumerate(present):
+            part = binned[binned["arm"] == arm]
+            stats = part.groupby("bin", sort=True)[["beta", "kl", "rec"]].agg(["mean", "min", "max"])
+            pre = train[(train["run_id"].map(run_arm) == arm) & (train["phase"] == "pretrain")]["step"]
+            n_runs = part["run_id"].nunique()
+            for c, (q, label) in enumerate(quantities):
+                ax = axes[r, c]
+                if not pre.empty:
+                    ax.axvspan(pre.min(), pre.max() + 1, color="0.85", zorder=0, linewidth=0,
+                               label="pretraining")
+                x = stats.index.to_numpy() + width / 2.0
+                ax.fill_between(x, stats[(q, "min")], stats[(q, "max")], color=palette[arm], alpha=0.25,
+                                linewidth=0, zorder=1)
+                ax.plot(x, stats[(q, "mean")], color=palette[arm], linewidth=1.2, zorder=2)
+                if r == 0:
+                    ax.set_title(label)
+                if c == 0:
+                    ax.set_ylabel(f"{arm}\n({n_runs} run{'s' if n_runs != 1 else ''})", fontsize=8)
+                if r == len(present) - 1:
+                    ax.set_xlabel("step")
+                if q == "beta":
+                    ax.set_ylim(-0.05, max(1.05, float(stats[(q, "max")].max()) + 0.05))
+        fig.suptitle(title)
+    png, svg = _save(fig, stem)
+    return Figure_("training_curves", "Training curves", png, svg,
+                   f"Per training step (averaged over bins of {width} step{'s' if width != 1 else ''}): the KL "
+                   f"weight β, KL and Rec of the training batches, for each arm at its chosen setting. Lines are "
+                   f"means over seeds, bands span min–max over seeds; grey shading marks the pretraining phase "
+                   f"(encoder pretraining, β = 0).")
+
+
+# ----------------------------------------------------------------------------- sensitivity to swept settings
+
+
+def _numeric(values: pd.Series) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.dropna())
+
+
+def sensitivity(rows: pd.DataFrame, settings: pd.DataFrame, arm: str, key: str, names: Sequence[str],
+                colour: tuple, stem: Path, title: str, split: str = "test") -> Figure_ | None:
+    """Each metric against one swept setting of one arm: mean ± std over seeds per value; a line per
+    combination of the arm's other swept settings."""
+    mine = rows[rows["arm"] == arm]
+    if mine.empty or key not in settings:
+        return None
+    values = settings.loc[mine.index, key]
+    if values.dropna().map(json.dumps).nunique() < 2:
+        return None
+    others = [k for k in settings.columns if k != key and settings.loc[mine.index, k].notna().any()]
+    other_label = (settings.loc[mine.index, others].apply(
+        lambda r: ", ".join(f"{k.split('.')[-1]}={r[k]}" for k in others), axis=1) if others
+        else pd.Series("", index=mine.index))
+    names = [n for n in names if f"{split}.{n}" in mine]
+    if not names:
+        return None
+    numeric = _numeric(values)
+    order = sorted(values.dropna().unique(), key=lambda v: (float(v) if numeric else str(v)))
+    xpos = {v: (float(v) if numeric else i) for i, v in enumerate(order)}
+    groups = other_label.nunique()
+    shades = [colour] if groups <= 1 else sns.dark_palette(colour, n_colors=groups + 1, reverse=True)[:groups]
+    with _style():
+        fig = _new_figure(2.3 * len(names) + 0.6, 2.6)
+        axes = fig.subplots(1, len(names), squeeze=False)[0]
+        for ax, name in zip(axes, names):
+            m = metric(name)
+            for i, (label, part) in enumerate(mine.groupby(other_label.loc[mine.index], sort=True)):
+                v = settings.loc[part.index, key]
+                stats = part.groupby(v.map(lambda x: xpos[x]))[f"{split}.{name}"].agg(["mean", "std"])
+                ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), marker="o", markersize=4,
+                            capsize=2, linewidth=1.1, color=shades[i % len(shades)], label=label or None)
+            if numeric and min(xpos.values()) > 0 and max(xpos.values()) / min(xpos.values()) >= 10:
+                ax.set_xscale("log")
+            if not numeric:
+                ax.set_xticks(list(xpos.values()), [str(v) for v in order], rotation=30)
+            ax.set_title(m.label)
+            ax.set_xlabel(key.split(".")[-1])
+        if others:
+            fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", frameon=False)
+        fig.suptitle(title)
+    png, svg = _save(fig, stem)
+    return Figure_("sensitivity", f"Sensitivity of {arm} to {key}", png, svg,
+                   f"{split.capitalize()} metrics of arm '{arm}' against its swept setting '{key}': mean ± std over "
+                   f"seeds" + (f", one line per value of the other swept settings ({', '.join(others)})."
+                               if others else "."))

@@ -1,0 +1,287 @@
+"""ablate.report.tables against plain pandas on a hand-made study (tests/report_fixtures.py), and the paired
+t-test against closed forms and table values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ablate.report import tables
+from ablate.report.build import conventions, latex_escape, load_study
+from ablate.report.schema import METRICS, metric, metrics_in
+from ablate.results import load_results
+from report_fixtures import write_study
+
+LAMBDA = "techniques.free_bits.lambda_per_dim"
+WARMUP = "techniques.kl_annealing.warmup_epochs"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return load_study(write_study(tmp_path_factory.mktemp("results")))
+
+
+@pytest.fixture(scope="module")
+def raw(study):
+    """The successful rows as pandas reads them, with the manifest's settings joined by cell id."""
+    ok, _ = load_results(study.folder / "runs")
+    return ok.merge(study.manifest[["cell_id", "settings"]], on="cell_id")
+
+
+def test_load_keeps_latest_attempt_and_attaches_settings(study):
+    assert len(study.ok) == 20 and len(study.failed) == 2
+    li_seed1 = study.ok[(study.ok["arm"] == "li2019") & (study.ok["seed"] == 1)]
+    assert li_seed1["attempt"].tolist() == [2]
+    fb = study.ok[study.ok["arm"] == "free_bits"]
+    assert set(fb["setting"]) == {"lambda_per_dim=0.25", "lambda_per_dim=0.5"}
+    assert set(study.ok.loc[study.ok["arm"] == "vanilla", "setting"]) == {""}
+
+
+def test_aggregate_means_std_n_match_pandas(study, raw):
+    agg = tables.aggregate(study.ok, "test", arms=tables.arm_order(study.manifest))
+    names = [m.name for m in metrics_in(study.ok.columns, "test")]
+    assert names[:8] == ["ppl", "ppl_word", "nelbo", "nll", "rec", "kl", "mi", "au"]
+    assert "probe.sentiment" in names and "probe.topic" in names
+    expected = raw.groupby(["dataset", "model", "arm", "settings"])
+    assert len(agg) == expected.ngroups == 8
+    for _, row in agg.iterrows():
+        part = expected.get_group((row["dataset"], row["model"], row["arm"], row["settings"]))
+        assert row["n_runs"] == len(part)
+        assert row["seeds"] == sorted(part["seed"].tolist())
+        for name in names:
+            col = part[f"test.{name}"]
+            assert row[f"{name}.mean"] == pytest.approx(col.mean(), rel=1e-12)
+            assert row[f"{name}.n"] == col.count()
+            if col.count() > 1:
+                assert row[f"{name}.std"] == pytest.approx(col.std(ddof=1), rel=1e-12)
+            else:
+                assert math.isnan(row[f"{name}.std"])
+    # partial cells: kl_annealing has one failed and one missing seed
+    ka = agg[agg["arm"] == "kl_annealing"]
+    assert ka["nll.n"].tolist() == [2, 2]
+    # study order (the manifest's; baseline first), settings by value
+    lstm = agg[agg["model"] == "lstm"]
+    assert lstm["arm"].tolist() == ["vanilla", "free_bits", "free_bits", "kl_annealing", "kl_annealing", "li2019"]
+    assert lstm["setting"].tolist()[1:5] == ["lambda_per_dim=0.25", "lambda_per_dim=0.5", "warmup_epochs=1",
+                                             "warmup_epochs=2"]
+
+
+def test_best_per_column_follows_direction(study):
+    names = [m.name for m in metrics_in(study.ok.columns, "test")]
+    agg = tables.aggregate(study.ok, "test")
+    best = tables.best_mask(agg, names)
+    for (dataset, model), part in agg.groupby(["dataset", "model"]):
+        for name in names:
+            m = metric(name)
+            marked = set(part.index[best.loc[part.index, name]])
+            if m.direction is None:
+                assert not marked, f"{name} has no direction and must never be marked"
+                continue
+            values = part[f"{name}.mean"]
+            target = values.idxmin() if m.direction == "min" else values.idxmax()
+            assert marked == {target} or (len(marked) > 1 and target in marked), (model, name)
+    assert METRICS["kl"].direction is None and METRICS["nll"].direction == "min" and METRICS["au"].direction == "max"
+
+
+def test_collapse_flag(study):
+    agg = tables.aggregate(study.ok, "test").set_index(["model", "arm", "setting"])
+    assert agg.loc[("lstm", "vanilla", ""), "collapsed"]                      # AU = 0
+    assert agg.loc[("lstm", "kl_annealing", "warmup_epochs=1"), "collapsed"]  # KL < 0.1
+    assert not agg.loc[("lstm", "free_bits", "lambda_per_dim=0.5"), "collapsed"]
+    assert not agg.loc[("lstm", "li2019", ""), "collapsed"]
+    assert tables.collapsed(au=3.0, kl=0.05) and tables.collapsed(au=0.0, kl=5.0)
+    assert not tables.collapsed(au=1.0, kl=0.1) and not tables.collapsed(au=math.nan, kl=math.nan)
+
+
+def test_selection_on_validation_reported_on_test(study, raw):
+    chosen = tables.select_settings(study.ok, ("valid.nll", "valid.nelbo"))
+    assert set(chosen["select"]) == {"valid.nll"}
+    best = tables.best_per_technique(study.ok, "vanilla", ("valid.nll",), "test").set_index(["model", "arm"])
+    for (model, arm), part in raw.groupby(["model", "arm"]):
+        means = part.groupby("settings")["valid.nll"].mean()
+        want = means.idxmin()
+        pick = chosen[(chosen["model"] == model) & (chosen["arm"] == arm)].iloc[0]
+        assert pick["settings"] == want and pick["select.mean"] == pytest.approx(means.min())
+        assert pick["n_settings"] == len(means)
+        row = best.loc[(model, arm)]
+        test_rows = part[part["settings"] == want]
+        for name in ("nll", "kl", "mi", "au", "ppl"):
+            assert row[f"{name}.mean"] == pytest.approx(test_rows[f"test.{name}"].mean(), rel=1e-12)
+            assert row[f"{name}.n"] == len(test_rows)
+    # the fixture makes lambda 0.5 better on validation on average
+    fb = chosen[(chosen["model"] == "lstm") & (chosen["arm"] == "free_bits")].iloc[0]
+    assert json.loads(fb["settings"]) == {LAMBDA: 0.5}
+    # a metric to maximise picks the highest mean
+    by_mi = tables.select_settings(study.ok, "valid.mi")
+    for (model, arm), part in raw.groupby(["model", "arm"]):
+        means = part.groupby("settings")["valid.mi"].mean()
+        pick = by_mi[(by_mi["model"] == model) & (by_mi["arm"] == arm)].iloc[0]
+        assert pick["settings"] == means.idxmax()
+    # falls back to the next column when the first is absent
+    assert set(tables.select_settings(study.ok.drop(columns="valid.nll"))["select"]) == {"valid.nelbo"}
+
+
+def _p_closed_form(t: float, df: int) -> float:
+    """Two-sided Student-t p-values in closed form for df = 1 (Cauchy) and df = 2."""
+    t = abs(t)
+    if df == 1:
+        return 1.0 - 2.0 / math.pi * math.atan(t)
+    if df == 2:
+        return 1.0 - t / math.sqrt(2.0 + t * t)
+    raise ValueError(df)
+
+
+def test_paired_differences_against_baseline(study, raw):
+    best = tables.best_per_technique(study.ok, "vanilla", ("valid.nll",), "test", deltas=("nll", "kl", "mi", "au"))
+    chosen = tables.select_settings(study.ok, "valid.nll")
+    checked = 0
+    for _, row in best.iterrows():
+        if row["arm"] == "vanilla":
+            assert row["d.kl.n"] == 0 and math.isnan(row["d.kl.mean"]) and row["d.kl.marker"] == ""
+            continue
+        panel = raw[raw["model"] == row["model"]]
+        base_settings = chosen[(chosen["model"] == row["model"]) & (chosen["arm"] == "vanilla")]["settings"].iloc[0]
+        a = panel[(panel["arm"] == row["arm"]) & (panel["settings"] == row["settings"])]
+        b = panel[(panel["arm"] == "vanilla") & (panel["settings"] == base_settings)]
+        paired = a.merge(b, on="seed", suffixes=("_a", "_b"))
+        for name in ("nll", "kl", "mi", "au"):
+            d = paired[f"test.{name}_a"] - paired[f"test.{name}_b"]
+            assert row[f"d.{name}.n"] == len(d) == len(set(a["seed"]) & set(b["seed"]))
+            assert row[f"d.{name}.mean"] == pytest.approx(d.mean(), rel=1e-12, abs=1e-12)
+            assert row[f"d.{name}.std"] == pytest.approx(d.std(ddof=1), rel=1e-12, abs=1e-12)
+            if d.std(ddof=1) > 0:
+                t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+                assert row[f"d.{name}.t"] == pytest.approx(t, rel=1e-12)
+                assert row[f"d.{name}.p"] == pytest.approx(_p_closed_form(t, len(d) - 1), rel=1e-9)
+                assert row[f"d.{name}.marker"] == tables.significance_marker(row[f"d.{name}.p"])
+            checked += 1
+    assert checked == 4 * 4   # free_bits, kl_annealing, li2019 on lstm; free_bits on t5
+    # the kl_annealing cells lack seed 2: paired over seeds 0, 1 only
+    ka = best[(best["model"] == "lstm") & (best["arm"] == "kl_annealing")].iloc[0]
+    assert ka["d.nll.n"] == 2
+    # li2019 vs the collapsed vanilla: AU difference is constant-sign and large
+    li = best[(best["model"] == "lstm") & (best["arm"] == "li2019")].iloc[0]
+    assert li["d.au.mean"] > 5 and li["d.au.marker"] in ("*", "**", "***")
+    assert li["collapsed_seeds"] == 0
+    van = best[(best["model"] == "lstm") & (best["arm"] == "vanilla")].iloc[0]
+    assert van["collapsed_seeds"] == 3 and tables.verdict(3, 3) == "collapsed"
+
+
+def test_baseline_is_configurable(study):
+    best = tables.best_per_technique(study.ok, "li2019", "valid.nll", "test")
+    lstm = best[best["model"] == "lstm"].set_index("arm")
+    assert lstm.loc["vanilla", "d.au.mean"] < 0 and lstm.loc["li2019", "d.au.n"] == 0
+    t5 = best[best["model"] == "t5"]        # no li2019 there: no differences
+    assert (t5["d.au.n"] == 0).all()
+
+
+def test_coverage_missing_and_failures(study):
+    cov = tables.coverage(study.manifest, study.ok, study.failed).set_index(["model", "arm"])
+    assert cov.loc[("lstm", "kl_annealing"), ["expected", "succeeded", "failed", "missing"]].tolist() == [6, 4, 1, 1]
+    assert cov.loc[("lstm", "li2019"), ["expected", "succeeded", "failed", "missing"]].tolist() == [3, 3, 0, 0]
+    assert cov.loc[("t5", "free_bits"), ["expected", "succeeded", "failed", "missing"]].tolist() == [2, 2, 0, 0]
+    totals = tables.coverage_total(cov.reset_index())
+    assert (totals["expected"], totals["succeeded"], totals["failed"], totals["missing"]) == (22, 20, 1, 1)
+    miss = tables.missing_cells(study.manifest, study.ok, study.failed)
+    assert miss[["arm", "setting", "seed", "status"]].values.tolist() == [
+        ["kl_annealing", "warmup_epochs=1", 2, "missing"], ["kl_annealing", "warmup_epochs=2", 2, "failed"]]
+    fails = tables.failures(study.failed, study.ok)
+    assert sorted(zip(fails["arm"], fails["recovered"])) == [("kl_annealing", False), ("li2019", True)]
+    assert set(fails["error_class"]) == {"TrainingDiverged"}
+    assert fails["error_message"].str.contains("nan").all()
+
+
+def test_results_without_manifest(study):
+    """Runs without a study manifest: settings inferred from the config columns that vary within an arm."""
+    ok, failed = load_results(study.folder / "runs")
+    ok = tables.attach_settings(ok, None)
+    fb = ok[(ok["arm"] == "free_bits") & (ok["model"] == "lstm")]
+    assert sorted(set(fb["setting"])) == ["lambda_per_dim=0.25", "lambda_per_dim=0.5"]
+    assert set(ok.loc[ok["arm"] == "vanilla", "setting"]) == {""}
+    cov = tables.coverage(None, ok, tables.attach_settings(failed, None))
+    assert cov["expected"].isna().all() and cov["missing"].isna().all()
+    assert cov.set_index(["model", "arm"]).loc[("lstm", "kl_annealing"), "failed"] == 1
+
+
+def test_setting_labels():
+    assert tables.setting_label({}) == ""
+    assert tables.setting_label({"train.lr": 0.001, LAMBDA: 0.25}) == "lambda_per_dim=0.25, lr=0.001"
+    clash = {"model.dropout": 0.1, "train.dropout": 0.2}
+    assert tables.setting_label(clash) == "model.dropout=0.1, train.dropout=0.2"
+
+
+# ----------------------------------------------------------------------------- the t distribution
+
+
+@pytest.mark.parametrize("a,b,x", [(1.0, 3.0, 0.2), (2.5, 1.0, 0.7), (0.5, 0.5, 0.3), (4.0, 4.0, 0.5),
+                                   (30.0, 0.5, 0.95), (0.5, 12.0, 0.01)])
+def test_betainc_identities(a, b, x):
+    value = tables.betainc(a, b, x)
+    assert value == pytest.approx(1.0 - tables.betainc(b, a, 1.0 - x), abs=1e-13)
+    if a == 1.0:
+        assert value == pytest.approx(1.0 - (1.0 - x) ** b, rel=1e-12)
+    if b == 1.0:
+        assert value == pytest.approx(x ** a, rel=1e-12)
+    if a == b and x == 0.5:
+        assert value == pytest.approx(0.5, rel=1e-12)
+    if a == b == 0.5:   # the arcsine distribution
+        assert value == pytest.approx(2.0 / math.pi * math.asin(math.sqrt(x)), rel=1e-12)
+
+
+@pytest.mark.parametrize("t,df,p", [
+    (12.706, 1, 0.05), (4.303, 2, 0.05), (3.182, 3, 0.05), (2.776, 4, 0.05), (2.228, 10, 0.05),
+    (2.086, 20, 0.05), (9.925, 2, 0.01), (5.841, 3, 0.01), (3.169, 10, 0.01), (1.812, 10, 0.10),
+    (0.0, 5, 1.0), (-2.228, 10, 0.05)])
+def test_t_p_values_against_tables(t, df, p):
+    """Critical values of Student's t (two-sided) as printed in statistics tables (3 decimals)."""
+    assert tables.t_two_sided_p(t, df) == pytest.approx(p, abs=2e-4)
+
+
+@pytest.mark.parametrize("t", [0.3, 1.0, 2.0, 4.0, 25.0])
+def test_t_p_values_closed_forms(t):
+    assert tables.t_two_sided_p(t, 1) == pytest.approx(_p_closed_form(t, 1), rel=1e-12)
+    assert tables.t_two_sided_p(t, 2) == pytest.approx(_p_closed_form(t, 2), rel=1e-12)
+    # large df: the normal distribution, P(|Z| > t) = erfc(t / sqrt 2)
+    assert tables.t_two_sided_p(t, 1e7) == pytest.approx(math.erfc(t / math.sqrt(2.0)), rel=1e-4, abs=1e-12)
+
+
+def test_paired_t_test_values_and_edge_cases():
+    x, y = [1.0, 2.0, 4.0], [0.5, 1.0, 1.0]
+    res = tables.paired_t_test(x, y)
+    d = np.subtract(x, y)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+    assert (res["n"], res["df"]) == (3, 2)
+    assert res["t"] == pytest.approx(t) and res["p"] == pytest.approx(_p_closed_form(t, 2))
+    assert res["p"] == pytest.approx(0.188497, abs=1e-6)          # scipy.stats.ttest_rel(x, y).pvalue
+    one = tables.paired_t_test([1.0], [0.0])
+    assert one["n"] == 1 and math.isnan(one["p"]) and tables.significance_marker(one["p"]) == ""
+    const = tables.paired_t_test([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+    assert const["std"] == 0.0 and const["p"] == 0.0 and tables.significance_marker(const["p"]) == "***"
+    same = tables.paired_t_test([1.0, 2.0], [1.0, 2.0])
+    assert same["p"] == 1.0 and tables.significance_marker(same["p"]) == ""
+    assert [tables.significance_marker(p) for p in (0.0009, 0.009, 0.049, 0.05)] == ["***", "**", "*", ""]
+
+
+def test_t_test_matches_scipy_when_installed():
+    stats = pytest.importorskip("scipy.stats", reason="scipy is optional; closed forms and tables cover this")
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 10, 40):
+        x, y = rng.normal(size=n), rng.normal(0.3, size=n)
+        assert tables.paired_t_test(x, y)["p"] == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- formatting helpers
+
+
+def test_conventions_and_latex(study):
+    rows = study.ok[study.ok["model"] == "lstm"]
+    text = "; ".join(conventions(rows, "test"))
+    assert "K = 100" in text and "M = 100" in text and "log M = 4.61" in text and "AU δ = 0.01" in text
+    assert "PPL token unit = word, counting </s>, not counting <s>" in text and "MIXED" not in text
+    mixed = "; ".join(conventions(study.ok, "test"))
+    assert "token unit = subword, word (MIXED" in mixed
+    assert latex_escape("a_b & 5% ± −1") == r"a\_b \& 5\% $\pm$ $-$1"
