@@ -61,7 +61,11 @@ def slug(*parts: str) -> str:
 
 def arm_palette(arms: Sequence[str]) -> dict[str, tuple]:
     """One colour per arm, fixed by the arm's position in the study, shared by every figure."""
-    colours = sns.color_palette("tab10" if len(arms) <= 10 else "tab20", max(len(arms), 1))
+    if len(arms) <= 10:
+        colours = sns.color_palette("tab10", 10)
+    else:   # tab20 pairs a dark and a light shade: take the ten dark ones first, then the light ones
+        pairs = sns.color_palette("tab20", 20)
+        colours = pairs[0::2] + pairs[1::2]
     return {arm: tuple(colours[i % len(colours)]) for i, arm in enumerate(arms)}
 
 
@@ -125,14 +129,22 @@ def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem
         levels = mticker.MaxNLocator(nbins=6).tick_values(total.min(), total.max())
         xs = np.concatenate([np.linspace(x0, min(x1, 1.0), 50), np.geomspace(1.0, x1, 200)]) if wide and x1 > 1 \
             else np.linspace(x0, x1, 2)
+        ax.set_xlim(x0, x1)
+        ax.set_ylim(y0, y1)
+        labelled: list[np.ndarray] = []
         for c in levels:
             ax.plot(xs, c - xs, color="0.55", linestyle="--", linewidth=0.7, zorder=1)
-            # label where the line leaves the plot through the bottom or the right edge
+            # label where the line leaves the plot through the bottom or the right edge, unless crowded
             x_at = min(x1, c - y0)
             y_at = c - x_at
-            if x0 <= x_at <= x1 and y0 <= y_at <= y1:
-                ax.annotate(f"−ELBO={c:g}", (x_at, y_at), fontsize=7, color="0.4", ha="right", va="bottom",
-                            xytext=(-2, 2), textcoords="offset points")
+            if not (x0 <= x_at <= x1 and y0 <= y_at <= y1):
+                continue
+            where = ax.transData.transform((x_at, y_at))
+            if any(np.hypot(*(where - other)) < 60 for other in labelled):
+                continue
+            labelled.append(where)
+            ax.annotate(f"−ELBO={c:g}", (x_at, y_at), fontsize=7, color="0.4", ha="right", va="bottom",
+                        xytext=(-2, 2), textcoords="offset points")
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
         ax.yaxis.get_major_formatter().set_useOffset(False)
