@@ -63,7 +63,8 @@ def test_report_files(report):
     for text in (meta["study_hash"], "abc123", "def456", "torch <code>2.13.0</code>", "2026-01-01T10:01:00+00:00",
                  "24 min 09 s", "TrainingDiverged", "loss became nan at step 17", "warmup_epochs=1",
                  "IW samples K = 100", "AU δ = 0.01", "collapsed in every seed:</b> vanilla, kl_annealing",
-                 "no collapse:</b> free_bits, li2019", "vs vanilla"):
+                 "no collapse:</b> free_bits, li2019", "ΔNLL", "(baseline)",
+                 "majority-class baseline (test, mean over rows): sentiment 0.500, topic 0.500"):
         assert html.escape(text, quote=False) in page or text in page, text
     # no generation time stamped anywhere
     assert "generated" not in page.lower()

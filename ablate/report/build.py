@@ -237,6 +237,17 @@ def conventions(rows: pd.DataFrame, split: str) -> list[str]:
     return out
 
 
+def probe_baselines(rows: pd.DataFrame, split: str) -> str | None:
+    """The majority-class accuracy of each probed factor (what a probe reaches from an uninformative z)."""
+    prefix = f"{split}.probe_majority."
+    cols = sorted(c for c in rows.columns if c.startswith(prefix) and rows[c].notna().any())
+    if not cols:
+        return None
+    parts = [f"{c[len(prefix):]} {rows[c].mean():.3f}" for c in cols]
+    return (f"Probe accuracies compare with the majority-class baseline ({split}, mean over rows): "
+            + ", ".join(parts) + ".")
+
+
 def _fmt_convention(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -317,6 +328,7 @@ def main_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, arms: Seq
     notes = [f"Split: {split}. Cells: mean ± std (n) over seeds (std with ddof 1). Bold: best per column by "
              f"the metric's direction; KL has none. Collapse flag: mean AU = 0 or mean KL < {COLLAPSE_KL} nats."]
     notes += ["Conventions: " + "; ".join(conventions(rows, split)) + "."] if conventions(rows, split) else []
+    notes += [n for n in [probe_baselines(rows, split)] if n]
     return Table(tid, f"Main table — {panel[0]} × {panel[1]}", cols, out_rows, data, notes, classes)
 
 
@@ -330,44 +342,55 @@ def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline:
     select_col = best["select"].iloc[0] if not best.empty else None
     delta_names = [d for d in deltas if f"d.{d}.mean" in best]
     sel_metric = metric(select_col.split(".", 1)[1]) if select_col else None
+    # order: arm, setting, collapse verdict, selection value, then each metric followed by its Δ, then the rest
+    order: list[tuple[str, str]] = []
+    for m in metrics:
+        order.append(("value", m.name))
+        if m.name in delta_names:
+            order.append(("delta", m.name))
+    order += [("delta", d) for d in delta_names if d not in [m.name for m in metrics]]
     cols = [Col("arm"), Col("chosen setting", "the setting with the best validation mean over seeds"),
-            Col("of", "settings this arm swept", True)]
+            Col("of", "settings this arm swept", True),
+            Col("collapse (seeds)", f"seeds whose {split} AU = 0 or KL < {COLLAPSE_KL} nats, of the seeds run")]
     if sel_metric:
         cols.append(Col(f"{select_col}", f"Selection metric: {sel_metric.definition} Mean over seeds on the "
-                                         f"validation split; {sel_metric.direction or ''} picks the setting.", True))
-    cols += [_metric_col(m, split) for m in metrics]
-    cols += [Col(f"Δ{metric(d).label} vs {baseline}",
-                 f"Paired difference {split}.{d}: arm − {baseline} (at its own chosen setting), over the seeds "
-                 f"both have: mean ± std (n). Markers: * p < 0.05, ** p < 0.01, *** p < 0.001 (two-sided "
-                 f"paired t-test across seeds).", True) for d in delta_names]
-    cols.append(Col("collapse (seeds)", f"seeds whose {split} AU = 0 or KL < {COLLAPSE_KL}, of the seeds run"))
+                                         f"validation split; the best mean picks the setting.", True))
+    for kind, name in order:
+        if kind == "value":
+            cols.append(_metric_col(metric(name), split))
+        else:
+            cols.append(Col(f"Δ{metric(name).label}",
+                            f"Paired difference {split}.{name}: arm − {baseline} (at its own chosen setting), over "
+                            f"the seeds both have: mean ± std (n). Markers: * p < 0.05, ** p < 0.01, *** p < 0.001 "
+                            f"(two-sided paired t-test across seeds).", True))
     mask = tables.best_mask(best, [m.name for m in metrics]) if not best.empty else pd.DataFrame()
     out_rows, classes = [], []
     for i, r in best.iterrows():
-        cells = [Cell(r["arm"]), _setting_cell(r["setting"]), Cell(str(int(r["n_settings"])), sort=r["n_settings"])]
+        n = len(r["seeds"])
+        k = int(r["collapsed_seeds"])
+        cells = [Cell(r["arm"]), _setting_cell(r["setting"]), Cell(str(int(r["n_settings"])), sort=r["n_settings"]),
+                 Cell(tables.verdict(k, n) + ("" if 0 < k < n else f" ({k}/{n})"), sort=k / max(n, 1),
+                      cls="flag" if k else "")]
         if sel_metric:
-            cells.append(Cell(f"{sel_metric.fmt(r['select.mean'])} ({int(r['select.n'])})", sort=_num(r["select.mean"])))
-        for m in metrics:
-            cells.append(Cell(mean_std_n(m, r[f"{m.name}.mean"], r[f"{m.name}.std"], r[f"{m.name}.n"]),
-                              sort=_num(r[f"{m.name}.mean"]), bold=bool(mask.at[i, m.name])))
-        for d in delta_names:
-            m = metric(d)
+            cells.append(Cell(f"{sel_metric.fmt(r['select.mean'])} ({int(r['select.n'])})",
+                              sort=_num(r["select.mean"])))
+        for kind, name in order:
+            m = metric(name)
+            if kind == "value":
+                cells.append(Cell(mean_std_n(m, r[f"{name}.mean"], r[f"{name}.std"], r[f"{name}.n"]),
+                                  sort=_num(r[f"{name}.mean"]), bold=bool(mask.at[i, name])))
+                continue
             if r["arm"] == baseline:
                 cells.append(Cell("(baseline)", sort=math.nan))
                 continue
-            text = mean_std_n(m, r[f"d.{d}.mean"], r[f"d.{d}.std"], r[f"d.{d}.n"])
-            if text != "–" and _num(r[f"d.{d}.mean"]) > 0:
+            text = mean_std_n(m, r[f"d.{name}.mean"], r[f"d.{name}.std"], r[f"d.{name}.n"])
+            if text != "–" and _num(r[f"d.{name}.mean"]) > 0:
                 text = "+" + text
-            p = _num(r[f"d.{d}.p"])
-            marker = r[f"d.{d}.marker"]
-            cells.append(Cell(f"{text} {marker}".strip(), sort=_num(r[f"d.{d}.mean"]),
-                              title="" if math.isnan(p) else f"t = {_num(r[f'd.{d}.t']):.3g}, p = {p:.3g}"))
-        n = len(r["seeds"])
-        words = tables.verdict(int(r["collapsed_seeds"]), n)
-        cells.append(Cell(f"{words} ({int(r['collapsed_seeds'])}/{n})", sort=r["collapsed_seeds"] / max(n, 1),
-                          cls="flag" if r["collapsed_seeds"] else ""))
+            p = _num(r[f"d.{name}.p"])
+            cells.append(Cell(f"{text} {r[f'd.{name}.marker']}".strip(), sort=_num(r[f"d.{name}.mean"]),
+                              title="" if math.isnan(p) else f"t = {_num(r[f'd.{name}.t']):.3g}, p = {p:.3g}"))
         out_rows.append(cells)
-        classes.append("collapsed" if r["collapsed_seeds"] == n and n else "")
+        classes.append("collapsed" if k == n and n else "")
     notes = []
     if select_col:
         lowest = "highest" if sel_metric and sel_metric.direction == "max" else "lowest"
@@ -375,12 +398,13 @@ def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline:
                      f"{', the importance-weighted NLL' if select_col.endswith('.nll') else ''}); the row reports "
                      f"that setting on the {split} split (mean ± std (n)). Bold: best per column.")
     if baseline in set(best["arm"]) if not best.empty else False:
-        notes.append(f"Δ: paired difference against the baseline arm '{baseline}' on the seeds both have "
+        notes.append(f"Δ: paired difference arm − '{baseline}' (the baseline arm) on the seeds both have "
                      f"(mean ± std (n)); * p < 0.05, ** p < 0.01, *** p < 0.001, two-sided paired t-test across "
                      f"seeds (hover a cell for t and p). With 3 seeds only large effects can reach significance.")
     else:
         notes.append(f"No baseline arm '{baseline}' in this panel: no paired differences (set --baseline).")
     notes += ["Conventions: " + "; ".join(conventions(rows, split)) + "."] if conventions(rows, split) else []
+    notes += [n for n in [probe_baselines(rows, split)] if n]
     data = best.copy()
     if "seeds" in data:
         data["seeds"] = data["seeds"].map(lambda s: " ".join(map(str, s)))
