@@ -85,7 +85,8 @@ def metrics_for(model: str, arm: str, settings: dict, seed: int) -> dict[str, fl
         nll = r + 0.8 * k + 0.3 * rng.standard_normal()
         out.update({
             f"{split}.kl": k, f"{split}.rec": r, f"{split}.nelbo": r + k, f"{split}.nll": nll,
-            f"{split}.ppl": float(np.exp(nll * n_sent / n_tokens)), f"{split}.ppl_word": float(np.exp(nll * n_sent / n_words)),
+            f"{split}.ppl": float(np.exp(nll * n_sent / n_tokens)),
+            f"{split}.ppl_word": float(np.exp(nll * n_sent / n_words)),
             f"{split}.mi": float(mi + 0.1 * rng.standard_normal()) if mi else float(0.002 * rng.standard_normal()),
             f"{split}.mi_pool": n_sent, f"{split}.au": float(max(0, au + int(rng.integers(-1, 2))) if au else 0),
             f"{split}.n_sentences": n_sent, f"{split}.n_tokens": n_tokens, f"{split}.n_words": n_words,

@@ -121,7 +121,8 @@ window.addEventListener("load", function () {
   document.body.setAttribute("data-check", JSON.stringify({
     images: images.length,
     loaded: images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
-    broken: images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).map(function (i) { return i.src; }),
+    broken: images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
+                  .map(function (i) { return i.src; }),
     ascending: ascending, descending: descending, sortState: headers[kl].getAttribute("aria-sort"),
     problems: window.__problems
   }));

@@ -435,7 +435,8 @@ def failures_table(study: StudyInput, tid: str) -> Table | None:
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 LATEX_UNICODE = {"±": r"$\pm$", "−": r"$-$", "Δ": r"$\Delta$", "β": r"$\beta$", "δ": r"$\delta$", "–": "--",
-                 "—": "---", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$", "→": r"$\to$", "<": r"$<$", ">": r"$>$", "‖": r"$\|$"}
+                 "—": "---", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$", "→": r"$\to$", "<": r"$<$",
+                 ">": r"$>$", "‖": r"$\|$"}
 
 
 def latex_escape(text: str) -> str:
