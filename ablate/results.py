@@ -117,7 +117,7 @@ def load_results(directory: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     failed rows are every failed attempt, kept apart so that a retried cell does not count twice.
     """
     paths = sorted(p for p in Path(directory).rglob("*.parquet") if not p.name.endswith(".curves.parquet")
-                   and not p.name.startswith("."))
+                   and not p.name.startswith(".") and p.name != "manifest.parquet")
     rows = read_rows(paths)
     if rows.empty:
         return rows, rows
