@@ -1,0 +1,322 @@
+"""A pretrained (or config-built) encoder–decoder Transformer finetuned into a VAE (Lee & Park 2021, "Finetuning
+Pretrained Transformers into Variational Autoencoders"), for any `AutoModelForSeq2SeqLM` (T5, BART, ...).
+
+posterior:  h = Encoder(x) (last hidden states);  p = masked_pool(h, mask) (mean | max | first; padding never
+            enters the pool — the released T5-VAE code pooled over padding);  [mu, logvar] = W p (no bias)
+decoder:    p(y_t | y_<t, z) from the model's own decoder and LM head, which see the sentence only through z:
+            no cross-attention to the real encoder states. z enters in one of three ways (`injection`):
+  memory           z → one extra key and one extra value per decoder layer and head, prepended to the decoder
+                   self-attention's keys/values, so every position attends to it (Lee & Park 2021; Optimus
+                   `latent_as_gpt_memory`, Li et al. 2020). Given to the model as a pre-filled transformers
+                   `EncoderDecoderCache` (the current Cache API), built per sample: [N, layers, 2, heads, 1, d]
+                   reshaped batch-first (the released code reshaped [B, L·H·d] straight to [L, B, H, 1, d], handing
+                   sample b another sample's latent).
+  embedding        z → d_model vector added to every decoder input embedding (Optimus `latent_as_gpt_emb`).
+  cross_attention  z → a length-1 "encoder output" [N, 1, d_model] that the decoder's cross-attention reads.
+The memory slot sits at position 0 of the decoder self-attention, so the tokens sit at 1..T: T5's relative
+position bias sees the memory at distance t, BART's learned positions shift by one (as in the released code).
+Lee & Park and Optimus use one projected vector as both key and value; here key and value have their own maps.
+
+The reconstruction term is summed over the target tokens of each sentence (</s> included, padding excluded), not
+averaged over 256 padded positions as the released code did (which multiplied the effective β by the pad length).
+Mixed precision: bf16 autocast on CUDA, fp32 on CPU; log-probabilities are always computed in fp32.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ablate.config import ConfigError, Seq2SeqConfig
+from ablate.data.batching import Batch
+from ablate.data.tokenize import Framing, HFTokenizer
+from ablate.models.base import TextVAE, expand_for_samples, sample_next
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def _auto_config(name: str):
+    """transformers' config of a hub name or local folder, or a one-line ConfigError."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model.pretrained: cannot load the config of {name!r}: {str(error).splitlines()[0]}; "
+                          "give a local folder written by save_pretrained, or use model.config") from None
+
+
+def _family(cfg: Seq2SeqConfig) -> str:
+    """'t5' or 'bart': the special-token layout of a trained tokenizer and the decoder start convention."""
+    if cfg.config is not None:
+        return cfg.config.family
+    model_type = _auto_config(cfg.pretrained).model_type
+    return "t5" if model_type in ("t5", "mt5", "umt5", "longt5") else "bart"
+
+
+def build_seq2seq_tokenizer(cfg: Seq2SeqConfig, train_texts: list[str]) -> HFTokenizer:
+    """The pretrained model's tokenizer (or the one named), or a BPE model fitted on the train split.
+
+    The decoder start token is the pretrained model's `decoder_start_token_id`; for a model built from config (or a
+    trained tokenizer) the family's convention: <pad> for T5, </s> for BART.
+    """
+    from transformers import AutoTokenizer
+
+    source = cfg.tokenizer or (cfg.pretrained if cfg.pretrained is not None else "train")
+    if source == "train":
+        from ablate.models.subword import train_subword_tokenizer
+
+        tokenizer = train_subword_tokenizer(train_texts, cfg.tokenizer_vocab_size, _family(cfg))
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"model.tokenizer: cannot load tokenizer {source!r}: {str(error).splitlines()[0]}; "
+                              "give a local folder (save_pretrained) or set model.tokenizer: train") from None
+    start = None
+    if cfg.pretrained is not None and source != "train":
+        start = _auto_config(cfg.pretrained).decoder_start_token_id
+    if start is None:
+        start = tokenizer.eos_token_id if _family(cfg) == "bart" else tokenizer.pad_token_id
+    return HFTokenizer(tokenizer, decoder_start_id=start)
+
+
+# ---------------------------------------------------------------- model construction
+
+
+def _config_from_arch(cfg: Seq2SeqConfig, tokenizer: HFTokenizer):
+    """A transformers config for a random-init model of the given family and sizes."""
+    arch = cfg.config
+    ids = tokenizer.special_ids
+    vocab = len(tokenizer)
+    if arch.family == "t5":
+        from transformers import T5Config
+
+        if arch.d_model % arch.num_heads:
+            raise ConfigError(f"model.config.d_model ({arch.d_model}) must be divisible by num_heads ({arch.num_heads})")
+        return T5Config(vocab_size=vocab, d_model=arch.d_model, d_kv=arch.d_model // arch.num_heads, d_ff=arch.d_ff,
+                        num_layers=arch.num_layers, num_decoder_layers=arch.num_layers, num_heads=arch.num_heads,
+                        dropout_rate=arch.dropout, feed_forward_proj="relu", tie_word_embeddings=True,
+                        pad_token_id=ids.pad, eos_token_id=ids.eos,
+                        decoder_start_token_id=tokenizer.framing.dec_start)
+    from transformers import BartConfig
+
+    return BartConfig(vocab_size=vocab, d_model=arch.d_model, encoder_layers=arch.num_layers,
+                      decoder_layers=arch.num_layers, encoder_attention_heads=arch.num_heads,
+                      decoder_attention_heads=arch.num_heads, encoder_ffn_dim=arch.d_ff, decoder_ffn_dim=arch.d_ff,
+                      dropout=arch.dropout, attention_dropout=0.0, activation_dropout=0.0,
+                      max_position_embeddings=1024, pad_token_id=ids.pad, bos_token_id=ids.bos,
+                      eos_token_id=ids.eos, decoder_start_token_id=tokenizer.framing.dec_start,
+                      forced_bos_token_id=None, forced_eos_token_id=None, tie_word_embeddings=True)
+
+
+def build_seq2seq_vae(cfg: Seq2SeqConfig, tokenizer: HFTokenizer) -> "Seq2SeqVAE":
+    """Load `pretrained` with AutoModelForSeq2SeqLM.from_pretrained, or build a random-init model from `config`."""
+    from transformers import AutoModelForSeq2SeqLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if cfg.pretrained is not None:
+        try:
+            net = AutoModelForSeq2SeqLM.from_pretrained(cfg.pretrained)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"model.pretrained: cannot load {cfg.pretrained!r}: {str(error).splitlines()[0]}; "
+                              "give a local folder written by save_pretrained, or use model.config") from None
+        rows = net.get_input_embeddings().num_embeddings
+        if len(tokenizer) > rows or (cfg.tokenizer == "train"):
+            net.resize_token_embeddings(len(tokenizer))
+            net.config.pad_token_id = tokenizer.special_ids.pad
+            net.config.eos_token_id = tokenizer.special_ids.eos
+            net.config.decoder_start_token_id = tokenizer.framing.dec_start
+    else:
+        net = AutoModelForSeq2SeqLM.from_config(_config_from_arch(cfg, tokenizer))
+    return Seq2SeqVAE(net, cfg, tokenizer.framing)
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def masked_pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
+    """Pool [B, L, d] encoder states over the real tokens only (mask True): mean, max, or the first real token."""
+    mask = mask.bool()
+    if how == "mean":
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    if how == "max":
+        return hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
+    if how == "first":
+        first = mask.to(torch.int8).argmax(1)  # index of the first real token (0 for right padding)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+    raise ValueError(f"unknown pooling {how!r}; expected mean, max or first")
+
+
+def decoder_geometry(config) -> tuple[int, int, int]:
+    """(decoder layers, self-attention heads, head dim) of a transformers seq2seq config (T5, BART and kin)."""
+    dec = config  # seq2seq configs are flat (get_text_config(decoder=True) rebuilds BART's with defaults)
+    layers = getattr(dec, "num_decoder_layers", None) or getattr(dec, "decoder_layers", None) \
+        or dec.num_hidden_layers
+    heads = getattr(dec, "decoder_attention_heads", None) or getattr(dec, "num_heads", None) \
+        or dec.num_attention_heads
+    head_dim = getattr(dec, "d_kv", None) or getattr(dec, "head_dim", None) or dec.d_model // heads
+    return int(layers), int(heads), int(head_dim)
+
+
+class Seq2SeqVAE(TextVAE):
+    def __init__(self, net: nn.Module, cfg: Seq2SeqConfig, framing: Framing) -> None:
+        super().__init__()
+        self.net = net
+        self.cfg = cfg
+        self.nz = cfg.nz
+        self.pooling = cfg.pooling
+        self.injection = cfg.injection
+        self.framing = framing
+        d_model = net.config.d_model
+        self.layers, self.heads, self.head_dim = decoder_geometry(net.config)
+        self.to_posterior = nn.Linear(d_model, 2 * cfg.nz, bias=False)
+        if self.injection == "memory":
+            self.z_to_decoder = nn.Linear(cfg.nz, self.layers * 2 * self.heads * self.head_dim, bias=False)
+        elif self.injection in ("embedding", "cross_attention"):
+            self.z_to_decoder = nn.Linear(cfg.nz, d_model, bias=False)
+        else:
+            raise ValueError(f"unknown injection {self.injection!r}; expected memory, embedding or cross_attention")
+
+    # ------------------------------------------------------------ parameter groups
+
+    def _decoder_params(self) -> list[nn.Parameter]:
+        """Decoder stack + LM head (when not tied to the shared embedding) + the z projection into the decoder."""
+        encoder_ids = {id(p) for p in self.net.get_encoder().parameters()}
+        seen: set[int] = set()
+        out: list[nn.Parameter] = []
+        head = self.net.get_output_embeddings()
+        for module in (self.net.get_decoder(), head, self.z_to_decoder):
+            for param in module.parameters() if module is not None else ():
+                if id(param) not in encoder_ids and id(param) not in seen:
+                    seen.add(id(param))
+                    out.append(param)
+        return out
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Everything that is not the decoder: encoder stack, (tied) token embeddings, the posterior map."""
+        decoder_ids = {id(p) for p in self._decoder_params()}
+        return iter([p for p in self.parameters() if id(p) not in decoder_ids])
+
+    def decoder_parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self._decoder_params())
+
+    def reset_decoder(self) -> None:
+        """Re-initialise the decoder stack, an untied LM head and the z projection (never the shared embedding).
+
+        The fresh values come from the architecture's own initialisation (a model built from the same config).
+        """
+        from transformers import AutoModelForSeq2SeqLM
+
+        fresh = AutoModelForSeq2SeqLM.from_config(self.net.config)
+        fresh_state = fresh.state_dict()
+        names = {id(p): n for n, p in self.net.named_parameters()}
+        with torch.no_grad():
+            for param in self._decoder_params():
+                if id(param) in names:
+                    param.copy_(fresh_state[names[id(param)]].to(param.device, param.dtype))
+        self.z_to_decoder.reset_parameters()
+
+    # ------------------------------------------------------------ encoder
+
+    def _autocast(self, device: torch.device):
+        if device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        with self._autocast(batch.enc_ids.device):
+            hidden = self.net.get_encoder()(input_ids=batch.enc_ids, attention_mask=batch.enc_mask).last_hidden_state
+        pooled = masked_pool(hidden.float(), batch.enc_mask, self.pooling)
+        mu, logvar = self.to_posterior(pooled).chunk(2, dim=-1)
+        return mu, logvar
+
+    # ------------------------------------------------------------ decoder
+
+    def new_cache(self, z: Tensor):
+        """The decoder's cache before the first token: for `memory`, one key/value slot per layer from z."""
+        from transformers import DynamicCache, EncoderDecoderCache
+
+        if self.injection != "memory":
+            return EncoderDecoderCache(DynamicCache(), DynamicCache())
+        n = z.shape[0]
+        kv = self.z_to_decoder(z).view(n, self.layers, 2, self.heads, 1, self.head_dim)  # batch first: no mixing
+        layers = [(kv[:, i, 0], kv[:, i, 1]) for i in range(self.layers)]  # each [N, heads, 1, head_dim]
+        return EncoderDecoderCache(DynamicCache(layers), DynamicCache())
+
+    def lm_head(self, hidden: Tensor) -> Tensor:
+        """The model's own output layer on decoder states: T5 rescales tied outputs by d_model^-1/2, BART adds
+        final_logits_bias (pinned against the full HF forward in tests/test_seq2seq.py)."""
+        config = self.net.config
+        scale = getattr(config, "scale_decoder_outputs", None)
+        if scale is None:  # transformers < 5: T5 rescaled whenever the embeddings were tied
+            scale = config.model_type in ("t5", "mt5", "umt5") and config.tie_word_embeddings
+        if scale:
+            hidden = hidden * config.d_model ** -0.5
+        logits = self.net.get_output_embeddings()(hidden)
+        bias = getattr(self.net, "final_logits_bias", None)
+        return logits if bias is None else logits + bias.to(logits.dtype)
+
+    def decoder_logits(self, dec_in: Tensor, z: Tensor, cache=None) -> tuple[Tensor, object]:
+        """Logits [N, T, V] of decoder inputs [N, T] given z [N, nz], and the decoder cache.
+
+        With `cache` (from new_cache or a previous call) dec_in continues the cached prefix (incremental decoding);
+        without, it starts a fresh sequence. The decoder never receives the real encoder states.
+        """
+        decoder = self.net.get_decoder()
+        with self._autocast(dec_in.device):
+            if cache is None and self.injection == "memory":
+                cache = self.new_cache(z)
+            embed = getattr(decoder, "embed_tokens", None)
+            embed = self.net.get_input_embeddings() if embed is None else embed
+            inputs = embed(dec_in)  # BART's embedding module applies its own scale
+            context, context_mask = None, None
+            if self.injection == "embedding":
+                inputs = inputs + self.z_to_decoder(z).unsqueeze(1).to(inputs.dtype)
+            elif self.injection == "cross_attention":
+                context = self.z_to_decoder(z).unsqueeze(1)
+                context_mask = torch.ones(z.shape[0], 1, dtype=torch.long, device=z.device)
+            out = decoder(inputs_embeds=inputs, encoder_hidden_states=context, encoder_attention_mask=context_mask,
+                          past_key_values=cache, use_cache=cache is not None)
+            logits = self.lm_head(out.last_hidden_state)
+        return logits, out.past_key_values
+
+    def log_likelihood(self, batch: Batch, z: Tensor) -> Tensor:
+        per_sample = z.dim() == 3
+        k = z.shape[1] if per_sample else 1
+        flat_z = z.reshape(-1, self.nz)  # [B*K, nz], row b*K + k is sample k of sentence b
+        inputs = expand_for_samples(batch.dec_in, k)
+        targets = expand_for_samples(batch.dec_target, k)
+        mask = expand_for_samples(batch.dec_mask, k)
+        logits, _ = self.decoder_logits(inputs, flat_z)
+        token_logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        sentence_logp = token_logp.view_as(targets).masked_fill(~mask, 0.0).sum(-1)  # sum over tokens, no mean
+        return sentence_logp.view(-1, k) if per_sample else sentence_logp
+
+    @torch.no_grad()
+    def generate(self, z: Tensor, max_length: int, strategy: str = "greedy", top_k: int = 0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None, start_id: int | None = None,
+                 eos_id: int | None = None) -> list[list[int]]:
+        start_id = self.framing.dec_start if start_id is None else start_id
+        eos_id = self.framing.eos if eos_id is None else eos_id
+        tokens = torch.full((z.shape[0], 1), start_id, dtype=torch.long, device=z.device)
+        cache = self.new_cache(z)
+        out: list[list[int]] = [[] for _ in range(z.shape[0])]
+        done = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+        for _ in range(max_length):
+            logits, cache = self.decoder_logits(tokens, z, cache)
+            tokens = sample_next(logits[:, -1].float(), strategy, top_k, top_p, generator).unsqueeze(1)
+            for i, t in enumerate(tokens[:, 0].tolist()):
+                if not done[i] and t != eos_id:
+                    out[i].append(t)
+            done |= tokens[:, 0] == eos_id
+            if bool(done.all()):
+                break
+        return out

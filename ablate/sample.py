@@ -1,0 +1,179 @@
+"""`ablate sample RUN`: look at what a trained VAE generates.
+
+RUN is a saved model (`results/runs/<stem>.model.pt`) or its result row (`<stem>.parquet`, the model beside it).
+The model is rebuilt from the run config stored in the file (`ablate.run.prepare` + `build`: same corpus, same
+tokenizer — a trained subword tokenizer is re-fitted deterministically) and its weights loaded. Then:
+
+- prior:        z ~ N(0, I), decoded;
+- reconstruct:  sentences of a split encoded to their posterior mean (or a posterior sample with --sample-z) and
+                decoded;
+- interpolate:  z_t = (1 − t)·mu_a + t·mu_b for t evenly spaced in [0, 1] between two sentences (split indices or
+                texts), each decoded.
+Each decoding uses one or more strategies: greedy, top_k (--top-k), nucleus (--top-p; Holtzman et al. 2020).
+Works for every model family (the LSTM and the seq2seq Transformer VAE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STRATEGIES = ("greedy", "top_k", "nucleus")
+
+
+def model_file(run: str | Path) -> Path:
+    """The .model.pt of a run given as the model file itself or as its result parquet."""
+    from ablate.config import ConfigError
+
+    path = Path(run)
+    if path.name.endswith(".parquet"):
+        stem = path.name[: -len(".parquet")]
+        path = path.with_name(f"{stem}.model.pt")
+    if not path.exists():
+        hint = " (runs write it unless save_model is off)" if path.name.endswith(".model.pt") else ""
+        raise ConfigError(f"{run}: no saved model at {path}{hint}; give a results/runs/<stem>.model.pt or .parquet")
+    return path
+
+
+def load_run(run: str | Path, device: str | torch.device = "cpu"):
+    """(config, prepared, model in eval mode) of a saved run."""
+    from ablate.config import build_config
+    from ablate.run import build, prepare, resolve_device
+
+    path = model_file(run)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    config = build_config(payload["config"], str(path))
+    prepared = prepare(config)
+    model = build(config, prepared)
+    model.load_state_dict(payload["model"])
+    device = resolve_device(str(device))
+    return config, prepared, model.to(device).eval()
+
+
+def _batch_of_texts(texts: list[str], prepared, max_length: int):
+    from ablate.data.batching import encode_split, make_batch
+
+    split = encode_split(texts, prepared.tokenizer, max_length)
+    return make_batch(split, list(range(len(texts))), prepared.tokenizer.framing)
+
+
+@torch.no_grad()
+def decode(model, prepared, z: torch.Tensor, strategy: str, max_length: int, top_k: int, top_p: float,
+           generator: torch.Generator) -> list[str]:
+    framing = prepared.tokenizer.framing
+    ids = model.generate(z, max_length, strategy=strategy, top_k=top_k, top_p=top_p, generator=generator,
+                         start_id=framing.dec_start, eos_id=framing.eos)
+    return [prepared.tokenizer.decode(row) for row in ids]
+
+
+@torch.no_grad()
+def sample_report(model, prepared, *, n_prior: int, n_reconstruct: int, interpolate: list[str] | None,
+                  steps: int, split: str, strategies: list[str], max_length: int, top_k: int, top_p: float,
+                  seed: int, sample_z: bool, device: torch.device, input_max_length: int = 200) -> dict[str, Any]:
+    """Everything `ablate sample` prints, as data."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    texts = prepared.corpus.texts[split]
+    out: dict[str, Any] = {"prior": {}, "reconstruct": [], "interpolate": None}
+
+    if n_prior:
+        z = torch.randn(n_prior, model.nz, generator=generator, device=device)
+        out["prior"] = {s: decode(model, prepared, z, s, max_length, top_k, top_p, generator) for s in strategies}
+
+    if n_reconstruct:
+        chosen = texts[:n_reconstruct]
+        batch = _batch_of_texts(chosen, prepared, input_max_length).to(device)
+        mu, logvar = model.encode(batch)
+        z = mu + torch.randn(mu.shape, generator=generator, device=device) * (0.5 * logvar).exp() if sample_z else mu
+        decoded = {s: decode(model, prepared, z, s, max_length, top_k, top_p, generator) for s in strategies}
+        out["reconstruct"] = [{"input": text, **{s: decoded[s][i] for s in strategies}}
+                              for i, text in enumerate(chosen)]
+
+    if interpolate:
+        ends = [texts[int(x)] if x.lstrip("-").isdigit() else x for x in interpolate]
+        batch = _batch_of_texts(ends, prepared, input_max_length).to(device)
+        mu, _ = model.encode(batch)
+        ts = torch.linspace(0.0, 1.0, steps, device=device)
+        z = (1 - ts).unsqueeze(1) * mu[0] + ts.unsqueeze(1) * mu[1]
+        decoded = {s: decode(model, prepared, z, s, max_length, top_k, top_p, generator) for s in strategies}
+        out["interpolate"] = {"from": ends[0], "to": ends[1],
+                              "path": [{"t": round(float(t), 4), **{s: decoded[s][i] for s in strategies}}
+                                       for i, t in enumerate(ts.tolist())]}
+    return out
+
+
+def format_report(report: dict[str, Any], strategies: list[str]) -> str:
+    lines: list[str] = []
+    width = max(len(s) for s in strategies)
+    if report["prior"]:
+        lines.append("== samples from the prior z ~ N(0, I)")
+        n = len(next(iter(report["prior"].values())))
+        for i in range(n):
+            for s in strategies:
+                lines.append(f"  [{i}] {s:<{width}}  {report['prior'][s][i]}")
+    if report["reconstruct"]:
+        lines.append("== reconstructions")
+        for i, item in enumerate(report["reconstruct"]):
+            lines.append(f"  [{i}] {'input':<{width}}  {item['input']}")
+            for s in strategies:
+                lines.append(f"      {s:<{width}}  {item[s]}")
+    if report["interpolate"]:
+        inter = report["interpolate"]
+        lines.append(f"== interpolation  a: {inter['from']}")
+        lines.append(f"                  b: {inter['to']}")
+        for item in inter["path"]:
+            for s in strategies:
+                lines.append(f"  t={item['t']:.2f} {s:<{width}}  {item[s]}")
+    return "\n".join(lines)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    strategies = args.strategy or ["greedy"]
+    config, prepared, model = load_run(args.run, args.device)
+    if args.split not in prepared.corpus.texts:
+        from ablate.config import ConfigError
+
+        raise ConfigError(f"--split {args.split}: no such split; one of {', '.join(prepared.corpus.texts)}")
+    device = next(model.parameters()).device
+    report = sample_report(model, prepared, n_prior=args.prior, n_reconstruct=args.reconstruct,
+                           interpolate=args.interpolate, steps=args.steps, split=args.split, strategies=strategies,
+                           max_length=args.max_length, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                           sample_z=args.sample_z, device=device, input_max_length=config.data.max_length)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"# {model_file(args.run)}: {config.model.name} on {config.data.name}, nz={model.nz}")
+        print(format_report(report, strategies))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="decode from the prior, reconstruct sentences, interpolate (a saved run)")
+    p.add_argument("run", help="results/runs/<stem>.model.pt, or the run's <stem>.parquet")
+    p.add_argument("--prior", type=int, default=5, metavar="N", help="sentences decoded from z ~ N(0, I) (5)")
+    p.add_argument("--reconstruct", type=int, default=5, metavar="N",
+                   help="first N sentences of --split encoded and decoded (5)")
+    p.add_argument("--interpolate", nargs=2, metavar=("A", "B"),
+                   help="two sentences (indices into --split, or quoted texts) to interpolate between")
+    p.add_argument("--steps", type=int, default=5, help="points on the interpolation path, ends included (5)")
+    p.add_argument("--split", default="test", help="split the sentences come from (test)")
+    p.add_argument("--strategy", action="append", choices=STRATEGIES,
+                   help="greedy | top_k | nucleus; repeat for several (greedy)")
+    p.add_argument("--top-k", type=int, default=10, help="k of top_k sampling (10)")
+    p.add_argument("--top-p", type=float, default=0.9, help="p of nucleus sampling (0.9)")
+    p.add_argument("--max-length", type=int, default=40, help="maximum generated tokens (40)")
+    p.add_argument("--sample-z", action="store_true", help="reconstruct from z ~ q(z|x) instead of its mean")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (cpu)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_sample)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from ablate.cli import main
+
+    sys.exit(main(["sample", *sys.argv[1:]]))
