@@ -7,7 +7,8 @@ WAITING) with user attributes
     config), run_config (the run config as JSON, so a worker needs nothing but the ledger)
 
 A worker pops a WAITING trial (the storage's WAITING → RUNNING transition is atomic: of two workers racing for
-one trial exactly one wins), records `pid`, `pid_start` and `host` on it, runs the cell and ends the trial
+one trial exactly one wins; each writes a claimant key first, so a winner killed before it records its pid is
+still accounted for), records `pid`, `pid_start` and `host` on it, runs the cell and ends the trial
 COMPLETE (value: valid −ELBO) or FAIL (user attributes error_class, error_message). A failed attempt is retried
 by enqueueing attempt + 1 while attempt < max_attempt (Optuna's own retry only covers dead workers).
 
@@ -34,6 +35,7 @@ import math
 import os
 import re
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,7 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablate.config import canonical_dict, flatten
 
-CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial without a pid (killed between pop and record) counts as dead after
+CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial with neither pid nor claimant counts as dead after this
 RESULT_NAME = re.compile(r"^(?P<cell>[0-9a-f]{12})\.a(?P<attempt>\d+)\.parquet$")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,11 +77,40 @@ def open_storage(folder: Path, url: str | None) -> BaseStorage:
     return optuna.storages.RDBStorage(url, heartbeat_interval=None)
 
 
+class FlockLock:
+    """The journal file's lock, by `fcntl.flock` on `<journal>.flock`: the kernel releases it when its holder dies.
+
+    Optuna's own file locks (a symlink or an O_EXCL file) outlive a SIGKILLed holder and are only broken after a
+    grace period, and the symlink lock of a relative journal path is never broken at all (its stat follows the
+    relative link from the wrong folder): one killed worker would freeze the sweep. flock needs one machine (or a
+    file system with working flock), which is what the journal storage is for.
+    """
+
+    def __init__(self, journal: Path):
+        self.path = str(journal) + ".flock"
+        self._local = threading.local()
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._local.fd = fd
+        return True
+
+    def release(self) -> None:
+        fd = getattr(self._local, "fd", None)
+        if fd is None:
+            raise RuntimeError("release of a journal lock this thread does not hold")
+        self._local.fd = None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def _journal(path: Path) -> BaseStorage:
     from optuna.storages.journal import JournalFileBackend
 
+    path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=FlockLock(path)))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- processes
@@ -244,12 +275,17 @@ class Ledger:
         if trial.state != TrialState.RUNNING:
             return False
         attrs = trial.user_attrs
-        if "pid" not in attrs:  # claimed, pid not recorded yet (or killed in between)
-            started = trial.datetime_start or dt.datetime.now()
-            return (dt.datetime.now() - started).total_seconds() < CLAIM_GRACE_SECONDS
-        if attrs.get("host") != self.host:
-            return True  # another machine's worker: cannot tell, assume alive
-        return process_alive(int(attrs["pid"]), attrs.get("pid_start"))
+        if "pid" in attrs:
+            if attrs.get("host") != self.host:
+                return True  # another machine's worker: cannot tell, assume alive
+            return process_alive(int(attrs["pid"]), attrs.get("pid_start"))
+        # claimed, pid not recorded yet (or the winner was killed in between): one of the claimants owns it
+        claimants = [key.split(":") for key in attrs if key.startswith("claimant:")]
+        if claimants:
+            return any(host != self.host or process_alive(int(pid), None if start == "None" else start)
+                       for _, host, pid, start in claimants)
+        started = trial.datetime_start or dt.datetime.now()
+        return (dt.datetime.now() - started).total_seconds() < CLAIM_GRACE_SECONDS
 
     # -- writing -----------------------------------------------------------------------------------------
 
@@ -273,18 +309,24 @@ class Ledger:
         self.optuna_study.enqueue_trial({}, user_attrs=attrs)
 
     def pop(self) -> FrozenTrial | None:
-        """Claim the oldest WAITING trial for this process (atomic in the storage) and record pid and host."""
+        """Claim the oldest WAITING trial for this process (atomic in the storage) and record pid and host.
+
+        Before the claim, the process writes a claimant key of its own (`claimant:<host>:<pid>:<start>`) on the
+        trial: the claim and the pid are two writes, and a worker killed between them must still be findable.
+        A RUNNING trial without a pid is live while any of its claimants is alive (see `is_live`).
+        """
+        pid = os.getpid()
+        start = process_start(pid)
         for trial in self.trials((TrialState.WAITING,)):
             trial_id = self.trial_id(trial)
             try:
+                self.storage.set_trial_user_attr(trial_id, f"claimant:{self.host}:{pid}:{start}", now_iso())
                 claimed = self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
             except UpdateFinishedTrialError:
                 continue
             if not claimed:
                 continue
-            pid = os.getpid()
-            for key, value in (("pid", pid), ("pid_start", process_start(pid)), ("host", self.host),
-                               ("claimed_at", now_iso())):
+            for key, value in (("pid", pid), ("pid_start", start), ("host", self.host), ("claimed_at", now_iso())):
                 self.storage.set_trial_user_attr(trial_id, key, value)
             return self.storage.get_trial(trial_id)
         return None

@@ -383,7 +383,7 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
     known_failures = {t.number for t in ledger.trials() if t.state.name == "FAIL"}
     stopped = False
     try:
-        if plan["enqueued"] or counts.waiting:
+        if plan["enqueued"] or plan["live"]:
             if jobs == 1:
                 stopped = _work_here(ledger, study, bar, fail_fast, progress)
             else:
@@ -436,13 +436,32 @@ def _work_here(ledger: Ledger, study: Study, bar: SweepProgress, fail_fast: bool
     results = ResultIndex(ledger.runs)
     ok_at_start = {c.cell_id for c in study.cells if results.ok(c.cell_id)}
 
-    def after(result: CellResult) -> None:
+    def after(result: CellResult | None) -> None:
         counts = _counts_now(ledger, study, ok_at_start)
         bar.update(counts.done, counts.failed, counts.running)
 
     run_bars = progress and sys.stderr.isatty()
-    outcomes = work(ledger, progress=run_bars, fail_fast=fail_fast, on_result=after)
-    return fail_fast and any(not r.ok for r in outcomes)
+    while True:
+        outcomes = work(ledger, progress=run_bars, fail_fast=fail_fast, on_result=after)
+        if fail_fast and any(not r.ok for r in outcomes):
+            return True
+        # the queue is empty; attempts still running elsewhere (another sweep's workers, or workers of a killed
+        # sweep that are still dying) are waited for, and taken over if their process is gone
+        with ledger.lock():
+            ledger.reclaim(retry=not fail_fast)
+        trials = ledger.trials()
+        if any(t.state.name == "WAITING" for t in trials):
+            continue
+        if not _running_elsewhere(ledger, study, trials):
+            return False
+        after(None)
+        time.sleep(POLL_SECONDS)
+
+
+def _running_elsewhere(ledger: Ledger, study: Study, trials: list[Any]) -> bool:
+    cells = {c.cell_id for c in study.cells}
+    return any(t.state.name == "RUNNING" and t.user_attrs.get("cell_id") in cells and ledger.is_live(t)
+               for t in trials)
 
 
 def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: int, gpus: list[str],
@@ -514,9 +533,17 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
                     procs[slot] = spawn(slot)
                     alive.append(procs[slot])
             if not any(p is not None for p in procs):
-                if waiting and spawned >= max_spawns:
-                    print("too many worker restarts; stopping", file=sys.stderr)
-                break
+                with ledger.lock():  # every worker is gone: nothing of ours can still be running
+                    ledger.reclaim(retry=not fail_fast)
+                waiting = sum(t.state.name == "WAITING" for t in ledger.trials())
+                if waiting and spawned < max_spawns:
+                    procs[0] = spawn(0)
+                    continue
+                if waiting:
+                    bar.write("too many worker restarts; stopping")
+                    break
+                if not _running_elsewhere(ledger, study, ledger.trials()):
+                    break  # else: wait for attempts running elsewhere (see _work_here)
     finally:
         for proc in procs:
             if proc is not None and proc.poll() is None:
