@@ -77,7 +77,8 @@ def replace_tokens(ids: Tensor, eligible: Tensor, p: float, token: int, generato
 
 @register
 class Denoising(Technique):
-    """Corrupt training inputs: token deletion or masking in the encoder, word dropout in the decoder."""
+    """Corrupt training inputs: delete k ~ U{0..⌊p·L⌋} encoder tokens, or replace each encoder token by the mask
+    token / each decoder input token by <unk> with probability p (word dropout)."""
 
     name = "denoising"
     version = 1

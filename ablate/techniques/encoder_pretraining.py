@@ -51,7 +51,8 @@ def patience_exhausted(valid_rec: list[float], patience: int, min_delta: float =
 
 @register
 class EncoderPretraining(Technique):
-    """An autoencoder phase (β = 0) before the VAE phase; optional frozen or re-initialised decoder."""
+    """Phase 1: loss = mean_i rec_i (β = 0, z ~ q(z|x) still sampled); phase 2: the configured VAE objective.
+    Optional frozen decoder in phase 1, re-initialised decoder at the start of phase 2."""
 
     name = "encoder_pretraining"
     version = 1

@@ -63,7 +63,8 @@ def free_bits_term(kl_per_dim: Tensor, mode: str, lambda_per_dim: float) -> Tens
 
 @register
 class FreeBits(Technique):
-    """Free bits: KLterm = thresholded KL (module docstring); the plain KL is still what is reported."""
+    """Free bits: KLterm = thresholded KL, e.g. per_dim_example (1/B) Σ_i Σ_j max(λ, KL_ij) (all four modes in the
+    module docstring); the plain KL is still what is reported."""
 
     name = "free_bits"
     version = 1

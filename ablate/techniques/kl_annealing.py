@@ -166,7 +166,8 @@ def _steps(steps: int | None, epochs: float | None, default_epochs: float, steps
 
 @register
 class KLAnnealing(Technique):
-    """KL annealing: loss = rec + β_t · KL with β_t from one of five schedules (module docstring)."""
+    """KL annealing: loss = rec + β_t · KL, t = optimiser steps of the current phase; e.g. linear
+    β_t = min(1, start + (1 − start)·t/W), cyclical β_t = f(τ/R) for τ ≤ R else 1 (all five in the module docstring)."""
 
     name = "kl_annealing"
     version = 1
