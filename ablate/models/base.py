@@ -10,6 +10,7 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ablate.data.batching import Batch
 
@@ -23,12 +24,25 @@ class TextVAE(nn.Module):
         """(mu, logvar), each [B, nz], from the encoder input (enc_ids, enc_mask)."""
         raise NotImplementedError
 
+    def teacher_forced_logits(self, inputs: Tensor, z: Tensor) -> Tensor:
+        """Logits [N, T, V] of the next token at every position of decoder inputs [N, T], given z [N, nz]."""
+        raise NotImplementedError
+
     def log_likelihood(self, batch: Batch, z: Tensor) -> Tensor:
         """log p(x|z) per sentence, summed over the target tokens (</s> included, padding excluded).
 
-        z is [B, nz] (→ [B]) or [B, K, nz] (→ [B, K]): K latents per sentence, for importance sampling.
+        z is [B, nz] (→ [B]) or [B, K, nz] (→ [B, K]): K latents per sentence, for importance sampling. The sum
+        (not a mean over the padded length) keeps the KL weight β what it says (a mean would rescale it).
         """
-        raise NotImplementedError
+        per_sample = z.dim() == 3
+        k = z.shape[1] if per_sample else 1
+        flat_z = z.reshape(-1, self.nz)  # [B*K, nz], row b*K + k is sample k of sentence b
+        targets = expand_for_samples(batch.dec_target, k)
+        mask = expand_for_samples(batch.dec_mask, k)
+        logits = self.teacher_forced_logits(expand_for_samples(batch.dec_in, k), flat_z)
+        token_logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        sentence_logp = token_logp.view_as(targets).masked_fill(~mask, 0.0).sum(-1)
+        return sentence_logp.view(-1, k) if per_sample else sentence_logp
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         raise NotImplementedError

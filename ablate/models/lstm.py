@@ -12,12 +12,11 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from ablate.config import LSTMConfig
 from ablate.data.batching import Batch
-from ablate.models.base import TextVAE, expand_for_samples, sample_next
+from ablate.models.base import TextVAE, sample_next
 
 
 class LSTMEncoder(nn.Module):
@@ -78,17 +77,8 @@ class LSTMVAE(TextVAE):
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
         return self.encoder(batch.enc_ids, batch.enc_mask)
 
-    def log_likelihood(self, batch: Batch, z: Tensor) -> Tensor:
-        per_sample = z.dim() == 3
-        k = z.shape[1] if per_sample else 1
-        flat_z = z.reshape(-1, self.nz)  # [B*K, nz], row b*K + k is sample k of sentence b
-        inputs = expand_for_samples(batch.dec_in, k)
-        targets = expand_for_samples(batch.dec_target, k)
-        mask = expand_for_samples(batch.dec_mask, k)
-        logits, _ = self.decoder(inputs, flat_z)
-        token_nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
-        sentence_logp = -(token_nll * mask).sum(-1)  # sum over tokens: no mean over padded length
-        return sentence_logp.view(-1, k) if per_sample else sentence_logp
+    def teacher_forced_logits(self, inputs: Tensor, z: Tensor) -> Tensor:
+        return self.decoder(inputs, z)[0]
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.encoder.parameters()

@@ -28,13 +28,12 @@ from contextlib import nullcontext
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ablate.config import ConfigError, Seq2SeqConfig
 from ablate.data.batching import Batch
 from ablate.data.tokenize import Framing, HFTokenizer
-from ablate.models.base import TextVAE, expand_for_samples, sample_next
+from ablate.models.base import TextVAE, sample_next
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -288,17 +287,8 @@ class Seq2SeqVAE(TextVAE):
             logits = self.lm_head(out.last_hidden_state)
         return logits, out.past_key_values
 
-    def log_likelihood(self, batch: Batch, z: Tensor) -> Tensor:
-        per_sample = z.dim() == 3
-        k = z.shape[1] if per_sample else 1
-        flat_z = z.reshape(-1, self.nz)  # [B*K, nz], row b*K + k is sample k of sentence b
-        inputs = expand_for_samples(batch.dec_in, k)
-        targets = expand_for_samples(batch.dec_target, k)
-        mask = expand_for_samples(batch.dec_mask, k)
-        logits, _ = self.decoder_logits(inputs, flat_z)
-        token_logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        sentence_logp = token_logp.view_as(targets).masked_fill(~mask, 0.0).sum(-1)  # sum over tokens, no mean
-        return sentence_logp.view(-1, k) if per_sample else sentence_logp
+    def teacher_forced_logits(self, inputs: Tensor, z: Tensor) -> Tensor:
+        return self.decoder_logits(inputs, z)[0]
 
     @torch.no_grad()
     def generate(self, z: Tensor, max_length: int, strategy: str = "greedy", top_k: int = 0, top_p: float = 1.0,
