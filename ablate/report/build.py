@@ -510,6 +510,9 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
     arms = tables.arm_order(study.manifest, study.ok, study.failed, baseline=options.baseline)
     palette = plots.arm_palette(arms)
     ok = study.ok
+    if study.manifest is not None and not study.manifest.empty and "cell_id" in ok:
+        # cells no longer in the study (it changed since they ran) count as "extra" in coverage, not in comparisons
+        ok = ok[ok["cell_id"].isin(study.manifest["cell_id"])]
     context: dict[str, Any] = {"slug": slug, "header": header(study), "panels": [], "summary": []}
 
     cov = coverage_table(study, f"{slug}-coverage", arms)
