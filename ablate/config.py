@@ -167,7 +167,7 @@ class RunConfig(Strict):
     seed: int = 0
     data: DataConfig = DataConfig()
     model: ModelConfig = Field(default_factory=LSTMConfig, discriminator="name")
-    techniques: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    techniques: dict[str, dict[str, Any] | None] = Field(default_factory=dict)  # None: the defaults
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 

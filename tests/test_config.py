@@ -81,3 +81,8 @@ def test_cli_validate_exit_codes(tmp_path, capsys):
     assert main(["validate", str(write(tmp_path, "modle: {}\n"))]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "did you mean 'model'" in err
+
+
+def test_technique_written_without_fields_takes_its_defaults(tmp_path):
+    config = load_config(write(tmp_path, "techniques:\n  denoising:\n"))
+    assert config.techniques["denoising"]["mode"] == "delete"
