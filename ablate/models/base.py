@@ -6,7 +6,7 @@ ablate.train, ablate.evaluate or ablate.metrics.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +64,28 @@ class TextVAE(nn.Module):
 def expand_for_samples(batch_tensor: Tensor, k: int) -> Tensor:
     """[B, ...] -> [B*K, ...], each row repeated K times consecutively (matches z.reshape(B*K, nz))."""
     return batch_tensor.repeat_interleave(k, dim=0)
+
+
+def decode_loop(step: Callable[[Tensor, Any], tuple[Tensor, Any]], state: Any, batch_size: int, start_id: int,
+                eos_id: int, max_length: int, strategy: str, top_k: int, top_p: float,
+                generator: torch.Generator | None, device: torch.device) -> list[list[int]]:
+    """Autoregressive decoding shared by the model families: `step(last_tokens [B, 1], state) -> (logits, state)`.
+
+    Returns each sequence's token ids up to (not including) its first </s>.
+    """
+    tokens = torch.full((batch_size, 1), start_id, dtype=torch.long, device=device)
+    out: list[list[int]] = [[] for _ in range(batch_size)]
+    done = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    for _ in range(max_length):
+        logits, state = step(tokens, state)
+        tokens = sample_next(logits[:, -1].float(), strategy, top_k, top_p, generator).unsqueeze(1)
+        for i, t in enumerate(tokens[:, 0].tolist()):
+            if not done[i] and t != eos_id:
+                out[i].append(t)
+        done |= tokens[:, 0] == eos_id
+        if bool(done.all()):
+            break
+    return out
 
 
 def sample_next(logits: Tensor, strategy: str, top_k: int, top_p: float,

@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from ablate.config import LSTMConfig
 from ablate.data.batching import Batch
-from ablate.models.base import TextVAE, sample_next
+from ablate.models.base import TextVAE, decode_loop
 
 
 class LSTMEncoder(nn.Module):
@@ -92,17 +92,5 @@ class LSTMVAE(TextVAE):
     @torch.no_grad()
     def generate(self, z: Tensor, max_length: int, strategy: str = "greedy", top_k: int = 0, top_p: float = 1.0,
                  generator: torch.Generator | None = None, start_id: int = 1, eos_id: int = 2) -> list[list[int]]:
-        tokens = torch.full((z.shape[0], 1), start_id, dtype=torch.long, device=z.device)
-        state = None
-        out: list[list[int]] = [[] for _ in range(z.shape[0])]
-        done = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
-        for _ in range(max_length):
-            logits, state = self.decoder(tokens, z, state)
-            tokens = sample_next(logits[:, -1], strategy, top_k, top_p, generator).unsqueeze(1)
-            for i, t in enumerate(tokens[:, 0].tolist()):
-                if not done[i] and t != eos_id:
-                    out[i].append(t)
-            done |= tokens[:, 0] == eos_id
-            if bool(done.all()):
-                break
-        return out
+        return decode_loop(lambda tokens, state: self.decoder(tokens, z, state), None, z.shape[0], start_id, eos_id,
+                           max_length, strategy, top_k, top_p, generator, z.device)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ablate.config import ConfigError, Seq2SeqConfig
 from ablate.data.batching import Batch
 from ablate.data.tokenize import Framing, HFTokenizer
-from ablate.models.base import TextVAE, sample_next
+from ablate.models.base import TextVAE, decode_loop
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -296,17 +296,5 @@ class Seq2SeqVAE(TextVAE):
                  eos_id: int | None = None) -> list[list[int]]:
         start_id = self.framing.dec_start if start_id is None else start_id
         eos_id = self.framing.eos if eos_id is None else eos_id
-        tokens = torch.full((z.shape[0], 1), start_id, dtype=torch.long, device=z.device)
-        cache = self.new_cache(z)
-        out: list[list[int]] = [[] for _ in range(z.shape[0])]
-        done = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
-        for _ in range(max_length):
-            logits, cache = self.decoder_logits(tokens, z, cache)
-            tokens = sample_next(logits[:, -1].float(), strategy, top_k, top_p, generator).unsqueeze(1)
-            for i, t in enumerate(tokens[:, 0].tolist()):
-                if not done[i] and t != eos_id:
-                    out[i].append(t)
-            done |= tokens[:, 0] == eos_id
-            if bool(done.all()):
-                break
-        return out
+        return decode_loop(lambda tokens, cache: self.decoder_logits(tokens, z, cache), self.new_cache(z), z.shape[0],
+                           start_id, eos_id, max_length, strategy, top_k, top_p, generator, z.device)
