@@ -186,3 +186,46 @@ def test_shipped_studies_validate(name):
     path = Path(__file__).resolve().parents[1] / "studies" / name
     study = load_study(path)
     assert study.cells and study.name == path.stem
+
+
+def test_long_form_model_entry_brings_its_own_training_settings(tmp_path):
+    path = write(tmp_path, f"""\
+        study: s
+        {textwrap.indent(BASE, '        ').strip()}
+        models:
+          - {{nz: 4}}
+          - label: wide
+            model: {{nz: 8}}
+            train: {{lr: 0.0005}}
+        arms:
+          - name: vae
+          - name: fast
+            train: {{lr: 0.003}}
+        """)
+    study = load_study(path)
+    lr = {(c.arm, c.model): (c.config.train.lr, c.config.model.nz) for c in study.cells}
+    # base ← model entry (model and train) ← arm: the arm's own setting wins over the model entry's
+    assert lr == {("vae", "lstm"): (0.001, 4), ("vae", "wide"): (0.0005, 8),
+                  ("fast", "lstm"): (0.003, 4), ("fast", "wide"): (0.003, 8)}
+
+
+def test_label_only_exclusion_drops_cells_that_would_not_validate_for_that_model(tmp_path):
+    seq2seq = "{name: seq2seq, config: {family: t5, d_model: 16, num_layers: 1, num_heads: 2, d_ff: 32}, nz: 4}"
+    body = f"""\
+        study: s
+        {textwrap.indent(BASE, '        ').strip()}
+        models:
+          - {{nz: 4}}
+          - label: t5
+            model: {seq2seq}
+        arms:
+          - name: vae
+          - name: wide_embeddings
+            model: {{emb_dim: 32}}
+        """
+    with pytest.raises(ConfigError, match=r"line \d+: .*emb_dim"):  # an LSTM-only key on the seq2seq model
+        load_study(write(tmp_path, body))
+    study = load_study(write(tmp_path, body.rstrip(" ") + "        exclude: [{model: t5, arm: [wide_embeddings]}]\n"))
+    assert sorted((c.arm, c.model) for c in study.cells) == [("vae", "lstm"), ("vae", "t5"),
+                                                              ("wide_embeddings", "lstm")]
+    assert study.excluded == 1 and not study.warnings

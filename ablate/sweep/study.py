@@ -5,7 +5,9 @@ A study file:
     study: full_grid                 # the results folder name (default: the file's stem)
     base: {model: ..., train: ...}   # a run config, as for `ablate run`
     datasets: [synthetic]            # optional: names (→ data.name) or data sections ({name: ptb, path: ...})
-    models: [{name: lstm, nz: 32}]   # optional: model sections (merged over base.model when the name matches)
+    models: [{name: lstm, nz: 32}]   # optional: model sections (merged over base.model when the name matches),
+                                     # or {label: t5, model: {...}, train: {...}, eval: {...}} when a model family
+                                     # needs its own training settings too
     seeds: [0, 1, 2]                 # optional (default: base.seed)
     arms:                            # chained: each arm is a family of cells (a row family in the report)
       - name: free_bits
@@ -15,12 +17,14 @@ A study file:
         exclude: [{train.lr: 3.0e-4, seed: 2}]                   # optional, as the study-level one
     exclude: [{arm: free_bits, dataset: ptb}]                    # optional: drop matching cells
 
-Resolution of one cell: base ← dataset entry (data section) ← model entry ← arm sections (deep merge; an arm's
+Resolution of one cell: base ← dataset entry (data section) ← model entry (model section, and train/eval sections
+in the long form) ← arm sections (deep merge; an arm's
 `techniques` are merged too, technique by technique) ← axis values ← seed. Every list-valued leaf of the
 merged config is an axis; on a field that is itself a list (e.g. eval.splits) an axis is a list of lists. The
 axes of an arm are crossed, except the groups named in `zip`, which advance together. Exclude entries match on
 the resolved config's dotted keys (defaults included) and on the labels arm, dataset, model, seed; a list value
-in an exclude entry means "any of".
+in an exclude entry means "any of". An entry naming only labels drops its cells before they are validated, so an
+arm written for one model family (e.g. LSTM sizes) can be kept off another (`{model: t5, arm: [prokhorov2019]}`).
 
 A cell's id is `config_hash` of its resolved config (defaults filled, technique versions included), never its
 position or its arm name: adding seeds, values or arms adds cells and leaves existing results valid. Two cells
@@ -52,6 +56,7 @@ from ablate.config import (ConfigError, DataConfig, EvalConfig, LSTMConfig, RunC
 STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude"]
 ARM_KEYS = ["name", "description", "techniques", "zip", "exclude", "data", "model", "train", "eval"]
 LABEL_KEYS = ["arm", "dataset", "model", "seed"]
+MODEL_ENTRY_KEYS = ["label", "model", "train", "eval"]  # the long form of a models entry
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 Path_ = tuple[Any, ...]  # a key path in the YAML document: ("arms", 2, "techniques", "free_bits")
@@ -337,21 +342,34 @@ class _Loader:
                                                    "'label' keys")
         return out
 
-    def models(self, base: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None, Path_]]:
+    def models(self, base: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None, dict[str, Any], Path_]]:
+        """(label, model section or None for base.model, other sections (train/eval) of the entry, where)."""
         raw = self.data.get("models")
         base_model = base.get("model") if isinstance(base.get("model"), dict) else {}
         if raw is None:
-            return [(str(base_model.get("name", "lstm")), None, ("base",))]
+            return [(str(base_model.get("name", "lstm")), None, {}, ("base",))]
         self.expect(raw, list, ("models",), "models must be a list of model sections")
         if not raw:
             raise self.error(("models",), "models is empty; drop the key to use base.model")
         out = []
         for i, entry in enumerate(raw):
-            self.expect(entry, dict, ("models", i), "a model entry must be a model section (e.g. {name: lstm})")
+            at: Path_ = ("models", i)
+            self.expect(entry, dict, at, "a model entry must be a model section (e.g. {name: lstm})")
             entry = dict(entry)
-            label = entry.pop("label", None) or entry.get("name", "lstm")
-            out.append((self.name(str(label), ("models", i), "a model label"), entry, ("models", i)))
-        labels = [label for label, _, _ in out]
+            sections: dict[str, Any] = {}
+            if "model" in entry:  # long form: {label, model: {...}, train: {...}, eval: {...}}
+                self.check_keys(entry, MODEL_ENTRY_KEYS, at, "models entry (long form)")
+                for key in ("model", "train", "eval"):
+                    if entry.get(key) is not None:
+                        self.expect(entry[key], dict, at + (key,), f"{key} must be a mapping")
+                label = entry.get("label") or entry["model"].get("name", "lstm")
+                sections = {k: entry[k] for k in ("train", "eval") if entry.get(k) is not None}
+                entry = dict(entry["model"])
+            else:
+                label = entry.pop("label", None) or entry.get("name", "lstm")
+            out.append((self.name(str(label), at + ("label",) if "label" in (raw[i] or {}) else at, "a model label"),
+                        entry, sections, at))
+        labels = [label for label, _, _, _ in out]
         for i, label in enumerate(labels):
             if label in labels[:i]:
                 raise self.error(("models", i), f"model '{label}' appears twice; give the entries distinct "
@@ -475,6 +493,8 @@ class _Loader:
 
         arm_names: list[str] = []
         cells: list[Cell] = []
+        used: set[Path_] = set()
+        pre_excluded = 0
         candidates: list[tuple[Cell, list[tuple[dict[str, Any], Path_]]]] = []
         settings_per_arm: dict[str, int] = {}
         for a, arm in enumerate(arms):
@@ -495,7 +515,13 @@ class _Loader:
             excludes = study_excludes + self.exclusions(arm.get("exclude"), at + ("exclude",))
             settings_seen = 0
             for d_label, d_data, d_at in datasets:
-                for m_label, m_data, m_at in models:
+                for m_label, m_data, m_sections, m_at in models:
+                    labels = {"arm": arm_name, "dataset": d_label, "model": m_label}
+                    label_excluded = [e_at for entry, e_at in excludes if self._matches_labels(entry, labels)]
+                    if label_excluded:  # dropped before validation: the arm may not fit this model at all
+                        used.update(label_excluded)
+                        pre_excluded += len(seeds)
+                        continue
                     merged = copy.deepcopy(base)
                     merged.pop("seed", None)
                     if d_data:
@@ -504,8 +530,11 @@ class _Loader:
                         base_model = merged.get("model") if isinstance(merged.get("model"), dict) else {}
                         same = m_data.get("name", "lstm") == base_model.get("name", "lstm")
                         merged["model"] = deep_merge(base_model, m_data) if same else copy.deepcopy(m_data)
+                    merged = deep_merge(merged, m_sections)
                     merged = deep_merge(merged, overrides)
-                    sources = _Sources(at, m_at if m_data is not None else None, d_at if d_data else None)
+                    long_form = m_data is not None and "model" in self.data["models"][m_at[1]]
+                    sources = _Sources(at, (m_at + ("model",) if long_form else m_at) if m_data is not None else None,
+                                       d_at if d_data else None, m_at if long_form else None)
                     settings = self.expand_arm(arm, merged, at, sources)
                     settings_seen = max(settings_seen, len(settings))
                     for raw, setting in settings:
@@ -519,12 +548,11 @@ class _Loader:
 
         warnings: list[str] = []
         all_keys = set(LABEL_KEYS)
-        flat = {}
+        flat: dict[int, dict[str, Any]] = {}
         for cell, _ in candidates:
             flat[id(cell)] = {**flatten(canonical_dict(cell.config)), "arm": cell.arm, "dataset": cell.dataset,
                               "model": cell.model, "seed": cell.seed}
             all_keys.update(flat[id(cell)])
-        used: set[Path_] = set()
         for entry, at in study_excludes + [e for a, arm in enumerate(arms)
                                            for e in self.exclusions(arm.get("exclude"), ("arms", a, "exclude"))]:
             for key in entry:
@@ -558,9 +586,17 @@ class _Loader:
         if not cells:
             raise self.error(("exclude",) if study_excludes else ("arms",), "no cells left after exclusions")
         return Study(name=name, path=self.path, text=self.text, cells=cells, arms=arm_names,
-                     datasets=[d for d, _, _ in datasets], models=[m for m, _, _ in models], seeds=seeds,
+                     datasets=[d for d, _, _ in datasets], models=[m for m, _, _, _ in models], seeds=seeds,
                      settings_per_arm=settings_per_arm, warnings=warnings,
-                     excluded=len(candidates) - len(cells))
+                     excluded=len(candidates) - len(cells) + pre_excluded)
+
+    @staticmethod
+    def _matches_labels(entry: dict[str, Any], labels: dict[str, Any]) -> bool:
+        """Whether an exclude entry names only the labels arm / dataset / model (no seed, no config key) and
+        matches these; such an entry is applied before the cell's config is validated."""
+        if not entry or not set(entry) <= set(labels):
+            return False
+        return all(labels[k] in want if isinstance(want, list) else labels[k] == want for k, want in entry.items())
 
     @staticmethod
     def _matches(entry: dict[str, Any], flat: dict[str, Any], cell: Cell) -> bool:
@@ -584,11 +620,14 @@ class _Sources:
     arm: Path_
     model: Path_ | None
     dataset: Path_ | None
+    model_entry: Path_ | None = None  # a long-form models entry, whose train/eval sections apply too
 
     def paths(self, loc: Path_) -> list[Path_]:
         out = [self.arm + loc]
         if self.model is not None and loc[:1] == ("model",):
             out.append(self.model + loc[1:])
+        if self.model_entry is not None and loc[:1] in (("train",), ("eval",)):
+            out.append(self.model_entry + loc)
         if self.dataset is not None and loc[:1] == ("data",):
             out.append(self.dataset + loc[1:])
         return out + [("base",) + loc]
