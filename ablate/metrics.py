@@ -250,7 +250,7 @@ def active_units(mu: Tensor, delta: float = 0.01) -> tuple[int, Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Probing the posterior mean for ground-truth factors
+# Probing the latent code for ground-truth factors
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -269,7 +269,7 @@ def linear_probe_accuracy(
     Features are standardised with the training mean and std (a constant feature, std ~ 0, is only centred).
     Loss: mean cross-entropy + l2 * ||W||^2 (bias not penalised), minimised full-batch in float64 by
     torch.optim.LBFGS (strong-Wolfe line search); weights start from N(0, 0.01^2) drawn with ``seed``, so the
-    result is deterministic. Used to probe ground-truth factors from the posterior mean.
+    result is deterministic. Used to probe ground-truth factors from posterior samples (ablate.evaluate.probe_features).
     """
     train_x = train_x.detach().to(torch.float64)
     test_x = test_x.detach().to(torch.float64)

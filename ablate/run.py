@@ -24,7 +24,7 @@ from ablate.config import RunConfig, canonical_dict, config_hash, flatten
 from ablate.data.batching import EncodedSplit, encode_split
 from ablate.data.corpus import SPLITS, Corpus, load_corpus
 from ablate.data.tokenize import Tokenizer
-from ablate.evaluate import encode_all, evaluate_split, probe_factors
+from ablate.evaluate import encode_all, evaluate_split, probe_factors, probe_features
 from ablate.models.base import TextVAE
 from ablate.models.registry import build_model, build_tokenizer
 from ablate.results import git_commit, write_curves, write_row
@@ -161,10 +161,11 @@ def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: 
     """Metrics of every evaluation split, conventions, and probes of ground-truth factors when known."""
     out: dict[str, Any] = {}
     corpus = prepared.corpus
-    train_mu = None
+    train_z = None
     if config.eval.probe and corpus.factor_classes:
-        train_mu, _ = encode_all(model, prepared.splits["train"], prepared.tokenizer.framing, config.eval.batch_size,
-                                 device)
+        train_mu, train_logvar = encode_all(model, prepared.splits["train"], prepared.tokenizer.framing,
+                                            config.eval.batch_size, device)
+        train_z = probe_features(train_mu, train_logvar, seed=config.seed * 1000 + 999)
     for i, split in enumerate(config.eval.splits):
         evaluation = evaluate_split(model, prepared.splits[split], prepared.tokenizer.framing,
                                     len(prepared.tokenizer), config.eval, device, seed=config.seed * 1000 + i,
@@ -175,8 +176,9 @@ def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: 
                     "eval.mi_pool_kind": "dataset" if config.eval.mi_pool == "dataset" else "block",
                     "eval.au_delta": conv["au_delta"], "eval.token_unit": conv["token_unit"],
                     "eval.ppl_counts_eos": conv["ppl_counts_eos"], "eval.ppl_counts_bos": conv["ppl_counts_bos"]})
-        if train_mu is not None:
-            probes = probe_factors(train_mu, corpus.factors["train"], evaluation.mu, corpus.factors[split],
+        if train_z is not None:
+            eval_z = probe_features(evaluation.mu, evaluation.logvar, seed=config.seed * 1000 + 998 - i)
+            probes = probe_factors(train_z, corpus.factors["train"], eval_z, corpus.factors[split],
                                    corpus.factor_classes, seed=config.seed)
             out.update({f"{split}.{k}": v for k, v in probes.items()})
     return out

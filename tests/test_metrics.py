@@ -552,3 +552,27 @@ def test_majority_baseline() -> None:
     assert majority_baseline(train_y, test_y) == pytest.approx(0.5)
     # ties go to the smallest label
     assert majority_baseline(torch.tensor([3, 1, 3, 1]), torch.tensor([1, 3, 3])) == pytest.approx(1 / 3)
+
+
+def test_probe_on_posterior_samples_ignores_a_trace_far_below_sigma() -> None:
+    """A collapsed posterior whose μ carries the factor at a scale of 1e-4 while σ = 1: a probe on standardised μ
+    reads it perfectly, one on samples z ~ q(z|x) (what ablate reports) sees noise; a posterior with the factor at
+    a scale well above σ is read from samples too."""
+    from ablate.evaluate import probe_features
+
+    g = _gen(56)
+    y_tr = torch.randint(0, 2, (1000,), generator=g)
+    y_te = torch.randint(0, 2, (500,), generator=g)
+
+    def posterior(y: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = torch.zeros(len(y), 4, dtype=F64)
+        mu[:, 0] = scale * (2.0 * y - 1.0)
+        return mu, torch.zeros_like(mu)  # σ = 1
+
+    (mu_tr, lv_tr), (mu_te, lv_te) = posterior(y_tr, 1e-4), posterior(y_te, 1e-4)
+    assert linear_probe_accuracy(mu_tr, y_tr, mu_te, y_te, n_classes=2) == 1.0
+    z_acc = linear_probe_accuracy(probe_features(mu_tr, lv_tr, 0), y_tr, probe_features(mu_te, lv_te, 1), y_te, 2)
+    assert abs(z_acc - 0.5) < 0.06
+    (mu_tr, lv_tr), (mu_te, lv_te) = posterior(y_tr, 3.0), posterior(y_te, 3.0)
+    z_acc = linear_probe_accuracy(probe_features(mu_tr, lv_tr, 0), y_tr, probe_features(mu_te, lv_te, 1), y_te, 2)
+    assert z_acc > 0.99  # P(|N(3, 1)| on the wrong side of 0) = Φ(−3) ≈ 0.0013

@@ -2,7 +2,7 @@
 
 Every sentence is produced by a small probabilistic grammar conditioned on four
 independent, uniformly distributed factors. After training a text VAE on it, a
-linear probe on the posterior mean can be scored against the true factors,
+linear probe on the latent code can be scored against the true factors,
 which makes posterior collapse measurable against a known answer.
 
 Factors (``FACTORS``)

@@ -79,7 +79,8 @@ PROBE_PREFIX = "probe."
 def probe_metric(factor: str) -> Metric:
     return Metric(f"{PROBE_PREFIX}{factor}", f"probe {factor}", "max", ".3f", "accuracy",
                   f"Accuracy of a linear probe predicting the ground-truth factor '{factor}' of the synthetic corpus "
-                  f"from μ(x) (fit on train, scored on this split). Compare with the majority-class baseline "
+                  f"from one posterior sample z ~ q(z|x) per sentence, i.e. what the decoder can read (fit on train, "
+                  f"scored on this split). Compare with the majority-class baseline "
                   f"(probe_majority.{factor}).")
 
 
