@@ -272,3 +272,17 @@ def test_a_cell_continues_from_its_checkpoint(tmp_path):
     curves = curves.to_pandas()
     assert 12345.0 in set(curves["loss"]) and curves["epoch"].max() == 1
     assert not checkpoint.exists()  # an ok cell drops its checkpoint
+
+
+def test_status_counts_per_arm_and_model_when_a_study_has_several_models(tmp_path):
+    from ablate.sweep.runner import count_cells
+
+    base = TINY + "models:\n  - {nz: 4}\n  - {label: wide, nz: 8}\nexclude: [{model: wide, arm: ae}]\n"
+    study = load_study(make_study(tmp_path, "two_models", """\
+        - name: vae
+        - name: ae
+          train: {kl_weight: 0.0}
+        """, seeds="[0, 1]", base=base))
+    counts = count_cells(None, study)
+    assert {k: (v.expected, v.pending) for k, v in counts.items()} == {
+        "vae [lstm]": (2, 2), "vae [wide]": (2, 2), "ae [lstm]": (2, 2)}

@@ -217,11 +217,16 @@ def _raise_exit(signum: int, frame: Any) -> None:
 
 def count_cells(ledger: Ledger | None, study: Study, results: ResultIndex | None = None
                 ) -> dict[str, CellCounts]:
-    """Per arm: expected / done / failed / running / waiting / pending (results files count as done)."""
-    counts = {arm: CellCounts() for arm in study.arms}
+    """Per arm (per arm and model when the study has several models): expected / done / failed / running /
+    waiting / pending (results files count as done)."""
+    def key(arm: str, model: str) -> str:
+        return f"{arm} [{model}]" if len(study.models) > 1 else arm
+
+    counts = {key(arm, model): CellCounts() for arm in study.arms for model in study.models
+              if any(c.arm == arm and c.model == model for c in study.cells)}
     grouped = ledger.by_cell() if ledger is not None else {}
     for cell in study.cells:
-        row = counts[cell.arm]
+        row = counts[key(cell.arm, cell.model)]
         row.expected += 1
         ok_file = results.ok(cell.cell_id) if results is not None else False
         if ledger is None:
@@ -244,7 +249,7 @@ def total(counts: dict[str, CellCounts]) -> CellCounts:
 def format_counts(counts: dict[str, CellCounts]) -> str:
     width = max([len("arm"), len("total")] + [len(a) for a in counts]) + 2
     keys = ["expected", "done", "failed", "running", "waiting", "pending"]
-    lines = [f"{'arm':<{width}}" + "".join(f"{k:>10}" for k in keys)]
+    lines = [f"{'arm':<{width}}" + "".join(f"{k:>10}" for k in keys)]  # "arm [model]" when several models
     for arm, row in list(counts.items()) + [("total", total(counts))]:
         lines.append(f"{arm:<{width}}" + "".join(f"{getattr(row, k):>10}" for k in keys))
     return "\n".join(lines)
