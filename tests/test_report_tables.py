@@ -284,3 +284,19 @@ def test_conventions_and_latex(study):
     mixed = "; ".join(conventions(study.ok, "test"))
     assert "token unit = subword, word (MIXED" in mixed
     assert latex_escape("a_b & 5% ± −1") == r"a\_b \& 5\% $\pm$ $-$1"
+
+
+def test_manifest_labels_name_the_rows_of_its_cells(study):
+    """A study may label a seq2seq model 't5'; rows written with the config's name take the manifest's label."""
+    ok, _ = load_results(study.folder / "runs")
+    renamed = ok.copy()
+    renamed["model"] = "seq2seq"
+    manifest = study.manifest.copy()
+    first = renamed["cell_id"].iloc[0]
+    manifest.loc[manifest["cell_id"] == first, "model"] = "t5"
+    out = tables.attach_settings(renamed, manifest)
+    assert out.loc[out["cell_id"] == first, "model"].tolist() == ["t5"]
+    expected = ok.set_index("cell_id")["model"].drop(first)
+    assert out.set_index("cell_id")["model"].drop(first).to_dict() == expected.to_dict()
+    stray = renamed.assign(cell_id="not-in-manifest")  # rows of cells the manifest does not list keep their own
+    assert set(tables.attach_settings(stray, manifest)["model"]) == {"seq2seq"}

@@ -286,3 +286,13 @@ def test_status_counts_per_arm_and_model_when_a_study_has_several_models(tmp_pat
     counts = count_cells(None, study)
     assert {k: (v.expected, v.pending) for k, v in counts.items()} == {
         "vae [lstm]": (2, 2), "vae [wide]": (2, 2), "ae [lstm]": (2, 2)}
+
+
+def test_result_rows_carry_the_study_labels_of_dataset_and_model():
+    from ablate.config import build_config
+    from ablate.run import base_row
+
+    config = build_config({"model": {"nz": 4}}, "<test>")
+    assert (base_row(config, "r", {})["model"], base_row(config, "r", {})["dataset"]) == ("lstm", "synthetic")
+    row = base_row(config, "r", {"model": "wide", "dataset": "synthetic_small"})
+    assert (row["model"], row["dataset"], row["config.model.name"]) == ("wide", "synthetic_small", "lstm")

@@ -97,7 +97,8 @@ def _plain(value: Any) -> Any:
 
 
 def attach_settings(rows: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.DataFrame:
-    """A copy of result rows with `settings` (JSON) and `setting` (label); arm/dataset/model filled where empty."""
+    """A copy of result rows with `settings` (JSON) and `setting` (label); arm/dataset/model are the manifest's
+    labels for the cells it lists (a study may label a seq2seq model 't5'), else the row's, filled where empty."""
     rows = rows.copy()
     if rows.empty:
         for col in ("settings", "setting", "arm", "dataset", "model"):
@@ -112,6 +113,10 @@ def attach_settings(rows: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.Dat
     if manifest is not None and not manifest.empty:
         known = dict(zip(manifest["cell_id"], manifest["settings"]))
     in_manifest = rows["cell_id"].isin(known.keys()) if "cell_id" in rows else pd.Series(False, index=rows.index)
+    if in_manifest.any():  # the study's labels (e.g. model 't5' for a seq2seq entry) over the config names
+        for col in ("arm", "dataset", "model"):
+            label = dict(zip(manifest["cell_id"], manifest[col].astype(str)))
+            rows.loc[in_manifest, col] = rows.loc[in_manifest, "cell_id"].map(label)
     settings = pd.Series("{}", index=rows.index, dtype=object)
     if in_manifest.any():
         settings[in_manifest] = rows.loc[in_manifest, "cell_id"].map(known)

@@ -11,7 +11,7 @@
     that dies (its attempt is reclaimed and retried) and stops them all at the first failure with --fail-fast;
  5. prints the per-arm outcome. Exit status: 0 when every cell has an ok result, 1 otherwise.
 
-A worker pops a cell, runs `ablate.run.execute` with labels (study, cell_id, arm, attempt), the result stem
+A worker pops a cell, runs `ablate.run.execute` with labels (study, cell_id, arm, attempt, dataset, model), the result stem
 `<cell_id>.a<attempt>` under runs/ and the checkpoint `checkpoints/<cell_id>.pt` (so a retried or reclaimed cell
 continues from its last epoch), ends the trial, and on failure queues the next attempt while attempts remain.
 """
@@ -107,7 +107,8 @@ def record_lost_attempt(folder: Path, trial: Any, message: str) -> None:
     path = folder / "runs" / f"{stem}.parquet"
     if path.exists():
         return
-    labels = {"study": folder.name, "cell_id": attrs["cell_id"], "arm": attrs.get("arm", ""), "attempt": attempt}
+    labels = {"study": folder.name, "cell_id": attrs["cell_id"], "arm": attrs.get("arm", ""), "attempt": attempt,
+              "dataset": attrs.get("dataset"), "model": attrs.get("model")}
     row = base_row(config, f"{folder.name}.{stem}", labels)
     row.update({"status": "failed", "error_class": "WorkerDied", "error_message": message,
                 "host": attrs.get("host"), "started_at": attrs.get("claimed_at"), "finished_at": now_iso()})
@@ -145,7 +146,8 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
         ledger.fail(trial, "StaleCell", message)
         return CellResult(cell_id, attempt, ok=False, error=f"StaleCell: {message}")
     stem = result_stem(cell_id, attempt)
-    labels = {"study": ledger.name, "cell_id": cell_id, "arm": attrs.get("arm", ""), "attempt": attempt}
+    labels = {"study": ledger.name, "cell_id": cell_id, "arm": attrs.get("arm", ""), "attempt": attempt,
+              "dataset": attrs.get("dataset"), "model": attrs.get("model")}
     checkpoint = folder / "checkpoints" / f"{cell_id}.pt"
     try:
         outcome = execute(config, runs, run_id=f"{ledger.name}.{stem}", labels=labels, checkpoint=checkpoint,
