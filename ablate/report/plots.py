@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -99,6 +99,15 @@ def _legend(fig: Figure, ax, arms: Sequence[str], palette: dict[str, tuple]) -> 
 # ----------------------------------------------------------------------------- rate–distortion and KL vs PPL
 
 
+def _scatter_runs_and_means(ax: Any, data: pd.DataFrame, arms: Sequence[str], palette: dict, x: str, y: str) -> None:
+    """One faint point per run and one ringed point per setting mean, coloured by arm."""
+    for arm in arms:
+        part = data[data["arm"] == arm]
+        ax.scatter(part[x], part[y], s=22, color=palette[arm], alpha=0.55, linewidths=0, zorder=3)
+        means = part.groupby("settings", sort=True)[[x, y]].mean()
+        ax.scatter(means[x], means[y], s=70, facecolor=palette[arm], edgecolor="black", linewidths=0.8, zorder=4)
+
+
 def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, title: str,
                     split: str = "test") -> Figure_ | None:
     """KL (rate) against Rec (distortion), one point per run, group means ringed; dashed iso-ELBO lines
@@ -113,12 +122,7 @@ def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem
     with _style():
         fig = _new_figure(7.5, 4.6)
         ax = fig.add_subplot()
-        for arm in present:
-            part = data[data["arm"] == arm]
-            ax.scatter(part[kl], part[rec], s=22, color=palette[arm], alpha=0.55, linewidths=0, zorder=3)
-            means = part.groupby("settings", sort=True)[[kl, rec]].mean()
-            ax.scatter(means[kl], means[rec], s=70, facecolor=palette[arm], edgecolor="black", linewidths=0.8,
-                       zorder=4)
+        _scatter_runs_and_means(ax, data, present, palette, kl, rec)
         wide = _wide_range(data[kl])
         if wide:   # e.g. an autoencoder arm far to the right: a linear scale near 0, logarithmic beyond 1 nat
             ax.set_xscale("symlog", linthresh=1.0, linscale=0.6)
@@ -177,12 +181,7 @@ def kl_vs_ppl(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path
     with _style():
         fig = _new_figure(7.5, 4.2)
         ax = fig.add_subplot()
-        for arm in present:
-            part = data[data["arm"] == arm]
-            ax.scatter(part[kl], part[ppl], s=22, color=palette[arm], alpha=0.55, linewidths=0, zorder=3)
-            means = part.groupby("settings", sort=True)[[kl, ppl]].mean()
-            ax.scatter(means[kl], means[ppl], s=70, facecolor=palette[arm], edgecolor="black", linewidths=0.8,
-                       zorder=4)
+        _scatter_runs_and_means(ax, data, present, palette, kl, ppl)
         if _wide_range(data[kl]):
             ax.set_xscale("symlog", linthresh=1.0, linscale=0.6)
         if data[ppl].min() > 0 and data[ppl].max() / data[ppl].min() > 10:
