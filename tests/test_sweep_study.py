@@ -181,11 +181,22 @@ def test_validate_prints_counts_and_errors_on_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "line 10" in err and "train.lrr" in err
 
 
-@pytest.mark.parametrize("name", ["smoke.yaml", "full_grid.yaml", "ptb.yaml"])
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in STUDIES.glob("*.yaml")))
 def test_shipped_studies_validate(name):
-    path = Path(__file__).resolve().parents[1] / "studies" / name
+    path = STUDIES / name
     study = load_study(path)
     assert study.cells and study.name == path.stem
+
+
+def test_full_grid_runs_both_model_families():
+    study = load_study(STUDIES / "full_grid.yaml")
+    per_model = {m: sorted({c.arm for c in study.cells if c.model == m}) for m in study.models}
+    assert per_model["t5"] == ["free_bits", "lee_park2021", "vanilla"] and len(per_model["lstm"]) == 12
+    assert {c.config.model.name for c in study.cells if c.model == "t5"} == {"seq2seq"}
+    assert len(study.cells) == 45
 
 
 def test_long_form_model_entry_brings_its_own_training_settings(tmp_path):
