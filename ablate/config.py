@@ -151,7 +151,8 @@ class EvalConfig(Strict):
         "dataset", description="aggregate posterior over the whole split ('dataset', Li/Optimus) or blocks of M (He: 32)"
     )
     au_delta: float = Field(0.01, gt=0, description="active-unit threshold on Var_x E[z] (Burda et al. 2016)")
-    probe: bool = Field(True, description="linear probes of ground-truth factors from a posterior sample z (embedded corpus)")
+    probe: bool = Field(True, description="linear probes of ground-truth factors from a posterior sample z "
+                                          "(embedded corpus)")
 
     @field_validator("mi_pool")
     @classmethod

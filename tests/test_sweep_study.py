@@ -240,3 +240,23 @@ def test_label_only_exclusion_drops_cells_that_would_not_validate_for_that_model
     assert sorted((c.arm, c.model) for c in study.cells) == [("vae", "lstm"), ("vae", "t5"),
                                                               ("wide_embeddings", "lstm")]
     assert study.excluded == 1 and not study.warnings
+
+
+def test_label_only_exclusion_counts_every_setting_and_long_form_needs_a_model_mapping(tmp_path):
+    body = f"""\
+        study: s
+        {textwrap.indent(BASE, '        ').strip()}
+        models:
+          - {{nz: 4}}
+          - {{label: wide, model: {{nz: 8}}}}
+        arms:
+          - name: grid
+            train: {{lr: [0.001, 0.003]}}
+        seeds: [0, 1]
+        exclude: [{{model: wide, arm: grid}}]
+        """
+    study = load_study(write(tmp_path, body))
+    assert len(study.cells) == 4 and study.excluded == 4  # 2 settings × 2 seeds dropped on 'wide'
+    bad = body.replace("{label: wide, model: {nz: 8}}", "{label: wide, model: 8}")
+    with pytest.raises(ConfigError, match=r"line \d+: .*model must be a model section"):
+        load_study(write(tmp_path, bad))

@@ -11,9 +11,10 @@
     that dies (its attempt is reclaimed and retried) and stops them all at the first failure with --fail-fast;
  5. prints the per-arm outcome. Exit status: 0 when every cell has an ok result, 1 otherwise.
 
-A worker pops a cell, runs `ablate.run.execute` with labels (study, cell_id, arm, attempt, dataset, model), the result stem
-`<cell_id>.a<attempt>` under runs/ and the checkpoint `checkpoints/<cell_id>.pt` (so a retried or reclaimed cell
-continues from its last epoch), ends the trial, and on failure queues the next attempt while attempts remain.
+A worker pops a cell, runs `ablate.run.execute` with labels (study, cell_id, arm, attempt, dataset, model), the
+result stem `<cell_id>.a<attempt>` under runs/ and the checkpoint `checkpoints/<cell_id>.pt` (so a retried or
+reclaimed cell continues from its last epoch), ends the trial, and on failure queues the next attempt while
+attempts remain.
 """
 
 from __future__ import annotations

@@ -359,7 +359,8 @@ class _Loader:
             sections: dict[str, Any] = {}
             if "model" in entry:  # long form: {label, model: {...}, train: {...}, eval: {...}}
                 self.check_keys(entry, MODEL_ENTRY_KEYS, at, "models entry (long form)")
-                for key in ("model", "train", "eval"):
+                self.expect(entry["model"], dict, at + ("model",), "model must be a model section (e.g. {name: lstm})")
+                for key in ("train", "eval"):
                     if entry.get(key) is not None:
                         self.expect(entry[key], dict, at + (key,), f"{key} must be a mapping")
                 label = entry.get("label") or entry["model"].get("name", "lstm")
@@ -516,12 +517,6 @@ class _Loader:
             settings_seen = 0
             for d_label, d_data, d_at in datasets:
                 for m_label, m_data, m_sections, m_at in models:
-                    labels = {"arm": arm_name, "dataset": d_label, "model": m_label}
-                    label_excluded = [e_at for entry, e_at in excludes if self._matches_labels(entry, labels)]
-                    if label_excluded:  # dropped before validation: the arm may not fit this model at all
-                        used.update(label_excluded)
-                        pre_excluded += len(seeds)
-                        continue
                     merged = copy.deepcopy(base)
                     merged.pop("seed", None)
                     if d_data:
@@ -537,6 +532,12 @@ class _Loader:
                                        d_at if d_data else None, m_at if long_form else None)
                     settings = self.expand_arm(arm, merged, at, sources)
                     settings_seen = max(settings_seen, len(settings))
+                    labels = {"arm": arm_name, "dataset": d_label, "model": m_label}
+                    label_excluded = [e_at for entry, e_at in excludes if self._matches_labels(entry, labels)]
+                    if label_excluded:  # dropped before validation: the arm may not fit this model at all
+                        used.update(label_excluded)
+                        pre_excluded += len(settings) * len(seeds)
+                        continue
                     for raw, setting in settings:
                         for seed in seeds:
                             raw_seeded = {**raw, "seed": seed}
