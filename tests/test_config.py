@@ -86,3 +86,16 @@ def test_cli_validate_exit_codes(tmp_path, capsys):
 def test_technique_written_without_fields_takes_its_defaults(tmp_path):
     config = load_config(write(tmp_path, "techniques:\n  denoising:\n"))
     assert config.techniques["denoising"]["mode"] == "delete"
+
+
+def test_cli_stops_quietly_when_its_reader_goes_away():
+    """`ablate techniques | head -1`: no BrokenPipeError traceback on stderr."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "techniques"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr
