@@ -99,3 +99,12 @@ def test_cli_stops_quietly_when_its_reader_goes_away():
     stderr = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
+def test_run_summary_without_evaluation_splits_says_so():
+    from ablate.cli import format_metrics
+
+    assert format_metrics({"train_tokens_per_second": 10.0}) == "no evaluation splits (eval.splits: []): training only"
+    text = format_metrics({"test.kl": 1.5, "test.au": 3.0, "eval.iw_samples": 100, "eval.token_unit": "word",
+                           "eval.mi_pool": 1000, "eval.au_delta": 0.01})
+    assert "kl" in text and "1.500" in text and "K=100 per word" in text
