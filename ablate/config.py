@@ -305,6 +305,13 @@ def build_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
         raise ConfigError(f"{source}: {error}") from None
 
 
+def invalid_yaml(path: Path, error: yaml.YAMLError) -> ConfigError:
+    """A YAML syntax error as a one-line ConfigError naming the file and the line."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" line {mark.line + 1}:" if mark else ""
+    return ConfigError(f"{path}:{where} invalid YAML: {getattr(error, 'problem', error)}")
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; a syntax error becomes a one-line ConfigError with the line number."""
     path = Path(path)
@@ -313,9 +320,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(error, 'problem', error)}") from None
+        raise invalid_yaml(path, error) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a run config must be a YAML mapping")
     return data

@@ -18,12 +18,7 @@ TINY_T5 = {"name": "seq2seq", "config": {"family": "t5", "d_model": 64, "num_lay
                                          "d_ff": 128}, "nz": 4, "tokenizer_vocab_size": 200}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=["lstm", "seq2seq"])

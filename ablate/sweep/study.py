@@ -51,7 +51,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ablate.config import (ConfigError, DataConfig, EvalConfig, LSTMConfig, RunConfig, Seq2SeqConfig, TrainConfig,
-                           canonical_dict, config_hash, explain, flatten, suggest)
+                           canonical_dict, config_hash, explain, flatten, invalid_yaml, suggest)
 
 STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude"]
 ARM_KEYS = ["name", "description", "techniques", "zip", "exclude", "data", "model", "train", "eval"]
@@ -170,9 +170,7 @@ def _load_yaml(path: Path) -> tuple[str, dict[str, Any], dict[Path_, int]]:
         data = yaml.safe_load(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}:" if mark else ""
-        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(error, 'problem', error)}") from None
+        raise invalid_yaml(path, error) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a study must be a YAML mapping with 'base' and 'arms'")
     lines: dict[Path_, int] = {}
