@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ablate.data.batching import Batch
+from ablate.models.output_layer import token_log_probs
 
 
 class TextVAE(nn.Module):
@@ -24,24 +25,44 @@ class TextVAE(nn.Module):
         """(mu, logvar), each [B, nz], from the encoder input (enc_ids, enc_mask)."""
         raise NotImplementedError
 
-    def teacher_forced_logits(self, inputs: Tensor, z: Tensor) -> Tensor:
-        """Logits [N, T, V] of the next token at every position of decoder inputs [N, T], given z [N, nz]."""
+    def decoder_states(self, inputs: Tensor, z: Tensor) -> Tensor:
+        """States [N, T, H] that feed the output layer, for decoder inputs [N, T] given z [N, nz] (teacher forcing)."""
         raise NotImplementedError
 
-    def log_likelihood(self, batch: Batch, z: Tensor) -> Tensor:
+    def output_layer(self) -> tuple[Tensor, Tensor | None]:
+        """(weight [V, H], bias [V] or None) of the output layer: logits = states Wᵀ + b."""
+        raise NotImplementedError
+
+    def teacher_forced_logits(self, inputs: Tensor, z: Tensor) -> Tensor:
+        """Logits [N, T, V] of the next token at every position of decoder inputs [N, T], given z [N, nz]."""
+        return F.linear(self.decoder_states(inputs, z), *self.output_layer())
+
+    def log_likelihood(self, batch: Batch, z: Tensor, block: int | None | str = "auto") -> Tensor:
         """log p(x|z) per sentence, summed over the target tokens (</s> included, padding excluded).
 
         z is [B, nz] (→ [B]) or [B, K, nz] (→ [B, K]): K latents per sentence, for importance sampling. The sum
         (not a mean over the padded length) keeps the KL weight β what it says (a mean would rescale it).
+        On a CPU only real positions reach the output layer, in blocks of `block` positions (ablate.models.
+        output_layer; "auto": OUTPUT_BLOCK_ELEMENTS // V, 640 at a 10k vocabulary). On a GPU ("auto") every position is projected in one block and padding masked
+        out afterwards: selecting the real positions would need their count on the host, a synchronisation.
         """
         per_sample = z.dim() == 3
         k = z.shape[1] if per_sample else 1
         flat_z = z.reshape(-1, self.nz)  # [B*K, nz], row b*K + k is sample k of sentence b
-        targets = expand_for_samples(batch.dec_target, k)
         mask = expand_for_samples(batch.dec_mask, k)
-        logits = self.teacher_forced_logits(expand_for_samples(batch.dec_in, k), flat_z)
-        token_logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        sentence_logp = token_logp.view_as(targets).masked_fill(~mask, 0.0).sum(-1)
+        targets = expand_for_samples(batch.dec_target, k)
+        states = self.decoder_states(expand_for_samples(batch.dec_in, k), flat_z)
+        weight, bias = self.output_layer()
+        if block == "auto" and states.device.type == "cuda":
+            token_logp = token_log_probs(states.flatten(0, 1), weight, bias, targets.flatten(), None)
+            sentence_logp = token_logp.view_as(targets).masked_fill(~mask, 0.0).sum(-1)
+        else:
+            rows = mask.nonzero()[:, 0]  # the row of each real position, in row-major order
+            if block == "auto":
+                block = output_block(weight.shape[0])
+            token_logp = token_log_probs(states[mask], weight, bias, targets[mask], block)
+            sentence_logp = torch.zeros(mask.shape[0], dtype=token_logp.dtype, device=token_logp.device)
+            sentence_logp = sentence_logp.index_add(0, rows, token_logp)
         return sentence_logp.view(-1, k) if per_sample else sentence_logp
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
@@ -59,6 +80,14 @@ class TextVAE(nn.Module):
                  generator: torch.Generator | None = None) -> list[list[int]]:
         """Decode token ids (without specials) from latents z [B, nz]."""
         raise NotImplementedError
+
+
+OUTPUT_BLOCK_ELEMENTS = 6_400_000  # logits per output-layer block: 25 MB fp32, cache-friendly (output_layer.py)
+
+
+def output_block(vocab_size: int, max_elements: int = OUTPUT_BLOCK_ELEMENTS) -> int:
+    """Positions per output-layer block so that one block's logits hold at most max_elements."""
+    return max(16, max_elements // max(1, vocab_size))
 
 
 def expand_for_samples(batch_tensor: Tensor, k: int) -> Tensor:

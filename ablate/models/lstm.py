@@ -1,6 +1,8 @@
 """The LSTM text VAE of He et al. 2019 ("Lagging inference networks") and Li et al. 2019.
 
 encoder:  e_t = Emb(x_t);  h_T = LSTM(e_1..e_T) at the sentence's last real token;  [mu, logvar] = W h_T (no bias)
+          (the LSTM runs over the padded batch — PyTorch's fused kernel, which packed sequences skip — and each
+          sentence's state is read at its own last token: one direction, so padding after it never reaches it)
 decoder:  c_0 = W_z z,  h_0 = tanh(c_0);  h_t = LSTM([Drop(Emb'(y_{t-1})); z], h_{t-1});
           p(y_t | y_<t, z) = softmax(V Drop(h_t) + b)
 Init (He et al.): weights U(-0.01, 0.01), embeddings U(-0.1, 0.1).
@@ -12,7 +14,6 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from ablate.config import LSTMConfig
 from ablate.data.batching import Batch
@@ -27,10 +28,10 @@ class LSTMEncoder(nn.Module):
         self.to_posterior = nn.Linear(cfg.enc_hidden, 2 * cfg.nz, bias=False)
 
     def forward(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        lengths = mask.sum(1).cpu()
-        packed = pack_padded_sequence(self.embed(ids), lengths, batch_first=True, enforce_sorted=False)
-        _, (h_last, _) = self.lstm(packed)  # state after each sentence's own last token
-        mu, logvar = self.to_posterior(h_last[-1]).chunk(2, dim=-1)
+        hidden, _ = self.lstm(self.embed(ids))  # [B, L, H] over the padded batch
+        last = mask.sum(1) - 1  # each sentence's last real token (right padding)
+        h_last = hidden[torch.arange(ids.shape[0], device=ids.device), last]
+        mu, logvar = self.to_posterior(h_last).chunk(2, dim=-1)
         return mu, logvar
 
 
@@ -48,13 +49,20 @@ class LSTMDecoder(nn.Module):
         c0 = self.z_to_cell(z).unsqueeze(0)
         return torch.tanh(c0), c0
 
-    def forward(self, inputs: Tensor, z: Tensor, state: tuple[Tensor, Tensor] | None = None
-                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """Logits [N, T, V] for decoder inputs [N, T] given z [N, nz] (z concatenated to every input)."""
+    def states(self, inputs: Tensor, z: Tensor, state: tuple[Tensor, Tensor] | None = None
+               ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Drop(h_t) [N, T, H], the output layer's input, for decoder inputs [N, T] given z [N, nz] (z
+        concatenated to every input), and the LSTM state after the last input."""
         emb = self.drop_in(self.embed(inputs))
         z_every_step = z.unsqueeze(1).expand(-1, inputs.shape[1], -1)
         hidden, state = self.lstm(torch.cat([emb, z_every_step], dim=-1), state or self.initial_state(z))
-        return self.out(self.drop_out(hidden)), state
+        return self.drop_out(hidden), state
+
+    def forward(self, inputs: Tensor, z: Tensor, state: tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Logits [N, T, V] for decoder inputs [N, T] given z [N, nz], and the LSTM state."""
+        hidden, state = self.states(inputs, z, state)
+        return self.out(hidden), state
 
 
 class LSTMVAE(TextVAE):
@@ -77,8 +85,11 @@ class LSTMVAE(TextVAE):
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
         return self.encoder(batch.enc_ids, batch.enc_mask)
 
-    def teacher_forced_logits(self, inputs: Tensor, z: Tensor) -> Tensor:
-        return self.decoder(inputs, z)[0]
+    def decoder_states(self, inputs: Tensor, z: Tensor) -> Tensor:
+        return self.decoder.states(inputs, z)[0]
+
+    def output_layer(self) -> tuple[Tensor, Tensor | None]:
+        return self.decoder.out.weight, self.decoder.out.bias
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.encoder.parameters()

@@ -19,12 +19,11 @@ Lee & Park and Optimus use one projected vector as both key and value; here key 
 
 The reconstruction term is summed over the target tokens of each sentence (</s> included, padding excluded), not
 averaged over 256 padded positions as the released code did (which multiplied the effective β by the pad length).
-Mixed precision: bf16 autocast on CUDA, fp32 on CPU; log-probabilities are always computed in fp32.
+Mixed precision is the trainer's (`train.precision: bf16` autocasts training); log-probabilities are always fp32.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Iterator
 
 import torch
@@ -225,16 +224,11 @@ class Seq2SeqVAE(TextVAE):
 
     # ------------------------------------------------------------ encoder
 
-    def _autocast(self, device: torch.device):
-        if device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return nullcontext()
-
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        with self._autocast(batch.enc_ids.device):
-            hidden = self.net.get_encoder()(input_ids=batch.enc_ids, attention_mask=batch.enc_mask).last_hidden_state
+        hidden = self.net.get_encoder()(input_ids=batch.enc_ids, attention_mask=batch.enc_mask).last_hidden_state
         pooled = masked_pool(hidden.float(), batch.enc_mask, self.pooling)
-        mu, logvar = self.to_posterior(pooled).chunk(2, dim=-1)
+        with torch.autocast(pooled.device.type, enabled=False):  # the posterior stays fp32 under bf16 training
+            mu, logvar = self.to_posterior(pooled).chunk(2, dim=-1)
         return mu, logvar
 
     # ------------------------------------------------------------ decoder
@@ -250,45 +244,57 @@ class Seq2SeqVAE(TextVAE):
         layers = [(kv[:, i, 0], kv[:, i, 1]) for i in range(self.layers)]  # each [N, heads, 1, head_dim]
         return EncoderDecoderCache(DynamicCache(layers), DynamicCache())
 
-    def lm_head(self, hidden: Tensor) -> Tensor:
-        """The model's own output layer on decoder states: T5 rescales tied outputs by d_model^-1/2, BART adds
-        final_logits_bias (pinned against the full HF forward in tests/test_seq2seq.py)."""
+    def head_input(self, hidden: Tensor) -> Tensor:
+        """Decoder states as the output layer takes them: T5 rescales tied outputs by d_model^-1/2."""
         config = self.net.config
         scale = getattr(config, "scale_decoder_outputs", None)
         if scale is None:  # transformers < 5: T5 rescaled whenever the embeddings were tied
             scale = config.model_type in ("t5", "mt5", "umt5") and config.tie_word_embeddings
-        if scale:
-            hidden = hidden * config.d_model ** -0.5
-        logits = self.net.get_output_embeddings()(hidden)
-        bias = getattr(self.net, "final_logits_bias", None)
-        return logits if bias is None else logits + bias.to(logits.dtype)
+        return hidden * config.d_model ** -0.5 if scale else hidden
 
-    def decoder_logits(self, dec_in: Tensor, z: Tensor, cache=None) -> tuple[Tensor, object]:
-        """Logits [N, T, V] of decoder inputs [N, T] given z [N, nz], and the decoder cache.
+    def output_layer(self) -> tuple[Tensor, Tensor | None]:
+        """The model's own LM head: its (possibly tied) weight, and BART's final_logits_bias when it has one."""
+        head = self.net.get_output_embeddings()
+        bias = getattr(self.net, "final_logits_bias", None)
+        if head.bias is not None:
+            bias = head.bias if bias is None else head.bias + bias.view(-1)
+        return head.weight, None if bias is None else bias.view(-1)
+
+    def lm_head(self, hidden: Tensor) -> Tensor:
+        """The model's own output layer on decoder states (pinned against the full HF forward in
+        tests/test_seq2seq.py)."""
+        weight, bias = self.output_layer()
+        return nn.functional.linear(self.head_input(hidden), weight, None if bias is None else bias.to(hidden.dtype))
+
+    def decoder_hidden(self, dec_in: Tensor, z: Tensor, cache=None) -> tuple[Tensor, object]:
+        """Decoder states [N, T, d] of decoder inputs [N, T] given z [N, nz], and the decoder cache.
 
         With `cache` (from new_cache or a previous call) dec_in continues the cached prefix (incremental decoding);
         without, it starts a fresh sequence. The decoder never receives the real encoder states.
         """
         decoder = self.net.get_decoder()
-        with self._autocast(dec_in.device):
-            if cache is None and self.injection == "memory":
-                cache = self.new_cache(z)
-            embed = getattr(decoder, "embed_tokens", None)
-            embed = self.net.get_input_embeddings() if embed is None else embed
-            inputs = embed(dec_in)  # BART's embedding module applies its own scale
-            context, context_mask = None, None
-            if self.injection == "embedding":
-                inputs = inputs + self.z_to_decoder(z).unsqueeze(1).to(inputs.dtype)
-            elif self.injection == "cross_attention":
-                context = self.z_to_decoder(z).unsqueeze(1)
-                context_mask = torch.ones(z.shape[0], 1, dtype=torch.long, device=z.device)
-            out = decoder(inputs_embeds=inputs, encoder_hidden_states=context, encoder_attention_mask=context_mask,
-                          past_key_values=cache, use_cache=cache is not None)
-            logits = self.lm_head(out.last_hidden_state)
-        return logits, out.past_key_values
+        if cache is None and self.injection == "memory":
+            cache = self.new_cache(z)
+        embed = getattr(decoder, "embed_tokens", None)
+        embed = self.net.get_input_embeddings() if embed is None else embed
+        inputs = embed(dec_in)  # BART's embedding module applies its own scale
+        context, context_mask = None, None
+        if self.injection == "embedding":
+            inputs = inputs + self.z_to_decoder(z).unsqueeze(1).to(inputs.dtype)
+        elif self.injection == "cross_attention":
+            context = self.z_to_decoder(z).unsqueeze(1)
+            context_mask = torch.ones(z.shape[0], 1, dtype=torch.long, device=z.device)
+        out = decoder(inputs_embeds=inputs, encoder_hidden_states=context, encoder_attention_mask=context_mask,
+                      past_key_values=cache, use_cache=cache is not None)
+        return out.last_hidden_state, out.past_key_values
 
-    def teacher_forced_logits(self, inputs: Tensor, z: Tensor) -> Tensor:
-        return self.decoder_logits(inputs, z)[0]
+    def decoder_logits(self, dec_in: Tensor, z: Tensor, cache=None) -> tuple[Tensor, object]:
+        """Logits [N, T, V] of decoder inputs [N, T] given z [N, nz], and the decoder cache (see decoder_hidden)."""
+        hidden, cache = self.decoder_hidden(dec_in, z, cache)
+        return self.lm_head(hidden), cache
+
+    def decoder_states(self, inputs: Tensor, z: Tensor) -> Tensor:
+        return self.head_input(self.decoder_hidden(inputs, z)[0])
 
     @torch.no_grad()
     def generate(self, z: Tensor, max_length: int, strategy: str = "greedy", top_k: int = 0, top_p: float = 1.0,

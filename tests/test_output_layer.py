@@ -1,0 +1,66 @@
+"""The blocked output layer (ablate.models.output_layer) against the plain log-softmax, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ablate.models.output_layer import token_log_probs
+
+
+def plain(hidden, weight, bias, targets):
+    logits = hidden @ weight.t() + (0 if bias is None else bias)
+    return logits.log_softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
+def inputs(seed: int, n: int = 37, h: int = 8, v: int = 23, bias: bool = True):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=gen, dtype=torch.float64)
+    weight = torch.randn(v, h, generator=gen, dtype=torch.float64)
+    b = torch.randn(v, generator=gen, dtype=torch.float64) if bias else None
+    targets = torch.randint(0, v, (n,), generator=gen)
+    return hidden, weight, b, targets
+
+
+@pytest.mark.parametrize("block", [1, 5, 37, 100, None])
+def test_values_equal_the_plain_log_softmax_for_any_block(block):
+    hidden, weight, bias, targets = inputs(0)
+    expected = plain(hidden, weight, bias, targets)
+    assert torch.allclose(token_log_probs(hidden, weight, bias, targets, block).double(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("has_bias", [True, False])
+@pytest.mark.parametrize("weights", ["uniform", "per_position"])
+def test_gradients_equal_autograd_of_the_plain_computation(has_bias, weights):
+    """Uniform incoming gradients use the gradient formed in the forward pass; others recompute the blocks."""
+    hidden, weight, bias, targets = inputs(1, bias=has_bias)
+    scale = torch.full((hidden.shape[0],), 0.25, dtype=torch.float64) if weights == "uniform" else \
+        torch.linspace(-1.0, 2.0, hidden.shape[0], dtype=torch.float64)
+    leaves = [t for t in (hidden, weight, bias) if t is not None]
+
+    def grads(fn):
+        copies = [t.clone().requires_grad_(True) for t in leaves]
+        args = copies + ([None] if bias is None else [])
+        (fn(*args[:3]) * scale).sum().backward()
+        return [c.grad for c in copies]
+
+    ours = grads(lambda h, w, b: token_log_probs(h, w, b, targets, block=6).double())
+    reference = grads(lambda h, w, b: plain(h, w, b, targets))
+    for a, b in zip(ours, reference):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_no_grad_path_needs_no_autograd_and_matches():
+    hidden, weight, bias, targets = inputs(2)
+    with torch.no_grad():
+        out = token_log_probs(hidden.float(), weight.float(), bias.float(), targets, block=4)
+    assert not out.requires_grad
+    assert torch.allclose(out.double(), plain(hidden, weight, bias, targets), atol=1e-4)
+
+
+def test_large_logits_stay_finite():
+    """A max-shifted softmax: logits of 1e4 neither overflow nor give NaN."""
+    hidden, weight, bias, targets = inputs(3)
+    out = token_log_probs(hidden * 1e3, weight, bias, targets, block=8)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out.double(), plain(hidden * 1e3, weight, bias, targets), rtol=1e-6, atol=1e-3)
