@@ -132,6 +132,8 @@ class TrainConfig(Strict):
         "nelbo", description="which VAE-phase epoch's state is kept: best validation -ELBO (default), best "
         "validation rec (for an autoencoder, whose KL grows without bound), or the last"
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="fp32, or bf16 autocast of the training forward pass (metrics are always fp32)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
     divergence_threshold: float = Field(1e6, gt=0, description="a loss above this ends the run as diverged")
@@ -145,8 +147,11 @@ class EvalConfig(Strict):
     batch_size: int = Field(64, ge=1)
     iw_samples: int = Field(500, ge=1, description="K of the importance-weighted NLL (He et al. 500, Optimus 100)")
     iw_max_elements: int = Field(
-        8_000_000, ge=1, description="cap on logits elements per IW chunk (memory bound; ≈32 MB fp32)"
+        6_400_000, ge=1, description="logits per output-layer block in evaluation (memory bound and cache fit; "
+        "≈25 MB fp32; the estimate does not depend on it)"
     )
+    max_sentences: int | None = Field(
+        None, ge=1, description="evaluate only the first N sentences of each split (unset: all; a reduced setting)")
     mi_pool: Union[Literal["dataset"], int] = Field(
         "dataset", description="aggregate posterior over the whole split ('dataset', Li/Optimus) or blocks of M (He: 32)"
     )

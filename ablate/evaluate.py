@@ -13,14 +13,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ablate.config import EvalConfig
-from ablate.data.batching import Batch, EncodedSplit, iterate_batches
+from ablate.data.batching import Batch, EncodedSplit, iterate_batches, select_rows
 from ablate.data.tokenize import Framing
 from ablate.metrics import (active_units, gaussian_kl, iw_log_marginal, linear_probe_accuracy, log_normal_diag,
                             log_standard_normal, majority_baseline, mutual_information, perplexity,
                             sample_posterior)
-from ablate.models.base import TextVAE
+from ablate.models.base import TextVAE, output_block
 
 
 @dataclass
@@ -31,24 +32,38 @@ class SplitEvaluation:
     conventions: dict[str, object]
 
 
-def iw_chunk_size(batch: Batch, vocab_size: int, k: int, max_elements: int) -> int:
-    """Samples per chunk so that one chunk's logits (B·k·T·V) stay under max_elements."""
-    per_sample = batch.dec_in.shape[0] * batch.dec_in.shape[1] * vocab_size
-    return max(1, min(k, max_elements // max(1, per_sample)))
+IW_PAIRS_PER_CHUNK = 512  # (sentence, sample) pairs per decoder pass of the importance-weighted NLL
 
 
 @torch.no_grad()
-def iw_nll(model: TextVAE, batch: Batch, mu: Tensor, logvar: Tensor, k: int, chunk: int,
-           generator: torch.Generator | None = None) -> Tensor:
-    """−log p̂(x) per sentence with K importance samples from q(z|x) (Burda et al. 2016), in chunks of samples."""
-    log_weights = []
-    for start in range(0, k, chunk):
-        n = min(chunk, k - start)
-        z = sample_posterior(mu, logvar, k=n, generator=generator)  # [B, n, nz]
-        log_px = model.log_likelihood(batch, z)
-        log_weights.append((log_px, log_standard_normal(z), log_normal_diag(z, mu.unsqueeze(1), logvar.unsqueeze(1))))
-    log_px, log_pz, log_qz = (torch.cat(parts, dim=1) for parts in zip(*log_weights))
-    return -iw_log_marginal(log_px, log_pz, log_qz)
+def iw_log_px(model: TextVAE, batch: Batch, z: Tensor, block: int, pairs_per_chunk: int = IW_PAIRS_PER_CHUNK
+              ) -> Tensor:
+    """log p(x|z) [B, K] for latents z [B, K, nz], in chunks of (sentence, sample) pairs.
+
+    The B·K pairs run through the decoder `pairs_per_chunk` at a time (a chunk may span sentences; each is cut to
+    its own longest sentence), and only real positions reach the output layer, `block` positions at a time: the
+    memory stays bounded and the matrix multiplies stay large whatever the batch and K.
+    """
+    b, k, nz = z.shape
+    flat_z = z.reshape(b * k, nz)
+    out = torch.empty(b * k, dtype=torch.float32, device=z.device)
+    for start in range(0, b * k, pairs_per_chunk):
+        pairs = torch.arange(start, min(start + pairs_per_chunk, b * k), device=z.device)
+        rows = select_rows(batch, torch.div(pairs, k, rounding_mode="floor"))
+        out[pairs] = model.log_likelihood(rows, flat_z[pairs], block=block)
+    return out.view(b, k)
+
+
+@torch.no_grad()
+def iw_nll(model: TextVAE, batch: Batch, mu: Tensor, logvar: Tensor, k: int, block: int,
+           generator: torch.Generator | None = None, pairs_per_chunk: int = IW_PAIRS_PER_CHUNK) -> Tensor:
+    """−log p̂(x) per sentence with K importance samples from q(z|x) (Burda et al. 2016).
+
+    All B·K draws are made at once, so the estimate does not depend on how the work is chunked.
+    """
+    z = sample_posterior(mu, logvar, k=k, generator=generator)  # [B, K, nz]
+    log_px = iw_log_px(model, batch, z, block, pairs_per_chunk)
+    return -iw_log_marginal(log_px, log_standard_normal(z), log_normal_diag(z, mu.unsqueeze(1), logvar.unsqueeze(1)))
 
 
 @torch.no_grad()
@@ -67,7 +82,9 @@ def encode_all(model: TextVAE, split: EncodedSplit, framing: Framing, batch_size
 
 @torch.no_grad()
 def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_size: int, cfg: EvalConfig,
-                   device: torch.device, seed: int, token_unit: str) -> SplitEvaluation:
+                   device: torch.device, seed: int, token_unit: str, progress: bool = False,
+                   desc: str = "eval") -> SplitEvaluation:
+    """The metrics of one split. Sentences go by length (shortest first), with a progress bar over sentences."""
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     n = len(split)
@@ -75,18 +92,22 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
     logvar_all = torch.zeros_like(mu_all)
     sums = {"kl": 0.0, "rec": 0.0, "nll": 0.0}
     n_tokens = n_words = 0
+    block = output_block(vocab_size, cfg.iw_max_elements)
+    bar = tqdm(total=n, desc=desc, unit="sent", leave=False, disable=not progress, dynamic_ncols=True)
     for batch in iterate_batches(split, framing, cfg.batch_size):
-        batch = batch.to(device)
-        mu, logvar = model.encode(batch)
-        z = sample_posterior(mu, logvar, generator=generator)
-        sums["kl"] += float(gaussian_kl(mu, logvar).sum())
-        sums["rec"] += float(-model.log_likelihood(batch, z).sum())
-        chunk = iw_chunk_size(batch, vocab_size, cfg.iw_samples, cfg.iw_max_elements)
-        sums["nll"] += float(iw_nll(model, batch, mu, logvar, cfg.iw_samples, chunk, generator).sum())
         n_tokens += int(batch.dec_mask.sum())
         n_words += int(batch.n_words.sum())
+        batch = batch.to(device)
+        mu, logvar = model.encode(batch)
+        mu, logvar = mu.float(), logvar.float()
+        z = sample_posterior(mu, logvar, generator=generator)
+        sums["kl"] += float(gaussian_kl(mu, logvar).sum())
+        sums["rec"] += float(-model.log_likelihood(batch, z, block=block).sum())
+        sums["nll"] += float(iw_nll(model, batch, mu, logvar, cfg.iw_samples, block, generator).sum())
         mu_all[batch.index.cpu()] = mu.double().cpu()
         logvar_all[batch.index.cpu()] = logvar.double().cpu()
+        bar.update(batch.size)
+    bar.close()
 
     pool = None if cfg.mi_pool == "dataset" else int(cfg.mi_pool)
     cpu_generator = torch.Generator().manual_seed(seed + 1)

@@ -141,7 +141,7 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
             model_path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"config": config.model_dump(mode="json"), "model": model.state_dict()}, model_path)
         started = time.perf_counter()
-        row.update(evaluate_all(config, prepared, model, device))
+        row.update(evaluate_all(config, prepared, model, device, progress=progress))
         row["eval_seconds"] = time.perf_counter() - started
         row["status"] = "ok"
         error = None
@@ -158,19 +158,22 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
                       curves=curves)
 
 
-def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: torch.device) -> dict[str, Any]:
-    """Metrics of every evaluation split, conventions, and probes of ground-truth factors when known."""
+def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: torch.device,
+                 progress: bool = False) -> dict[str, Any]:
+    """Metrics of every evaluation split (its first eval.max_sentences when set), conventions, and probes of
+    ground-truth factors when known."""
     out: dict[str, Any] = {}
     corpus = prepared.corpus
+    limit = config.eval.max_sentences
     train_z = None
     if config.eval.probe and corpus.factor_classes:
         train_mu, train_logvar = encode_all(model, prepared.splits["train"], prepared.tokenizer.framing,
                                             config.eval.batch_size, device)
         train_z = probe_features(train_mu, train_logvar, seed=config.seed * 1000 + 999)
     for i, split in enumerate(config.eval.splits):
-        evaluation = evaluate_split(model, prepared.splits[split], prepared.tokenizer.framing,
+        evaluation = evaluate_split(model, prepared.splits[split].head(limit), prepared.tokenizer.framing,
                                     len(prepared.tokenizer), config.eval, device, seed=config.seed * 1000 + i,
-                                    token_unit=prepared.tokenizer.unit)
+                                    token_unit=prepared.tokenizer.unit, progress=progress, desc=f"eval {split}")
         out.update({f"{split}.{k}": v for k, v in evaluation.metrics.items()})
         conv = evaluation.conventions
         out.update({"eval.iw_samples": conv["iw_samples"], "eval.mi_pool": conv["mi_pool"],
@@ -179,7 +182,8 @@ def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: 
                     "eval.ppl_counts_eos": conv["ppl_counts_eos"], "eval.ppl_counts_bos": conv["ppl_counts_bos"]})
         if train_z is not None:
             eval_z = probe_features(evaluation.mu, evaluation.logvar, seed=config.seed * 1000 + 998 - i)
-            probes = probe_factors(train_z, corpus.factors["train"], eval_z, corpus.factors[split],
+            factors = {name: values[: len(evaluation.mu)] for name, values in corpus.factors[split].items()}
+            probes = probe_factors(train_z, corpus.factors["train"], eval_z, factors,
                                    corpus.factor_classes, seed=config.seed)
             out.update({f"{split}.{k}": v for k, v in probes.items()})
     return out

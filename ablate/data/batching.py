@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import Tensor
@@ -18,9 +18,18 @@ class EncodedSplit:
     tokens: list[list[int]]
     n_words: list[int]  # whitespace words of the original text + 1 for </s>
     n_truncated: int
+    truncated: list[int] = field(default_factory=list)  # indices of the sentences that were cut
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def head(self, n: int | None) -> "EncodedSplit":
+        """The first n sentences (all when n is None or larger than the split)."""
+        if n is None or n >= len(self.tokens):
+            return self
+        return EncodedSplit(tokens=self.tokens[:n], n_words=self.n_words[:n],
+                            n_truncated=sum(1 for i in self.truncated if i < n),
+                            truncated=[i for i in self.truncated if i < n])
 
     @property
     def n_predicted(self) -> int:
@@ -30,15 +39,15 @@ class EncodedSplit:
 
 def encode_split(texts: list[str], tokenizer: Tokenizer, max_length: int) -> EncodedSplit:
     """Encode texts; a sentence longer than max_length - 1 tokens is cut (room for </s>) and counted."""
-    tokens, n_words, truncated = [], [], 0
-    for text in texts:
+    tokens, n_words, truncated = [], [], []
+    for i, text in enumerate(texts):
         ids = tokenizer.encode(text)
         if len(ids) > max_length - 1:
             ids = ids[: max_length - 1]
-            truncated += 1
+            truncated.append(i)
         tokens.append(ids)
         n_words.append(len(text.split()) + 1)
-    return EncodedSplit(tokens=tokens, n_words=n_words, n_truncated=truncated)
+    return EncodedSplit(tokens=tokens, n_words=n_words, n_truncated=len(truncated), truncated=truncated)
 
 
 @dataclass
@@ -57,8 +66,18 @@ class Batch:
     def size(self) -> int:
         return self.enc_ids.shape[0]
 
-    def to(self, device: torch.device | str) -> "Batch":
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        return replace(self, **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+                                for f in fields(self)})
+
+
+def select_rows(batch: Batch, rows: Tensor) -> Batch:
+    """The batch's sentences at `rows` (repeats allowed), decoder columns cut to the longest selected sentence."""
+    width = int(batch.dec_mask[rows].sum(1).max()) if rows.numel() else 0
+    enc_width = int(batch.enc_mask[rows].sum(1).max()) if rows.numel() else 0
+    return Batch(enc_ids=batch.enc_ids[rows, :enc_width], enc_mask=batch.enc_mask[rows, :enc_width],
+                 dec_in=batch.dec_in[rows, :width], dec_target=batch.dec_target[rows, :width],
+                 dec_mask=batch.dec_mask[rows, :width], index=batch.index[rows], n_words=batch.n_words[rows])
 
 
 def _pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
