@@ -147,8 +147,8 @@ class EvalConfig(Strict):
     batch_size: int = Field(64, ge=1)
     iw_samples: int = Field(500, ge=1, description="K of the importance-weighted NLL (He et al. 500, Optimus 100)")
     iw_max_elements: int = Field(
-        6_400_000, ge=1, description="logits per output-layer block in evaluation (memory bound and cache fit; "
-        "≈25 MB fp32; the estimate does not depend on it)"
+        3_200_000, ge=1, description="logits per output-layer block in evaluation (memory bound and cache fit: "
+        "≈13 MB fp32, 320 positions of a 10k vocabulary; the estimate does not depend on it)"
     )
     max_sentences: int | None = Field(
         None, ge=1, description="evaluate only the first N sentences of each split (unset: all; a reduced setting)")

@@ -1,0 +1,64 @@
+"""Shared pieces of the benchmarks: the PTB corpus, Li et al.'s model, the machine's GEMM rate, load, medians."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+# Li et al. 2019 (PTB): emb 256, hidden 256/256, nz 32, batch 32; He et al. 2019 (Yahoo): 512/1024/1024.
+LI_PTB = {"emb_dim": 256, "enc_hidden": 256, "dec_hidden": 256, "nz": 32}
+HE_YAHOO = {"emb_dim": 512, "enc_hidden": 1024, "dec_hidden": 1024, "nz": 32}
+
+
+def corpus_config(name: str, **extra) -> dict:
+    """A data section for the real corpora in ../shared/data (exits with a reason when they are absent)."""
+    if name == "ptb":
+        path = SHARED / "ptb"
+        data = {"name": "ptb", "path": str(path)}
+    else:  # Yahoo (Yang et al. 2017): the valid split stands in for train (the train split is not shipped)
+        path = SHARED / "yahoo_yang2017"
+        data = {"name": "yahoo", "path": str(path),
+                "files": {"train": "val.txt", "valid": "test.txt", "test": "test.txt"}}
+    if not path.exists():
+        raise SystemExit(f"benchmark needs {path} (see ../shared/data/README.md)")
+    return {**data, **extra}
+
+
+def load() -> str:
+    """The 10 s / 60 s CPU pressure of this machine (other work shares it), for the record beside each figure."""
+    try:
+        first = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        parts = dict(p.split("=") for p in first.split()[1:])
+        return f"cpu pressure avg10 {parts['avg10']} avg60 {parts['avg60']}; loadavg {os.getloadavg()[0]:.2f}"
+    except (OSError, KeyError, ValueError):
+        return f"loadavg {os.getloadavg()[0]:.2f}"
+
+
+def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """The machine's fp32 matrix-multiply rate now (median of `repeats` size×size products)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def median_of(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]]:
+    values = [fn() for _ in range(repeats)]
+    return statistics.median(values), values
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
