@@ -16,6 +16,14 @@ def build_tokenizer(model: ModelConfig, data: DataConfig, train_texts: list[str]
     return build_seq2seq_tokenizer(model, train_texts)
 
 
+def tokenizer_key(model: ModelConfig) -> str:
+    """What a model's tokenizer depends on besides the corpus (two configs with the same key share token ids)."""
+    if isinstance(model, LSTMConfig):
+        return "word"
+    family = model.config.family if model.config is not None else None
+    return f"seq2seq:{model.pretrained}:{model.tokenizer}:{model.tokenizer_vocab_size}:{family}"
+
+
 def build_model(model: ModelConfig, tokenizer: Tokenizer) -> TextVAE:
     if isinstance(model, LSTMConfig):
         from ablate.models.lstm import LSTMVAE
