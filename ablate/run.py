@@ -29,7 +29,7 @@ from ablate.models.base import TextVAE
 from ablate.models.registry import build_model, build_tokenizer, tokenizer_key
 from ablate.results import git_commit, write_curves, write_row
 from ablate.techniques.base import TrainContext
-from ablate.techniques.registry import build_techniques
+from ablate.techniques.registry import build_techniques, posterior_transforms
 from ablate.train import train
 
 
@@ -90,8 +90,12 @@ def prepare(config: RunConfig) -> Prepared:
 
 
 def build(config: RunConfig, prepared: Prepared) -> TextVAE:
+    """The model of a config, with the modules its techniques add after the encoder (BN-VAE)."""
     seed_everything(config.seed)
-    return build_model(config.model, prepared.tokenizer)
+    model = build_model(config.model, prepared.tokenizer)
+    for module in posterior_transforms(config.techniques, model.nz):
+        model.add_posterior_transform(module)
+    return model
 
 
 def _provenance(device: torch.device) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def one_run(impl: str, size: str, steps: int, threads: int) -> dict:
+def one_run(impl: str, size: str, steps: int, threads: int, device_name: str = "cpu") -> dict:
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -47,7 +47,7 @@ def one_run(impl: str, size: str, steps: int, threads: int) -> dict:
     corpus, arch, _ = SIZES[size]
     config = build_config({"data": common.corpus_config(corpus, max_vocab=10_000 if corpus == "ptb" else 20_000),
                            "model": getattr(common, arch),
-                           "train": {"batch_size": 32, "max_steps": steps, "device": "cpu", "grad_clip": 5.0},
+                           "train": {"batch_size": 32, "max_steps": steps, "device": device_name, "grad_clip": 5.0},
                            "eval": {"splits": []}, "seed": 0}, "<bench>")
     prepared = prepare(config)
     framing = prepared.tokenizer.framing
@@ -55,8 +55,8 @@ def one_run(impl: str, size: str, steps: int, threads: int) -> dict:
     before = rss_mb()
     if impl == "ablate":
         model = build(config, prepared)
-        result = train(model, [], train_split, valid_split, framing, config.train, torch.device("cpu"), seed=0,
-                       progress=False)
+        result = train(model, [], train_split, valid_split, framing, config.train, torch.device(device_name),
+                       seed=0, progress=False)
         tokens, seconds = result.state.train_tokens, result.state.train_seconds
     else:
         batches = iterate_batches(train_split, framing, 32, random.Random(0))[:steps]  # what train() takes first
@@ -79,7 +79,7 @@ def one_run(impl: str, size: str, steps: int, threads: int) -> dict:
                     nn.init.uniform_(p, -bound, bound)
 
             def forward(self, b):
-                packed = pack_padded_sequence(self.enc_embed(b.enc_ids), b.enc_mask.sum(1), batch_first=True,
+                packed = pack_padded_sequence(self.enc_embed(b.enc_ids), b.enc_mask.sum(1).cpu(), batch_first=True,
                                               enforce_sorted=False)
                 _, (h, _) = self.enc_lstm(packed)
                 mu, logvar = self.to_posterior(h[-1]).chunk(2, -1)
@@ -95,22 +95,25 @@ def one_run(impl: str, size: str, steps: int, threads: int) -> dict:
                 return (rec + kl).mean(), kl.mean()
 
         torch.manual_seed(0)
-        model = BareVAE().train()
+        model = BareVAE().to(device_name).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         tokens = 0
         started = time.perf_counter()
         for batch in batches:
+            tokens += int(batch.dec_mask.sum())
+            batch = batch.to(device_name)
             loss, kl = model(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
             float(loss), float(kl)  # logged every step, as a plain loop does
-            tokens += int(batch.dec_mask.sum())
         seconds = time.perf_counter() - started
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device_name.startswith("cuda"):
+        peak, before = torch.cuda.max_memory_allocated() / 2 ** 20, 0.0
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "peak_mb": peak - before}
 
 
@@ -119,21 +122,23 @@ def main() -> None:
     parser.add_argument("--sizes", default="li_ptb,he_yahoo")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (peak MB is then GPU memory)")
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "SIZE", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_run(args.one[0], args.one[1], int(args.one[2]), args.threads)))
+        print(json.dumps(one_run(args.one[0], args.one[1], int(args.one[2]), args.threads, args.device)))
         return
     from common import load
 
-    print(f"training throughput, fp32, {args.threads} threads; {load()}")
+    print(f"training throughput, fp32, {args.device}, {args.threads} threads; {load()}")
     print(f"{'size':<10}{'impl':<8}{'tokens/s':>10}{'peak MB':>9}   runs (tokens/s)")
     for size in args.sizes.split(","):
         steps = SIZES[size][2]
         runs: dict[str, list[dict]] = {"bare": [], "ablate": []}
         for _ in range(args.repeats):
             for impl in ("bare", "ablate"):
-                out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--one", impl, size,
+                out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--device", args.device,
+                                      "--one", impl, size,
                                       str(steps)], capture_output=True, text=True, cwd=Path(__file__).parent)
                 if out.returncode:
                     raise SystemExit(out.stderr)

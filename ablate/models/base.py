@@ -22,8 +22,21 @@ class TextVAE(nn.Module):
     nz: int
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """(mu, logvar), each [B, nz], from the encoder input (enc_ids, enc_mask)."""
+        """(mu, logvar), each [B, nz], from the encoder input (enc_ids, enc_mask); a family ends its encode with
+        `return self.finish_posterior(mu, logvar)`."""
         raise NotImplementedError
+
+    def add_posterior_transform(self, module: nn.Module) -> None:
+        """Attach a module (mu, logvar) → (mu, logvar) applied after the encoder, e.g. BN-VAE's batch norm on mu.
+        It is part of the model (saved with it, in encoder_parameters) and runs in training and evaluation."""
+        if not hasattr(self, "posterior_transforms"):
+            self.posterior_transforms = nn.ModuleList()
+        self.posterior_transforms.append(module)
+
+    def finish_posterior(self, mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+        for transform in getattr(self, "posterior_transforms", ()):
+            mu, logvar = transform(mu, logvar)
+        return mu, logvar
 
     def decoder_states(self, inputs: Tensor, z: Tensor) -> Tensor:
         """States [N, T, H] that feed the output layer, for decoder inputs [N, T] given z [N, nz] (teacher forcing)."""

@@ -10,6 +10,7 @@ Init (He et al.): weights U(-0.01, 0.01), embeddings U(-0.1, 0.1).
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import torch
@@ -83,7 +84,7 @@ class LSTMVAE(TextVAE):
             nn.init.uniform_(param, -bound, bound)
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        return self.encoder(batch.enc_ids, batch.enc_mask)
+        return self.finish_posterior(*self.encoder(batch.enc_ids, batch.enc_mask))
 
     def decoder_states(self, inputs: Tensor, z: Tensor) -> Tensor:
         return self.decoder.states(inputs, z)[0]
@@ -92,7 +93,8 @@ class LSTMVAE(TextVAE):
         return self.decoder.out.weight, self.decoder.out.bias
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
-        return self.encoder.parameters()
+        transforms = getattr(self, "posterior_transforms", None)
+        return itertools.chain(self.encoder.parameters(), transforms.parameters() if transforms is not None else ())
 
     def decoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.decoder.parameters()

@@ -229,7 +229,7 @@ class Seq2SeqVAE(TextVAE):
         pooled = masked_pool(hidden.float(), batch.enc_mask, self.pooling)
         with torch.autocast(pooled.device.type, enabled=False):  # the posterior stays fp32 under bf16 training
             mu, logvar = self.to_posterior(pooled).chunk(2, dim=-1)
-        return mu, logvar
+            return self.finish_posterior(mu, logvar)
 
     # ------------------------------------------------------------ decoder
 

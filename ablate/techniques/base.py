@@ -118,6 +118,12 @@ class Technique:
         """True while the KL weight must be 0 whatever the other techniques say (an autoencoder phase)."""
         return False
 
+    # the model: a module applied to the posterior after the encoder (part of the model: saved, evaluated)
+    @classmethod
+    def posterior_transform(cls, config: TechniqueConfig, nz: int) -> torch.nn.Module | None:
+        """A module (mu, logvar) → (mu, logvar) that the model applies after its encoder, or None."""
+        return None
+
     # 2. corruption (training only)
     def corrupt(self, batch: Any, generator: torch.Generator) -> Any:
         return batch

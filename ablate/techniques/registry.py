@@ -97,6 +97,17 @@ def build_techniques(resolved: dict[str, dict[str, Any]], context: TrainContext)
             if name in resolved]
 
 
+def posterior_transforms(resolved: dict[str, dict[str, Any]], nz: int) -> list[Any]:
+    """The modules the configured techniques add after the encoder (e.g. BN-VAE), in the registry's order."""
+    modules = []
+    for name, cls in techniques().items():
+        if name in resolved:
+            module = cls.posterior_transform(cls.Config.model_validate(resolved[name]), nz)
+            if module is not None:
+                modules.append(module)
+    return modules
+
+
 def describe() -> list[dict[str, Any]]:
     """For `ablate techniques`: name, version, paper, summary and each field with its default and help."""
     rows = []

@@ -1,0 +1,83 @@
+"""The T5 VAE's training throughput (and, on a GPU, its model-FLOPs utilisation), through ablate's training loop.
+
+    python benchmarks/bench_t5.py                                   # CPU: the example size and t5-small's size
+    python benchmarks/bench_t5.py --device cuda --precision bf16 --sizes t5_small --steps 200   # a lent GPU
+
+Sizes: `example` is studies/examples/t5_vae.yaml's (d_model 128, 2 layers, BPE vocabulary 1000); `t5_small` is
+t5-small's architecture (d_model 512, 6+6 layers, 8 heads, d_ff 2048) with the real t5-small tokenizer when
+../shared/data/t5_tokenizer is there (32k vocabulary), else a BPE vocabulary fitted on the corpus. Random init,
+Lee & Park's memory injection, the embedded corpus, batch 32. Model FLOPs per token ≈ 6 × parameters (forward
+and backward; Kaplan et al. 2020), so MFU = 6·N·tokens/s ÷ the device's peak (--peak-tflops, default the H200's
+dense bf16 989 TFLOP/s on CUDA, else the fp32 GEMM rate measured here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from common import SHARED, gemm_gflops, load
+from ablate.config import build_config
+from ablate.run import build, prepare
+from ablate.train import train
+
+ARCH = {"example": {"family": "t5", "d_model": 128, "num_layers": 2, "num_heads": 4, "d_ff": 512, "dropout": 0.1},
+        "t5_small": {"family": "t5", "d_model": 512, "num_layers": 6, "num_heads": 8, "d_ff": 2048, "dropout": 0.1}}
+
+
+def model_section(size: str) -> dict:
+    section = {"name": "seq2seq", "config": ARCH[size], "pooling": "max", "injection": "memory", "nz": 32}
+    tokenizer = SHARED / "t5_tokenizer"
+    if size == "t5_small" and tokenizer.exists():
+        section["tokenizer"] = str(tokenizer)
+    else:
+        section.update({"tokenizer": "train", "tokenizer_vocab_size": 1000})
+    return section
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="example,t5_small")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--peak-tflops", type=float, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    peak = args.peak_tflops or (989.0 if device.type == "cuda" else gemm_gflops() / 1000)
+    print(f"T5 VAE training, {args.device}, {args.precision}, batch 32, {args.steps} steps after 5 warm-up; "
+          f"peak for MFU {peak:.3g} TFLOP/s; {load()}")
+    print(f"{'size':<10}{'params':>10}{'vocab':>7}{'tokens/s':>10}{'ms/step':>9}{'MFU':>7}")
+    for size in args.sizes.split(","):
+        config = build_config({"data": {"name": "synthetic"}, "model": model_section(size),
+                               "train": {"batch_size": 32, "max_steps": 5, "device": args.device,
+                                         "precision": args.precision, "lr": 5e-4},
+                               "eval": {"splits": []}}, "<bench>")
+        prepared = prepare(config)
+        model = build(config, prepared)
+        params = sum(p.numel() for p in model.parameters())
+        valid = prepared.splits["valid"].head(8)
+        framing = prepared.tokenizer.framing
+        train(model, [], prepared.splits["train"], valid, framing, config.train, device, 0, progress=False)  # warm-up
+        config.train.max_steps = args.steps
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        state = train(model, [], prepared.splits["train"], valid, framing, config.train, device, 1,
+                      progress=False).state
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tokens_per_s = state.train_tokens / state.train_seconds
+        mfu = 6 * params * tokens_per_s / (peak * 1e12)
+        print(f"{size:<10}{params / 1e6:>9.1f}M{len(prepared.tokenizer):>7}{tokens_per_s:>10.0f}"
+              f"{1000 * state.train_seconds / args.steps:>9.1f}{100 * mfu:>6.1f}%   (wall {time.perf_counter() - started:.1f} s"
+              " incl. one validation pass)")
+    print(load())
+
+
+if __name__ == "__main__":
+    main()
