@@ -156,6 +156,7 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
         curves = result.curves
         state = result.state
         row.update({"train_seconds": state.train_seconds, "train_steps": state.global_step,
+                    "train_inner_steps": state.inner_steps,
                     "train_tokens": state.train_tokens, "best_epoch": state.best_epoch,
                     "train_tokens_per_second": state.train_tokens / state.train_seconds if state.train_seconds else None})
         if model_path is not None:

@@ -26,7 +26,8 @@ from ablate.data.batching import Batch, EncodedSplit, iterate_batches
 from ablate.data.tokenize import Framing
 from ablate.metrics import gaussian_kl_per_dim, sample_posterior
 from ablate.models.base import TextVAE
-from ablate.techniques.base import LossParts, PhaseProgress, Step, Technique, compose_loss
+from ablate.techniques.base import (Evaluated, LossParts, PhaseProgress, Step, StepControl, Technique,
+                                    compose_loss)
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,6 +47,7 @@ class TrainState:
     best_score: float = math.inf  # validation value of train.select_by
     best_epoch: int = -1
     train_tokens: int = 0
+    inner_steps: int = 0  # extra updates a technique made inside outer steps (aggressive), not in the budget
     train_seconds: float = 0.0
     finished: bool = False
 
@@ -172,6 +174,40 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
     if state.phase == "vae" and vae_budget_done():
         state.finished = True
 
+    taker = next((t for t in techniques if t.takes_over_step), None)
+
+    def evaluate(batch: Batch, step: Step) -> Evaluated:
+        """The one loss: forward pass, then compose_loss (ablate.techniques.base)."""
+        parts = forward_parts(model, batch, cfg.precision)
+        return Evaluated(parts, compose_loss(parts, techniques, cfg.kl_weight, step))
+
+    def update(evaluated: Evaluated, params: str = "all") -> None:
+        """Backward, clip all gradients, then step the optimiser on all, encoder or decoder parameters."""
+        optimizer.zero_grad(set_to_none=True)
+        evaluated.objective.loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if params != "all":
+            for param in (model.decoder_parameters() if params == "encoder" else model.encoder_parameters()):
+                param.grad = None  # an optimiser skips parameters without a gradient (their state stays)
+        optimizer.step()
+
+    def step_control(step: Step, batches: list[Batch]) -> StepControl:
+        draws = random.Random(seed * 1_000_003 + state.global_step)
+
+        def random_batch() -> Batch:
+            batch = batches[draws.randrange(len(batches))]
+            for technique in techniques:
+                batch = technique.corrupt(batch, generator)
+            return batch.to(device, non_blocking=True)
+
+        def count_inner(batch: Batch) -> None:
+            state.inner_steps += 1
+            state.train_tokens += int(batch.dec_mask.sum())
+
+        return StepControl(evaluate=lambda b: evaluate(b, step), update=update, random_batch=random_batch,
+                           count_inner=count_inner)
+
     while not state.finished:
         batches = iterate_batches(train_split, framing, cfg.batch_size, random.Random(seed * 100_003 + state.epoch))
         switch_phase = False
@@ -185,13 +221,11 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
                 batch = technique.corrupt(batch, generator)
             state.train_tokens += int(batch.dec_mask.sum())  # counted on the host copy
             batch = batch.to(device, non_blocking=True)
-            parts = forward_parts(model, batch, cfg.precision)
-            objective = compose_loss(parts, techniques, cfg.kl_weight, step)
-            optimizer.zero_grad(set_to_none=True)
-            objective.loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            evaluated = taker.take_step(batch, step_control(step, batches), step) if taker is not None else None
+            if evaluated is None:
+                evaluated = evaluate(batch, step)
+                update(evaluated, "all")
+            parts, objective = evaluated.parts, evaluated.objective
 
             buffer.add({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "train",
                         "beta": objective.beta}, objective.loss, parts.kl.mean(), parts.rec.mean())
@@ -212,6 +246,10 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
         state.train_seconds += time.perf_counter() - started
 
         valid = validate(model, valid_batches, device)
+        model.eval()
+        for technique in techniques:
+            technique.end_epoch(model, valid_batches)
+        model.train()
         curves.append({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "valid",
                        "beta": float("nan"), "kl": valid["kl"], "rec": valid["rec"], "loss": valid["nelbo"]})
         state.epoch += 1

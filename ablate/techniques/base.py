@@ -8,6 +8,10 @@ loop (ablate.train) through optional hooks, called in this fixed order every opt
 3. KL weight       `kl_weight(step)`                                            (multiplied together)
 4. KL transform    `kl_term(kl_per_dim, step)`                                  (at most one technique replaces it)
 5. extra loss      `extra_loss(parts, step)`                                    (added)
+6. the update      `take_step(batch, control, step)`                            (at most one technique takes it
+                                                                                 over, e.g. He et al.'s inner loop)
+and after each epoch's validation `end_epoch(model, valid_batches)`; `posterior_transform` adds a module to the
+model after its encoder (BN-VAE).
 
 so that the whole objective reads (see `compose_loss`):
 
@@ -20,7 +24,7 @@ KLterm = mean_i KL_i. Reported KL is always the plain KL, never the transformed 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -141,6 +145,17 @@ class Technique:
     def extra_loss(self, parts: LossParts, step: Step) -> Tensor | None:
         return None
 
+    # 6. the update (at most one technique): None leaves the usual step (one update of all parameters) to train.py
+    takes_over_step: ClassVar[bool] = False
+
+    def take_step(self, batch: Any, control: "StepControl", step: Step) -> "Evaluated | None":
+        """Make this step's updates through `control` (the loss still comes from compose_loss) and return the
+        outer update's parts and objective for the curves; or None for the usual step."""
+        return None
+
+    def end_epoch(self, model: torch.nn.Module, valid_batches: list[Any]) -> None:
+        """Called after each epoch's validation, the model in eval mode (e.g. to decide on an epoch's MI)."""
+
     # resumable state
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -157,6 +172,31 @@ class Objective:
     beta: float
     kl_term: Tensor
     extra: Tensor
+
+
+@dataclass
+class Evaluated:
+    """One batch's loss pieces and its assembled objective."""
+
+    parts: LossParts
+    objective: Objective
+
+
+@dataclass
+class StepControl:
+    """What train.py lends a technique that takes over the update (`take_step`).
+
+    evaluate(batch)        the loss of a batch, assembled by compose_loss at the current (outer) step
+    update(ev, params)     backward, clip the gradient of all parameters, step the optimiser on 'all', 'encoder' or
+                           'decoder' parameters (the others' gradients are dropped first)
+    random_batch()         a fresh training batch drawn uniformly from the epoch's batches, corrupted and on device
+    count_inner(batch)     record an extra (inner) update, counted apart from the optimiser steps of the budget
+    """
+
+    evaluate: Callable[[Any], Evaluated]
+    update: Callable[[Evaluated, str], None]
+    random_batch: Callable[[], Any]
+    count_inner: Callable[[Any], None]
 
 
 def kl_weight(techniques: list[Technique], base: float, step: Step) -> float:

@@ -84,6 +84,9 @@ def resolve_techniques(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"techniques {' and '.join(replacing)} both replace the KL term; keep one of them "
             "(free bits thresholds the KL, the constraint targets a value C: they cannot both define it)"
         )
+    taking_over = [name for name in resolved if get(name).takes_over_step]
+    if len(taking_over) > 1:
+        raise ValueError(f"techniques {' and '.join(taking_over)} both take over the optimiser step; keep one of them")
     return resolved
 
 
