@@ -159,6 +159,10 @@ class EvalConfig(Strict):
     probe: bool = Field(True, description="linear probes of ground-truth factors from a posterior sample z "
                                           "(embedded corpus)")
 
+    mi_pool_order: Literal["split", "length"] = Field(
+        "split", description="blocks of M (mi_pool: M) are consecutive sentences in split order, or in length "
+        "order (He et al. 2019's calc_mi pools within their batches, each of one sentence length)")
+
     @field_validator("mi_pool")
     @classmethod
     def _pool_positive(cls, v: Any) -> Any:

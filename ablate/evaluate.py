@@ -110,8 +110,12 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
     bar.close()
 
     pool = None if cfg.mi_pool == "dataset" else int(cfg.mi_pool)
+    mi_mu, mi_logvar = mu_all, logvar_all
+    if pool is not None and cfg.mi_pool_order == "length":  # He et al.: blocks of sentences of (near) one length
+        order = torch.tensor(sorted(range(n), key=lambda i: (len(split.tokens[i]), i)), dtype=torch.long)
+        mi_mu, mi_logvar = mu_all[order], logvar_all[order]
     cpu_generator = torch.Generator().manual_seed(seed + 1)
-    mi, pool_used = mutual_information(mu_all, logvar_all, pool_size=pool, generator=cpu_generator)
+    mi, pool_used = mutual_information(mi_mu, mi_logvar, pool_size=pool, generator=cpu_generator)
     au, _ = active_units(mu_all, cfg.au_delta)
     metrics = {
         "kl": sums["kl"] / n,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import ablate
-from ablate.config import RunConfig, canonical_dict, config_hash, flatten
+from ablate.config import EvalConfig, RunConfig, canonical_dict, config_hash, flatten
 from ablate.data.batching import EncodedSplit, encode_split
 from ablate.data.corpus import SPLITS, Corpus, load_corpus
 from ablate.data.tokenize import Tokenizer
@@ -180,6 +180,13 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
                       curves=curves)
 
 
+def mi_pool_kind(cfg: EvalConfig) -> str:
+    """dataset (one pool of the whole split), block (M consecutive in split order) or length_block (He et al.)."""
+    if cfg.mi_pool == "dataset":
+        return "dataset"
+    return "length_block" if cfg.mi_pool_order == "length" else "block"
+
+
 def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: torch.device,
                  progress: bool = False) -> dict[str, Any]:
     """Metrics of every evaluation split (its first eval.max_sentences when set), conventions, and probes of
@@ -199,7 +206,7 @@ def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: 
         out.update({f"{split}.{k}": v for k, v in evaluation.metrics.items()})
         conv = evaluation.conventions
         out.update({"eval.iw_samples": conv["iw_samples"], "eval.mi_pool": conv["mi_pool"],
-                    "eval.mi_pool_kind": "dataset" if config.eval.mi_pool == "dataset" else "block",
+                    "eval.mi_pool_kind": mi_pool_kind(config.eval),
                     "eval.au_delta": conv["au_delta"], "eval.token_unit": conv["token_unit"],
                     "eval.ppl_counts_eos": conv["ppl_counts_eos"], "eval.ppl_counts_bos": conv["ppl_counts_bos"]})
         if train_z is not None:

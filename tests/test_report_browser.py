@@ -74,6 +74,30 @@ def test_report_files(report):
     assert "synthetic,lstm,kl_annealing,6,4,1,1,0" in coverage
 
 
+def test_published_numbers_stand_beside_ours_with_convention_mismatches_marked(report):
+    import pandas as pd
+
+    study, out = report
+    page = (out / "index.html").read_text()
+    assert "Published numbers beside ours — synthetic × lstm" in page
+    assert "Published numbers beside ours — synthetic × t5" not in page  # both references name model lstm
+    data = json.loads((out / "handmade" / "tables" / "handmade-published-synthetic__lstm.json").read_text())
+    rows = {(r["arm"], r["metric"]): r for r in data["rows"]}
+    ok = pd.concat([pd.read_parquet(p) for p in (study / "runs").glob("*.a*.parquet")
+                    if not p.name.endswith(".curves.parquet")])
+    ok = ok[(ok["status"] == "ok") & (ok["model"] == "lstm")].sort_values("attempt").drop_duplicates("cell_id",
+                                                                                                   keep="last")
+    vanilla_nll = ok.loc[ok["arm"] == "vanilla", "test.nll"].mean()
+    nll = rows[("vanilla", "test.nll")]
+    assert nll["published"] == 328.6 and abs(nll["ours"] - vanilla_nll) < 1e-9
+    assert abs(nll["delta"] - (vanilla_nll - 328.6)) < 1e-9
+    assert nll["conventions_differ"] == ("K 500 vs ours 100; MI pool M 32 vs ours dataset; MI pools formed by "
+                                         "length_block vs ours dataset")
+    li = rows[("li2019", "test.kl")]
+    assert li["conventions_differ"] == "" and abs(li["ours"] - ok.loc[ok["arm"] == "li2019", "test.kl"].mean()) < 1e-9
+    assert "differs: K 500 vs ours 100" in page and "same as ours" in page
+
+
 def test_report_is_a_pure_function_of_the_results(report):
     study, out = report
     before = _digests(out)

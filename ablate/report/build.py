@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from ablate.references import Reference, convention_mismatches, load_references
 from ablate.report import plots, tables
 from ablate.report.schema import COLLAPSE_KL, MAIN_METRICS, Metric, metric, metrics_in
 from ablate.results import load_curves, load_results
@@ -411,6 +412,64 @@ def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline:
     return Table(tid, f"Best per technique — {panel[0]} × {panel[1]}", cols, out_rows, data, notes, classes), best
 
 
+def _our_conventions(rows: pd.DataFrame, split: str) -> dict[str, object]:
+    def one(column: str) -> object:
+        values = rows[column].dropna().unique() if column in rows else []
+        return values[0] if len(values) == 1 else None
+
+    pool = one(f"{split}.mi_pool")
+    return {"iw_samples": one("eval.iw_samples"), "mi_pool": int(pool) if pool is not None else None,
+            "mi_pool_kind": one("eval.mi_pool_kind"), "token_unit": one("eval.token_unit")}
+
+
+def published_table(refs: Sequence[Reference], rows: pd.DataFrame, panel: tuple[str, str], arms: Sequence[str],
+                    tid: str) -> Table | None:
+    """Published numbers beside ours (study `references:`): ours as mean ± std (n), the published value, Δ, and
+    where the conventions differ a mark with how, rather than a silent comparison."""
+    dataset, model = panel
+    mine = [r for r in refs if (r.dataset in (None, dataset)) and (r.model in (None, model))]
+    if not mine:
+        return None
+    cols = [Col("arm"), Col("setting", "the swept axis values of our row"), Col("metric"),
+            Col("ours", "mean ± std (n seeds) of our runs of this arm", True),
+            Col("published", "the value the source reports", True),
+            Col("Δ", "ours − published", True), Col("source"),
+            Col("conventions", "how the published number was measured, against ours (K, MI pool, token unit, "
+                               "IW NLL or −ELBO); a difference is marked, not hidden")]
+    out_rows, classes, records = [], [], []
+    for ref in mine:
+        split = ref.split
+        arm_rows = rows[rows["arm"] == ref.arm]
+        agg = tables.aggregate(arm_rows, split, [n for n in ref.values if f"{split}.{n}" in rows], arms) \
+            if not arm_rows.empty else pd.DataFrame()
+        mismatch = convention_mismatches(ref.conventions, _our_conventions(arm_rows, split)) if not arm_rows.empty \
+            else []
+        for name, value in ref.values.items():
+            m = metric(name)
+            settings = list(agg.iterrows()) if not agg.empty and f"{name}.mean" in agg else [(None, None)]
+            for _, r in settings:
+                ours = _num(r[f"{name}.mean"]) if r is not None else math.nan
+                text = mean_std_n(m, r[f"{name}.mean"], r[f"{name}.std"], r[f"{name}.n"]) if r is not None else \
+                    "no runs"
+                delta = ours - value if not math.isnan(ours) else math.nan
+                conv = "differs: " + "; ".join(mismatch) if mismatch else "same as ours"
+                out_rows.append([Cell(ref.arm), _setting_cell(r["setting"] if r is not None else ""),
+                                 Cell(f"{split}.{name}", title=m.definition),
+                                 Cell(text, sort=ours), Cell(m.fmt(value), sort=value),
+                                 Cell(m.fmt(delta) if not math.isnan(delta) else "–", sort=delta),
+                                 Cell(ref.source, title=ref.note),
+                                 Cell(conv, cls="flag" if mismatch else "")])
+                classes.append("mismatch" if mismatch else "")
+                records.append({"arm": ref.arm, "setting": r["setting"] if r is not None else "",
+                                "metric": f"{split}.{name}", "ours": ours, "published": value, "delta": delta,
+                                "source": ref.source, "conventions_differ": "; ".join(mismatch)})
+    notes = ["Published numbers from the study's references. Δ = ours − published. A row whose conventions differ "
+             "from ours (K, MI pool, token unit, IW NLL vs −ELBO) is marked: its Δ mixes the method with the "
+             "measurement."]
+    return Table(tid, f"Published numbers beside ours — {dataset} × {model}", cols, out_rows,
+                 pd.DataFrame(records), notes, classes)
+
+
 def failures_table(study: StudyInput, tid: str) -> Table | None:
     fails = tables.failures(study.failed, study.ok)
     if fails.empty:
@@ -514,6 +573,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
         # cells no longer in the study (it changed since they ran) count as "extra" in coverage, not in comparisons
         ok = ok[ok["cell_id"].isin(study.manifest["cell_id"])]
     context: dict[str, Any] = {"slug": slug, "header": header(study), "panels": [], "summary": []}
+    references, context["reference_notes"] = load_references(study.study_text)
 
     cov = coverage_table(study, f"{slug}-coverage", arms)
     write_table(cov, table_dir, f"{slug}/tables")
@@ -533,6 +593,9 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
                                       options.deltas, arms, f"{slug}-best-{pslug}")
         write_table(best, table_dir, f"{slug}/tables")
         context["summary"].append(summary(dataset, model, best_frame, arms))
+        published = published_table(references, rows, (dataset, model), arms, f"{slug}-published-{pslug}")
+        if published:
+            write_table(published, table_dir, f"{slug}/tables")
 
         # rows of each arm's chosen setting (for MI/AU and training curves)
         chosen = best_frame[["arm", "settings"]] if not best_frame.empty else pd.DataFrame(columns=["arm", "settings"])
@@ -558,6 +621,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
                     sens.append(fig)
         context["panels"].append({
             "dataset": dataset, "model": model, "id": f"{slug}-{pslug}", "main": main, "best": best,
+            "published": published,
             "figures": [_fig(f, out) for f in figures if f],
             "sensitivity": [_fig(f, out) for f in sens],
         })

@@ -52,8 +52,9 @@ from pydantic import BaseModel, ValidationError
 
 from ablate.config import (ConfigError, DataConfig, EvalConfig, LSTMConfig, RunConfig, Seq2SeqConfig, TrainConfig,
                            canonical_dict, config_hash, explain, flatten, invalid_yaml, suggest)
+from ablate.references import Reference, ReferenceConventions
 
-STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude"]
+STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude", "references"]
 ARM_KEYS = ["name", "description", "techniques", "zip", "exclude", "data", "model", "train", "eval"]
 LABEL_KEYS = ["arm", "dataset", "model", "seed"]
 MODEL_ENTRY_KEYS = ["label", "model", "train", "eval"]  # the long form of a models entry
@@ -91,6 +92,7 @@ class Study:
     settings_per_arm: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     excluded: int = 0
+    references: list[Reference] = field(default_factory=list)
 
     @property
     def hash(self) -> str:
@@ -584,10 +586,40 @@ class _Loader:
             seen[cell.cell_id] = cell
         if not cells:
             raise self.error(("exclude",) if study_excludes else ("arms",), "no cells left after exclusions")
+        references = self.references(arm_names, [d for d, _, _ in datasets], [m for m, _, _, _ in models])
         return Study(name=name, path=self.path, text=self.text, cells=cells, arms=arm_names,
                      datasets=[d for d, _, _ in datasets], models=[m for m, _, _, _ in models], seeds=seeds,
                      settings_per_arm=settings_per_arm, warnings=warnings,
-                     excluded=len(candidates) - len(cells) + pre_excluded)
+                     excluded=len(candidates) - len(cells) + pre_excluded, references=references)
+
+    def references(self, arms: list[str], datasets: list[str], models: list[str]) -> list[Reference]:
+        """The study's published numbers (ablate.references), each naming an arm (and dataset/model) it has."""
+        raw = self.data.get("references")
+        if raw is None:
+            return []
+        self.expect(raw, list, ("references",), "references must be a list of {arm, source, values, ...}")
+        out = []
+        for i, entry in enumerate(raw):
+            at: Path_ = ("references", i)
+            self.expect(entry, dict, at, "a reference must be a mapping {arm, source, values, conventions}")
+            try:
+                ref = Reference.model_validate(entry)
+            except ValidationError as error:
+                first = error.errors()[0]
+                loc = tuple(first["loc"])
+                if first["type"] == "extra_forbidden":
+                    allowed = list((ReferenceConventions if loc[:1] == ("conventions",) else Reference).model_fields)
+                    hint = suggest(str(loc[-1]), allowed) or f"; allowed: {', '.join(allowed)}"
+                    raise self.error(at + loc, f"unknown reference key '{loc[-1]}'{hint}") from None
+                raise self.error(at + loc, f"{first['msg']} (got {first.get('input')!r})", at) from None
+            for key, known, what in (("arm", arms, "arm"), ("dataset", datasets, "dataset label"),
+                                     ("model", models, "model label")):
+                value = getattr(ref, key)
+                if value is not None and value not in known:
+                    hint = suggest(value, known) or f"; the study's: {', '.join(known)}"
+                    raise self.error(at + (key,), f"no {what} '{value}' in this study{hint}")
+            out.append(ref)
+        return out
 
     @staticmethod
     def _matches_labels(entry: dict[str, Any], labels: dict[str, Any]) -> bool:
