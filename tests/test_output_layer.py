@@ -64,3 +64,17 @@ def test_large_logits_stay_finite():
     out = token_log_probs(hidden * 1e3, weight, bias, targets, block=8)
     assert torch.isfinite(out).all()
     assert torch.allclose(out.double(), plain(hidden * 1e3, weight, bias, targets), rtol=1e-6, atol=1e-3)
+
+
+def test_float32_path_matches_float64_reference():
+    """fp32 inputs take the CPU's oneDNN products (when present); values and gradients against float64 autograd."""
+    hidden, weight, bias, targets = inputs(4, n=50, h=16, v=40)
+    h32, w32, b32 = (t.float().requires_grad_(True) for t in (hidden, weight, bias))
+    out = token_log_probs(h32, w32, b32, targets, block=7)
+    out.sum().backward()
+    h64, w64, b64 = (t.clone().requires_grad_(True) for t in (hidden, weight, bias))
+    ref = plain(h64, w64, b64, targets)
+    ref.sum().backward()
+    assert torch.allclose(out.double(), ref, atol=1e-4)
+    for a, b in ((h32.grad, h64.grad), (w32.grad, w64.grad), (b32.grad, b64.grad)):
+        assert torch.allclose(a.double(), b, atol=1e-4)

@@ -23,8 +23,27 @@ from torch import Tensor
 from torch.nn import functional as F
 
 
+def _has_onednn_linear() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):  # pragma: no cover - a build without oneDNN
+        return False
+
+
+ONEDNN_LINEAR = _has_onednn_linear()
+
+
+def matmul_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """a @ bᵀ (+ bias), a [M, K], b [N, K]. On a CPU in fp32 through oneDNN's linear rather than the default BLAS:
+    on the AMD EPYC development machine MKL ran these products at 60–95 GFLOP/s and oneDNN at 140–200 (MKL takes
+    a slower path on non-Intel CPUs). Elsewhere F.linear."""
+    if ONEDNN_LINEAR and a.device.type == "cpu" and a.dtype == torch.float32 and b.dtype == torch.float32:
+        return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b.contiguous(), bias, "none", [], "")
+    return F.linear(a, b, bias)
+
+
 def _block_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return F.linear(hidden, weight, bias).float()
+    return matmul_nt(hidden, weight, bias).float()
 
 
 def _log_probs_and_softmax_(logits: Tensor, targets: Tensor, softmax: bool) -> Tensor:
@@ -55,14 +74,15 @@ class _FusedTokenLogProbs(torch.autograd.Function):
         neg_grad_h = torch.empty_like(hidden) if grads else None
         neg_grad_w = torch.zeros_like(weight, dtype=torch.float32) if grads else None
         neg_grad_b = torch.zeros_like(bias, dtype=torch.float32) if grads and bias is not None else None
+        weight_t = weight.t().contiguous() if grads else None  # [H, V]: ∂/∂h = G W = G (Wᵀ)ᵀ
         for start in range(0, n, block):
             h, t = hidden[start: start + block], targets[start: start + block]
             logits = _block_logits(h, weight, bias)
             out[start: start + block] = _log_probs_and_softmax_(logits, t, softmax=grads)
             if grads:
                 g = _minus_onehot_(logits, t)
-                torch.mm(g.to(weight.dtype), weight, out=neg_grad_h[start: start + block])
-                neg_grad_w.addmm_(g.t(), h.float())
+                neg_grad_h[start: start + block] = matmul_nt(g.to(weight.dtype), weight_t)
+                neg_grad_w += matmul_nt(g.t(), h.float().t())
                 if neg_grad_b is not None:
                     neg_grad_b.add_(g.sum(0))
         ctx.block = block
@@ -95,7 +115,7 @@ class _FusedTokenLogProbs(torch.autograd.Function):
             _log_probs_and_softmax_(logits, t, softmax=True)
             g = _minus_onehot_(logits, t)
             g.mul_(-grad_out[start: start + ctx.block].unsqueeze(1))
-            grad_w.addmm_(g.t(), h.float())
+            grad_w += matmul_nt(g.t(), h.float().t())
             if grad_b is not None:
                 grad_b.add_(g.sum(0))
         return (grad_h, grad_w.to(weight.dtype), grad_b.to(bias.dtype) if grad_b is not None else None,
