@@ -116,6 +116,17 @@ class Seq2SeqConfig(Strict):
 ModelConfig = Union[LSTMConfig, Seq2SeqConfig]
 
 
+class LRDecayConfig(Strict):
+    """He et al. 2019's rule (vae-lagging-encoder text.py): after `min_epochs` VAE epochs, when the validation
+    loss has not improved for `patience` epochs, multiply the learning rate by `factor`, go back to the best state
+    and start a fresh optimiser; stop training after `max_decays` decays."""
+
+    factor: float = Field(0.5, gt=0, lt=1)
+    patience: int = Field(5, ge=1, description="epochs without improvement before a decay (He et al.: 5)")
+    min_epochs: int = Field(15, ge=0, description="no decay before this many VAE epochs (He et al.: 15)")
+    max_decays: int = Field(5, ge=1, description="training stops at this many decays (He et al.: 5)")
+
+
 class TrainConfig(Strict):
     """Optimisation. The reconstruction term is a per-sentence sum over tokens (never a mean over padded length)."""
 
@@ -127,6 +138,7 @@ class TrainConfig(Strict):
     epochs: int = Field(10, ge=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (overrides epochs)")
     grad_clip: float | None = Field(5.0, gt=0)
+    lr_decay: LRDecayConfig | None = Field(None, description="He et al.'s decay-on-plateau rule (None: constant lr)")
     kl_weight: float = Field(1.0, ge=0, description="base KL weight; techniques multiply it (0 = autoencoder)")
     select_by: Literal["nelbo", "rec", "last"] = Field(
         "nelbo", description="which VAE-phase epoch's state is kept: best validation -ELBO (default), best "

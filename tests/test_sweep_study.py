@@ -184,11 +184,22 @@ def test_validate_prints_counts_and_errors_on_one_line(tmp_path, capsys):
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in STUDIES.glob("*.yaml")))
+@pytest.mark.parametrize("name", sorted(p.relative_to(STUDIES).as_posix() for p in STUDIES.rglob("*.yaml")
+                                         if p.parent.name != "examples"))
 def test_shipped_studies_validate(name):
     path = STUDIES / name
     study = load_study(path)
     assert study.cells and study.name == path.stem
+
+
+def test_reproduction_studies_carry_their_published_numbers():
+    he = load_study(STUDIES / "reproduce" / "he2019_yahoo.yaml")
+    by_arm = {r.arm: r for r in he.references}
+    assert by_arm["vae_anneal"].values == {"nll": 328.6, "kl": 0.0, "mi": 0.0}
+    assert by_arm["aggressive_anneal"].conventions.mi_pool_kind == "length_block"
+    assert {c.config.eval.mi_pool_order for c in he.cells} == {"length"}
+    li = load_study(STUDIES / "reproduce" / "li2019_ptb_reduced.yaml")
+    assert {r.conventions.nll for r in li.references} == {"elbo"}
 
 
 def test_full_grid_runs_both_model_families():
