@@ -78,3 +78,11 @@ def test_float32_path_matches_float64_reference():
     assert torch.allclose(out.double(), ref, atol=1e-4)
     for a, b in ((h32.grad, h64.grad), (w32.grad, w64.grad), (b32.grad, b64.grad)):
         assert torch.allclose(a.double(), b, atol=1e-4)
+
+
+def test_evaluation_with_a_packed_weight_matches():
+    """Many blocks without gradients use the weight reordered for oneDNN (when present): same values."""
+    hidden, weight, bias, targets = inputs(5, n=200, h=16, v=40)
+    with torch.no_grad():
+        out = token_log_probs(hidden.float(), weight.float(), bias.float(), targets, block=8)
+    assert torch.allclose(out.double(), plain(hidden, weight, bias, targets), atol=1e-4)
