@@ -162,7 +162,7 @@ def _env() -> dict[str, str]:
 def test_sigkilled_worker_loses_no_run_and_rerun_completes_each_cell_once(tmp_path):
     path = make_study(tmp_path, "kill", """\
         - name: vae
-          train: {epochs: 3, kl_weight: [0.25, 0.5, 0.75, 1.0]}
+          train: {epochs: 8, kl_weight: [0.25, 0.5, 0.75, 1.0]}   # long enough to catch one running
         """)
     out = tmp_path / "results"
     folder = out / "kill"
