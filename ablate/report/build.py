@@ -454,7 +454,7 @@ def published_table(refs: Sequence[Reference], rows: pd.DataFrame, panel: tuple[
                 delta = ours - value if not math.isnan(ours) else math.nan
                 conv = "differs: " + "; ".join(mismatch) if mismatch else "same as ours"
                 out_rows.append([Cell(ref.arm), _setting_cell(r["setting"] if r is not None else ""),
-                                 Cell(f"{split}.{name}", title=m.definition),
+                                 Cell(f"{m.label} ({split})", title=f"{split}.{name}: {m.definition}"),
                                  Cell(text, sort=ours), Cell(m.fmt(value), sort=value),
                                  Cell(m.fmt(delta) if not math.isnan(delta) else "–", sort=delta),
                                  Cell(ref.source, title=ref.note),
