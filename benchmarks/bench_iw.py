@@ -18,13 +18,11 @@ import time
 import torch
 from torch.nn import functional as F
 
-from common import LI_PTB, corpus_config, gemm_rates, load
-from ablate.config import build_config
+from common import gemm_rates, li_ptb_model, load
 from ablate.data.batching import make_batch
 from ablate.evaluate import iw_nll
 from ablate.metrics import iw_log_marginal, log_normal_diag, log_standard_normal, sample_posterior
 from ablate.models.base import output_block
-from ablate.run import build, prepare
 
 
 @torch.no_grad()
@@ -61,9 +59,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = build_config({"data": corpus_config("ptb"), "model": LI_PTB, "train": {"device": "cpu"}}, "<bench>")
-    prepared = prepare(config)
-    model = build(config, prepared).eval()
+    config, prepared, model = li_ptb_model()
     split = prepared.splits["test"]
     batch = make_batch(split, list(range(args.sentences)), prepared.tokenizer.framing)  # split order: mixed lengths
     with torch.no_grad():

@@ -15,12 +15,10 @@ import time
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from common import LI_PTB, corpus_config, load
-from ablate.config import build_config
+from common import li_ptb_model, load
 from ablate.data.batching import iterate_batches
 from ablate.evaluate import encode_all
 from ablate.metrics import active_units, mutual_information
-from ablate.run import build, prepare
 
 
 @torch.no_grad()
@@ -44,9 +42,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = build_config({"data": corpus_config("ptb"), "model": LI_PTB, "train": {"device": "cpu"}}, "<bench>")
-    prepared = prepare(config)
-    model = build(config, prepared).eval()
+    _, prepared, model = li_ptb_model()
     split, framing = prepared.splits["test"], prepared.tokenizer.framing
 
     def timed(encoder) -> dict[str, float]:

@@ -33,6 +33,16 @@ def corpus_config(name: str, **extra) -> dict:
     return {**data, **extra}
 
 
+def li_ptb_model():
+    """(config, prepared, model in eval mode): Li et al.'s PTB LSTM, random init (costs do not depend on weights)."""
+    from ablate.config import build_config
+    from ablate.run import build, prepare
+
+    config = build_config({"data": corpus_config("ptb"), "model": LI_PTB, "train": {"device": "cpu"}}, "<bench>")
+    prepared = prepare(config)
+    return config, prepared, build(config, prepared).eval()
+
+
 def load() -> str:
     """The 10 s / 60 s CPU pressure of this machine (other work shares it), for the record beside each figure."""
     try:

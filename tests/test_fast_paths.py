@@ -10,25 +10,18 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ablate.config import LSTMConfig
-from ablate.data.batching import encode_split, iterate_batches, make_batch
-from ablate.data.tokenize import WordVocab
+from ablate.data.batching import iterate_batches, make_batch
 from ablate.evaluate import iw_log_px, iw_nll
 from ablate.metrics import log_normal_diag, log_standard_normal, sample_posterior
 from ablate.models.lstm import LSTMVAE
+from test_lstm import setup as lstm_setup
 
 TEXTS = ["the cat sat on the mat today", "a dog", "the dog sat", "cat", "a cat and a dog sat on a mat",
          "the mat", "dog dog dog cat", "on the mat sat the cat"]
 
 
 def setup(seed: int = 0):
-    torch.manual_seed(seed)
-    vocab = WordVocab.build(TEXTS)
-    cfg = LSTMConfig(emb_dim=8, enc_hidden=12, dec_hidden=10, nz=3, dec_dropout_in=0.0, dec_dropout_out=0.0,
-                     init_uniform=0.3, emb_init_uniform=0.5)
-    model = LSTMVAE(len(vocab), cfg).eval()
-    split = encode_split(TEXTS, vocab, max_length=50)
-    return vocab, model, split
+    return lstm_setup(seed, TEXTS)
 
 
 def packed_encoder(model: LSTMVAE, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

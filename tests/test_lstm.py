@@ -13,13 +13,14 @@ from ablate.models.lstm import LSTMVAE
 TEXTS = ["the cat sat on the mat", "a dog", "the dog sat", "cat"]
 
 
-def setup(seed: int = 0):
+def setup(seed: int = 0, texts: list[str] = TEXTS):
+    """A tiny LSTM VAE (no dropout) with its vocabulary and encoded split of `texts`."""
     torch.manual_seed(seed)
-    vocab = WordVocab.build(TEXTS)
+    vocab = WordVocab.build(texts)
     cfg = LSTMConfig(emb_dim=8, enc_hidden=12, dec_hidden=10, nz=3, dec_dropout_in=0.0, dec_dropout_out=0.0,
                      init_uniform=0.3, emb_init_uniform=0.5)
     model = LSTMVAE(len(vocab), cfg).eval()
-    split = encode_split(TEXTS, vocab, max_length=50)
+    split = encode_split(texts, vocab, max_length=50)
     return vocab, model, split
 
 

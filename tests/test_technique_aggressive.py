@@ -100,24 +100,30 @@ def test_max_inner_caps_the_loop_and_pretraining_phase_is_left_alone():
     assert technique.take_step(FakeBatch(2, torch.ones(2, 3, dtype=torch.bool), "outer"), control, pretrain) is None
 
 
+class ConstantEncoder(torch.nn.Module):
+    """A model whose posterior is N(0, I) for every sentence (the MI itself is scripted in these tests)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def encode(self, batch):
+        return torch.zeros(batch.size, 2), torch.zeros(batch.size, 2)
+
+
+def valid_batch() -> FakeBatch:
+    batch = FakeBatch(3, torch.ones(3, 2, dtype=torch.bool), "v")
+    batch.to = lambda device: batch
+    return batch
+
+
 def test_switches_off_for_good_when_validation_mi_falls(monkeypatch):
     technique = make()
     script = iter([0.5, 0.8, 0.7, 0.9])
-    monkeypatch.setattr(aggressive_module, "mutual_information", lambda mu, logvar, z=None: (next(script), 2))
-
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def encode(self, batch):
-            return torch.zeros(batch.size, 2), torch.zeros(batch.size, 2)
-
-    batch = FakeBatch(3, torch.ones(3, 2, dtype=torch.bool), "v")
-    batch.to = lambda device: batch
+    monkeypatch.setattr(aggressive_module, "mutual_information", lambda mu, logvar, generator=None: (next(script), 2))
     states = []
     for _ in range(4):
-        technique.end_epoch(Encoder(), [batch])
+        technique.end_epoch(ConstantEncoder(), [valid_batch()])
         states.append(technique.active)
     assert states == [True, True, False, False]
     assert technique.mi_history == pytest.approx([0.5, 0.8, 0.7])  # no MI is computed once off
@@ -128,19 +134,8 @@ def test_switches_off_for_good_when_validation_mi_falls(monkeypatch):
 
 def test_first_epoch_compares_with_zero(monkeypatch):
     technique = make()
-    monkeypatch.setattr(aggressive_module, "mutual_information", lambda mu, logvar, z=None: (-0.01, 2))
-    batch = FakeBatch(3, torch.ones(3, 2, dtype=torch.bool), "v")
-    batch.to = lambda device: batch
-
-    class Encoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def encode(self, b):
-            return torch.zeros(b.size, 2), torch.zeros(b.size, 2)
-
-    technique.end_epoch(Encoder(), [batch])
+    monkeypatch.setattr(aggressive_module, "mutual_information", lambda mu, logvar, generator=None: (-0.01, 2))
+    technique.end_epoch(ConstantEncoder(), [valid_batch()])
     assert technique.active is False
 
 

@@ -35,7 +35,7 @@ def sentences(n: int, seed: int = 0, max_len: int = 30) -> EncodedSplit:
     """Sentences of distinct real tokens (ids 10, 11, …), so that every kept token can be traced."""
     rng = random.Random(seed)
     tokens = [[10 + i for i in range(rng.randint(1, max_len))] for _ in range(n)]
-    return EncodedSplit(tokens=tokens, n_words=[len(t) + 1 for t in tokens], n_truncated=0)
+    return EncodedSplit(tokens=tokens, n_words=[len(t) + 1 for t in tokens])
 
 
 def batch_of(split: EncodedSplit, framing: Framing = WORD_FRAMING):
@@ -88,7 +88,7 @@ def test_delete_counts_alignment_and_specials(special, framing, p):
 
 
 def test_delete_with_short_sentences_deletes_nothing():
-    split = EncodedSplit(tokens=[[10], [10, 11], [10, 11, 12]], n_words=[2, 3, 4], n_truncated=0)
+    split = EncodedSplit(tokens=[[10], [10, 11], [10, 11, 12]], n_words=[2, 3, 4])
     batch = batch_of(split)
     out = make("delete", 0.4).corrupt(batch, gen())  # ⌊0.4·L⌋ = 0 for L ≤ 2, 1 for L = 3
     assert torch.equal(out.enc_ids[:2, :4], batch.enc_ids[:2, :4])

@@ -17,8 +17,7 @@ class EncodedSplit:
 
     tokens: list[list[int]]
     n_words: list[int]  # whitespace words of the original text + 1 for </s>
-    n_truncated: int
-    truncated: list[int] = field(default_factory=list)  # indices of the sentences that were cut
+    truncated: list[int] = field(default_factory=list)  # indices of the sentences that were cut to max_length
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -28,8 +27,11 @@ class EncodedSplit:
         if n is None or n >= len(self.tokens):
             return self
         return EncodedSplit(tokens=self.tokens[:n], n_words=self.n_words[:n],
-                            n_truncated=sum(1 for i in self.truncated if i < n),
                             truncated=[i for i in self.truncated if i < n])
+
+    @property
+    def n_truncated(self) -> int:
+        return len(self.truncated)
 
     @property
     def n_predicted(self) -> int:
@@ -47,7 +49,7 @@ def encode_split(texts: list[str], tokenizer: Tokenizer, max_length: int) -> Enc
             truncated.append(i)
         tokens.append(ids)
         n_words.append(len(text.split()) + 1)
-    return EncodedSplit(tokens=tokens, n_words=n_words, n_truncated=len(truncated), truncated=truncated)
+    return EncodedSplit(tokens=tokens, n_words=n_words, truncated=truncated)
 
 
 @dataclass
