@@ -84,3 +84,24 @@ def test_training_keeps_the_batch_kl_above_the_bound_and_the_model_reloads(tmp_p
     _, _, model = load_run(outcome.model_path)
     assert torch.equal(model.state_dict()["posterior_transforms.0.running_var"],
                        torch.load(outcome.model_path, weights_only=False)["model"]["posterior_transforms.0.running_var"])
+
+
+def test_the_seq2seq_model_normalises_its_posterior_mean_too():
+    """BN-VAE on the T5 VAE: encode applies the batch norm (batch statistics in training: the second moment of each
+    dimension is γ²·v/(v+ε) + b², v the batch variance of the raw mean), and the shift is an encoder parameter."""
+    from ablate.data.synthetic import generate_synthetic
+    from ablate.models.seq2seq import masked_pool
+    from test_seq2seq import batch_of, tiny_model
+
+    sentences = generate_synthetic(n_train=400, n_valid=10, n_test=10, seed=3).texts["train"]
+    model, tokenizer = tiny_model("t5", sentences)  # eval mode: no dropout in the encoder
+    model.add_posterior_transform(BatchNormMean(model.nz, 0.5))
+    model.posterior_transforms.train()  # the batch norm alone in training mode
+    batch = batch_of(tokenizer, sentences[:16])
+    with torch.no_grad():
+        mu, _ = model.encode(batch)
+        hidden = model.net.get_encoder()(input_ids=batch.enc_ids, attention_mask=batch.enc_mask).last_hidden_state
+        raw_mu = model.to_posterior(masked_pool(hidden, batch.enc_mask, model.pooling)).chunk(2, -1)[0]
+    raw_var = raw_mu.var(0, unbiased=False)
+    assert torch.allclose(mu.square().mean(0), 0.25 * raw_var / (raw_var + 1e-5), rtol=1e-3, atol=1e-6)
+    assert any(p is model.posterior_transforms[0].shift for p in model.encoder_parameters())
