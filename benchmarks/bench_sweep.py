@@ -1,8 +1,8 @@
-"""Sweep cell throughput with --jobs 1 and --jobs 2, on cells of realistic size (≈ 30 s each on 2 cores).
+"""Sweep cell throughput with --jobs 1 and --jobs 2, on cells of realistic size (≥ 30 s each on 2 cores).
 
     python benchmarks/bench_sweep.py [--cells 4] [--repeats 1]
 
-A study of --cells LSTM cells on the embedded corpus (lstm_vae.yaml's model; 4 epochs; K = 100; seeds differ) is
+A study of --cells LSTM cells on the embedded corpus (lstm_vae.yaml's model; 6 epochs; K = 100; seeds differ) is
 written to a temporary folder and swept with `ablate sweep --jobs 1` (one worker in the sweep's process, torch's
 default threads) and `--jobs 2` (two worker processes, one thread each), alternately, into fresh result folders.
 Throughput is cells per wall-clock minute of the whole command (start-up, queueing and evaluation included).
@@ -24,7 +24,7 @@ STUDY = """study: bench_sweep
 base:
   data: {{name: synthetic}}
   model: {{name: lstm, emb_dim: 64, enc_hidden: 128, dec_hidden: 128, nz: 16, init_uniform: 0.1}}
-  train: {{epochs: 4, batch_size: 32, device: cpu}}
+  train: {{epochs: 6, batch_size: 32, device: cpu}}
   eval: {{iw_samples: 100, probe: false}}
 seeds: {seeds}
 arms:
