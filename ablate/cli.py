@@ -36,12 +36,23 @@ def format_metrics(row: dict) -> str:
     return "\n".join(lines + [conv])
 
 
+def is_study(data: dict) -> bool:
+    return "arms" in data or "study" in data
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from ablate.config import load_config
+    from ablate.config import ConfigError, load_config, read_yaml
+    from ablate.outputs import check_writable
+    from ablate.preflight import check_runnable
     from ablate.run import execute
 
+    if args.config and is_study(read_yaml(args.config)):
+        raise ConfigError(f"{args.config}: a study (it has arms), not a run config; run it with "
+                          f"`ablate sweep {args.config}`")
     config = load_config(args.config, args.set)
+    check_runnable(config, args.config or "<defaults>")
     out = Path(args.out) / "runs"
+    check_writable(out, "--out")
     outcome = execute(config, out, progress=not args.quiet)
     row = outcome.row
     if not outcome.ok:
@@ -57,16 +68,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ablate.config import load_config, read_yaml
+    from ablate.config import ConfigError, load_config, read_yaml
+    from ablate.preflight import check_configs_runnable, check_runnable
 
     data = read_yaml(args.path)
-    if "arms" in data or "study" in data:
+    if is_study(data):
         from ablate.sweep.study import load_study  # noqa: WPS433 (study support lives in the sweep package)
 
+        if args.set:
+            raise ConfigError(f"{args.path}: --set applies to run configs; for a study, change the key in its "
+                              "base (every arm) or in one arm")
         study = load_study(args.path)
+        check_configs_runnable(study.labelled_configs())
         print(study.summary())
         return 0
     config = load_config(args.path, args.set)
+    check_runnable(config, args.path)
     print(f"{args.path}: valid run config ({config.model.name} on {config.data.name}, "
           f"techniques: {', '.join(config.techniques) or 'none'})")
     return 0

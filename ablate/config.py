@@ -11,28 +11,38 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ablate import safe_yaml
 
 
 class ConfigError(ValueError):
     """A bad config: the message is one line naming the file, the key and the fix."""
 
 
+SEED_MAX = 2**31 - 1  # numpy's and every generator's range, with room for the derived seeds (seed + 7919, ...)
+MAX_DIM = 16_384  # widths (embedding, hidden, d_model): the literature's largest is 1024-4096
+MAX_NZ = 4_096
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors; numbers must be finite (`.inf`/`.nan` are refused: a run could only diverge)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SyntheticConfig(Strict):
     """Sizes of the embedded corpus (ablate.data.synthetic); its own seed so the corpus is fixed across run seeds."""
 
-    n_train: int = Field(10_000, ge=1)
-    n_valid: int = Field(1_000, ge=1)
-    n_test: int = Field(1_000, ge=1)
-    seed: int = 0
+    n_train: int = Field(10_000, ge=1, le=10_000_000)
+    n_valid: int = Field(1_000, ge=1, le=10_000_000)
+    n_test: int = Field(1_000, ge=1, le=10_000_000)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
 class DataConfig(Strict):
@@ -52,9 +62,9 @@ class DataConfig(Strict):
         default_factory=lambda: {"train": "train", "valid": "validation", "test": "test"},
         description="our split -> the dataset's split name (hf)",
     )
-    max_vocab: int | None = Field(None, ge=4, description="word vocabulary size cap (None: every train word)")
+    max_vocab: int | None = Field(None, ge=4, le=10_000_000, description="word vocabulary size cap (None: every train word)")
     min_freq: int = Field(1, ge=1)
-    max_length: int = Field(200, ge=2, description="max tokens per sentence, longer ones are truncated (counted)")
+    max_length: int = Field(200, ge=2, le=100_000, description="max tokens per sentence, longer ones are truncated (counted)")
     max_train: int | None = Field(None, ge=1, description="use only the first N train sentences (a reduced setting)")
     check_md5: bool = True
 
@@ -71,10 +81,10 @@ class LSTMConfig(Strict):
     """He et al. 2019 / Li et al. 2019 LSTM VAE. Li PTB: emb 256, hidden 256/256, nz 32."""
 
     name: Literal["lstm"] = "lstm"
-    emb_dim: int = Field(64, ge=1)
-    enc_hidden: int = Field(128, ge=1)
-    dec_hidden: int = Field(128, ge=1)
-    nz: int = Field(16, ge=1)
+    emb_dim: int = Field(64, ge=1, le=MAX_DIM)
+    enc_hidden: int = Field(128, ge=1, le=MAX_DIM)
+    dec_hidden: int = Field(128, ge=1, le=MAX_DIM)
+    nz: int = Field(16, ge=1, le=MAX_NZ)
     dec_dropout_in: float = Field(0.5, ge=0.0, lt=1.0)
     dec_dropout_out: float = Field(0.5, ge=0.0, lt=1.0)
     init_uniform: float = Field(0.01, ge=0.0, description="U(-a, a) init of weights (He et al.)")
@@ -85,10 +95,10 @@ class Seq2SeqArch(Strict):
     """A random-init encoder-decoder Transformer built from a config (no weights needed)."""
 
     family: Literal["t5", "bart"] = "t5"
-    d_model: int = Field(128, ge=8)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    d_ff: int = Field(512, ge=8)
+    d_model: int = Field(128, ge=8, le=MAX_DIM)
+    num_layers: int = Field(2, ge=1, le=128)
+    num_heads: int = Field(4, ge=1, le=256)
+    d_ff: int = Field(512, ge=8, le=4 * MAX_DIM)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
@@ -101,10 +111,10 @@ class Seq2SeqConfig(Strict):
     tokenizer: str | None = Field(
         None, description="tokenizer name/folder, or 'train' to fit one on the train split "
         "(default: the pretrained model's own, or 'train' for a model built from config)")
-    tokenizer_vocab_size: int = Field(2000, ge=100, description="vocabulary size when tokenizer: train")
+    tokenizer_vocab_size: int = Field(2000, ge=100, le=1_000_000, description="vocabulary size when tokenizer: train")
     pooling: Literal["mean", "max", "first"] = "max"
     injection: Literal["memory", "embedding", "cross_attention"] = "memory"
-    nz: int = Field(32, ge=1)
+    nz: int = Field(32, ge=1, le=MAX_NZ)
 
     @model_validator(mode="after")
     def _one_source(self) -> "Seq2SeqConfig":
@@ -134,9 +144,9 @@ class TrainConfig(Strict):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(32, ge=1)
-    epochs: int = Field(10, ge=0)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps (overrides epochs)")
+    batch_size: int = Field(32, ge=1, le=1_000_000)
+    epochs: int = Field(10, ge=0, le=1_000_000)
+    max_steps: int | None = Field(None, ge=1, le=10**10, description="stop after this many optimiser steps (overrides epochs)")
     grad_clip: float | None = Field(5.0, gt=0)
     lr_decay: LRDecayConfig | None = Field(None, description="He et al.'s decay-on-plateau rule (None: constant lr)")
     kl_weight: float = Field(1.0, ge=0, description="base KL weight; techniques multiply it (0 = autoencoder)")
@@ -146,20 +156,27 @@ class TrainConfig(Strict):
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="fp32, or bf16 autocast of the training forward pass (metrics are always fp32)")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (None: torch's default)")
     divergence_threshold: float = Field(1e6, gt=0, description="a loss above this ends the run as diverged")
     checkpoint_every_epoch: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", v):
+            raise ValueError("not a device name; use auto, cpu, cuda, cuda:N or mps")
+        return v
 
 
 class EvalConfig(Strict):
     """Metric conventions; every one is recorded in the result row."""
 
     splits: list[Literal["valid", "test"]] = ["valid", "test"]
-    batch_size: int = Field(64, ge=1)
-    iw_samples: int = Field(500, ge=1, description="K of the importance-weighted NLL (He et al. 500, Optimus 100)")
+    batch_size: int = Field(64, ge=1, le=1_000_000)
+    iw_samples: int = Field(500, ge=1, le=100_000, description="K of the importance-weighted NLL (He et al. 500, Optimus 100)")
     iw_max_elements: int = Field(
-        3_200_000, ge=1, description="logits per output-layer block in evaluation (memory bound and cache fit: "
+        3_200_000, ge=1, le=10**10, description="logits per output-layer block in evaluation (memory bound and cache fit: "
         "≈13 MB fp32, 320 positions of a 10k vocabulary; the estimate does not depend on it)"
     )
     max_sentences: int | None = Field(
@@ -178,7 +195,7 @@ class EvalConfig(Strict):
     @field_validator("mi_pool")
     @classmethod
     def _pool_positive(cls, v: Any) -> Any:
-        if isinstance(v, int) and v < 2:
+        if isinstance(v, int) and not 2 <= v <= 10**9:
             raise ValueError("eval.mi_pool must be 'dataset' or an integer M >= 2")
         return v
 
@@ -186,7 +203,7 @@ class EvalConfig(Strict):
 class RunConfig(Strict):
     """One run: corpus → model + techniques → training → evaluation → one result row."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     data: DataConfig = DataConfig()
     model: ModelConfig = Field(default_factory=LSTMConfig, discriminator="name")
     techniques: dict[str, dict[str, Any] | None] = Field(default_factory=dict)  # None: the defaults
@@ -248,7 +265,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"--set {text!r}: empty key; expected KEY=VALUE, e.g. --set train.epochs=2")
-    return path, yaml.safe_load(raw) if raw.strip() else None
+    if not raw.strip():
+        return path, None
+    try:
+        value, _ = safe_yaml.parse(raw)
+    except safe_yaml.YAMLRefused as error:
+        raise ConfigError(f"--set {shorten(text)}: the value is not valid YAML ({error.problem}); "
+                          "e.g. --set train.epochs=2 or --set 'eval.splits=[valid]'") from None
+    return path, value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -265,6 +289,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 # ---------------------------------------------------------------- errors
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    """repr(value) cut to `limit` characters: an error line never prints an unbounded value."""
+    short = reprlib.Repr()
+    short.maxstring, short.maxother, short.maxlist, short.maxdict, short.maxlevel = limit, limit, 6, 4, 2
+    text = short.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def suggest(word: str, options: list[str]) -> str:
@@ -310,7 +342,7 @@ def explain(error: ValidationError, data: dict[str, Any], source: str) -> Config
     if first["type"] == "union_tag_invalid" or "discriminator" in first["type"]:
         message = "model.name must be 'lstm' or 'seq2seq'"
     value = first.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict) and first["type"] != "missing" else ""
+    shown = f" (got {shorten(value)})" if not isinstance(value, dict) and first["type"] != "missing" else ""
     return ConfigError(f"{source}: {key + ': ' if key else ''}{message}{shown}")
 
 
@@ -326,25 +358,29 @@ def build_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
         raise ConfigError(f"{source}: {error}") from None
 
 
-def invalid_yaml(path: Path, error: yaml.YAMLError) -> ConfigError:
-    """A YAML syntax error as a one-line ConfigError naming the file and the line."""
-    mark = getattr(error, "problem_mark", None)
-    where = f" line {mark.line + 1}:" if mark else ""
-    return ConfigError(f"{path}:{where} invalid YAML: {getattr(error, 'problem', error)}")
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a syntax error becomes a one-line ConfigError with the line number."""
+def read_yaml_file(path: str | Path, what: str) -> tuple[str, dict[str, Any], Any]:
+    """(text, mapping, root node) of a config or study file (ablate.safe_yaml); every problem one ConfigError
+    line naming the file (and the line). An empty file is an error, never "all defaults"."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise invalid_yaml(path, error) from None
+        text = safe_yaml.read_text(path)
+        data, root = safe_yaml.parse(text)
+    except safe_yaml.YAMLRefused as error:
+        raise ConfigError(error.at(path)) from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; write a {what} (see studies/examples/) "
+                          "or give no file to `ablate run` for the defaults")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a run config must be a YAML mapping")
-    return data
+        raise ConfigError(f"{path}: a {what} must be a YAML mapping of keys to values (got a "
+                          f"{type(data).__name__})")
+    return text, data, root
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping (a run config or a study) as data; see read_yaml_file."""
+    return read_yaml_file(path, "run config")[1]
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -46,15 +46,16 @@ class Reference(BaseModel):
 def load_references(study_text: str | None) -> tuple[list[Reference], list[str]]:
     """The references of a study file's text (as copied into its results folder), and a note per entry that no
     longer validates (the sweep validated them; a hand-edited copy may not)."""
-    import yaml
     from pydantic import ValidationError
+
+    from ablate import safe_yaml
 
     if not study_text:
         return [], []
     try:
-        data = yaml.safe_load(study_text) or {}
-    except yaml.YAMLError:
-        return [], ["study.yaml does not parse; published numbers left out"]
+        data, _ = safe_yaml.parse(study_text)
+    except safe_yaml.YAMLRefused as error:
+        return [], [f"study.yaml is not readable ({error.problem}); published numbers left out"]
     raw = data.get("references") if isinstance(data, dict) else None
     out, notes = [], []
     for i, entry in enumerate(raw if isinstance(raw, list) else []):

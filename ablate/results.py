@@ -8,7 +8,6 @@ rec, loss.
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ablate.outputs import atomic_target
 
 IDENTITY_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("study", pa.string()), ("cell_id", pa.string()), ("config_hash", pa.string()),
@@ -74,10 +75,8 @@ def _coerce(value: Any, kind: pa.DataType) -> Any:
 
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write to a temporary name in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def write_row(row: dict[str, Any], path: Path) -> None:
@@ -91,9 +90,17 @@ def write_curves(curves: list[dict[str, Any]], run_id: str, path: Path) -> None:
     write_atomic(pa.Table.from_pydict(columns, schema=CURVES_SCHEMA), path)
 
 
-def read_rows(paths: list[Path]) -> pd.DataFrame:
-    """Concatenate result files (columns may differ between techniques' configs)."""
-    frames = [pq.read_table(p).to_pandas() for p in paths]
+def read_rows(paths: list[Path], unreadable: list[Path] | None = None) -> pd.DataFrame:
+    """Concatenate result files (columns may differ between techniques' configs). A file that is not a readable
+    parquet table (truncated, corrupt, not ours) is left out and, when `unreadable` is given, appended to it."""
+    frames = []
+    for path in paths:
+        try:
+            frames.append(pq.read_table(path).to_pandas())
+        except (OSError, pa.ArrowException):
+            if unreadable is None:
+                raise
+            unreadable.append(path)
     return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
 
 
@@ -110,16 +117,18 @@ def git_commit(directory: Path | None = None) -> str:
     return f"{commit}+dirty" if commit and dirty else commit
 
 
-def load_results(directory: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_results(directory: str | Path, unreadable: list[Path] | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All result rows under a folder (recursively): (successful, failed).
 
     Successful rows are deduplicated by cell id, keeping the latest attempt (then the latest finish time);
-    failed rows are every failed attempt, kept apart so that a retried cell does not count twice.
+    failed rows are every failed attempt, kept apart so that a retried cell does not count twice. Files that
+    cannot be read are skipped into `unreadable` when it is given (else the error is raised).
     """
     paths = sorted(p for p in Path(directory).rglob("*.parquet") if not p.name.endswith(".curves.parquet")
                    and not p.name.startswith(".") and p.name != "manifest.parquet")
-    rows = read_rows(paths)
-    if rows.empty:
+    rows = read_rows(paths, unreadable)
+    if rows.empty or "status" not in rows:
         return rows, rows
     ok = rows[rows["status"] == "ok"].sort_values(["cell_id", "attempt", "finished_at"])
     ok = ok.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
@@ -130,7 +139,7 @@ def load_results(directory: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def load_curves(directory: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
     """Curves of the runs under a folder (optionally only some run ids)."""
     paths = sorted(Path(directory).rglob("*.curves.parquet"))
-    curves = read_rows(paths)
+    curves = read_rows(paths, unreadable=[])  # a run's unreadable curves leave its plot line out, nothing more
     if run_ids is not None and not curves.empty:
         curves = curves[curves["run_id"].isin(run_ids)]
     return curves

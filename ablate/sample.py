@@ -42,15 +42,26 @@ def model_file(run: str | Path) -> Path:
 
 def load_run(run: str | Path, device: str | torch.device = "cpu"):
     """(config, prepared, model in eval mode) of a saved run."""
-    from ablate.config import build_config
+    from ablate.config import ConfigError, build_config
+    from ablate.outputs import load_tensors
+    from ablate.preflight import check_data, check_model
     from ablate.run import build, prepare, resolve_device
 
     path = model_file(run)
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = load_tensors(path, "saved model")
+    if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("model"), dict):
+        raise ConfigError(f"{path}: not a saved model (expected the keys 'config' and 'model')")
     config = build_config(payload["config"], str(path))
+    reason = check_data(config.data) or check_model(config.model)
+    if reason:
+        raise ConfigError(f"{path}: the model's corpus or tokenizer is not here: {reason}")
     prepared = prepare(config)
     model = build(config, prepared)
-    model.load_state_dict(payload["model"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise ConfigError(f"{path}: the saved weights do not fit the model its config builds "
+                          f"({' '.join(str(error).split())[:160]})") from None
     device = resolve_device(str(device))
     return config, prepared, model.to(device).eval()
 

@@ -26,6 +26,7 @@ from ablate.data.batching import Batch, EncodedSplit, iterate_batches
 from ablate.data.tokenize import Framing
 from ablate.metrics import gaussian_kl_per_dim, sample_posterior
 from ablate.models.base import TextVAE
+from ablate.outputs import atomic_target, load_tensors
 from ablate.techniques.base import (Evaluated, LossParts, PhaseProgress, Step, StepControl, Technique,
                                     compose_loss)
 
@@ -155,10 +156,8 @@ def _save_checkpoint(path: Path, model: TextVAE, optimizer: torch.optim.Optimize
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "techniques": [t.state_dict() for t in techniques], "state": asdict(state), "best": best,
                "curves": curves, "torch_rng": torch.get_rng_state(), "corrupt_rng": generator.get_state()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit, valid_split: EncodedSplit,
@@ -175,7 +174,7 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
     optimizer = make_optimizer(model, cfg)
 
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        saved = load_tensors(checkpoint, "checkpoint", map_location=device)
         state = TrainState(**saved["state"])
         for technique, tech_state in zip(techniques, saved["techniques"]):
             technique.load_state_dict(tech_state)

@@ -101,9 +101,28 @@ def test_published_numbers_stand_beside_ours_with_convention_mismatches_marked(r
 def test_report_is_a_pure_function_of_the_results(report):
     study, out = report
     before = _digests(out)
-    (out / "handmade" / "plots" / "stale.png").write_bytes(b"old")     # a leftover of an older build
+    (out / "handmade" / "plots" / "stale.png").write_bytes(b"old")     # a leftover of an older build ...
+    record = out / ".ablate-report-files.json"
+    written = json.loads(record.read_text())
+    record.write_text(json.dumps(written + ["handmade/plots/stale.png"]))  # ... which it recorded as its own
     build_report([study], out)
     assert _digests(out) == before
+
+
+def test_report_removes_only_what_it_wrote(report):
+    """Stale files of our own go; a file the report did not write stays, and a planted record entry pointing
+    outside --out is never followed."""
+    study, out = report
+    mine = out / "handmade" / "plots" / "notes.png"
+    mine.write_bytes(b"the user's own file")
+    outside = out.parent / "outside.txt"
+    outside.write_text("keep")
+    record = out / ".ablate-report-files.json"
+    record.write_text(json.dumps(json.loads(record.read_text()) + [str(outside), "../outside.txt",
+                                                                     "handmade/../../outside.txt"]))
+    build_report([study], out)
+    assert mine.read_bytes() == b"the user's own file" and outside.read_text() == "keep"
+    mine.unlink()
 
 
 def test_report_cli_errors(tmp_path, capsys):

@@ -57,7 +57,7 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _find_file(directory: Path, split: str, fmt: str, files: dict[str, str] | None) -> Path:
+def find_split_file(directory: Path, split: str, fmt: str, files: dict[str, str] | None) -> Path:
     if files and split in files:
         path = directory / files[split]
         if not path.exists():
@@ -115,7 +115,7 @@ def load_line_corpus(config: DataConfig) -> Corpus:
     corpus = Corpus(name=config.name, texts={})
     labels: dict[str, list[str]] = {}
     for split in SPLITS:
-        path = _find_file(directory, split, config.name, config.files)
+        path = find_split_file(directory, split, config.name, config.files)
         if config.name == "ptb" and config.check_md5:
             _check_ptb_md5(path, corpus.notes)
         texts, split_labels = _read_lines(path, config.name)

@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+import pyarrow as pa
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ablate.references import Reference, convention_mismatches, load_references
 from ablate.report import plots, tables
 from ablate.report.schema import COLLAPSE_KL, MAIN_METRICS, Metric, metric, metrics_in
+from ablate.outputs import write_text_atomic
 from ablate.results import load_curves, load_results
 
 TEMPLATES = Path(__file__).with_name("templates")
-OWNED_SUFFIXES = (".png", ".svg", ".csv", ".tex", ".json")
+WRITTEN_LIST = ".ablate-report-files.json"  # what the last build wrote, relative to --out: all a rebuild removes
 
 
 # ----------------------------------------------------------------------------- finding and loading studies
@@ -59,22 +61,48 @@ class StudyInput:
     ok: pd.DataFrame
     failed: pd.DataFrame
     curves: pd.DataFrame
+    unreadable: list[Path] = field(default_factory=list)  # files of the folder left out (corrupt or not ours)
+
+
+def _read_meta(path: Path, unreadable: list[Path]) -> dict[str, Any]:
+    """study.json as data: a mapping of plain values, or {} (and the file named as unreadable)."""
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        unreadable.append(path)
+        return {}
+    return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
 
 
 def load_study(folder: str | Path) -> StudyInput:
+    """A results folder as the report's input. Its files are data we may not have written: anything unreadable is
+    left out and named (StudyInput.unreadable), never fatal."""
     folder = Path(folder)
-    meta: dict[str, Any] = {}
-    if (folder / "study.json").is_file():
-        meta = json.loads((folder / "study.json").read_text())
-    text = (folder / "study.yaml").read_text() if (folder / "study.yaml").is_file() else None
-    manifest = pd.read_parquet(folder / "manifest.parquet") if (folder / "manifest.parquet").is_file() else None
+    unreadable: list[Path] = []
+    meta = _read_meta(folder / "study.json", unreadable)
+    text = None
+    if (folder / "study.yaml").is_file():
+        try:
+            text = (folder / "study.yaml").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            unreadable.append(folder / "study.yaml")
+    manifest = None
+    if (folder / "manifest.parquet").is_file():
+        try:
+            manifest = pd.read_parquet(folder / "manifest.parquet")
+        except (OSError, pa.ArrowException):
+            unreadable.append(folder / "manifest.parquet")
     runs = folder / "runs" if (folder / "runs").is_dir() else folder
-    ok, failed = load_results(runs)
+    ok, failed = load_results(runs, unreadable)
     ok = tables.attach_settings(ok, manifest)
     failed = tables.attach_settings(failed, manifest)
     curves = load_curves(runs, list(ok["run_id"])) if not ok.empty else pd.DataFrame()
-    name = meta.get("study") or folder.resolve().name
-    return StudyInput(folder, name, meta, text, manifest, ok, failed, curves)
+    name = str(meta.get("study") or folder.resolve().name)
+    return StudyInput(folder, name, meta, text, manifest, ok, failed, curves, unreadable)
 
 
 # ----------------------------------------------------------------------------- rendered tables
@@ -283,6 +311,10 @@ def coverage_table(study: StudyInput, tid: str, arms: Sequence[str]) -> Table:
     notes = []
     if study.manifest is None:
         notes.append("No manifest.parquet: what the study expected is unknown, so expected and missing are blank.")
+    if study.unreadable:
+        names = ", ".join(p.name for p in study.unreadable[:10]) + (" …" if len(study.unreadable) > 10 else "")
+        notes.append(f"{len(study.unreadable)} file(s) of the results folder could not be read and are left out "
+                     f"(their cells count as missing): {names}.")
     return Table(tid, "Cells per arm", cols, rows, cov, notes, classes, footer)
 
 
@@ -552,19 +584,9 @@ class Options:
     deltas: tuple[str, ...] = tables.DELTA_METRICS
 
 
-def _clean(folder: Path) -> None:
-    """Remove the files a previous build wrote here (only ours: plot and table formats)."""
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.is_file() and p.suffix in OWNED_SUFFIXES:
-                p.unlink()
-
-
 def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> dict[str, Any]:
     """Write the tables and plots of one study under out/<slug>/ and return the template's context."""
     table_dir, plot_dir = out / slug / "tables", out / slug / "plots"
-    _clean(table_dir)
-    _clean(plot_dir)
     split = options.split
     arms = tables.arm_order(study.manifest, study.ok, study.failed, baseline=options.baseline)
     palette = plots.arm_palette(arms)
@@ -670,7 +692,7 @@ def glossary(studies: Sequence[StudyInput], split: str) -> list[Metric]:
 def _unique_slugs(studies: Sequence[StudyInput]) -> list[str]:
     slugs, seen = [], {}
     for s in studies:
-        base = plots.slug(s.name)
+        base = plots.slug(s.name) if plots.slug(s.name) != "plot" else "study"
         seen[base] = seen.get(base, 0) + 1
         slugs.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
     return slugs
@@ -689,5 +711,36 @@ def build_report(study_dirs: Sequence[str | Path], out: str | Path, options: Opt
         studies=contexts, options=options, collapse_kl=COLLAPSE_KL, glossary=glossary(studies, options.split),
         title="ablate report: " + ", ".join(c["header"]["study"] for c in contexts) if contexts else "ablate report")
     index = out / "index.html"
-    index.write_text(page)
+    write_text_atomic(index, page)
+    _remove_stale(out, _files_of(contexts) | {"index.html"})
     return index
+
+
+def _files_of(contexts: Sequence[dict[str, Any]]) -> set[str]:
+    """Every file this build wrote (paths relative to --out), from the rendered contexts."""
+    files: set[str] = set()
+    for context in contexts:
+        found = [context.get("coverage"), context.get("missing"), context.get("failures")]
+        for panel in context["panels"]:
+            found += [panel["main"], panel["best"], panel["published"]]
+            files.update(f[kind] for f in panel["figures"] + panel["sensitivity"] for kind in ("png", "svg"))
+        files.update(path for table in found if table is not None for path in table.files.values())
+    return files
+
+
+def _remove_stale(out: Path, written: set[str]) -> None:
+    """Remove what the previous build wrote and this one did not (a panel or study gone), then record this build's
+    files. Only paths from our own list, inside --out, are ever removed: never a file the report did not write."""
+    record = out / WRITTEN_LIST
+    root = out.resolve()
+    try:
+        previous = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else []
+    except (OSError, ValueError):
+        previous = []
+    for rel in previous if isinstance(previous, list) else []:
+        if not isinstance(rel, str) or rel in written:
+            continue
+        path = (out / rel).resolve()
+        if path.is_relative_to(root) and path != root and path.is_file():
+            path.unlink()
+    write_text_atomic(record, json.dumps(sorted(written), indent=0) + "\n")

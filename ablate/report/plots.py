@@ -55,8 +55,11 @@ class Figure_:
 
 
 def slug(*parts: str) -> str:
+    """A file or folder name from free text: letters, digits and `_.=-` only, no leading dot, never `..` (names
+    come from result files, which are data: a study called '..' must not become a path out of --out)."""
     text = "__".join(str(p) for p in parts if p != "")
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text).strip("-") or "plot"
+    text = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.=-]+", "-", text))
+    return text.strip("-.") or "plot"
 
 
 def arm_palette(arms: Sequence[str]) -> dict[str, tuple]:

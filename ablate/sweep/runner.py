@@ -48,6 +48,7 @@ def study_folder(out: str | Path, name: str) -> Path:
 
 def write_study_files(study: Study, folder: Path) -> None:
     """study.yaml (the file as run), study.json (name, file, hash, created) and manifest.parquet."""
+    from ablate.outputs import write_text_atomic
     from ablate.results import write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,20 +63,14 @@ def write_study_files(study: Study, folder: Path) -> None:
             pass
     meta = {"study": study.name, "study_file": str(study.path), "study_hash": study.hash, "created": created,
             "updated": now_iso(), "cells": len(study.cells)}
-    _write_text_atomic(folder / "study.yaml", study.text)
-    _write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(folder / "study.yaml", study.text)
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     rows = study.manifest_rows()
     schema = pa.schema([("cell_id", pa.string()), ("arm", pa.string()), ("dataset", pa.string()),
                         ("model", pa.string()), ("seed", pa.int64()), ("settings", pa.string()),
                         ("config", pa.string())])
     table = pa.Table.from_pydict({f.name: [r[f.name] for r in rows] for f in schema}, schema=schema)
     write_atomic(table, folder / "manifest.parquet")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def resolve_target(target: str | Path, out: str | Path) -> tuple[str, Path, Study | None]:

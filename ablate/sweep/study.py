@@ -51,7 +51,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ablate.config import (ConfigError, DataConfig, EvalConfig, LSTMConfig, RunConfig, Seq2SeqConfig, TrainConfig,
-                           canonical_dict, config_hash, explain, flatten, invalid_yaml, suggest)
+                           canonical_dict, config_hash, explain, flatten, read_yaml_file, shorten,
+                           suggest)
 from ablate.references import Reference, ReferenceConventions
 
 STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude", "references"]
@@ -133,6 +134,10 @@ class Study:
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
+    def labelled_configs(self) -> list[tuple[str, RunConfig]]:
+        """(where it comes from, config) of every cell, for checks that name the cell's arm (ablate.preflight)."""
+        return [(f"{self.path}: arm '{c.arm}' ({c.dataset}, {c.model})", c.config) for c in self.cells]
+
     def manifest_rows(self) -> list[dict[str, Any]]:
         """One row per expected cell (the study folder's manifest.parquet)."""
         return [{"cell_id": c.cell_id, "arm": c.arm, "dataset": c.dataset, "model": c.model, "seed": c.seed,
@@ -165,16 +170,7 @@ def _line_map(node: yaml.Node, path: Path_ = (), out: dict[Path_, int] | None = 
 
 
 def _load_yaml(path: Path) -> tuple[str, dict[str, Any], dict[Path_, int]]:
-    if not path.exists():
-        raise ConfigError(f"{path}: no such file")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as error:
-        raise invalid_yaml(path, error) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a study must be a YAML mapping with 'base' and 'arms'")
+    text, data, root = read_yaml_file(path, "study")
     lines: dict[Path_, int] = {}
     if root is not None:
         _line_map(root, (), lines)
@@ -554,8 +550,16 @@ class _Loader:
             flat[id(cell)] = {**flatten(canonical_dict(cell.config)), "arm": cell.arm, "dataset": cell.dataset,
                               "model": cell.model, "seed": cell.seed}
             all_keys.update(flat[id(cell)])
+        known_labels = {"arm": arm_names, "dataset": [d for d, _, _ in datasets], "model": [m for m, _, _, _ in models]}
         for entry, at in study_excludes + [e for a, arm in enumerate(arms)
                                            for e in self.exclusions(arm.get("exclude"), ("arms", a, "exclude"))]:
+            for key, want in entry.items():
+                if key in known_labels:
+                    for value in want if isinstance(want, list) else [want]:
+                        if value not in known_labels[key]:
+                            hint = suggest(str(value), known_labels[key]) or \
+                                f"; the study's {key}s: {', '.join(map(str, known_labels[key]))}"
+                            raise self.error(at + (key,), f"exclude: no {key} named {shorten(value)}{hint}")
             for key in entry:
                 if key not in all_keys and not any(k.startswith(f"{key}.") for k in all_keys):
                     hint = suggest(str(key), sorted(all_keys)) or "; use a dotted config key or arm/dataset/model/seed"

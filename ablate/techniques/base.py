@@ -34,7 +34,7 @@ from torch import Tensor
 class TechniqueConfig(BaseModel):
     """Base of every technique's config: strict (unknown fields are errors), immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # finite numbers only
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,106 @@
+"""What can be known before training: does this machine have what a valid config names?
+
+A config that validates (ablate.config) can still be unrunnable here: a data folder or split file that is not
+there, a CUDA device the machine lacks, a model or tokenizer folder that does not exist (or, offline, a hub name
+not in the local cache). `ablate validate`, `ablate run` and `ablate sweep` call `check_runnable` before anything
+is written, so such a config fails in one line at once instead of writing a failed row after start-up.
+Study files themselves stay machine-independent (ablate.sweep.study does not call this).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ablate.config import ConfigError, DataConfig, LSTMConfig, ModelConfig, RunConfig
+
+
+def check_device(name: str) -> str | None:
+    """Why `train.device` cannot be used here (None when it can)."""
+    if name in ("auto", "cpu"):
+        return None
+    import torch
+
+    if name == "mps":
+        available = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        return None if available else "mps is not available on this machine; use cpu or auto"
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(name.partition(":")[2] or 0)
+    if count == 0:
+        return f"{name} is not available: torch sees no CUDA device here; use cpu or auto"
+    if index >= count:
+        return f"{name} is not available: torch sees {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
+    return None
+
+
+def check_data(data: DataConfig) -> str | None:
+    """Why the corpus a data config names cannot be read here (None when it can)."""
+    if data.name in ("ptb", "yahoo", "yelp", "snli", "lines"):
+        from ablate.data.corpus import SPLITS, find_split_file
+
+        folder = Path(data.path or "")
+        if not folder.is_dir():
+            what = "is a file" if folder.is_file() else "does not exist"
+            return f"data.path: {folder} {what}; give the folder holding the split files"
+        for split in SPLITS:
+            try:
+                find_split_file(folder, split, data.name, data.files)
+            except ConfigError as error:
+                return str(error)
+    if data.name == "hf":
+        for split, file in (data.hf_data_files or {}).items():
+            if "://" not in file and not any(c in file for c in "*?[") and not Path(file).is_file():
+                return f"data.hf_data_files.{split}: {file} does not exist"
+        # a dataset name is left to `datasets`, whose own cache may hold it offline
+    return None
+
+
+def _hub_reason(key: str, name: str) -> str | None:
+    """A folder must exist; offline (HF_HUB_OFFLINE=1), a hub name must already be in the local cache."""
+    if name.startswith(("/", ".", "~")):
+        return None if Path(name).expanduser().exists() else f"{key}: {name} does not exist"
+    if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = [try_to_load_from_cache(name, file) for file in ("config.json", "tokenizer_config.json")]
+    except Exception:  # noqa: BLE001 - not a valid repo name either
+        return f"{key}: {name!r} is neither a local folder nor a valid hub name"
+    if any(isinstance(path, str) for path in cached):
+        return None
+    return (f"{key}: {name!r} is not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE=1; "
+            "give a folder or download it once with internet")
+
+
+def check_model(model: ModelConfig) -> str | None:
+    """Why a model's pretrained weights or tokenizer cannot be found here (None when they can)."""
+    if isinstance(model, LSTMConfig):
+        return None
+    if model.pretrained:
+        reason = _hub_reason("model.pretrained", model.pretrained)
+        if reason:
+            return reason
+    if model.tokenizer and model.tokenizer != "train":
+        return _hub_reason("model.tokenizer", model.tokenizer)
+    return None
+
+
+def check_runnable(config: RunConfig, source: str) -> None:
+    """Raise a one-line ConfigError naming `source` when this machine cannot run the config."""
+    device = check_device(config.train.device)
+    if device:
+        raise ConfigError(f"{source}: train.device: {device}")
+    reason = check_data(config.data) or check_model(config.model)
+    if reason:
+        raise ConfigError(f"{source}: {reason}")
+
+
+def check_configs_runnable(labelled: list[tuple[str, RunConfig]]) -> None:
+    """check_runnable for many configs (a study's cells), each distinct device/data/model checked once."""
+    seen: set[str] = set()
+    for source, config in labelled:
+        key = repr((config.train.device, config.data.model_dump(mode="json"), config.model.model_dump(mode="json")))
+        if key not in seen:
+            seen.add(key)
+            check_runnable(config, source)
