@@ -36,12 +36,8 @@ def format_metrics(row: dict) -> str:
     return "\n".join(lines + [conv])
 
 
-def is_study(data: dict) -> bool:
-    return "arms" in data or "study" in data
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from ablate.config import ConfigError, load_config, read_yaml
+    from ablate.config import ConfigError, is_study, load_config, read_yaml
     from ablate.outputs import check_writable
     from ablate.preflight import check_runnable
     from ablate.run import execute
@@ -51,8 +47,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                           f"`ablate sweep {args.config}`")
     config = load_config(args.config, args.set)
     check_runnable(config, args.config or "<defaults>")
+    check_writable(args.out, "--out")
     out = Path(args.out) / "runs"
-    check_writable(out, "--out")
     outcome = execute(config, out, progress=not args.quiet)
     row = outcome.row
     if not outcome.ok:
@@ -68,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ablate.config import ConfigError, load_config, read_yaml
+    from ablate.config import ConfigError, is_study, load_config, read_yaml
     from ablate.preflight import check_configs_runnable, check_runnable
 
     data = read_yaml(args.path)
@@ -162,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # `ablate validate X | head -1`: the reader left; stop quietly (Python docs' recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as error:  # a full disk or a read-only folder mid-run: one line, what is written stays
+        from ablate.outputs import storage_error_line
+
+        line = storage_error_line(error)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         return 1
 
 

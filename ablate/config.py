@@ -378,6 +378,11 @@ def read_yaml_file(path: str | Path, what: str) -> tuple[str, dict[str, Any], An
     return text, data, root
 
 
+def is_study(data: dict[str, Any]) -> bool:
+    """Whether a YAML mapping is a study (arms, a study name) rather than a run config."""
+    return "arms" in data or "study" in data
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping (a run config or a study) as data; see read_yaml_file."""
     return read_yaml_file(path, "run config")[1]

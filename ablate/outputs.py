@@ -85,6 +85,8 @@ def storage_error_line(error: OSError) -> str | None:
     if error.errno not in STORAGE_ERRNOS:
         return None
     where = f" writing {error.filename}" if error.filename else ""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full{where}: free space (or choose another folder) and run the same command again"
+    if error.errno == errno.EFBIG:
+        return f"file too large{where} (a file-size limit was reached); raise the limit and run the same command again"
     return f"cannot write{where} ({error.strerror}); choose a writable folder and run the same command again"

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import ablate
-from ablate.config import EvalConfig, RunConfig, canonical_dict, config_hash, flatten
+from ablate.config import ConfigError, EvalConfig, RunConfig, canonical_dict, config_hash, flatten
 from ablate.data.batching import EncodedSplit, encode_split
 from ablate.data.corpus import SPLITS, Corpus, load_corpus
 from ablate.data.tokenize import Tokenizer
@@ -30,7 +30,7 @@ from ablate.models.registry import build_model, build_tokenizer, tokenizer_key
 from ablate.results import git_commit, write_curves, write_row
 from ablate.techniques.base import TrainContext
 from ablate.techniques.registry import build_techniques, posterior_transforms
-from ablate.train import train
+from ablate.train import TrainingDiverged, train
 
 
 @dataclass
@@ -54,6 +54,10 @@ class RunOutcome:
     @property
     def ok(self) -> bool:
         return self.row["status"] == "ok"
+
+
+# failures whose one-line message says all (the caller prints it): no traceback
+EXPECTED_FAILURES = (TrainingDiverged, ConfigError, torch.OutOfMemoryError)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -171,7 +175,7 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
         row.update({"status": "failed", "error_class": type(exc).__name__,
                     "error_message": f"{exc}".splitlines()[0][:500] if str(exc) else type(exc).__name__})
         error = exc
-        if progress:
+        if progress and not isinstance(exc, EXPECTED_FAILURES):  # a bug deserves its traceback; these one line
             traceback.print_exc(file=sys.stderr)
     row["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_row(row, result_path)

@@ -698,12 +698,16 @@ def _unique_slugs(studies: Sequence[StudyInput]) -> list[str]:
     return slugs
 
 
-def build_report(study_dirs: Sequence[str | Path], out: str | Path, options: Options | None = None) -> Path:
-    """Render the studies into out/index.html (+ out/<study>/tables and plots). Returns the index path."""
+def build_report(study_dirs: Sequence[str | Path], out: str | Path, options: Options | None = None,
+                 unreadable: list[Path] | None = None) -> Path:
+    """Render the studies into out/index.html (+ out/<study>/tables and plots). Returns the index path; the files
+    left out as unreadable are appended to `unreadable` when given."""
     options = options or Options()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     studies = [load_study(d) for d in study_dirs]
+    if unreadable is not None:
+        unreadable.extend(p for s in studies for p in s.unreadable)
     contexts = [build_study(s, out, slug, options) for s, slug in zip(studies, _unique_slugs(studies))]
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ablate.outputs import check_writable
     from ablate.report.build import Options, build_report, find_studies, is_study_folder
 
     if args.studies:
@@ -35,9 +36,15 @@ def cmd_report(args: argparse.Namespace) -> int:
             return 2
     select = tuple(s.strip() for s in args.select.split(",") if s.strip())
     options = Options(baseline=args.baseline, select=select, split=args.split)
-    index = build_report(folders, args.out, options)
+    check_writable(args.out, "--out")
+    unreadable: list[Path] = []
+    index = build_report(folders, args.out, options, unreadable=unreadable)
     print(f"wrote {index} ({len(folders)} stud{'y' if len(folders) == 1 else 'ies'}: "
           f"{', '.join(str(f) for f in folders)})")
+    if unreadable:
+        shown = ", ".join(str(p) for p in unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
+        print(f"warning: {len(unreadable)} unreadable file(s) left out (counted in coverage): {shown}",
+              file=sys.stderr)
     return 0
 
 

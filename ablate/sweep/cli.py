@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+
+def _storage(args: argparse.Namespace) -> str | None:
+    """--storage, else $ABLATE_STORAGE (how a sweep hands the URL to its workers: never on a command line)."""
+    from ablate.sweep.ledger import STORAGE_ENV
+
+    return args.storage or os.environ.get(STORAGE_ENV) or None
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ablate.sweep.runner import run_sweep
 
-    return run_sweep(args.study, jobs=args.jobs, storage=args.storage, dry_run=args.dry_run,
+    return run_sweep(args.study, jobs=args.jobs, storage=_storage(args), dry_run=args.dry_run,
                      fail_fast=args.fail_fast, max_attempts=args.max_attempts, out=args.out,
                      progress=not args.quiet)
 
@@ -17,14 +25,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from ablate.sweep.runner import run_worker
 
-    return run_worker(args.study, out=args.out, storage=args.storage, threads=args.threads,
+    return run_worker(args.study, out=args.out, storage=_storage(args), threads=args.threads,
                       fail_fast=args.fail_fast, progress=not args.quiet and sys.stderr.isatty())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ablate.sweep.runner import status_text
 
-    print(status_text(args.study, out=args.out, storage=args.storage))
+    print(status_text(args.study, out=args.out, storage=_storage(args)))
     return 0
 
 
@@ -32,6 +40,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study YAML file (or its results folder, results/<study>)")
     p.add_argument("--storage", metavar="URL", default=None,
                    help="Optuna storage: a journal file (*.journal), redis://…, or an RDB URL (sqlite:///x.db); "
+                        "also $ABLATE_STORAGE (keeps a password off the command line); "
                         "default: the journal file results/<study>/ledger.journal")
     p.add_argument("--out", default="results", help="results root (default results/): the study writes to OUT/<study>")
 

@@ -35,6 +35,7 @@ import math
 import os
 import re
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from ablate.config import canonical_dict, flatten
+from ablate.config import ConfigError, canonical_dict, flatten
+from ablate.outputs import STORAGE_ERRNOS
 
 CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial with neither pid nor claimant counts as dead after this
 RESULT_NAME = re.compile(r"^(?P<cell>[0-9a-f]{12})\.a(?P<attempt>\d+)\.parquet$")
@@ -61,11 +63,50 @@ def now_iso() -> str:
 # ---------------------------------------------------------------- storage
 
 
+STORAGE_ENV = "ABLATE_STORAGE"  # the storage URL by environment: how the sweep hands it to its workers (never argv)
+
+
+def redact(url: str) -> str:
+    """A storage URL fit to print: its password replaced by ***."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", url)
+
+
+def _storage_error(url: str, error: BaseException) -> ConfigError:
+    """A one-line error for a storage that cannot be opened: host and database, never the password."""
+    first = redact(" ".join(str(error).split("(Background on this error")[0].split()))
+    password = re.search(r"://[^:/@\s]*:([^@\s]+)@", url)
+    if password:  # a driver may quote it apart from the URL
+        first = first.replace(password.group(1), "***")
+    if isinstance(error, ImportError):
+        return ConfigError(f"--storage {redact(url)}: the driver for this URL is not installed ({first[:160]}); "
+                           "install it (e.g. pip install psycopg2-binary for postgresql://) or use the default journal")
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        where = f" (host {parsed.host or 'local'}, database {parsed.database or '?'})"
+    except Exception:  # noqa: BLE001 - not an SQLAlchemy URL
+        where = ""
+    return ConfigError(f"--storage {redact(url)}: cannot open the storage{where}: {first[:200]}")
+
+
 def open_storage(folder: Path, url: str | None) -> BaseStorage:
-    """The default journal file under the study folder, a journal path, a Redis URL or an RDB URL."""
+    """The default journal file under the study folder, a journal path, a Redis URL or an RDB URL; a storage that
+    cannot be opened is a one-line ConfigError (no password in it)."""
     if url is None:
         folder.mkdir(parents=True, exist_ok=True)
         return _journal(folder / "ledger.journal")
+    try:
+        return _open_url(url)
+    except OSError as error:
+        if error.errno in STORAGE_ERRNOS:  # disk full, read-only: the command line's own one-line message
+            raise
+        raise _storage_error(url, error) from None
+    except Exception as error:  # noqa: BLE001 - drivers raise their own classes (sqlalchemy, redis, psycopg)
+        raise _storage_error(url, error) from None
+
+
+def _open_url(url: str) -> BaseStorage:
     if url.startswith("journal:"):
         return _journal(Path(url.removeprefix("journal:").removeprefix("//")))
     if url.endswith((".journal", ".log", ".jsonl")) and "://" not in url:
@@ -110,7 +151,63 @@ def _journal(path: Path) -> BaseStorage:
 
     path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=FlockLock(path)))  # type: ignore[arg-type]
+    lock = FlockLock(path)
+    if path.is_file():
+        lock.acquire()
+        try:
+            note = repair_journal(path)
+        finally:
+            lock.release()
+        if note:
+            print(f"warning: {note}", file=sys.stderr)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))  # type: ignore[arg-type]
+
+
+RECORD_START = b'{"op_code"'
+
+
+def _parse_record(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "op_code" in record else None
+
+
+def repair_journal(path: Path) -> str | None:
+    """Mend a journal torn by a failed write (disk full, a crash mid-append); call under the journal's lock.
+
+    Optuna appends whole lines; a write cut short leaves a partial record, and the next append is glued onto it,
+    after which Optuna cannot read the file at all. Each line must be one JSON record ending in a newline: a line
+    that is not is cut back to the last complete record it contains (the glued-on one), or dropped when it holds
+    none. The intact records are kept in order and the file is replaced atomically. Returns what was dropped
+    (None when the journal was whole)."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    tail = lines.pop()  # bytes after the last newline: empty when the file ends cleanly
+    kept: list[bytes] = []
+    dropped_bytes = dropped_lines = 0
+    for number, line in enumerate(lines + ([tail] if tail else [])):
+        complete = number < len(lines)
+        if complete and _parse_record(line) is not None:
+            kept.append(line)
+            continue
+        start = line.rfind(RECORD_START)
+        if complete and start > 0 and _parse_record(line[start:]) is not None:
+            kept.append(line[start:])
+            dropped_bytes += start
+        else:
+            dropped_bytes += len(line)
+            dropped_lines += 1
+    if not dropped_bytes and not dropped_lines:
+        return None
+    from ablate.outputs import atomic_target
+
+    with atomic_target(path) as tmp:
+        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
+    return (f"{path}: repaired a torn journal (a write was cut short, e.g. disk full): kept {len(kept)} intact "
+            f"records, dropped {dropped_lines} partial record(s) ({dropped_bytes} bytes); the attempts they "
+            "described are re-run if they left no result")
 
 
 # ---------------------------------------------------------------- processes
@@ -220,7 +317,12 @@ class Ledger:
     @classmethod
     def open(cls, study_name: str, folder: Path, url: str | None = None) -> "Ledger":
         storage = open_storage(folder, url)
-        optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
+        try:
+            optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
+        except Exception as error:  # noqa: BLE001 - a server that went away between connecting and writing
+            if url is None or isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+                raise
+            raise _storage_error(url, error) from None
         return cls(storage, study_name, folder)
 
     @classmethod
@@ -395,17 +497,21 @@ class Ledger:
         return reclaimed
 
     def sync(self, cells: list[Any], max_attempts: int) -> dict[str, int]:
-        """Queue every cell with no ok result and no live attempt (each gets `max_attempts` tries from now)."""
+        """Queue every cell with no ok result and no live attempt (each gets `max_attempts` tries from now).
+        Returns counts: done, queued (already waiting), running (held by a live worker elsewhere), enqueued."""
         results = ResultIndex(self.runs)
         grouped = self.by_cell()
-        counts = {"done": 0, "live": 0, "enqueued": 0}
+        counts = {"done": 0, "queued": 0, "running": 0, "enqueued": 0}
         for cell in cells:
             trials = grouped.get(cell.cell_id, [])
             if results.ok(cell.cell_id):
                 counts["done"] += 1
                 continue
+            if any(t.state == TrialState.WAITING for t in trials):
+                counts["queued"] += 1  # queued earlier (e.g. by a sweep that was stopped): runs here like the rest
+                continue
             if any(self.is_live(t) for t in trials):
-                counts["live"] += 1
+                counts["running"] += 1  # a live worker of another sweep or machine holds it
                 continue
             last = max([results.max_attempt(cell.cell_id)] + [int(t.user_attrs.get("attempt", 0)) for t in trials])
             self.enqueue(cell, last + 1, last + max_attempts)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,11 +33,16 @@ from typing import Any, Callable, TextIO
 
 import pyarrow as pa
 
-from ablate.config import ConfigError, build_config, config_hash
-from ablate.sweep.ledger import CellCounts, Ledger, ResultIndex, has_ok_result, now_iso, result_stem
-from ablate.sweep.study import Study, load_study
+from ablate.config import ConfigError, build_config, config_hash, is_study, read_yaml
+from ablate.outputs import check_writable
+from ablate.preflight import check_configs_runnable
+from ablate.sweep.ledger import (STORAGE_ENV, CellCounts, Ledger, ResultIndex, has_ok_result, now_iso, process_alive,
+                                 redact, result_stem)
+from ablate.sweep.study import NAME_RE, Study, load_study
 
 POLL_SECONDS = 0.5
+# failures a retry cannot change (same config, same seed, same data): not retried
+DETERMINISTIC_FAILURES = {"TrainingDiverged", "ConfigError"}
 
 
 # ---------------------------------------------------------------- the study folder
@@ -80,7 +86,14 @@ def resolve_target(target: str | Path, out: str | Path) -> tuple[str, Path, Stud
         meta = target / "study.json"
         if not meta.exists():
             raise ConfigError(f"{target}: not a study folder (no study.json); give the study YAML file")
-        return json.loads(meta.read_text())["study"], target, None
+        try:
+            name = json.loads(meta.read_text(encoding="utf-8"))["study"]
+        except (OSError, ValueError, KeyError, TypeError):
+            name = None
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ConfigError(f"{meta}: not a study record ablate wrote (no valid 'study' name); give the study "
+                              "YAML file")
+        return name, target, None
     study = load_study(target)
     return study.name, study_folder(out, study.name), study
 
@@ -97,6 +110,8 @@ def record_lost_attempt(folder: Path, trial: Any, message: str) -> None:
     try:
         config = build_config(json.loads(attrs["run_config"]), "<ledger>")
     except (ConfigError, KeyError, ValueError):
+        return
+    if config_hash(config) != attrs.get("cell_id"):  # a cell id becomes a file name: only ever our own hash
         return
     attempt = int(attrs.get("attempt", 1))
     stem = result_stem(attrs["cell_id"], attempt)
@@ -161,7 +176,8 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
         return CellResult(cell_id, attempt, ok=True)
     row = outcome.row
     ledger.fail(trial, str(row.get("error_class")), str(row.get("error_message") or ""))
-    retried = not fail_fast and ledger.retry_if_allowed(trial)
+    deterministic = row.get("error_class") in DETERMINISTIC_FAILURES  # the same config would fail the same way
+    retried = not fail_fast and not deterministic and ledger.retry_if_allowed(trial)
     return CellResult(cell_id, attempt, ok=False, error=f"{row.get('error_class')}: {row.get('error_message')}",
                       retried=retried)
 
@@ -348,16 +364,20 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
               stream: TextIO | None = None) -> int:
     """`ablate sweep`: see the module docstring. Returns the exit status."""
     stream = stream or sys.stdout
+    if Path(path).is_file() and not is_study(read_yaml(path)):
+        raise ConfigError(f"{path}: a run config (no arms), not a study; run it with `ablate run {path}`")
     study = load_study(path)  # raises ConfigError before anything is written
     if max_attempts < 1:
         raise ConfigError(f"--max-attempts must be at least 1 (got {max_attempts})")
     folder = study_folder(out, study.name)
     gpus = _gpus()
-    jobs = jobs or (len(gpus) or 1)
+    jobs = (len(gpus) or 1) if jobs is None else jobs
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1 (got {jobs})")
     if dry_run:
         return _dry_run(study, folder, storage, jobs, stream)
+    check_configs_runnable(study.labelled_configs())  # data, devices, model folders: before anything is written
+    check_writable(out, "--out")
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None  # stop workers as Ctrl-C does
@@ -371,13 +391,19 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
 def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str | None, fail_fast: bool,
            max_attempts: int, out: str | Path, progress: bool, stream: TextIO) -> int:
     started = time.perf_counter()
+    ledger = Ledger.open(study.name, folder, storage)  # a storage that cannot be opened fails before the files
     write_study_files(study, folder)
-    ledger = Ledger.open(study.name, folder, storage)
     with ledger.lock():
         reclaimed = ledger.reclaim(retry=False)
         plan = ledger.sync(study.cells, 1 if fail_fast else max_attempts)
+        removed = remove_orphans(ledger)
+    if removed:
+        print(f"removed {removed} file(s) of attempts that were killed before finishing (no result refers to them)",
+              file=stream)
     print(f"{study.path}: study '{study.name}': {len(study.cells)} cells; {plan['done']} already done, "
-          f"{plan['live']} in progress elsewhere, {plan['enqueued']} queued"
+          + (f"{plan['queued']} still queued from an earlier sweep, " if plan["queued"] else "")
+          + (f"{plan['running']} running in other worker processes, " if plan["running"] else "")
+          + f"{plan['enqueued']} queued now"
           + (f" ({len(reclaimed)} attempts of dead workers reclaimed)" if reclaimed else "")
           + f"; {_workers_text(jobs, gpus)}; results in {folder}",
           file=stream, flush=True)
@@ -386,7 +412,7 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
     known_failures = {t.number for t in ledger.trials() if t.state.name == "FAIL"}
     stopped = False
     try:
-        if plan["enqueued"] or plan["live"]:
+        if plan["enqueued"] or plan["queued"] or plan["running"]:
             if jobs == 1:
                 stopped = _work_here(ledger, study, bar, fail_fast, progress)
             else:
@@ -401,10 +427,55 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
     bar.close()
     print(format_counts(final), file=stream)
     t = total(final)
+    for line in failure_lines(ledger, study):
+        print(line, file=stream)
     print(f"sweep '{study.name}': {t.done}/{t.expected} cells ok, {t.failed} failed, "
           f"{t.expected - t.done - t.failed} not finished; wall {_duration(time.perf_counter() - started)}"
           + ("; stopped at the first failure (--fail-fast)" if stopped else ""), file=stream, flush=True)
     return 0 if t.done == t.expected else 1
+
+
+def failure_lines(ledger: Ledger, study: Study, limit: int = 20) -> list[str]:
+    """Why each failed cell failed: its last attempt's error, one line per cell (the first `limit`)."""
+    grouped = ledger.by_cell()
+    lines = []
+    for cell in study.cells:
+        trials = grouped.get(cell.cell_id, [])
+        if ledger.cell_state(trials, False) != "failed":
+            continue
+        last = max((t for t in trials if t.state.name == "FAIL"), key=lambda t: int(t.user_attrs.get("attempt", 0)))
+        attrs = last.user_attrs
+        lines.append(f"failed: arm '{cell.arm}' seed {cell.seed} ({cell.dataset}, {cell.model}) cell {cell.cell_id}, "
+                     f"{attrs.get('attempt', '?')} attempt(s): {attrs.get('error_class', '?')}: "
+                     f"{str(attrs.get('error_message', ''))[:200]}")
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more failed cells (ablate report lists them all)"]
+    return lines
+
+
+def remove_orphans(ledger: Ledger) -> int:
+    """Model files of attempts that have no ok result and are not running (killed between saving the model and
+    writing the row), and checkpoints of cells that are done; call under the ledger lock."""
+    results = ResultIndex(ledger.runs)
+    live = {(t.user_attrs.get("cell_id"), int(t.user_attrs.get("attempt", 1))) for t in ledger.trials()
+            if ledger.is_live(t)}
+    removed = 0
+    for path in ledger.runs.glob("*.a*.model.pt") if ledger.runs.is_dir() else []:
+        match = re.fullmatch(r"([0-9a-f]{12})\.a(\d+)\.model\.pt", path.name)
+        if match and (match[1], int(match[2])) not in live and results.status(match[1], int(match[2])) != "ok":
+            path.unlink(missing_ok=True)
+            removed += 1
+    checkpoints = ledger.folder / "checkpoints"
+    for path in checkpoints.glob("*.pt") if checkpoints.is_dir() else []:
+        if results.ok(path.stem):
+            path.unlink(missing_ok=True)
+            removed += 1
+    for path in list(ledger.runs.glob(".*.tmp")) + list(checkpoints.glob(".*.tmp")):
+        pid = re.search(r"\.(\d+)\.tmp$", path.name)  # a writer's temporary file: gone with its process
+        if pid and not process_alive(int(pid[1])):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def _workers_text(jobs: int, gpus: list[str]) -> str:
@@ -482,13 +553,14 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
         nonlocal spawned
         spawned += 1
         command = [sys.executable, "-m", "ablate.cli", "worker", str(ledger.folder), "--quiet"]
-        if storage:
-            command += ["--storage", storage]
         if threads:
             command += ["--threads", str(threads)]
         if fail_fast:
             command.append("--fail-fast")
         env = dict(os.environ)
+        env.pop(STORAGE_ENV, None)
+        if storage:  # by environment, never argv: `ps` shows a command line to every local user
+            env[STORAGE_ENV] = storage
         if threads:
             env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
         if gpus:
@@ -568,14 +640,13 @@ def status_text(target: str | Path, out: str | Path = "results", storage: str | 
     """`ablate status STUDY`: expected / done / failed / running / waiting / pending per arm."""
     name, folder, study = resolve_target(target, out)
     if study is None:
-        meta = json.loads((folder / "study.json").read_text())
         study = load_study(folder / "study.yaml")
-        study.name = meta["study"]
+        study.name = name
     ledger = Ledger.open_existing(name, folder, storage)
     results = ResultIndex(folder / "runs")
     counts = count_cells(ledger, study, results)
     head = f"study '{name}' ({folder}): " + ("no ledger yet (never swept)" if ledger is None else
-                                              f"ledger {'journal' if storage is None else storage}")
+                                              f"ledger {'journal' if storage is None else redact(storage)}")
     lines = [head, format_counts(counts)]
     t = total(counts)
     if t.pending and ledger is not None:
