@@ -116,3 +116,19 @@ def test_bad_command_lines_are_refused_in_a_few_lines(argv, tmp_path, monkeypatc
     assert "Traceback" not in text and "secret" not in text
     assert len(text.splitlines()) <= MAX_LINES + 3  # argparse prints its usage (≤ 3 lines) before the error
     assert _listing(tmp_path) == before
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "studies" / "examples").glob("*.yaml"))
+SMALL = ["data.synthetic.n_train=40", "data.synthetic.n_valid=8", "data.synthetic.n_test=8", "train.max_steps=1",
+         "eval.splits=[]", "train.device=cpu"]
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_what_passes_validate_starts(example, tmp_path, one_torch_thread):
+    """Every shipped example validates and then starts: corpus, tokenizer, model, techniques, one training step
+    (at a tiny corpus size: start-up is what validation vouches for, not the full run)."""
+    code, text = run_cli(["validate", str(example), *sum((["--set", s] for s in SMALL), [])])
+    assert code == 0, text
+    code, text = run_cli(["run", str(example), "--out", str(tmp_path), "--quiet", *sum((["--set", s] for s in SMALL),
+                                                                                         [])])
+    assert code == 0, text

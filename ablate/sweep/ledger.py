@@ -78,8 +78,9 @@ def _storage_error(url: str, error: BaseException) -> ConfigError:
     if password:  # a driver may quote it apart from the URL
         first = first.replace(password.group(1), "***")
     if isinstance(error, ImportError):
-        return ConfigError(f"--storage {redact(url)}: the driver for this URL is not installed ({first[:160]}); "
-                           "install it (e.g. pip install psycopg2-binary for postgresql://) or use the default journal")
+        return ConfigError(f"--storage {redact(url)}: the database driver for this URL is not installed; install "
+                           "it (psycopg for postgresql+psycopg://, psycopg2-binary for postgresql+psycopg2://, pymysql "
+                           "for mysql+pymysql://, redis for redis://) or use the default journal file")
     try:
         from sqlalchemy.engine import make_url
 
