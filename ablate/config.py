@@ -45,6 +45,9 @@ class SyntheticConfig(Strict):
     seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
+LOCAL_LOADERS = ("text", "csv", "json", "parquet")  # Hugging Face loaders that read data_files
+
+
 class DataConfig(Strict):
     """Which corpus, and how it becomes token ids."""
 
@@ -74,6 +77,9 @@ class DataConfig(Strict):
             raise ValueError(f"data.name={self.name} needs data.path (a directory of line files)")
         if self.name == "hf" and not self.hf_name:
             raise ValueError("data.name=hf needs data.hf_name (a dataset name or a loader such as 'text')")
+        if self.name == "hf" and self.hf_name in LOCAL_LOADERS and not self.hf_data_files:
+            raise ValueError(f"data.hf_name={self.hf_name} reads local files: give data.hf_data_files "
+                             "(split -> file), e.g. {train: train.txt, validation: valid.txt, test: test.txt}")
         return self
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ablate.config import ConfigError, DataConfig, LSTMConfig, ModelConfig, RunConfig
+from ablate.config import LOCAL_LOADERS, ConfigError, DataConfig, LSTMConfig, ModelConfig, RunConfig
 
 
 def check_device(name: str) -> str | None:
@@ -44,22 +44,63 @@ def check_data(data: DataConfig) -> str | None:
             return f"data.path: {folder} {what}; give the folder holding the split files"
         for split in SPLITS:
             try:
-                find_split_file(folder, split, data.name, data.files)
+                path = find_split_file(folder, split, data.name, data.files)
             except ConfigError as error:
                 return str(error)
+            reason = _text_file_reason(path)
+            if reason:
+                return f"data.path: {path} {reason}"
     if data.name == "hf":
         for split, file in (data.hf_data_files or {}).items():
             if "://" not in file and not any(c in file for c in "*?[") and not Path(file).is_file():
                 return f"data.hf_data_files.{split}: {file} does not exist"
-        # a dataset name is left to `datasets`, whose own cache may hold it offline
+        if data.hf_name not in LOCAL_LOADERS and not Path(data.hf_name or "").exists() and _offline():
+            return _cached_dataset_reason(data)
     return None
 
 
-def _hub_reason(key: str, name: str) -> str | None:
-    """A folder must exist; offline (HF_HUB_OFFLINE=1), a hub name must already be in the local cache."""
-    if name.startswith(("/", ".", "~")):
-        return None if Path(name).expanduser().exists() else f"{key}: {name} does not exist"
-    if Path(name).exists() or os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+def _text_file_reason(path: Path, probe_bytes: int = 1 << 20) -> str | None:
+    """Why a split file cannot be a corpus: empty, or not UTF-8 text in its first MB."""
+    if path.stat().st_size == 0:
+        return "is empty"
+    with path.open("rb") as handle:
+        head = handle.read(probe_bytes)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 4:  # not merely a character cut at the probe's end
+            return f"is not UTF-8 text (byte {error.start}); convert it to UTF-8"
+    return None
+
+
+def _offline() -> bool:
+    return any(os.environ.get(k, "0").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE",
+                                                                               "HF_DATASETS_OFFLINE"))
+
+
+def _cached_dataset_reason(data: DataConfig) -> str | None:
+    """Offline, a hub dataset must already be in the local `datasets` cache."""
+    import datasets
+
+    try:
+        datasets.load_dataset_builder(data.hf_name, data.hf_config)
+    except Exception as error:  # noqa: BLE001 - offline misses surface as ConnectionError or FileNotFoundError
+        first = " ".join(str(error).split())[:120]
+        return (f"data.hf_name: {data.hf_name!r} is not in the local datasets cache and the hub is offline "
+                f"({first}); run once with internet or give local files")
+    return None
+
+
+def _hub_reason(key: str, name: str, needs: tuple[str, ...]) -> str | None:
+    """A folder must exist and hold one of `needs`; offline, a hub name must already be in the local cache."""
+    folder = Path(name).expanduser()
+    if name.startswith(("/", ".", "~")) or folder.exists():
+        if not folder.is_dir():
+            return f"{key}: {name} does not exist" if not folder.exists() else f"{key}: {name} is not a folder"
+        if not any((folder / file).exists() for file in needs):
+            return f"{key}: {name} holds no {needs[0]} (or the like); give a folder saved with save_pretrained"
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
         return None
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -78,12 +119,16 @@ def check_model(model: ModelConfig) -> str | None:
     if isinstance(model, LSTMConfig):
         return None
     if model.pretrained:
-        reason = _hub_reason("model.pretrained", model.pretrained)
+        reason = _hub_reason("model.pretrained", model.pretrained, ("config.json",))
         if reason:
             return reason
     if model.tokenizer and model.tokenizer != "train":
-        return _hub_reason("model.tokenizer", model.tokenizer)
+        return _hub_reason("model.tokenizer", model.tokenizer, TOKENIZER_FILES)
     return None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json", "vocab.txt",
+                   "sentencepiece.bpe.model")
 
 
 def check_runnable(config: RunConfig, source: str) -> None:

@@ -90,13 +90,23 @@ def write_curves(curves: list[dict[str, Any]], run_id: str, path: Path) -> None:
     write_atomic(pa.Table.from_pydict(columns, schema=CURVES_SCHEMA), path)
 
 
-def read_rows(paths: list[Path], unreadable: list[Path] | None = None) -> pd.DataFrame:
+ROW_KEYS = {"run_id", "cell_id", "status", "arm", "attempt", "seed", "dataset", "model", "finished_at"}
+CURVE_KEYS = set(CURVES_SCHEMA.names)
+
+
+def read_rows(paths: list[Path], unreadable: list[Path] | None = None, required: set[str] = frozenset()
+              ) -> pd.DataFrame:
     """Concatenate result files (columns may differ between techniques' configs). A file that is not a readable
-    parquet table (truncated, corrupt, not ours) is left out and, when `unreadable` is given, appended to it."""
+    parquet table (truncated, corrupt) or lacks a `required` column (not ours) is left out and, when `unreadable`
+    is given, appended to it; without `unreadable` it raises."""
     frames = []
     for path in paths:
         try:
-            frames.append(pq.read_table(path).to_pandas())
+            table = pq.read_table(path)
+            missing = required - set(table.column_names)
+            if missing:
+                raise pa.ArrowInvalid(f"{path}: not a result file (no column {sorted(missing)[0]})")
+            frames.append(table.to_pandas())
         except (OSError, pa.ArrowException):
             if unreadable is None:
                 raise
@@ -127,8 +137,8 @@ def load_results(directory: str | Path, unreadable: list[Path] | None = None
     """
     paths = sorted(p for p in Path(directory).rglob("*.parquet") if not p.name.endswith(".curves.parquet")
                    and not p.name.startswith(".") and p.name != "manifest.parquet")
-    rows = read_rows(paths, unreadable)
-    if rows.empty or "status" not in rows:
+    rows = read_rows(paths, unreadable, ROW_KEYS)
+    if rows.empty:
         return rows, rows
     ok = rows[rows["status"] == "ok"].sort_values(["cell_id", "attempt", "finished_at"])
     ok = ok.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
@@ -139,7 +149,7 @@ def load_results(directory: str | Path, unreadable: list[Path] | None = None
 def load_curves(directory: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
     """Curves of the runs under a folder (optionally only some run ids)."""
     paths = sorted(Path(directory).rglob("*.curves.parquet"))
-    curves = read_rows(paths, unreadable=[])  # a run's unreadable curves leave its plot line out, nothing more
+    curves = read_rows(paths, [], CURVE_KEYS)  # a run's unreadable curves leave its plot line out, nothing more
     if run_ids is not None and not curves.empty:
         curves = curves[curves["run_id"].isin(run_ids)]
     return curves

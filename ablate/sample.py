@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -142,13 +143,38 @@ def format_report(report: dict[str, Any], strategies: list[str]) -> str:
     return "\n".join(lines)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The numeric options, before the model is loaded: one line naming the option."""
+    from ablate.config import ConfigError
+
+    checks = [("--prior", args.prior >= 0, "0 or more"), ("--reconstruct", args.reconstruct >= 0, "0 or more"),
+              ("--steps", args.steps >= 2, "at least 2 (the two ends)"), ("--top-k", args.top_k >= 1, "at least 1"),
+              ("--top-p", 0.0 < args.top_p <= 1.0, "in (0, 1]"), ("--max-length", args.max_length >= 1, "at least 1")]
+    for option, ok, want in checks:
+        if not ok:
+            raise ConfigError(f"{option} {getattr(args, option[2:].replace('-', '_'))}: must be {want}")
+    from ablate.preflight import check_device
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d{1,3})?", args.device):
+        raise ConfigError(f"--device {args.device}: use cpu, auto, cuda, cuda:N or mps")
+    reason = check_device(args.device)
+    if reason:
+        raise ConfigError(f"--device {reason}")
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
+    from ablate.config import ConfigError
+
     strategies = args.strategy or ["greedy"]
+    check_arguments(args)
     config, prepared, model = load_run(args.run, args.device)
     if args.split not in prepared.corpus.texts:
-        from ablate.config import ConfigError
-
         raise ConfigError(f"--split {args.split}: no such split; one of {', '.join(prepared.corpus.texts)}")
+    texts = prepared.corpus.texts[args.split]
+    for end in args.interpolate or []:
+        if end.lstrip("-").isdigit() and not -len(texts) <= int(end) < len(texts):
+            raise ConfigError(f"--interpolate {end}: the {args.split} split has {len(texts)} sentences "
+                              f"(indices 0..{len(texts) - 1}); or give a quoted sentence")
     device = next(model.parameters()).device
     report = sample_report(model, prepared, n_prior=args.prior, n_reconstruct=args.reconstruct,
                            interpolate=args.interpolate, steps=args.steps, split=args.split, strategies=strategies,

@@ -163,3 +163,25 @@ STUDIES = [
 ]
 
 CASES = CONFIGS + STUDIES
+
+MORE = [
+    Case("hf text loader without files", "config", _config(data="data: {name: hf, hf_name: text}")),
+    Case("hf dataset not cached offline", "config", _config(data="data: {name: hf, hf_name: nosuchorg/nosuchset}")),
+    Case("empty split file", "config", _config(data="data: {name: lines, path: '{tmp}/empty_splits'}")),
+    Case("latin-1 split file", "config", _config(data="data: {name: lines, path: '{tmp}/latin1_splits'}")),
+    Case("pretrained folder without a model", "config",
+         _config(model="model: {name: seq2seq, pretrained: '{tmp}/only_train'}")),
+    Case("tokenizer folder without a tokenizer", "config",
+         _config(model="model: {name: seq2seq, config: {family: t5}, tokenizer: '{tmp}/only_train'}")),
+    Case("optimizer unknown", "config", _config(train="train: {optimizer: adamw, device: cpu}")),
+    Case("mi pool word", "config", _config(eval="eval: {mi_pool: everything}")),
+    Case("study: a grid of a million settings", "study",
+         _study(**{"techniques: {}": "techniques: {}\n    train: {lr: " + str([0.001 + i * 1e-6 for i in range(1000)])
+                   + ", batch_size: " + str(list(range(1, 1001))) + "}"})),
+    Case("study: seeds repeat", "study", _study(**{"seeds: [0]": "seeds: [0, 0]"})),
+    Case("study: model entry unknown key", "study", _study("models: [{label: x, modle: {}}]\n")),
+    Case("study: dataset without path", "study", _study("datasets: [{name: ptb}]\n")),
+    Case("study: a run config passed as study", "study", TINY + "study: x\n"),
+]
+
+CASES = CONFIGS + STUDIES + MORE

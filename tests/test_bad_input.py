@@ -28,6 +28,10 @@ def _workspace(tmp_path: Path, text: str) -> Path:
     (tmp_path / "a_file.txt").write_text("x\n")
     (tmp_path / "only_train").mkdir()
     (tmp_path / "only_train" / "train.txt").write_text("a b\n")
+    for name, content in (("empty_splits", b""), ("latin1_splits", "caf\xe9 cr\xe8me\n".encode("latin-1"))):
+        (tmp_path / name).mkdir()
+        for split in ("train", "valid", "test"):
+            (tmp_path / name / f"{split}.txt").write_bytes(content if split == "valid" else b"a b\n")
     path = tmp_path / "input.yaml"
     raw = text.replace("{tmp}", str(tmp_path))
     path.write_bytes(raw.encode("latin-1") if "\x00" in raw else raw.encode("utf-8"))

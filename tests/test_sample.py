@@ -75,3 +75,14 @@ def test_sampling_is_seeded(saved_run, capsys):
 def test_missing_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["sample", str(tmp_path / "nothing.model.pt")]) == 2
     assert "no saved model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options", [["--prior", "-1"], ["--steps", "1"], ["--top-p", "1.5"], ["--top-k", "0"],
+                                     ["--max-length", "0"], ["--device", "tpu"], ["--device", "cuda:7"],
+                                     ["--split", "nope"], ["--interpolate", "0", "100000"]])
+def test_bad_sample_options_are_one_line(saved_run, options, capsys):
+    if options == ["--device", "cuda:7"] and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    assert main(["sample", str(saved_run.model_path), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --") and len(err.strip().splitlines()) == 1

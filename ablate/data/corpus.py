@@ -118,7 +118,13 @@ def load_line_corpus(config: DataConfig) -> Corpus:
         path = find_split_file(directory, split, config.name, config.files)
         if config.name == "ptb" and config.check_md5:
             _check_ptb_md5(path, corpus.notes)
-        texts, split_labels = _read_lines(path, config.name)
+        try:
+            texts, split_labels = _read_lines(path, config.name)
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"data.path: {path} is not UTF-8 text ({error.reason} at byte {error.start} of a "
+                              "line); convert it to UTF-8") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"data.path: {path}: a line is not JSON ({error.msg}); give JSON lines") from None
         corpus.texts[split] = texts
         if split_labels is not None:
             labels[split] = split_labels

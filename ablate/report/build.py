@@ -31,6 +31,7 @@ from ablate.outputs import write_text_atomic
 from ablate.results import load_curves, load_results
 
 TEMPLATES = Path(__file__).with_name("templates")
+MANIFEST_KEYS = {"cell_id", "arm", "dataset", "model", "seed", "settings"}
 WRITTEN_LIST = ".ablate-report-files.json"  # what the last build wrote, relative to --out: all a rebuild removes
 
 
@@ -95,6 +96,9 @@ def load_study(folder: str | Path) -> StudyInput:
         try:
             manifest = pd.read_parquet(folder / "manifest.parquet")
         except (OSError, pa.ArrowException):
+            unreadable.append(folder / "manifest.parquet")
+        if manifest is not None and not MANIFEST_KEYS <= set(manifest.columns):
+            manifest = None
             unreadable.append(folder / "manifest.parquet")
     runs = folder / "runs" if (folder / "runs").is_dir() else folder
     ok, failed = load_results(runs, unreadable)

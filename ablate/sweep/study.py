@@ -39,6 +39,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 import types
 import typing
@@ -59,6 +60,8 @@ STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "ar
 ARM_KEYS = ["name", "description", "techniques", "zip", "exclude", "data", "model", "train", "eval"]
 LABEL_KEYS = ["arm", "dataset", "model", "seed"]
 MODEL_ENTRY_KEYS = ["label", "model", "train", "eval"]  # the long form of a models entry
+MAX_SETTINGS = 10_000  # settings of one arm (its grid); each is validated, and each seed makes it a cell
+MAX_CELLS = 20_000  # cells of a whole study (the largest shipped study has 45)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 Path_ = tuple[Any, ...]  # a key path in the YAML document: ("arms", 2, "techniques", "free_bits")
@@ -434,6 +437,10 @@ class _Loader:
                 units.append([{p: axes[p][i] for p in group} for i in range(len(values))])
             elif path not in zipped:
                 units.append([{path: v} for v in values])
+        settings_count = math.prod(len(u) for u in units)
+        if settings_count > MAX_SETTINGS:
+            raise self.error(at, f"the arm's swept keys multiply to {settings_count:,} settings (limit "
+                             f"{MAX_SETTINGS:,}); sweep fewer values, pair keys with zip, or split the study")
         out = []
         for combo in itertools.product(*units) if units else [()]:
             data = copy.deepcopy(merged)
@@ -534,6 +541,9 @@ class _Loader:
                         used.update(label_excluded)
                         pre_excluded += len(settings) * len(seeds)
                         continue
+                    if len(candidates) + len(settings) * len(seeds) > MAX_CELLS:
+                        raise self.error(at, f"the study expands to more than {MAX_CELLS:,} cells (arms × settings "
+                                         "× seeds × datasets × models); split it or sweep fewer values")
                     for raw, setting in settings:
                         for seed in seeds:
                             raw_seeded = {**raw, "seed": seed}
