@@ -65,9 +65,11 @@ class DataConfig(Strict):
         default_factory=lambda: {"train": "train", "valid": "validation", "test": "test"},
         description="our split -> the dataset's split name (hf)",
     )
-    max_vocab: int | None = Field(None, ge=4, le=10_000_000, description="word vocabulary size cap (None: every train word)")
+    max_vocab: int | None = Field(None, ge=4, le=10_000_000,
+                                  description="word vocabulary size cap (None: every train word)")
     min_freq: int = Field(1, ge=1)
-    max_length: int = Field(200, ge=2, le=100_000, description="max tokens per sentence, longer ones are truncated (counted)")
+    max_length: int = Field(200, ge=2, le=100_000,
+                            description="max tokens per sentence, longer ones are truncated (counted)")
     max_train: int | None = Field(None, ge=1, description="use only the first N train sentences (a reduced setting)")
     check_md5: bool = True
 
@@ -107,6 +109,13 @@ class Seq2SeqArch(Strict):
     d_ff: int = Field(512, ge=8, le=4 * MAX_DIM)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "Seq2SeqArch":
+        if self.d_model % self.num_heads:
+            raise ValueError(f"model.config.d_model ({self.d_model}) must be divisible by num_heads "
+                             f"({self.num_heads})")
+        return self
+
 
 class Seq2SeqConfig(Strict):
     """Lee & Park 2021: a pretrained (or config-built) encoder-decoder Transformer finetuned into a VAE."""
@@ -117,7 +126,8 @@ class Seq2SeqConfig(Strict):
     tokenizer: str | None = Field(
         None, description="tokenizer name/folder, or 'train' to fit one on the train split "
         "(default: the pretrained model's own, or 'train' for a model built from config)")
-    tokenizer_vocab_size: int = Field(2000, ge=100, le=1_000_000, description="vocabulary size when tokenizer: train")
+    tokenizer_vocab_size: int = Field(2000, ge=100, le=1_000_000,
+                                      description="vocabulary size when tokenizer: train")
     pooling: Literal["mean", "max", "first"] = "max"
     injection: Literal["memory", "embedding", "cross_attention"] = "memory"
     nz: int = Field(32, ge=1, le=MAX_NZ)
@@ -152,7 +162,8 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(32, ge=1, le=1_000_000)
     epochs: int = Field(10, ge=0, le=1_000_000)
-    max_steps: int | None = Field(None, ge=1, le=10**10, description="stop after this many optimiser steps (overrides epochs)")
+    max_steps: int | None = Field(None, ge=1, le=10**10,
+                                  description="stop after this many optimiser steps (overrides epochs)")
     grad_clip: float | None = Field(5.0, gt=0)
     lr_decay: LRDecayConfig | None = Field(None, description="He et al.'s decay-on-plateau rule (None: constant lr)")
     kl_weight: float = Field(1.0, ge=0, description="base KL weight; techniques multiply it (0 = autoencoder)")
@@ -180,10 +191,11 @@ class EvalConfig(Strict):
 
     splits: list[Literal["valid", "test"]] = ["valid", "test"]
     batch_size: int = Field(64, ge=1, le=1_000_000)
-    iw_samples: int = Field(500, ge=1, le=100_000, description="K of the importance-weighted NLL (He et al. 500, Optimus 100)")
+    iw_samples: int = Field(500, ge=1, le=100_000,
+                            description="K of the importance-weighted NLL (He et al. 500, Optimus 100)")
     iw_max_elements: int = Field(
-        3_200_000, ge=1, le=10**10, description="logits per output-layer block in evaluation (memory bound and cache fit: "
-        "≈13 MB fp32, 320 positions of a 10k vocabulary; the estimate does not depend on it)"
+        3_200_000, ge=1, le=10**10, description="logits per output-layer block in evaluation (memory bound and cache "
+        "fit: ≈13 MB fp32, 320 positions of a 10k vocabulary; the estimate does not depend on it)"
     )
     max_sentences: int | None = Field(
         None, ge=1, description="evaluate only the first N sentences of each split (unset: all; a reduced setting)")

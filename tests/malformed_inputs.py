@@ -175,6 +175,10 @@ MORE = [
          _config(model="model: {name: seq2seq, config: {family: t5}, tokenizer: '{tmp}/only_train'}")),
     Case("optimizer unknown", "config", _config(train="train: {optimizer: adamw, device: cpu}")),
     Case("mi pool word", "config", _config(eval="eval: {mi_pool: everything}")),
+    Case("heads do not divide the width", "config",
+         _config(model="model: {name: seq2seq, config: {family: t5, d_model: 100, num_heads: 3}}")),
+    Case("bart heads do not divide the width", "config",
+         _config(model="model: {name: seq2seq, config: {family: bart, d_model: 64, num_heads: 5}}")),
     Case("study: a grid of a million settings", "study",
          _study(**{"techniques: {}": "techniques: {}\n    train: {lr: " + str([0.001 + i * 1e-6 for i in range(1000)])
                    + ", batch_size: " + str(list(range(1, 1001))) + "}"})),

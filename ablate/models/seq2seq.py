@@ -95,8 +95,6 @@ def _config_from_arch(cfg: Seq2SeqConfig, tokenizer: HFTokenizer):
     if arch.family == "t5":
         from transformers import T5Config
 
-        if arch.d_model % arch.num_heads:
-            raise ConfigError(f"model.config.d_model ({arch.d_model}) must be divisible by num_heads ({arch.num_heads})")
         return T5Config(vocab_size=vocab, d_model=arch.d_model, d_kv=arch.d_model // arch.num_heads, d_ff=arch.d_ff,
                         num_layers=arch.num_layers, num_decoder_layers=arch.num_layers, num_heads=arch.num_heads,
                         dropout_rate=arch.dropout, feed_forward_proj="relu", tie_word_embeddings=True,
