@@ -68,7 +68,7 @@ def _text_file_reason(path: Path, probe_bytes: int = 1 << 20) -> str | None:
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as error:
-        if error.start < len(head) - 4:  # not merely a character cut at the probe's end
+        if len(head) < probe_bytes or error.start < len(head) - 4:  # not merely a character cut by the probe
             return f"is not UTF-8 text (byte {error.start}); convert it to UTF-8"
     return None
 

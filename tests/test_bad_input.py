@@ -28,7 +28,7 @@ def _workspace(tmp_path: Path, text: str) -> Path:
     (tmp_path / "a_file.txt").write_text("x\n")
     (tmp_path / "only_train").mkdir()
     (tmp_path / "only_train" / "train.txt").write_text("a b\n")
-    for name, content in (("empty_splits", b""), ("latin1_splits", "caf\xe9 cr\xe8me\n".encode("latin-1"))):
+    for name, content in (("empty_splits", b""), ("latin1_splits", "a caf\xe9\n".encode("latin-1"))):
         (tmp_path / name).mkdir()
         for split in ("train", "valid", "test"):
             (tmp_path / name / f"{split}.txt").write_bytes(content if split == "valid" else b"a b\n")
