@@ -280,7 +280,12 @@ def test_disk_full_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch)
 
 
 def test_an_unwritable_out_is_found_before_training(tmp_path):
-    """As a user without write access (root ignores permission bits, so a root test drops to 'nobody')."""
+    """As a user without write access (root ignores permission bits, so a root test drops to 'nobody', who may
+    not read the Python installation: what the commands import is imported first)."""
+    import ablate.report.build  # noqa: F401
+    import ablate.report.cli  # noqa: F401
+    import ablate.sweep.cli  # noqa: F401
+
     base = Path(tempfile.mkdtemp())
     os.chmod(base, 0o755)
     readonly = base / "ro"
