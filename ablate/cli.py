@@ -121,28 +121,16 @@ def add_techniques(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_techniques)
 
 
-# Each subcommand module contributes one `add_*` function; later issues append theirs here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run, add_validate, add_techniques]
-
-
-def _optional_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Subcommands whose modules live elsewhere (sweep, report, sample), added when present."""
-    found = []
-    for module_name in ("ablate.sweep.cli", "ablate.report.cli", "ablate.sample"):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
-        found.append(module.register)
-    return found
+# This module's own subcommands; the others register in ablate.commands.COMMANDS from their modules.
+OWN_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run, add_validate, add_techniques]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ablate.commands import COMMANDS
+
     parser = argparse.ArgumentParser(prog="ablate", description="Benchmark and ablate posterior-collapse remedies")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in COMMANDS + _optional_commands():
+    for add in OWN_COMMANDS + list(COMMANDS.all().values()):
         add(sub)
     return parser
 

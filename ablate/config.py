@@ -8,7 +8,6 @@ same rules to each technique's own fields.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -19,6 +18,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ablate import safe_yaml
+from ablate.registry import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -318,9 +318,8 @@ def shorten(value: Any, limit: int = 80) -> str:
 
 
 def suggest(word: str, options: list[str]) -> str:
-    """' (did you mean 'x'?)' for the closest option, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    """"; did you mean 'x'?" for the closest option, or '' when nothing is close (ablate.registry's one rule)."""
+    return did_you_mean(word, options)
 
 
 def _fields_at(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:

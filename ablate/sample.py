@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from ablate.commands import COMMANDS
 
 STRATEGIES = ("greedy", "top_k", "nucleus")
 
@@ -188,6 +189,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+@COMMANDS.register("sample")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="decode from the prior, reconstruct sentences, interpolate (a saved run)")
     p.add_argument("run", help="results/runs/<stem>.model.pt, or the run's <stem>.parquet")
@@ -209,8 +211,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_sample)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from ablate.cli import main
-
-    sys.exit(main(["sample", *sys.argv[1:]]))

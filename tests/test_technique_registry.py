@@ -167,3 +167,29 @@ def test_two_phase_recipe_runs_end_to_end(tmp_path):
     assert [r["phase"] for r in train_rows] == ["pretrain"] * 3 + ["vae"] * 3
     assert all(r["beta"] == 0.0 for r in train_rows[:3]) and train_rows[4]["beta"] > 0
     assert train_rows[0]["kl"] < 1.0  # the plain KL of a fresh model, not a thresholded term (≥ 8 nats)
+
+
+def test_order_of_application_is_declared_not_alphabetical():
+    """Each technique declares its `order`; techniques() follows it, a new technique slots in by its order, and a
+    missing or repeated order is refused at registration (issue 13: the order was alphabetical)."""
+    from ablate.techniques.registry import TECHNIQUES, register
+
+    assert [cls.order for cls in techniques().values()] == sorted(cls.order for cls in techniques().values())
+
+    class Late(Technique):
+        name, order, paper, summary = "aaa_late", 65, "x", "x"
+
+    with TECHNIQUES.temporarily("aaa_late", Late):
+        names = list(techniques())
+        assert names.index("aaa_late") == names.index("kl_annealing") + 1  # by order 65, not first by name
+
+    class NoOrder(Technique):
+        name = "no_order"
+
+    class Clash(Technique):
+        name, order = "clash", 60
+
+    with pytest.raises(TypeError, match="must declare its order"):
+        register(NoOrder)
+    with pytest.raises(ValueError, match="declares order 60, already that of 'kl_annealing'"):
+        register(Clash)

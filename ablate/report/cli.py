@@ -1,10 +1,12 @@
-"""`ablate report [STUDY_DIR ...] --out DIR` (picked up by ablate.cli through `register`)."""
+"""`ablate report [STUDY_DIR ...] --out DIR` (registered in ablate.commands.COMMANDS)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from ablate.commands import COMMANDS
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -48,6 +50,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@COMMANDS.register("report")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="tables and plots of stored results → OUT/index.html (never trains)")
     p.add_argument("studies", nargs="*", metavar="STUDY_DIR",

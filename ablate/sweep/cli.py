@@ -1,10 +1,12 @@
-"""`ablate sweep`, `ablate worker`, `ablate status` (picked up by ablate.cli through `register`)."""
+"""`ablate sweep`, `ablate worker`, `ablate status` (registered in ablate.commands.COMMANDS)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+from ablate.commands import COMMANDS
 
 
 def _storage(args: argparse.Namespace) -> str | None:
@@ -45,6 +47,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results", help="results root (default results/): the study writes to OUT/<study>")
 
 
+@COMMANDS.register("sweep")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train every missing cell of a study, in parallel, resumably")
     _common(p)

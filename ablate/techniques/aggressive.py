@@ -67,6 +67,7 @@ class Aggressive(Technique):
     validation MI stops rising (module docstring)."""
 
     name = "aggressive"
+    order = 10  # see Technique.order; takes over the update
     version = 1
     paper = ("He et al. 2019 'Lagging Inference Networks and Posterior Collapse in Variational Autoencoders' "
              "(ICLR)")

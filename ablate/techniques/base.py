@@ -3,6 +3,8 @@
 A technique is a remedy for posterior collapse with a strict config and a version. It plugs into the training
 loop (ablate.train) through optional hooks, called in this fixed order every optimiser step:
 
+Within each hook, techniques are called in their declared `order` (`Technique.order`, ascending).
+
 1. phase control   `wants_pretraining`, `start_phase`, `pretraining_finished`   (which phase, what trains)
 2. corruption      `corrupt(batch)`                                             (training batches only)
 3. KL weight       `kl_weight(step)`                                            (multiplied together)
@@ -96,6 +98,11 @@ class Technique:
     """A registered remedy. Subclasses set the class variables and override only the hooks they need."""
 
     name: ClassVar[str]
+    # Position in the fixed order of application, declared by every technique (unique; checked at registration).
+    # Every hook is called technique by technique in this order: it decides the sequence of corruptions and of
+    # posterior transforms; β factors multiply (order-free), and at most one technique may replace the KL term or
+    # take over the update, so those never depend on it.
+    order: ClassVar[int]
     version: ClassVar[int] = 1
     paper: ClassVar[str] = ""
     summary: ClassVar[str] = ""

@@ -55,6 +55,7 @@ class BNVAE(Technique):
     """Zhu et al. 2020: μ̂ = γ·BN(μ) + b, γ fixed, so E_batch[KL] ≥ ½·nz·γ² (module docstring)."""
 
     name = "bn_vae"
+    order = 20  # see Technique.order; a module after the encoder
     version = 1
     paper = "Zhu et al. 2020 'A Batch Normalized Inference Network Keeps the KL Vanishing Away' (ACL)"
     summary = "batch-norm the posterior mean with a fixed scale γ: the batch KL stays ≥ ½·nz·γ²"

@@ -81,6 +81,7 @@ class Denoising(Technique):
     token / each decoder input token by <unk> with probability p (word dropout)."""
 
     name = "denoising"
+    order = 30  # see Technique.order; the one corruption of batches
     version = 1
     paper = ("Lee & Park 2021 (T5-VAE, token deletion); Bowman et al. 2016 'Generating Sentences from a Continuous "
              "Space' (word dropout)")

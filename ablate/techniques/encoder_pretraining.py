@@ -55,6 +55,7 @@ class EncoderPretraining(Technique):
     Optional frozen decoder in phase 1, re-initialised decoder at the start of phase 2."""
 
     name = "encoder_pretraining"
+    order = 40  # see Technique.order; phase control
     version = 1
     paper = ("Li et al. 2019 'A Surprisingly Effective Fix for Deep Latent Variable Modeling of Text' (EMNLP); "
              "Lee & Park 2021 (T5-VAE, two phases)")

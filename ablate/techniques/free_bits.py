@@ -67,6 +67,7 @@ class FreeBits(Technique):
     module docstring); the plain KL is still what is reported."""
 
     name = "free_bits"
+    order = 50  # see Technique.order; replaces the KL term
     version = 1
     paper = ("Kingma et al. 2016 'Improved Variational Inference with Inverse Autoregressive Flow' (per_dim_batch); "
              "Li et al. 2019 'A Surprisingly Effective Fix for Deep Latent Variable Modeling of Text' (fb=1,2,3); "

@@ -170,6 +170,7 @@ class KLAnnealing(Technique):
     β_t = min(1, start + (1 − start)·t/W), cyclical β_t = f(τ/R) for τ ≤ R else 1 (all five in the module docstring)."""
 
     name = "kl_annealing"
+    order = 60  # see Technique.order; multiplies β
     version = 1
     paper = ("Bowman et al. 2016 (sigmoid); He et al. 2019 and Li et al. 2019 (linear, constant β); "
              "Fu et al. 2019 NAACL 'Cyclical Annealing Schedule' (cyclical); Li et al. 2020 Optimus (cyclical_zero)")

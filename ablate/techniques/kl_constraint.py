@@ -47,6 +47,7 @@ class KLConstraint(Technique):
     """Prokhorov et al. 2019: KLterm = |KL̄ − C_t|, weighted by β (module docstring)."""
 
     name = "kl_constraint"
+    order = 70  # see Technique.order; replaces the KL term
     version = 1
     paper = ("Prokhorov et al. 2019 'On the Importance of the Kullback-Leibler Divergence Term in Variational "
              "Autoencoders for Text Generation' (WNGT)")

@@ -1,58 +1,44 @@
 """Name → technique. Strict configs with "did you mean", conflict checks, the listing for `ablate techniques`.
 
-Works like lm-evaluation-harness's task registry: each technique module registers its class with
-`@register`; every module of this package is imported on first use, so adding a file adds a technique.
+Techniques live on the one registry class (ablate.registry.Registry): each technique module registers its class
+with `@register`, and every module of this package is imported on first use, so adding a file adds a technique.
+The order of application is each technique's declared `order` (unique, checked here), never the file or name order.
 """
 
 from __future__ import annotations
 
-import difflib
-import importlib
-import pkgutil
 from typing import Any
 
 from pydantic import ValidationError
 
+from ablate.registry import Registry, UnknownName, did_you_mean
 from ablate.techniques.base import Technique, TrainContext
 
-_REGISTRY: dict[str, type[Technique]] = {}
-_LOADED = False
+TECHNIQUES: Registry[type[Technique]] = Registry("technique", base=Technique, discover=("ablate.techniques",),
+                                                  order_key=lambda cls: cls.order)
 
 
 def register(cls: type[Technique]) -> type[Technique]:
-    """Class decorator: add a technique under its `name`."""
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"technique name {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_all() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    import ablate.techniques as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in ("base", "registry"):
-            importlib.import_module(f"ablate.techniques.{info.name}")
-    _LOADED = True
+    """Class decorator: add a technique under its `name`; its `order` must be declared and unused."""
+    if "order" not in vars(cls) or not isinstance(cls.order, int):
+        raise TypeError(f"technique '{cls.name}' must declare its order of application (class attribute `order`)")
+    clash = [other.name for other in TECHNIQUES._entries.values() if other is not cls and other.order == cls.order]
+    if clash:
+        raise ValueError(f"technique '{cls.name}' declares order {cls.order}, already that of '{clash[0]}'")
+    return TECHNIQUES.register(cls.name, cls)
 
 
 def techniques() -> dict[str, type[Technique]]:
-    """Every registered technique, by name, in the fixed order of application (registration order)."""
-    _load_all()
-    return dict(sorted(_REGISTRY.items()))
+    """Every registered technique, by name, in the fixed order of application (their declared `order`)."""
+    return TECHNIQUES.all()
 
 
 def get(name: str) -> type[Technique]:
     """The technique class of a name, or a one-line error with the closest name."""
-    known = techniques()
-    if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known) or 'none'}"
-        raise ValueError(f"unknown technique 'techniques.{name}'{hint}")
-    return known[name]
+    try:
+        return TECHNIQUES.get(name)
+    except UnknownName:
+        raise ValueError(f"unknown technique 'techniques.{name}'{TECHNIQUES.hint(name)}") from None
 
 
 def _validate_one(name: str, fields: Any) -> dict[str, Any]:
@@ -67,8 +53,8 @@ def _validate_one(name: str, fields: Any) -> dict[str, Any]:
         first = error.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         if first["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, list(cls.Config.model_fields), n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; fields: {', '.join(cls.Config.model_fields)}"
+            fields = list(cls.Config.model_fields)
+            hint = did_you_mean(key, fields) or f"; fields: {', '.join(fields)}"
             raise ValueError(f"unknown key 'techniques.{name}.{key}'{hint}") from None
         msg = first["msg"].removeprefix("Value error, ")
         where = f"techniques.{name}.{key}" if key else f"techniques.{name}"
