@@ -139,7 +139,15 @@ class Seq2SeqConfig(Strict):
         return self
 
 
-ModelConfig = Union[LSTMConfig, Seq2SeqConfig]
+# Every model family's config class, by model.name (the builders are in ablate.models.registry).
+MODEL_CONFIGS: dict[str, type[Strict]] = {"lstm": LSTMConfig, "seq2seq": Seq2SeqConfig}
+DEFAULT_MODEL = "lstm"  # model.name when a config's model section omits it
+ModelConfig = Union[tuple(MODEL_CONFIGS.values())]  # type: ignore[valid-type]  # discriminated by model.name
+
+
+def model_name(section: Any) -> str:
+    """The model.name a model section asks for (the default family when it names none)."""
+    return str(section.get("name", DEFAULT_MODEL)) if isinstance(section, dict) else DEFAULT_MODEL
 
 
 class LRDecayConfig(Strict):
@@ -232,7 +240,7 @@ class RunConfig(Strict):
     @classmethod
     def _default_model_name(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("model"), dict) and "name" not in data["model"]:
-            data = {**data, "model": {"name": "lstm", **data["model"]}}
+            data = {**data, "model": {"name": DEFAULT_MODEL, **data["model"]}}
         return data
 
     @model_validator(mode="after")
@@ -332,15 +340,14 @@ def _fields_at(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
             continue
         fields = getattr(model, "model_fields", {})
         if part not in fields:
-            if part in ("lstm", "seq2seq"):  # discriminated-union tag in pydantic's location
-                model = LSTMConfig if part == "lstm" else Seq2SeqConfig
+            if part in MODEL_CONFIGS:  # discriminated-union tag in pydantic's location
+                model = MODEL_CONFIGS[part]
                 continue
             return []
         annotation = fields[part].annotation
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
         if part == "model":
-            name = (data.get("model") or {}).get("name", "lstm")
-            model = Seq2SeqConfig if name == "seq2seq" else LSTMConfig
+            model = MODEL_CONFIGS.get(model_name(data.get("model")), MODEL_CONFIGS[DEFAULT_MODEL])
         elif model is None:
             args = getattr(annotation, "__args__", ())
             model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
@@ -350,14 +357,16 @@ def _fields_at(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
 def explain(error: ValidationError, data: dict[str, Any], source: str) -> ConfigError:
     """Turn pydantic's first error into one line: file, key path, problem, fix."""
     first = error.errors()[0]
-    loc = tuple(p for p in first["loc"] if p not in ("lstm", "seq2seq"))
+    loc = tuple(p for p in first["loc"] if p not in MODEL_CONFIGS)
     key = ".".join(str(p) for p in loc)
     if first["type"] == "extra_forbidden":
         hint = suggest(str(loc[-1]), _fields_at(loc[:-1], data))
         return ConfigError(f"{source}: unknown key '{key}'{hint or '; remove it or check the spelling'}")
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "union_tag_invalid" or "discriminator" in first["type"]:
-        message = "model.name must be 'lstm' or 'seq2seq'"
+        asked = model_name(data.get("model"))
+        message = (f"no model family '{asked}'{did_you_mean(asked, list(MODEL_CONFIGS))}; model.name is one of "
+                   f"{', '.join(MODEL_CONFIGS)}")
     value = first.get("input")
     shown = f" (got {shorten(value)})" if not isinstance(value, dict) and first["type"] != "missing" else ""
     return ConfigError(f"{source}: {key + ': ' if key else ''}{message}{shown}")

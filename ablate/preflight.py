@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ablate.config import LOCAL_LOADERS, ConfigError, DataConfig, LSTMConfig, ModelConfig, RunConfig
+from ablate.config import LOCAL_LOADERS, ConfigError, DataConfig, ModelConfig, RunConfig
 
 
 def check_device(name: str) -> str | None:
@@ -116,14 +116,13 @@ def _hub_reason(key: str, name: str, needs: tuple[str, ...]) -> str | None:
 
 def check_model(model: ModelConfig) -> str | None:
     """Why a model's pretrained weights or tokenizer cannot be found here (None when they can)."""
-    if isinstance(model, LSTMConfig):
-        return None
-    if model.pretrained:
-        reason = _hub_reason("model.pretrained", model.pretrained, ("config.json",))
+    pretrained, tokenizer = getattr(model, "pretrained", None), getattr(model, "tokenizer", None)
+    if pretrained:
+        reason = _hub_reason("model.pretrained", pretrained, ("config.json",))
         if reason:
             return reason
-    if model.tokenizer and model.tokenizer != "train":
-        return _hub_reason("model.tokenizer", model.tokenizer, TOKENIZER_FILES)
+    if tokenizer and tokenizer != "train":
+        return _hub_reason("model.tokenizer", tokenizer, TOKENIZER_FILES)
     return None
 
 

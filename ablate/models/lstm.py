@@ -16,9 +16,11 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from ablate.config import LSTMConfig
+from ablate.config import DataConfig, LSTMConfig
 from ablate.data.batching import Batch
+from ablate.data.tokenize import WordVocab
 from ablate.models.base import TextVAE, decode_loop
+from ablate.models.registry import FAMILIES, ModelFamily
 
 
 class LSTMEncoder(nn.Module):
@@ -107,3 +109,12 @@ class LSTMVAE(TextVAE):
                  generator: torch.Generator | None = None, start_id: int = 1, eos_id: int = 2) -> list[list[int]]:
         return decode_loop(lambda tokens, state: self.decoder(tokens, z, state), None, z.shape[0], start_id, eos_id,
                            max_length, strategy, top_k, top_p, generator, z.device)
+
+
+def _word_vocab(model: LSTMConfig, data: DataConfig, train_texts: list[str]) -> WordVocab:
+    return WordVocab.build(train_texts, max_size=data.max_vocab, min_freq=data.min_freq)
+
+
+FAMILIES.register("lstm", ModelFamily(
+    name="lstm", build_tokenizer=_word_vocab, tokenizer_key=lambda model: "word",
+    build_model=lambda model, tokenizer: LSTMVAE(len(tokenizer), model, pad_id=tokenizer.framing.pad)))

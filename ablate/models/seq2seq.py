@@ -33,6 +33,7 @@ from ablate.config import ConfigError, Seq2SeqConfig
 from ablate.data.batching import Batch
 from ablate.data.tokenize import Framing, HFTokenizer
 from ablate.models.base import TextVAE, decode_loop
+from ablate.models.registry import FAMILIES, ModelFamily
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -302,3 +303,13 @@ class Seq2SeqVAE(TextVAE):
         eos_id = self.framing.eos if eos_id is None else eos_id
         return decode_loop(lambda tokens, cache: self.decoder_logits(tokens, z, cache), self.new_cache(z), z.shape[0],
                            start_id, eos_id, max_length, strategy, top_k, top_p, generator, z.device)
+
+
+def _tokenizer_key(cfg: Seq2SeqConfig) -> str:
+    family = cfg.config.family if cfg.config is not None else None
+    return f"{cfg.pretrained}:{cfg.tokenizer}:{cfg.tokenizer_vocab_size}:{family}"
+
+
+FAMILIES.register("seq2seq", ModelFamily(
+    name="seq2seq", build_tokenizer=lambda model, data, texts: build_seq2seq_tokenizer(model, texts),
+    tokenizer_key=_tokenizer_key, build_model=build_seq2seq_vae))

@@ -51,8 +51,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ablate.config import (ConfigError, DataConfig, EvalConfig, LSTMConfig, RunConfig, Seq2SeqConfig, TrainConfig,
-                           canonical_dict, config_hash, explain, flatten, read_yaml_file, shorten,
+from ablate.config import (DEFAULT_MODEL, MODEL_CONFIGS, ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig,
+                           canonical_dict, config_hash, explain, flatten, model_name, read_yaml_file, shorten,
                            suggest)
 from ablate.references import Reference, ReferenceConventions
 
@@ -229,8 +229,7 @@ def is_list_field(path: Path_, merged: dict[str, Any]) -> bool:
             return False
         rest = rest[1:]
     elif head == "model":
-        name = (merged.get("model") or {}).get("name", "lstm") if isinstance(merged.get("model"), dict) else "lstm"
-        model = Seq2SeqConfig if name == "seq2seq" else LSTMConfig
+        model = MODEL_CONFIGS.get(model_name(merged.get("model")), MODEL_CONFIGS[DEFAULT_MODEL])
     elif head in SECTION_MODELS:
         model = SECTION_MODELS[head]
     else:
@@ -346,7 +345,7 @@ class _Loader:
         raw = self.data.get("models")
         base_model = base.get("model") if isinstance(base.get("model"), dict) else {}
         if raw is None:
-            return [(str(base_model.get("name", "lstm")), None, {}, ("base",))]
+            return [(model_name(base_model), None, {}, ("base",))]
         self.expect(raw, list, ("models",), "models must be a list of model sections")
         if not raw:
             raise self.error(("models",), "models is empty; drop the key to use base.model")
@@ -362,11 +361,11 @@ class _Loader:
                 for key in ("train", "eval"):
                     if entry.get(key) is not None:
                         self.expect(entry[key], dict, at + (key,), f"{key} must be a mapping")
-                label = entry.get("label") or entry["model"].get("name", "lstm")
+                label = entry.get("label") or model_name(entry["model"])
                 sections = {k: entry[k] for k in ("train", "eval") if entry.get(k) is not None}
                 entry = dict(entry["model"])
             else:
-                label = entry.pop("label", None) or entry.get("name", "lstm")
+                label = entry.pop("label", None) or model_name(entry)
             out.append((self.name(str(label), at + ("label",) if "label" in (raw[i] or {}) else at, "a model label"),
                         entry, sections, at))
         labels = [label for label, _, _, _ in out]
@@ -457,7 +456,7 @@ class _Loader:
             return RunConfig.model_validate(data)
         except ValidationError as error:
             first = error.errors()[0]
-            loc = tuple(p for p in first["loc"] if p not in ("lstm", "seq2seq"))
+            loc = tuple(p for p in first["loc"] if p not in MODEL_CONFIGS)
             if not loc:
                 match = re.search(r"techniques\.([A-Za-z0-9_]+)(?:\.([A-Za-z0-9_]+))?", first["msg"])
                 loc = tuple(p for p in match.groups() if p) if match else ()
@@ -526,7 +525,7 @@ class _Loader:
                         merged["data"] = deep_merge(merged.get("data") or {}, d_data)
                     if m_data is not None:
                         base_model = merged.get("model") if isinstance(merged.get("model"), dict) else {}
-                        same = m_data.get("name", "lstm") == base_model.get("name", "lstm")
+                        same = model_name(m_data) == model_name(base_model)
                         merged["model"] = deep_merge(base_model, m_data) if same else copy.deepcopy(m_data)
                     merged = deep_merge(merged, m_sections)
                     merged = deep_merge(merged, overrides)
