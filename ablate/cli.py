@@ -10,15 +10,14 @@ from typing import Callable
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-METRIC_ORDER = ["ppl", "ppl_word", "nll", "nelbo", "rec", "kl", "mi", "au"]
-
-
 def format_metrics(row: dict) -> str:
     """A plain-text table: one line per metric, one column per evaluation split."""
     splits = [s for s in ("valid", "test") if f"{s}.kl" in row]
     if not splits:
         return "no evaluation splits (eval.splits: []): training only"
-    names = METRIC_ORDER + sorted({k.split(".", 1)[1] for k in row if k.startswith(("valid.probe", "test.probe"))
+    from ablate.metric_schema import in_table
+
+    names = in_table("summary") + sorted({k.split(".", 1)[1] for k in row if k.startswith(("valid.probe", "test.probe"))
                                    and not k.split(".", 1)[1].startswith("probe_majority")})
     lines = [f"{'metric':<22}" + "".join(f"{s:>12}" for s in splits)]
     for name in names:

@@ -19,8 +19,9 @@ from ablate.config import EvalConfig
 from ablate.data.batching import Batch, EncodedSplit, iterate_batches, select_rows
 from ablate.data.tokenize import Framing
 from ablate.metrics import (active_units, gaussian_kl, iw_log_marginal, linear_probe_accuracy, log_normal_diag,
-                            log_standard_normal, majority_baseline, mutual_information, perplexity,
+                            log_standard_normal, majority_baseline, mutual_information,
                             sample_posterior)
+from ablate.metric_schema import SplitStats, emitted
 from ablate.models.base import TextVAE, output_block
 
 
@@ -117,21 +118,10 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
     cpu_generator = torch.Generator().manual_seed(seed + 1)
     mi, pool_used = mutual_information(mi_mu, mi_logvar, pool_size=pool, generator=cpu_generator)
     au, _ = active_units(mu_all, cfg.au_delta)
-    metrics = {
-        "kl": sums["kl"] / n,
-        "rec": sums["rec"] / n,
-        "nelbo": (sums["rec"] + sums["kl"]) / n,
-        "nll": sums["nll"] / n,
-        "ppl": perplexity(sums["nll"], n_tokens),
-        "ppl_word": perplexity(sums["nll"], n_words),
-        "mi": mi,
-        "mi_pool": float(pool_used),
-        "au": float(au),
-        "n_sentences": float(n),
-        "n_tokens": float(n_tokens),
-        "n_words": float(n_words),
-        "n_truncated": float(split.n_truncated),
-    }
+    stats = SplitStats(sentences=n, tokens=n_tokens, words=n_words, truncated=split.n_truncated,
+                       kl_sum=sums["kl"], rec_sum=sums["rec"], nll_sum=sums["nll"], mi=mi, mi_pool=pool_used,
+                       au=int(au))
+    metrics = emitted(stats)  # every declared metric (ablate.metric_schema), nothing else
     conventions = {"iw_samples": cfg.iw_samples, "mi_pool": pool_used, "au_delta": cfg.au_delta,
                    "token_unit": token_unit, "ppl_counts_eos": True, "ppl_counts_bos": False}
     return SplitEvaluation(metrics=metrics, mu=mu_all, logvar=logvar_all, conventions=conventions)

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ablate.metric_schema import is_metric_column
 from ablate.outputs import atomic_target
 
 IDENTITY_SCHEMA = pa.schema([
@@ -52,7 +53,8 @@ def _arrow_type(value: Any) -> pa.DataType:
 
 
 def row_schema(row: dict[str, Any]) -> pa.Schema:
-    """The fixed identity/provenance fields, float64 for every metric, and typed config columns."""
+    """The fixed identity/provenance fields, float64 for every declared metric (ablate.metric_schema), and typed
+    config columns. Any other key is an error: a column nobody declared would be typed by guess."""
     fields = list(IDENTITY_SCHEMA)
     known = set(IDENTITY_SCHEMA.names)
     for name in sorted(k for k in row if k not in known):
@@ -60,8 +62,11 @@ def row_schema(row: dict[str, Any]) -> pa.Schema:
             value = row[name]
             kind = pa.string() if value is None or isinstance(value, (list, dict)) else _arrow_type(value)
             fields.append(pa.field(name, kind))
-        else:
+        elif is_metric_column(name):
             fields.append(pa.field(name, pa.float64()))
+        else:
+            raise ValueError(f"result row column '{name}' is neither an identity field, a declared metric "
+                             "(ablate.metric_schema) nor config.*: declare it")
     return pa.schema(fields)
 
 

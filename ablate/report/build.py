@@ -26,7 +26,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ablate.references import Reference, convention_mismatches, load_references
 from ablate.report import plots, tables
-from ablate.report.schema import COLLAPSE_KL, MAIN_METRICS, Metric, metric, metrics_in
+from ablate.report.schema import COLLAPSE_KL, Metric, in_table, main_metrics, metric, metrics_in
+from ablate.metric_schema import SELECT
 from ablate.outputs import write_text_atomic
 from ablate.results import load_curves, load_results
 
@@ -369,12 +370,10 @@ def main_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, arms: Seq
     return Table(tid, f"Main table — {panel[0]} × {panel[1]}", cols, out_rows, data, notes, classes)
 
 
-BEST_METRICS = ["ppl", "nll", "kl", "mi", "au"]   # + probes; the main table has every metric
-
-
 def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline: str, select: Sequence[str],
                deltas: Sequence[str], arms: Sequence[str], tid: str) -> tuple[Table, pd.DataFrame]:
-    metrics = [m for m in metrics_in(rows.columns, split) if m.name in BEST_METRICS or m.name.startswith("probe.")]
+    best_names = in_table("best")  # + probes; the main table has every metric
+    metrics = [m for m in metrics_in(rows.columns, split) if m.name in best_names or m.name.startswith("probe.")]
     best = tables.best_per_technique(rows, baseline, select, split, [m.name for m in metrics], deltas, arms)
     select_col = best["select"].iloc[0] if not best.empty else None
     delta_names = [d for d in deltas if f"d.{d}.mean" in best]
@@ -583,9 +582,9 @@ def write_table(table: Table, folder: Path, rel: str) -> None:
 @dataclass
 class Options:
     baseline: str = tables.DEFAULT_BASELINE
-    select: tuple[str, ...] = tables.DEFAULT_SELECT
+    select: tuple[str, ...] = SELECT
     split: str = "test"
-    deltas: tuple[str, ...] = tables.DELTA_METRICS
+    deltas: tuple[str, ...] = field(default_factory=lambda: tuple(in_table("delta")))
 
 
 def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> dict[str, Any]:
@@ -640,7 +639,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
             arm_rows = rows[rows["arm"] == arm]
             keys = [k for k in settings.columns if settings.loc[arm_rows.index, k].notna().any()]
             for key in sorted(keys):
-                fig = plots.sensitivity(rows, settings, arm, key, plots.SENSITIVITY_METRICS, palette[arm],
+                fig = plots.sensitivity(rows, settings, arm, key, in_table("sensitivity"), palette[arm],
                                         plot_dir / f"sensitivity__{pslug}__{plots.slug(arm, key)}",
                                         f"{title}: {arm}", split)
                 if fig:
@@ -688,8 +687,8 @@ def glossary(studies: Sequence[StudyInput], split: str) -> list[Metric]:
         for m in metrics_in(s.ok.columns, split):
             seen.setdefault(m.name, m)
     if not seen:
-        seen = {n: metric(n) for n in MAIN_METRICS}
-    order = {n: i for i, n in enumerate(MAIN_METRICS)}
+        seen = {n: metric(n) for n in main_metrics()}
+    order = {n: i for i, n in enumerate(main_metrics())}
     return sorted(seen.values(), key=lambda m: (order.get(m.name, len(order)), m.name))
 
 

@@ -42,7 +42,6 @@ RC = {
 }
 DPI = 100
 MAX_BINS = 120   # training curves are averaged into at most this many step bins per run
-SENSITIVITY_METRICS = ["nll", "rec", "kl", "mi", "au"]
 
 
 @dataclass(frozen=True)

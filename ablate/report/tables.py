@@ -25,13 +25,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from ablate.metric_schema import SELECT, in_table
 from ablate.report.schema import COLLAPSE_KL, Metric, metric, metrics_in
 
 GROUP = ["dataset", "model", "arm", "setting"]
 PANEL = ["dataset", "model"]
 DEFAULT_BASELINE = "vanilla"
-DEFAULT_SELECT = ("valid.nll", "valid.nelbo")   # the first present is used
-DELTA_METRICS = ("nll", "kl", "mi", "au")
+DEFAULT_SELECT = SELECT   # the first present is used (the one rule of "best": ablate.metric_schema.SELECT)
 SIGNIFICANCE = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
 NO_SETTING = ""
 
@@ -419,7 +419,7 @@ def select_settings(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SE
 
 def best_per_technique(rows: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
                        select: str | Sequence[str] = DEFAULT_SELECT, split: str = "test",
-                       names: Sequence[str] | None = None, deltas: Sequence[str] = DELTA_METRICS,
+                       names: Sequence[str] | None = None, deltas: Sequence[str] | None = None,
                        arms: Sequence[str] | None = None) -> pd.DataFrame:
     """Per dataset × model × arm: the setting chosen on validation (`select_settings`), its `split` metrics
     (mean/std/n over seeds), the per-seed collapse count, and for each metric in `deltas` the paired difference
@@ -427,6 +427,7 @@ def best_per_technique(rows: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
     `.n`, `.t`, `.p`, `.marker` (empty for the baseline itself, or when the baseline is absent)."""
     chosen = select_settings(rows, select, arms)
     metrics = metric_columns(rows, split, names)
+    deltas = in_table("delta") if deltas is None else deltas
     delta_names = [d for d in deltas if f"{split}.{d}" in rows.columns]
     records = []
     for _, pick in chosen.iterrows():

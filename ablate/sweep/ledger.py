@@ -31,7 +31,6 @@ import datetime as dt
 import fcntl
 import functools
 import json
-import math
 import os
 import re
 import socket
@@ -48,6 +47,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ablate.config import ConfigError, canonical_dict, flatten
+from ablate.metric_schema import selection_value
 from ablate.outputs import STORAGE_ERRNOS
 
 CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial with neither pid nor claimant counts as dead after this
@@ -440,7 +440,7 @@ class Ledger:
 
     def complete(self, trial: FrozenTrial, row: dict[str, Any] | None, note: str = "") -> None:
         trial_id = self.trial_id(trial)
-        value = _objective(row or {})
+        value = selection_value(row or {})  # the trial's value: the one rule of "best"
         try:
             self._set_attrs(trial_id, {"status": "ok", "finished_at": now_iso(), **({"note": note} if note else {})})
             self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
@@ -535,14 +535,6 @@ class Ledger:
             if last.user_attrs.get("error_class") != "Interrupted":
                 return "failed"
         return "pending"
-
-
-def _objective(row: dict[str, Any]) -> float:
-    for key in ("valid.nelbo", "test.nelbo", "valid.nll", "test.nll"):
-        value = row.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            return float(value)
-    return math.inf
 
 
 def _read_row(path: Path) -> dict[str, Any]:
