@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ablate import safe_yaml
 from ablate.registry import did_you_mean
+from ablate.technique_configs import resolve_techniques, technique_versions
 
 
 class ConfigError(ValueError):
@@ -245,16 +246,12 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _techniques_known(self) -> "RunConfig":
-        from ablate.techniques.registry import resolve_techniques
-
         self.__dict__["techniques"] = resolve_techniques(self.techniques)
         return self
 
 
 def canonical_dict(config: RunConfig) -> dict[str, Any]:
     """The resolved config (defaults filled) with technique versions, as plain JSON-able data."""
-    from ablate.techniques.registry import technique_versions
-
     data = config.model_dump(mode="json")
     data["technique_versions"] = technique_versions(config.techniques)
     return data

@@ -88,6 +88,10 @@ class Registry(Generic[T]):
             return dict(self._entries)
         return dict(sorted(self._entries.items(), key=lambda item: self.order_key(item[1])))  # type: ignore[misc]
 
+    def registered(self) -> dict[str, T]:
+        """The entries registered so far, without discovery (for checks made while registering)."""
+        return dict(self._entries)
+
     def names(self) -> list[str]:
         return list(self.all())
 

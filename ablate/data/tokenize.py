@@ -11,7 +11,17 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
-from ablate.techniques.base import SpecialIds
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids a corruption must recognise (never corrupt bos/eos/pad)."""
+
+    pad: int
+    bos: int | None
+    eos: int
+    unk: int
+    mask: int | None = None
+
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 

@@ -46,7 +46,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from ablate.config import ConfigError, canonical_dict, flatten
+from ablate.config import ConfigError, build_config, canonical_dict, config_hash, flatten
 from ablate.metric_schema import selection_value
 from ablate.outputs import STORAGE_ERRNOS
 
@@ -292,6 +292,31 @@ def has_ok_result(runs: Path, cell_id: str) -> bool:
     return index.ok(cell_id)
 
 
+def record_lost_attempt(folder: Path, trial: Any, message: str) -> None:
+    """A failed result row for an attempt whose worker died (so the failure shows in the results, too)."""
+    from ablate.results import write_row
+    from ablate.run import base_row
+
+    attrs = trial.user_attrs
+    try:
+        config = build_config(json.loads(attrs["run_config"]), "<ledger>")
+    except (ConfigError, KeyError, ValueError):
+        return
+    if config_hash(config) != attrs.get("cell_id"):  # a cell id becomes a file name: only ever our own hash
+        return
+    attempt = int(attrs.get("attempt", 1))
+    stem = result_stem(attrs["cell_id"], attempt)
+    path = folder / "runs" / f"{stem}.parquet"
+    if path.exists():
+        return
+    labels = {"study": folder.name, "cell_id": attrs["cell_id"], "arm": attrs.get("arm", ""), "attempt": attempt,
+              "dataset": attrs.get("dataset"), "model": attrs.get("model")}
+    row = base_row(config, f"{folder.name}.{stem}", labels)
+    row.update({"status": "failed", "error_class": "WorkerDied", "error_message": message,
+                "host": attrs.get("host"), "started_at": attrs.get("claimed_at"), "finished_at": now_iso()})
+    write_row(row, path)
+
+
 # ---------------------------------------------------------------- the ledger
 
 
@@ -471,8 +496,6 @@ class Ledger:
 
     def reclaim(self, retry: bool) -> list[FrozenTrial]:
         """End the RUNNING trials of dead workers (see the module docstring); optionally queue their retries."""
-        from ablate.sweep.runner import record_lost_attempt  # the row writer lives with the worker
-
         reclaimed = []
         results = ResultIndex(self.runs)
         for trial in self.trials((TrialState.RUNNING,)):

@@ -101,31 +101,6 @@ def resolve_target(target: str | Path, out: str | Path) -> tuple[str, Path, Stud
 # ---------------------------------------------------------------- one worker
 
 
-def record_lost_attempt(folder: Path, trial: Any, message: str) -> None:
-    """A failed result row for an attempt whose worker died (so the failure shows in the results, too)."""
-    from ablate.results import write_row
-    from ablate.run import base_row
-
-    attrs = trial.user_attrs
-    try:
-        config = build_config(json.loads(attrs["run_config"]), "<ledger>")
-    except (ConfigError, KeyError, ValueError):
-        return
-    if config_hash(config) != attrs.get("cell_id"):  # a cell id becomes a file name: only ever our own hash
-        return
-    attempt = int(attrs.get("attempt", 1))
-    stem = result_stem(attrs["cell_id"], attempt)
-    path = folder / "runs" / f"{stem}.parquet"
-    if path.exists():
-        return
-    labels = {"study": folder.name, "cell_id": attrs["cell_id"], "arm": attrs.get("arm", ""), "attempt": attempt,
-              "dataset": attrs.get("dataset"), "model": attrs.get("model")}
-    row = base_row(config, f"{folder.name}.{stem}", labels)
-    row.update({"status": "failed", "error_class": "WorkerDied", "error_message": message,
-                "host": attrs.get("host"), "started_at": attrs.get("claimed_at"), "finished_at": now_iso()})
-    write_row(row, path)
-
-
 @dataclass
 class CellResult:
     cell_id: str

@@ -32,22 +32,13 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
+from ablate.data.tokenize import SpecialIds  # noqa: F401 - part of a technique's TrainContext
+
 
 class TechniqueConfig(BaseModel):
     """Base of every technique's config: strict (unknown fields are errors), immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # finite numbers only
-
-
-@dataclass(frozen=True)
-class SpecialIds:
-    """Token ids a corruption must recognise (never corrupt bos/eos/pad)."""
-
-    pad: int
-    bos: int | None
-    eos: int
-    unk: int
-    mask: int | None = None
 
 
 @dataclass(frozen=True)

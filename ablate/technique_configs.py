@@ -1,0 +1,64 @@
+"""The technique registry as the run config sees it: names, config classes, versions and conflict rules.
+
+It sits below the config layer so that `ablate.config` can validate a run's techniques without importing them: the
+technique classes live in ablate.techniques and register themselves here (ablate.techniques.registry.register),
+found by discovery on first use. Each entry is a Technique class: it has `Config` (a pydantic model), `version`,
+`order`, `replaces_kl_term` and `takes_over_step`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from ablate.registry import Registry, UnknownName, did_you_mean
+
+TECHNIQUES: Registry[Any] = Registry("technique", discover=("ablate.techniques",), order_key=lambda cls: cls.order)
+
+
+def get(name: str) -> type[Technique]:
+    """The technique class of a name, or a one-line error with the closest name."""
+    try:
+        return TECHNIQUES.get(name)
+    except UnknownName:
+        raise ValueError(f"unknown technique 'techniques.{name}'{TECHNIQUES.hint(name)}") from None
+
+
+def _validate_one(name: str, fields: Any) -> dict[str, Any]:
+    cls = get(name)
+    if fields is None:
+        fields = {}
+    if not isinstance(fields, dict):
+        raise ValueError(f"techniques.{name} must be a mapping of its fields (e.g. {{}} for the defaults)")
+    try:
+        return cls.Config.model_validate(fields).model_dump(mode="json")
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            fields = list(cls.Config.model_fields)
+            hint = did_you_mean(key, fields) or f"; fields: {', '.join(fields)}"
+            raise ValueError(f"unknown key 'techniques.{name}.{key}'{hint}") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        where = f"techniques.{name}.{key}" if key else f"techniques.{name}"
+        raise ValueError(f"{where}: {msg} (got {first.get('input')!r})") from None
+
+
+def resolve_techniques(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Validate every technique config (defaults filled) and reject conflicting combinations."""
+    resolved = {name: _validate_one(name, fields) for name, fields in sorted(raw.items())}
+    replacing = [name for name in resolved if get(name).replaces_kl_term]
+    if len(replacing) > 1:
+        raise ValueError(
+            f"techniques {' and '.join(replacing)} both replace the KL term; keep one of them "
+            "(free bits thresholds the KL, the constraint targets a value C: they cannot both define it)"
+        )
+    taking_over = [name for name in resolved if get(name).takes_over_step]
+    if len(taking_over) > 1:
+        raise ValueError(f"techniques {' and '.join(taking_over)} both take over the optimiser step; keep one of them")
+    return resolved
+
+
+def technique_versions(resolved: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {name: get(name).version for name in resolved}

@@ -1,0 +1,103 @@
+"""Layers import only downward, and no module imports itself back through others (issue 13).
+
+Every `import ablate...` / `from ablate... import` in the package, at module level or inside a function, is an
+edge; an edge to a higher layer, or a cycle among modules, fails the test with the file and line. Plug-in discovery
+(`Registry(discover=...)`) imports by name at run time and is deliberately not an edge: that is how a lower layer
+finds what registers on it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "ablate"
+
+# lowest first; a module may import its own layer and those below
+LAYERS = [
+    ["ablate", "ablate.registry", "ablate.safe_yaml"],
+    ["ablate.technique_configs"],
+    ["ablate.config"],
+    ["ablate.outputs", "ablate.metrics", "ablate.metric_schema", "ablate.references"],
+    ["ablate.data"],
+    ["ablate.models"],
+    ["ablate.techniques"],
+    ["ablate.train", "ablate.evaluate"],
+    ["ablate.results", "ablate.preflight"],
+    ["ablate.run"],
+    ["ablate.sample", "ablate.sweep", "ablate.report", "ablate.commands"],
+    ["ablate.cli"],
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int:
+    best, length = None, -1
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > length:
+                best, length = index, len(prefix)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS"
+    return best
+
+
+def imports() -> dict[str, list[tuple[str, int]]]:
+    """module -> [(imported ablate module, line)]."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    out: dict[str, list[tuple[str, int]]] = {}
+    for name, path in modules.items():
+        edges = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for target in targets:
+                if target.startswith("ablate"):
+                    while target not in modules and "." in target:
+                        target = target.rsplit(".", 1)[0]
+                    if target in modules and target != name:
+                        edges.append((target, node.lineno))
+        out[name] = sorted(set(edges))
+    return out
+
+
+def test_every_import_points_down():
+    upward = [f"{module} line {line} imports {target} (layer {layer_of(target)} > {layer_of(module)})"
+              for module, edges in imports().items() for target, line in edges
+              if layer_of(target) > layer_of(module)]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycles():
+    graph = {m: sorted({t for t, _ in edges}) for m, edges in imports().items()}
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in graph.get(node, []):
+            if nxt == "ablate" or node == "ablate":  # the package __init__ is imported by every submodule
+                continue
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_the_layer_test_sees_an_upward_import(tmp_path, monkeypatch):
+    """The walk is not vacuous: a planted upward import is found."""
+    edges = imports()
+    assert ("ablate.config", 0) not in edges["ablate.data.corpus"]
+    assert any(t == "ablate.config" for t, _ in edges["ablate.data.corpus"])
+    assert layer_of("ablate.cli") > layer_of("ablate.data.corpus")
