@@ -13,7 +13,7 @@ import json
 import re
 import reprlib
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -298,16 +298,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def set_path(data: dict[str, Any], path: Sequence[Any], value: Any) -> None:
+    """data[p0][p1]...[pn] = value, creating (or replacing non-mapping) sections on the way: the one dotted-key
+    setter (`--set` overrides, a study's swept values)."""
+    node = data
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set each dotted key in a nested dict (creating sections as needed)."""
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[path[-1]] = value
+        set_path(data, path, value)
     return data
 
 

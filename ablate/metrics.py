@@ -1,7 +1,7 @@
 """Evaluation metrics for text VAEs: pure functions of tensors.
 
-Conventions follow the project reference (REFERENCE.md, section 1; README "Conventions"). Notation: q(z|x) = N(mu, diag exp(logvar)),
-prior p(z) = N(0, I), nz latent dimensions, all densities in nats.
+Conventions follow the project reference (REFERENCE.md, section 1; README "Conventions"). Notation:
+q(z|x) = N(mu, diag exp(logvar)), prior p(z) = N(0, I), nz latent dimensions, all densities in nats.
 
 Tensor-valued functions return the (promoted) dtype of their inputs so that they can sit inside a training loss;
 where precision matters (KL, logsumexp over samples or over the aggregate posterior) they compute in float64
@@ -44,20 +44,18 @@ def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
     KL_j = 1/2 (mu_j^2 + sigma_j^2 - log sigma_j^2 - 1), evaluated as 1/2 (mu^2 + expm1(logvar) - logvar) in
     float64 so that it stays accurate (and >= 0) near the prior. Returned in the inputs' dtype; differentiable.
     """
-    out_dtype = torch.promote_types(mu.dtype, logvar.dtype)
-    mu64 = mu.to(torch.float64)
-    lv64 = logvar.to(torch.float64)
-    kl = 0.5 * (mu64.square() + torch.expm1(lv64) - lv64)
-    return kl.to(out_dtype)
+    return _kl_per_dim_float64(mu, logvar).to(torch.promote_types(mu.dtype, logvar.dtype))
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(q(z|x) || p(z)) summed over the last (latent) dimension, nats, shape [...] (Kingma & Welling 2014)."""
-    out_dtype = torch.promote_types(mu.dtype, logvar.dtype)
-    mu64 = mu.to(torch.float64)
+    return _kl_per_dim_float64(mu, logvar).sum(-1).to(torch.promote_types(mu.dtype, logvar.dtype))
+
+
+def _kl_per_dim_float64(mu: Tensor, logvar: Tensor) -> Tensor:
+    """The one KL formula: 1/2 (mu^2 + expm1(logvar) - logvar), in float64."""
     lv64 = logvar.to(torch.float64)
-    kl = 0.5 * (mu64.square() + torch.expm1(lv64) - lv64).sum(-1)
-    return kl.to(out_dtype)
+    return 0.5 * (mu.to(torch.float64).square() + torch.expm1(lv64) - lv64)
 
 
 def log_normal_diag(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:

@@ -86,9 +86,6 @@ class WordVocab:
     def __len__(self) -> int:
         return len(self.itos)
 
-    def state(self) -> list[str]:
-        return list(self.itos)
-
 
 class HFTokenizer:
     """Adapter for a Hugging Face tokenizer (T5 SentencePiece, BART BPE, ...): subword units.

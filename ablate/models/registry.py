@@ -25,8 +25,7 @@ class ModelFamily:
     build_model: Callable[[ModelConfig, Tokenizer], TextVAE]
 
 
-FAMILIES: Registry[ModelFamily] = Registry("model family", base=ModelFamily,
-                                           discover=("ablate.models.lstm", "ablate.models.seq2seq"))
+FAMILIES: Registry[ModelFamily] = Registry("model family", base=ModelFamily, discover=("ablate.models",))
 
 
 def family(model: ModelConfig) -> ModelFamily:

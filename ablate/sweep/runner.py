@@ -301,12 +301,6 @@ class SweepProgress:
 # ---------------------------------------------------------------- the coordinator
 
 
-def default_jobs() -> tuple[int, list[str]]:
-    """(jobs, GPU ids): one process per GPU when there are GPUs, else 1."""
-    gpus = _gpus()
-    return (len(gpus) or 1), gpus
-
-
 def _gpus() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
@@ -357,14 +351,14 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None  # stop workers as Ctrl-C does
     try:
-        return _sweep(study, folder, jobs, gpus, storage, fail_fast, max_attempts, out, progress, stream)
+        return _sweep(study, folder, jobs, gpus, storage, fail_fast, max_attempts, progress, stream)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
 
 
 def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str | None, fail_fast: bool,
-           max_attempts: int, out: str | Path, progress: bool, stream: TextIO) -> int:
+           max_attempts: int, progress: bool, stream: TextIO) -> int:
     started = time.perf_counter()
     ledger = Ledger.open(study.name, folder, storage)  # a storage that cannot be opened fails before the files
     write_study_files(study, folder)
@@ -391,7 +385,7 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
             if jobs == 1:
                 stopped = _work_here(ledger, study, bar, fail_fast, progress)
             else:
-                stopped = _work_in_processes(ledger, study, bar, jobs, gpus, storage, out, fail_fast,
+                stopped = _work_in_processes(ledger, study, bar, jobs, gpus, storage, fail_fast,
                                              known_failures)
     except KeyboardInterrupt:
         bar.close()
@@ -514,7 +508,7 @@ def _running_elsewhere(ledger: Ledger, study: Study, trials: list[Any]) -> bool:
 
 
 def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: int, gpus: list[str],
-                       storage: str | None, out: str | Path, fail_fast: bool, known_failures: set[int]) -> bool:
+                       storage: str | None, fail_fast: bool, known_failures: set[int]) -> bool:
     """Start N `ablate worker` processes; replace dead ones while work waits; stop all at a failure if asked."""
     results = ResultIndex(ledger.runs)
     ok_at_start = {c.cell_id for c in study.cells if results.ok(c.cell_id)}

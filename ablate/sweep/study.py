@@ -52,8 +52,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ablate.config import (DEFAULT_MODEL, MODEL_CONFIGS, ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig,
-                           canonical_dict, config_hash, explain, flatten, model_name, read_yaml_file, shorten,
-                           suggest)
+                           canonical_dict, config_hash, explain, flatten, model_name, read_yaml_file, set_path,
+                           shorten, suggest)
 from ablate.references import Reference, ReferenceConventions
 
 STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude", "references"]
@@ -263,13 +263,6 @@ def find_axes(data: Any, merged: dict[str, Any], path: Path_ = ()) -> dict[Path_
     return axes
 
 
-def set_path(data: dict[str, Any], path: Path_, value: Any) -> None:
-    node = data
-    for part in path[:-1]:
-        node = node.setdefault(part, {})
-    node[path[-1]] = copy.deepcopy(value)
-
-
 # ---------------------------------------------------------------- the loader
 
 
@@ -446,7 +439,7 @@ class _Loader:
             settings: dict[str, Any] = {}
             for part in combo:
                 for path, value in part.items():
-                    set_path(data, path, value)
+                    set_path(data, path, copy.deepcopy(value))
                     settings[".".join(map(str, path))] = value
             out.append((data, settings))
         return out

@@ -9,15 +9,14 @@ Within each hook, techniques are called in their declared `order` (`Technique.or
 2. corruption      `corrupt(batch)`                                             (training batches only)
 3. KL weight       `kl_weight(step)`                                            (multiplied together)
 4. KL transform    `kl_term(kl_per_dim, step)`                                  (at most one technique replaces it)
-5. extra loss      `extra_loss(parts, step)`                                    (added)
-6. the update      `take_step(batch, control, step)`                            (at most one technique takes it
+5. the update      `take_step(batch, control, step)`                            (at most one technique takes it
                                                                                  over, e.g. He et al.'s inner loop)
 and after each epoch's validation `end_epoch(model, valid_batches)`; `posterior_transform` adds a module to the
 model after its encoder (BN-VAE).
 
 so that the whole objective reads (see `compose_loss`):
 
-    loss = mean_i rec_i + β · KLterm + Σ extra,   β = train.kl_weight · Π_t β_t(step)
+    loss = mean_i rec_i + β · KLterm,   β = train.kl_weight · Π_t β_t(step)
 
 with rec_i the reconstruction NLL of sentence i *summed over its tokens* and, unless a technique replaces it,
 KLterm = mean_i KL_i. Reported KL is always the plain KL, never the transformed term.
@@ -139,11 +138,7 @@ class Technique:
         """The (scalar) KL term that replaces mean_i KL_i; only for techniques with replaces_kl_term."""
         raise NotImplementedError(f"{self.name} does not transform the KL term")
 
-    # 5. extra loss
-    def extra_loss(self, parts: LossParts, step: Step) -> Tensor | None:
-        return None
-
-    # 6. the update (at most one technique): None leaves the usual step (one update of all parameters) to train.py
+    # 5. the update (at most one technique): None leaves the usual step (one update of all parameters) to train.py
     takes_over_step: ClassVar[bool] = False
 
     def take_step(self, batch: Any, control: "StepControl", step: Step) -> "Evaluated | None":
@@ -169,7 +164,6 @@ class Objective:
     loss: Tensor
     beta: float
     kl_term: Tensor
-    extra: Tensor
 
 
 @dataclass
@@ -208,14 +202,9 @@ def kl_weight(techniques: list[Technique], base: float, step: Step) -> float:
 
 
 def compose_loss(parts: LossParts, techniques: list[Technique], base_beta: float, step: Step) -> Objective:
-    """loss = mean_i rec_i + β · KLterm + Σ extra (module docstring). rec is summed over tokens per sentence."""
+    """loss = mean_i rec_i + β · KLterm (module docstring). rec is summed over tokens per sentence."""
     beta = kl_weight(techniques, base_beta, step)
     replacing = [t for t in techniques if t.replaces_kl_term]
     kl_term = replacing[0].kl_term(parts.kl_per_dim, step) if replacing else parts.kl.mean()
-    extra = torch.zeros((), device=parts.rec.device)
-    for technique in techniques:
-        term = technique.extra_loss(parts, step)
-        if term is not None:
-            extra = extra + term
-    loss = parts.rec.mean() + beta * kl_term + extra
-    return Objective(loss=loss, beta=beta, kl_term=kl_term.detach(), extra=extra.detach())
+    loss = parts.rec.mean() + beta * kl_term
+    return Objective(loss=loss, beta=beta, kl_term=kl_term.detach())
