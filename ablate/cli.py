@@ -37,6 +37,7 @@ def format_metrics(row: dict) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ablate.config import ConfigError, is_study, load_config, read_yaml
+    from ablate.layout import StudyFolder
     from ablate.outputs import check_writable
     from ablate.preflight import check_runnable
     from ablate.run import execute
@@ -47,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     check_runnable(config, args.config or "<defaults>")
     check_writable(args.out, "--out")
-    out = Path(args.out) / "runs"
+    out = StudyFolder(args.out).runs
     outcome = execute(config, out, progress=not args.quiet)
     row = outcome.row
     if not outcome.ok:

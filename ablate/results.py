@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ablate.layout import MANIFEST
 from ablate.metric_schema import is_metric_column
 from ablate.outputs import atomic_target
 
@@ -141,7 +142,7 @@ def load_results(directory: str | Path, unreadable: list[Path] | None = None
     cannot be read are skipped into `unreadable` when it is given (else the error is raised).
     """
     paths = sorted(p for p in Path(directory).rglob("*.parquet") if not p.name.endswith(".curves.parquet")
-                   and not p.name.startswith(".") and p.name != "manifest.parquet")
+                   and not p.name.startswith(".") and p.name != MANIFEST)
     rows = read_rows(paths, unreadable, ROW_KEYS)
     if rows.empty:
         return rows, rows

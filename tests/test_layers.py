@@ -18,7 +18,7 @@ LAYERS = [
     ["ablate", "ablate.registry", "ablate.safe_yaml"],
     ["ablate.technique_configs"],
     ["ablate.config"],
-    ["ablate.outputs", "ablate.metrics", "ablate.metric_schema", "ablate.references"],
+    ["ablate.outputs", "ablate.layout", "ablate.metrics", "ablate.metric_schema", "ablate.references"],
     ["ablate.data"],
     ["ablate.models"],
     ["ablate.techniques"],

@@ -27,6 +27,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from ablate.references import Reference, convention_mismatches, load_references
 from ablate.report import plots, tables
 from ablate.report.schema import COLLAPSE_KL, Metric, in_table, main_metrics, metric, metrics_in
+from ablate.layout import StudyFolder
 from ablate.metric_schema import SELECT
 from ablate.outputs import write_text_atomic
 from ablate.results import load_curves, load_results
@@ -40,16 +41,17 @@ WRITTEN_LIST = ".ablate-report-files.json"  # what the last build wrote, relativ
 
 
 def is_study_folder(path: Path) -> bool:
-    return (path / "manifest.parquet").is_file() or (path / "runs").is_dir()
+    return StudyFolder(path).is_study()
 
 
 def find_studies(root: str | Path) -> list[Path]:
     """The study folders under a results root: the root itself when it holds runs/ (runs of `ablate run`),
     then every direct subfolder with a manifest.parquet or a runs/ folder, by name."""
     root = Path(root)
-    found = [root] if (root / "runs").is_dir() else []
+    found = [root] if StudyFolder(root).runs.is_dir() else []
     if root.is_dir():
-        found += sorted(p for p in root.iterdir() if p.is_dir() and p.name != "runs" and is_study_folder(p))
+        found += sorted(p for p in root.iterdir() if p.is_dir() and p != StudyFolder(root).runs
+                        and is_study_folder(p))
     return found
 
 
@@ -85,23 +87,24 @@ def load_study(folder: str | Path) -> StudyInput:
     left out and named (StudyInput.unreadable), never fatal."""
     folder = Path(folder)
     unreadable: list[Path] = []
-    meta = _read_meta(folder / "study.json", unreadable)
+    layout = StudyFolder(folder)
+    meta = _read_meta(layout.study_json, unreadable)
     text = None
-    if (folder / "study.yaml").is_file():
+    if layout.study_yaml.is_file():
         try:
-            text = (folder / "study.yaml").read_text(encoding="utf-8")
+            text = layout.study_yaml.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
-            unreadable.append(folder / "study.yaml")
+            unreadable.append(layout.study_yaml)
     manifest = None
-    if (folder / "manifest.parquet").is_file():
+    if layout.manifest.is_file():
         try:
-            manifest = pd.read_parquet(folder / "manifest.parquet")
+            manifest = pd.read_parquet(layout.manifest)
         except (OSError, pa.ArrowException):
-            unreadable.append(folder / "manifest.parquet")
+            unreadable.append(layout.manifest)
         if manifest is not None and not MANIFEST_KEYS <= set(manifest.columns):
             manifest = None
-            unreadable.append(folder / "manifest.parquet")
-    runs = folder / "runs" if (folder / "runs").is_dir() else folder
+            unreadable.append(layout.manifest)
+    runs = layout.runs if layout.runs.is_dir() else folder
     ok, failed = load_results(runs, unreadable)
     ok = tables.attach_settings(ok, manifest)
     failed = tables.attach_settings(failed, manifest)

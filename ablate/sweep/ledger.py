@@ -47,11 +47,11 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ablate.config import ConfigError, build_config, canonical_dict, config_hash, flatten
+from ablate.layout import RESULT_NAME, StudyFolder, result_stem  # noqa: F401 - result_stem re-exported
 from ablate.metric_schema import selection_value
 from ablate.outputs import STORAGE_ERRNOS
 
 CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial with neither pid nor claimant counts as dead after this
-RESULT_NAME = re.compile(r"^(?P<cell>[0-9a-f]{12})\.a(?P<attempt>\d+)\.parquet$")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -96,7 +96,7 @@ def open_storage(folder: Path, url: str | None) -> BaseStorage:
     cannot be opened is a one-line ConfigError (no password in it)."""
     if url is None:
         folder.mkdir(parents=True, exist_ok=True)
-        return _journal(folder / "ledger.journal")
+        return _journal(StudyFolder(folder).journal)
     try:
         return _open_url(url)
     except OSError as error:
@@ -246,10 +246,6 @@ def process_alive(pid: int, start: str | None = None) -> bool:
 # ---------------------------------------------------------------- result files
 
 
-def result_stem(cell_id: str, attempt: int) -> str:
-    return f"{cell_id}.a{attempt}"
-
-
 class ResultIndex:
     """The result files of a study folder's runs/: which attempts exist and their status."""
 
@@ -306,7 +302,7 @@ def record_lost_attempt(folder: Path, trial: Any, message: str) -> None:
         return
     attempt = int(attrs.get("attempt", 1))
     stem = result_stem(attrs["cell_id"], attempt)
-    path = folder / "runs" / f"{stem}.parquet"
+    path = StudyFolder(folder).result(attrs["cell_id"], attempt)
     if path.exists():
         return
     labels = {"study": folder.name, "cell_id": attrs["cell_id"], "arm": attrs.get("arm", ""), "attempt": attempt,
@@ -354,7 +350,7 @@ class Ledger:
     @classmethod
     def open_existing(cls, study_name: str, folder: Path, url: str | None = None) -> "Ledger | None":
         """Read-only use (status, dry run): None when there is no ledger yet; never creates one."""
-        if url is None and not (folder / "ledger.journal").exists():
+        if url is None and not StudyFolder(folder).journal.exists():
             return None
         storage = open_storage(folder, url)
         try:
@@ -368,13 +364,13 @@ class Ledger:
 
     @property
     def runs(self) -> Path:
-        return self.folder / "runs"
+        return StudyFolder(self.folder).runs
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """An exclusive lock for enqueue/reclaim decisions (one machine), so two coordinators never both enqueue."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / ".ledger.lock", "a") as handle:
+        with open(StudyFolder(self.folder).ledger_lock, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -34,6 +34,7 @@ from typing import Any, Callable, TextIO
 import pyarrow as pa
 
 from ablate.config import ConfigError, build_config, config_hash, is_study, read_yaml
+from ablate.layout import MODEL_NAME, StudyFolder
 from ablate.outputs import check_writable
 from ablate.preflight import check_configs_runnable
 from ablate.sweep.ledger import (STORAGE_ENV, CellCounts, Ledger, ResultIndex, has_ok_result, now_iso, process_alive,
@@ -57,10 +58,11 @@ def write_study_files(study: Study, folder: Path) -> None:
     from ablate.outputs import write_text_atomic
     from ablate.results import write_atomic
 
+    layout = StudyFolder(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "runs").mkdir(exist_ok=True)
-    (folder / "checkpoints").mkdir(exist_ok=True)
-    meta_path = folder / "study.json"
+    layout.runs.mkdir(exist_ok=True)
+    layout.checkpoints.mkdir(exist_ok=True)
+    meta_path = layout.study_json
     created = now_iso()
     if meta_path.exists():
         try:
@@ -69,21 +71,21 @@ def write_study_files(study: Study, folder: Path) -> None:
             pass
     meta = {"study": study.name, "study_file": str(study.path), "study_hash": study.hash, "created": created,
             "updated": now_iso(), "cells": len(study.cells)}
-    write_text_atomic(folder / "study.yaml", study.text)
+    write_text_atomic(layout.study_yaml, study.text)
     write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     rows = study.manifest_rows()
     schema = pa.schema([("cell_id", pa.string()), ("arm", pa.string()), ("dataset", pa.string()),
                         ("model", pa.string()), ("seed", pa.int64()), ("settings", pa.string()),
                         ("config", pa.string())])
     table = pa.Table.from_pydict({f.name: [r[f.name] for r in rows] for f in schema}, schema=schema)
-    write_atomic(table, folder / "manifest.parquet")
+    write_atomic(table, layout.manifest)
 
 
 def resolve_target(target: str | Path, out: str | Path) -> tuple[str, Path, Study | None]:
     """A study file (→ name, out/name, the Study) or a study folder holding study.json (→ name, folder, None)."""
     target = Path(target)
     if target.is_dir():
-        meta = target / "study.json"
+        meta = StudyFolder(target).study_json
         if not meta.exists():
             raise ConfigError(f"{target}: not a study folder (no study.json); give the study YAML file")
         try:
@@ -117,7 +119,7 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
     attrs = trial.user_attrs
     cell_id, attempt = attrs["cell_id"], int(attrs.get("attempt", 1))
     folder = ledger.folder
-    runs = folder / "runs"
+    runs = StudyFolder(folder).runs
     if has_ok_result(runs, cell_id):  # a duplicate queue entry (e.g. two coordinators raced): never run twice
         ledger.complete(trial, None, note="skipped: the cell already has an ok result")
         return CellResult(cell_id, attempt, ok=True)
@@ -134,7 +136,7 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
     stem = result_stem(cell_id, attempt)
     labels = {"study": ledger.name, "cell_id": cell_id, "arm": attrs.get("arm", ""), "attempt": attempt,
               "dataset": attrs.get("dataset"), "model": attrs.get("model")}
-    checkpoint = folder / "checkpoints" / f"{cell_id}.pt"
+    checkpoint = StudyFolder(folder).checkpoint(cell_id)
     try:
         outcome = execute(config, runs, run_id=f"{ledger.name}.{stem}", labels=labels, checkpoint=checkpoint,
                           progress=progress, save_model=True, file_stem=stem)
@@ -376,7 +378,7 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
           + (f" ({len(reclaimed)} attempts of dead workers reclaimed)" if reclaimed else "")
           + f"; {_workers_text(jobs, gpus)}; results in {folder}",
           file=stream, flush=True)
-    counts = total(count_cells(ledger, study, ResultIndex(folder / "runs")))
+    counts = total(count_cells(ledger, study, ResultIndex(ledger.runs)))
     bar = SweepProgress(len(study.cells), counts.done, counts.failed, enabled=progress)
     known_failures = {t.number for t in ledger.trials() if t.state.name == "FAIL"}
     stopped = False
@@ -391,7 +393,7 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
         bar.close()
         print("interrupted; run the same command again to continue", file=sys.stderr)
         return 130
-    final = count_cells(ledger, study, ResultIndex(folder / "runs"))
+    final = count_cells(ledger, study, ResultIndex(ledger.runs))
     bar.update(total(final).done, total(final).failed, total(final).running)
     bar.close()
     print(format_counts(final), file=stream)
@@ -430,11 +432,12 @@ def remove_orphans(ledger: Ledger) -> int:
             if ledger.is_live(t)}
     removed = 0
     for path in ledger.runs.glob("*.a*.model.pt") if ledger.runs.is_dir() else []:
-        match = re.fullmatch(r"([0-9a-f]{12})\.a(\d+)\.model\.pt", path.name)
-        if match and (match[1], int(match[2])) not in live and results.status(match[1], int(match[2])) != "ok":
+        match = MODEL_NAME.match(path.name)
+        if match and (match["cell"], int(match["attempt"])) not in live and \
+                results.status(match["cell"], int(match["attempt"])) != "ok":
             path.unlink(missing_ok=True)
             removed += 1
-    checkpoints = ledger.folder / "checkpoints"
+    checkpoints = StudyFolder(ledger.folder).checkpoints
     for path in checkpoints.glob("*.pt") if checkpoints.is_dir() else []:
         if results.ok(path.stem):
             path.unlink(missing_ok=True)
@@ -457,7 +460,7 @@ def _workers_text(jobs: int, gpus: list[str]) -> str:
 def _dry_run(study: Study, folder: Path, storage: str | None, jobs: int, stream: TextIO) -> int:
     """Print the cell counts and what a sweep would do; write nothing."""
     print(study.summary(), file=stream)
-    results = ResultIndex(folder / "runs")
+    results = ResultIndex(StudyFolder(folder).runs)
     ledger = Ledger.open_existing(study.name, folder, storage) if storage is None else None
     counts = total(count_cells(ledger, study, results))
     todo = counts.expected - counts.done - counts.running - counts.waiting
@@ -609,10 +612,10 @@ def status_text(target: str | Path, out: str | Path = "results", storage: str | 
     """`ablate status STUDY`: expected / done / failed / running / waiting / pending per arm."""
     name, folder, study = resolve_target(target, out)
     if study is None:
-        study = load_study(folder / "study.yaml")
+        study = load_study(StudyFolder(folder).study_yaml)
         study.name = name
     ledger = Ledger.open_existing(name, folder, storage)
-    results = ResultIndex(folder / "runs")
+    results = ResultIndex(StudyFolder(folder).runs)
     counts = count_cells(ledger, study, results)
     head = f"study '{name}' ({folder}): " + ("no ledger yet (never swept)" if ledger is None else
                                               f"ledger {'journal' if storage is None else redact(storage)}")
