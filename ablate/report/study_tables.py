@@ -1,0 +1,252 @@
+"""The tables of one study: coverage, cells without a result, main (per dataset × model), best setting per
+technique with paired differences, published numbers beside ours, failures. Numbers come from ablate.report.tables
+(plain pandas); this module turns them into rendered Tables."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import pandas as pd
+
+from ablate.references import Reference, convention_mismatches
+from ablate.report import tables
+from ablate.report.schema import COLLAPSE_KL, Metric, in_table, metric, metrics_in
+from ablate.report.header import conventions, probe_baselines
+from ablate.report.inputs import StudyInput
+from ablate.report.table_model import Cell, Col, Table, _count, _num, mean_std_n
+
+
+# ----------------------------------------------------------------------------- the tables of one study
+
+
+def _setting_cell(setting: str) -> Cell:
+    return Cell(setting or "—", sort=setting or "")
+
+
+def coverage_table(study: StudyInput, tid: str, arms: Sequence[str]) -> Table:
+    cov = tables.coverage(study.manifest, study.ok, study.failed, arms)
+    cols = [Col("dataset"), Col("model"), Col("arm"),
+            Col("expected", "cells in the manifest (settings × seeds)", True),
+            Col("succeeded", "cells with a successful result", True),
+            Col("failed", "cells whose every attempt so far failed (see Failures)", True),
+            Col("missing", "cells not run yet", True),
+            Col("extra", "results of cells not in the manifest (the study file changed since)", True)]
+    rows, classes = [], []
+    for _, r in cov.iterrows():
+        incomplete = _num(r["failed"]) > 0 or _num(r["missing"]) > 0
+        rows.append([Cell(r["dataset"]), Cell(r["model"]), Cell(r["arm"])]
+                    + [Cell(_count(r[c]), sort=_num(r[c])) for c in ("expected", "succeeded", "failed", "missing",
+                                                                      "extra")])
+        classes.append("incomplete" if incomplete else "")
+    total = tables.coverage_total(cov)
+    footer = [[Cell("total"), Cell(""), Cell("")] + [Cell(_count(total[c])) for c in
+                                                      ("expected", "succeeded", "failed", "missing", "extra")]]
+    notes = []
+    if study.manifest is None:
+        notes.append("No manifest.parquet: what the study expected is unknown, so expected and missing are blank.")
+    if study.unreadable:
+        names = ", ".join(p.name for p in study.unreadable[:10]) + (" …" if len(study.unreadable) > 10 else "")
+        notes.append(f"{len(study.unreadable)} file(s) of the results folder could not be read and are left out "
+                     f"(their cells count as missing): {names}.")
+    return Table(tid, "Cells per arm", cols, rows, cov, notes, classes, footer)
+
+
+def missing_table(study: StudyInput, tid: str) -> Table | None:
+    miss = tables.missing_cells(study.manifest, study.ok, study.failed)
+    if miss.empty:
+        return None
+    cols = [Col("dataset"), Col("model"), Col("arm"), Col("setting"), Col("seed", numeric=True), Col("cell"),
+            Col("status", "failed: every attempt failed; missing: not run yet")]
+    rows = [[Cell(r["dataset"]), Cell(r["model"]), Cell(r["arm"]), _setting_cell(r["setting"]),
+             Cell(str(r["seed"]), sort=_num(r["seed"])), Cell(r["cell_id"], cls="mono"), Cell(r["status"])]
+            for _, r in miss.iterrows()]
+    return Table(tid, "Cells without a result", cols, rows, miss,
+                 ["The report below covers only the cells that succeeded."],
+                 ["failed" if s == "failed" else "missing" for s in miss["status"]])
+
+
+def _metric_col(m: Metric, split: str) -> Col:
+    direction = {"min": "lower is better", "max": "higher is better", None: "no best (neither direction)"}
+    return Col(f"{m.label}", f"{m.definition} Unit: {m.unit}. {direction[m.direction]}. Column {split}.{m.name}; "
+                             f"cells: mean ± std (n seeds).", True)
+
+
+def main_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, arms: Sequence[str], tid: str) -> Table:
+    metrics = metrics_in(rows.columns, split)
+    names = [m.name for m in metrics]
+    agg = tables.aggregate(rows, split, names, arms)
+    best = tables.best_mask(agg, names)
+    cols = [Col("arm"), Col("setting", "the swept axis values of this row within its arm"),
+            Col("n", "runs (seeds) in this row", True)] + [_metric_col(m, split) for m in metrics] \
+        + [Col("collapse", f"collapsed: mean AU = 0 or mean KL < {COLLAPSE_KL} nats")]
+    out_rows, classes = [], []
+    for i, r in agg.iterrows():
+        cells = [Cell(r["arm"]), _setting_cell(r["setting"]), Cell(str(int(r["n_runs"])), sort=r["n_runs"])]
+        for m in metrics:
+            cells.append(Cell(mean_std_n(m, r[f"{m.name}.mean"], r[f"{m.name}.std"], r[f"{m.name}.n"]),
+                              sort=_num(r[f"{m.name}.mean"]), bold=bool(best.at[i, m.name])))
+        cells.append(Cell("collapsed" if r["collapsed"] else "", cls="flag" if r["collapsed"] else ""))
+        out_rows.append(cells)
+        classes.append("collapsed" if r["collapsed"] else "")
+    data = agg.drop(columns=["seeds"]).assign(seeds=agg["seeds"].map(lambda s: " ".join(map(str, s))))
+    for name in names:
+        data[f"{name}.best"] = best[name].to_numpy()
+    notes = [f"Split: {split}. Cells: mean ± std (n) over seeds (std with ddof 1). Bold: best per column by "
+             f"the metric's direction; KL has none. Collapse flag: mean AU = 0 or mean KL < {COLLAPSE_KL} nats."]
+    notes += ["Conventions: " + "; ".join(conventions(rows, split)) + "."] if conventions(rows, split) else []
+    notes += [n for n in [probe_baselines(rows, split)] if n]
+    return Table(tid, f"Main table — {panel[0]} × {panel[1]}", cols, out_rows, data, notes, classes)
+
+
+def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline: str, select: Sequence[str],
+               deltas: Sequence[str], arms: Sequence[str], tid: str) -> tuple[Table, pd.DataFrame]:
+    best_names = in_table("best")  # + probes; the main table has every metric
+    metrics = [m for m in metrics_in(rows.columns, split) if m.name in best_names or m.name.startswith("probe.")]
+    best = tables.best_per_technique(rows, baseline, select, split, [m.name for m in metrics], deltas, arms)
+    select_col = best["select"].iloc[0] if not best.empty else None
+    delta_names = [d for d in deltas if f"d.{d}.mean" in best]
+    sel_metric = metric(select_col.split(".", 1)[1]) if select_col else None
+    # order: arm, setting, collapse verdict, selection value, then each metric followed by its Δ, then the rest
+    order: list[tuple[str, str]] = []
+    for m in metrics:
+        order.append(("value", m.name))
+        if m.name in delta_names:
+            order.append(("delta", m.name))
+    order += [("delta", d) for d in delta_names if d not in [m.name for m in metrics]]
+    cols = [Col("arm"), Col("chosen setting", "the setting with the best validation mean over seeds"),
+            Col("of", "settings this arm swept", True),
+            Col("collapse (seeds)", f"seeds whose {split} AU = 0 or KL < {COLLAPSE_KL} nats, of the seeds run")]
+    if sel_metric:
+        cols.append(Col(f"{select_col}", f"Selection metric: {sel_metric.definition} Mean over seeds on the "
+                                         f"validation split; the best mean picks the setting.", True))
+    for kind, name in order:
+        if kind == "value":
+            cols.append(_metric_col(metric(name), split))
+        else:
+            cols.append(Col(f"Δ{metric(name).label}",
+                            f"Paired difference {split}.{name}: arm − {baseline} (at its own chosen setting), over "
+                            f"the seeds both have: mean ± std (n). Markers: * p < 0.05, ** p < 0.01, *** p < 0.001 "
+                            f"(two-sided paired t-test across seeds).", True))
+    mask = tables.best_mask(best, [m.name for m in metrics]) if not best.empty else pd.DataFrame()
+    out_rows, classes = [], []
+    for i, r in best.iterrows():
+        n = len(r["seeds"])
+        k = int(r["collapsed_seeds"])
+        cells = [Cell(r["arm"]), _setting_cell(r["setting"]), Cell(str(int(r["n_settings"])), sort=r["n_settings"]),
+                 Cell(tables.verdict(k, n) + ("" if 0 < k < n else f" ({k}/{n})"), sort=k / max(n, 1),
+                      cls="flag" if k else "")]
+        if sel_metric:
+            cells.append(Cell(f"{sel_metric.fmt(r['select.mean'])} ({int(r['select.n'])})",
+                              sort=_num(r["select.mean"])))
+        for kind, name in order:
+            m = metric(name)
+            if kind == "value":
+                cells.append(Cell(mean_std_n(m, r[f"{name}.mean"], r[f"{name}.std"], r[f"{name}.n"]),
+                                  sort=_num(r[f"{name}.mean"]), bold=bool(mask.at[i, name])))
+                continue
+            if r["arm"] == baseline:
+                cells.append(Cell("(baseline)", sort=math.nan))
+                continue
+            text = mean_std_n(m, r[f"d.{name}.mean"], r[f"d.{name}.std"], r[f"d.{name}.n"])
+            if text != "–" and _num(r[f"d.{name}.mean"]) > 0:
+                text = "+" + text
+            p = _num(r[f"d.{name}.p"])
+            cells.append(Cell(f"{text} {r[f'd.{name}.marker']}".strip(), sort=_num(r[f"d.{name}.mean"]),
+                              title="" if math.isnan(p) else f"t = {_num(r[f'd.{name}.t']):.3g}, p = {p:.3g}"))
+        out_rows.append(cells)
+        classes.append("collapsed" if k == n and n else "")
+    notes = []
+    if select_col:
+        lowest = "highest" if sel_metric and sel_metric.direction == "max" else "lowest"
+        notes.append(f"Each arm's setting is chosen by the {lowest} mean {select_col} over seeds (validation split"
+                     f"{', the importance-weighted NLL' if select_col.endswith('.nll') else ''}); the row reports "
+                     f"that setting on the {split} split (mean ± std (n)). Bold: best per column.")
+    if baseline in set(best["arm"]) if not best.empty else False:
+        notes.append(f"Δ: paired difference arm − '{baseline}' (the baseline arm) on the seeds both have "
+                     f"(mean ± std (n)); * p < 0.05, ** p < 0.01, *** p < 0.001, two-sided paired t-test across "
+                     f"seeds (hover a cell for t and p). With 3 seeds only large effects can reach significance.")
+    else:
+        notes.append(f"No baseline arm '{baseline}' in this panel: no paired differences (set --baseline).")
+    notes += ["Conventions: " + "; ".join(conventions(rows, split)) + "."] if conventions(rows, split) else []
+    notes += [n for n in [probe_baselines(rows, split)] if n]
+    data = best.copy()
+    if "seeds" in data:
+        data["seeds"] = data["seeds"].map(lambda s: " ".join(map(str, s)))
+    return Table(tid, f"Best per technique — {panel[0]} × {panel[1]}", cols, out_rows, data, notes, classes), best
+
+
+def _our_conventions(rows: pd.DataFrame, split: str) -> dict[str, object]:
+    def one(column: str) -> object:
+        values = rows[column].dropna().unique() if column in rows else []
+        return values[0] if len(values) == 1 else None
+
+    pool = one(f"{split}.mi_pool")
+    return {"iw_samples": one("eval.iw_samples"), "mi_pool": int(pool) if pool is not None else None,
+            "mi_pool_kind": one("eval.mi_pool_kind"), "token_unit": one("eval.token_unit")}
+
+
+def published_table(refs: Sequence[Reference], rows: pd.DataFrame, panel: tuple[str, str], arms: Sequence[str],
+                    tid: str) -> Table | None:
+    """Published numbers beside ours (study `references:`): ours as mean ± std (n), the published value, Δ, and
+    where the conventions differ a mark with how, rather than a silent comparison."""
+    dataset, model = panel
+    mine = [r for r in refs if (r.dataset in (None, dataset)) and (r.model in (None, model))]
+    if not mine:
+        return None
+    cols = [Col("arm"), Col("setting", "the swept axis values of our row"), Col("metric"),
+            Col("ours", "mean ± std (n seeds) of our runs of this arm", True),
+            Col("published", "the value the source reports", True),
+            Col("Δ", "ours − published", True), Col("source"),
+            Col("conventions", "how the published number was measured, against ours (K, MI pool, token unit, "
+                               "IW NLL or −ELBO); a difference is marked, not hidden")]
+    out_rows, classes, records = [], [], []
+    for ref in mine:
+        split = ref.split
+        arm_rows = rows[rows["arm"] == ref.arm]
+        agg = tables.aggregate(arm_rows, split, [n for n in ref.values if f"{split}.{n}" in rows], arms) \
+            if not arm_rows.empty else pd.DataFrame()
+        mismatch = convention_mismatches(ref.conventions, _our_conventions(arm_rows, split)) if not arm_rows.empty \
+            else []
+        for name, value in ref.values.items():
+            m = metric(name)
+            settings = list(agg.iterrows()) if not agg.empty and f"{name}.mean" in agg else [(None, None)]
+            for _, r in settings:
+                ours = _num(r[f"{name}.mean"]) if r is not None else math.nan
+                text = mean_std_n(m, r[f"{name}.mean"], r[f"{name}.std"], r[f"{name}.n"]) if r is not None else \
+                    "no runs"
+                delta = ours - value if not math.isnan(ours) else math.nan
+                conv = "differs: " + "; ".join(mismatch) if mismatch else "same as ours"
+                out_rows.append([Cell(ref.arm), _setting_cell(r["setting"] if r is not None else ""),
+                                 Cell(f"{m.label} ({split})", title=f"{split}.{name}: {m.definition}"),
+                                 Cell(text, sort=ours), Cell(m.fmt(value), sort=value),
+                                 Cell(m.fmt(delta) if not math.isnan(delta) else "–", sort=delta),
+                                 Cell(ref.source, title=ref.note),
+                                 Cell(conv, cls="flag" if mismatch else "")])
+                classes.append("mismatch" if mismatch else "")
+                records.append({"arm": ref.arm, "setting": r["setting"] if r is not None else "",
+                                "metric": f"{split}.{name}", "ours": ours, "published": value, "delta": delta,
+                                "source": ref.source, "conventions_differ": "; ".join(mismatch)})
+    notes = ["Published numbers from the study's references. Δ = ours − published. A row whose conventions differ "
+             "from ours (K, MI pool, token unit, IW NLL vs −ELBO) is marked: its Δ mixes the method with the "
+             "measurement."]
+    return Table(tid, f"Published numbers beside ours — {dataset} × {model}", cols, out_rows,
+                 pd.DataFrame(records), notes, classes)
+
+
+def failures_table(study: StudyInput, tid: str) -> Table | None:
+    fails = tables.failures(study.failed, study.ok)
+    if fails.empty:
+        return None
+    cols = [Col("dataset"), Col("model"), Col("arm"), Col("setting"), Col("seed", numeric=True), Col("cell"),
+            Col("attempt", numeric=True), Col("error class"), Col("message"),
+            Col("recovered", "a later attempt of the cell succeeded")]
+    rows = [[Cell(r["dataset"]), Cell(r["model"]), Cell(r["arm"]), _setting_cell(r["setting"]),
+             Cell(_count(r["seed"]), sort=_num(r["seed"])), Cell(r["cell_id"], cls="mono"),
+             Cell(_count(r["attempt"]), sort=_num(r["attempt"])), Cell(str(r["error_class"] or "")),
+             Cell(str(r["error_message"] or ""), cls="message"), Cell("yes" if r["recovered"] else "no")]
+            for _, r in fails.iterrows()]
+    return Table(tid, "Failures", cols, rows, fails,
+                 ["Every failed attempt, with its error class and message; 'recovered' cells succeeded on a retry "
+                  "and are in the tables above."],
+                 ["" if rec else "failed" for rec in fails["recovered"]])
