@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -160,93 +159,126 @@ def _save_checkpoint(path: Path, model: TextVAE, optimizer: torch.optim.Optimize
         torch.save(payload, tmp)
 
 
-def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit, valid_split: EncodedSplit,
-          framing: Framing, cfg: TrainConfig, device: torch.device, seed: int, eval_batch_size: int = 64,
-          checkpoint: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train in place; on return the model holds the best VAE-phase state by `cfg.select_by` (validation)."""
-    model.to(device).train()
-    state = TrainState(phase="pretrain" if any(t.wants_pretraining() for t in techniques) else "vae")
-    curves: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    generator = torch.Generator().manual_seed(seed + 7919)
-    for technique in techniques:
-        technique.start_phase(state.phase, model)
-    optimizer = make_optimizer(model, cfg)
+class Trainer:
+    """The state of one training run and its steps; `train` below is the loop that drives it."""
 
-    if checkpoint is not None and checkpoint.exists():
-        saved = load_tensors(checkpoint, "checkpoint", map_location=device)
-        state = TrainState(**saved["state"])
-        for technique, tech_state in zip(techniques, saved["techniques"]):
+    def __init__(self, model: TextVAE, techniques: list[Technique], train_split: EncodedSplit,
+                 valid_split: EncodedSplit, framing: Framing, cfg: TrainConfig, device: torch.device, seed: int,
+                 eval_batch_size: int):
+        self.model, self.techniques, self.cfg, self.device, self.seed = model, techniques, cfg, device, seed
+        self.train_split, self.framing = train_split, framing
+        model.to(device).train()
+        self.state = TrainState(phase="pretrain" if any(t.wants_pretraining() for t in techniques) else "vae")
+        self.curves: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None  # the selected VAE-phase state (train.select_by)
+        self.generator = torch.Generator().manual_seed(seed + 7919)  # corruptions
+        for technique in techniques:
+            technique.start_phase(self.state.phase, model)
+        self.optimizer = make_optimizer(model, cfg)
+        self.valid_batches = iterate_batches(valid_split, framing, eval_batch_size)
+        self.pretrainers = [t for t in techniques if t.wants_pretraining()]
+        self.taker = next((t for t in techniques if t.takes_over_step), None)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+
+    def restore(self, checkpoint: Path | None) -> None:
+        """Continue exactly where a checkpoint left off (state, weights, optimiser, techniques, RNGs)."""
+        if checkpoint is None or not checkpoint.exists():
+            return
+        saved = load_tensors(checkpoint, "checkpoint", map_location=self.device)
+        self.state = TrainState(**saved["state"])
+        for technique, tech_state in zip(self.techniques, saved["techniques"]):
             technique.load_state_dict(tech_state)
-            technique.start_phase(state.phase, model)
-        model.load_state_dict(saved["model"])
-        optimizer = make_optimizer(model, cfg, state.lr_scale)
-        optimizer.load_state_dict(saved["optimizer"])
-        best, curves = saved["best"], saved["curves"]
+            technique.start_phase(self.state.phase, self.model)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer = make_optimizer(self.model, self.cfg, self.state.lr_scale)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.best, self.curves = saved["best"], saved["curves"]
         torch.set_rng_state(saved["torch_rng"])
-        generator.set_state(saved["corrupt_rng"])
+        self.generator.set_state(saved["corrupt_rng"])
 
-    valid_batches = iterate_batches(valid_split, framing, eval_batch_size)
-    pretrainers = [t for t in techniques if t.wants_pretraining()]
-    vae_budget_done = lambda: (cfg.max_steps is not None and state.phase_step >= cfg.max_steps) or (  # noqa: E731
-        cfg.max_steps is None and state.epochs_in_phase >= cfg.epochs) or (
-        cfg.lr_decay is not None and state.decays >= cfg.lr_decay.max_decays)
-    if state.phase == "vae" and vae_budget_done():
-        state.finished = True
+    def save(self, checkpoint: Path | None) -> None:
+        if checkpoint is not None and self.cfg.checkpoint_every_epoch:
+            _save_checkpoint(checkpoint, self.model, self.optimizer, self.techniques, self.state, self.best,
+                             self.curves, self.generator)
 
-    taker = next((t for t in techniques if t.takes_over_step), None)
+    # -- one optimiser step ----------------------------------------------------------------------------------
 
-    def evaluate(batch: Batch, step: Step) -> Evaluated:
+    def evaluate(self, batch: Batch, step: Step) -> Evaluated:
         """The one loss: forward pass, then compose_loss (ablate.techniques.base)."""
-        parts = forward_parts(model, batch, cfg.precision)
-        return Evaluated(parts, compose_loss(parts, techniques, cfg.kl_weight, step))
+        parts = forward_parts(self.model, batch, self.cfg.precision)
+        return Evaluated(parts, compose_loss(parts, self.techniques, self.cfg.kl_weight, step))
 
-    def update(evaluated: Evaluated, params: str = "all") -> None:
+    def update(self, evaluated: Evaluated, params: str = "all") -> None:
         """Backward, clip all gradients, then step the optimiser on all, encoder or decoder parameters."""
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         evaluated.objective.loss.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         if params != "all":
-            for param in (model.decoder_parameters() if params == "encoder" else model.encoder_parameters()):
+            for param in (self.model.decoder_parameters() if params == "encoder" else
+                          self.model.encoder_parameters()):
                 param.grad = None  # an optimiser skips parameters without a gradient (their state stays)
-        optimizer.step()
+        self.optimizer.step()
 
-    def step_control(step: Step, batches: list[Batch]) -> StepControl:
-        draws = random.Random(seed * 1_000_003 + state.global_step)
+    def step_control(self, step: Step, batches: list[Batch]) -> StepControl:
+        """What a technique that takes over the update may do (He et al.'s inner loop)."""
+        draws = random.Random(self.seed * 1_000_003 + self.state.global_step)
 
         def random_batch() -> Batch:
             batch = batches[draws.randrange(len(batches))]
-            for technique in techniques:
-                batch = technique.corrupt(batch, generator)
-            return batch.to(device, non_blocking=True)
+            for technique in self.techniques:
+                batch = technique.corrupt(batch, self.generator)
+            return batch.to(self.device, non_blocking=True)
 
         def count_inner(batch: Batch) -> None:
-            state.inner_steps += 1
-            state.train_tokens += int(batch.dec_mask.sum())
+            self.state.inner_steps += 1
+            self.state.train_tokens += int(batch.dec_mask.sum())
 
-        return StepControl(evaluate=lambda b: evaluate(b, step), update=update, random_batch=random_batch,
-                           count_inner=count_inner)
+        return StepControl(evaluate=lambda b: self.evaluate(b, step), update=self.update,
+                           random_batch=random_batch, count_inner=count_inner)
 
-    while not state.finished:
-        batches = iterate_batches(train_split, framing, cfg.batch_size, random.Random(seed * 100_003 + state.epoch))
-        switch_phase = False
+    def step(self, batch: Batch, batches: list[Batch]) -> Evaluated:
+        """Corrupt (training batches only), then one update: the usual one, or a technique's own."""
+        step = Step(self.state.global_step, self.state.phase_step, self.state.epoch, self.state.phase)
+        for technique in self.techniques:
+            batch = technique.corrupt(batch, self.generator)
+        self.state.train_tokens += int(batch.dec_mask.sum())  # counted on the host copy
+        batch = batch.to(self.device, non_blocking=True)
+        evaluated = self.taker.take_step(batch, self.step_control(step, batches), step) if self.taker else None
+        if evaluated is None:
+            evaluated = self.evaluate(batch, step)
+            self.update(evaluated, "all")
+        return evaluated
+
+    # -- one epoch -------------------------------------------------------------------------------------------
+
+    def phase_done(self) -> bool:
+        """Whether the pretraining techniques all say their phase is over."""
+        state = self.state
+        progress = PhaseProgress(state.epochs_in_phase, state.phase_step, state.valid_rec)
+        return all(t.pretraining_finished(progress) for t in self.pretrainers)
+
+    def vae_budget_done(self) -> bool:
+        cfg, state = self.cfg, self.state
+        return ((cfg.max_steps is not None and state.phase_step >= cfg.max_steps)
+                or (cfg.max_steps is None and state.epochs_in_phase >= cfg.epochs)
+                or (cfg.lr_decay is not None and state.decays >= cfg.lr_decay.max_decays))
+
+    def train_epoch(self, progress: bool) -> bool:
+        """Optimiser steps over one shuffled pass of train (or until the phase or step budget ends). Returns
+        whether pretraining ended during the pass."""
+        state, cfg = self.state, self.cfg
+        batches = iterate_batches(self.train_split, self.framing, cfg.batch_size,
+                                  random.Random(self.seed * 100_003 + state.epoch))
         started = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {state.epoch + 1} [{state.phase}]", leave=False, disable=not progress,
                    dynamic_ncols=True)
-        buffer = CurveBuffer(curves, cfg.divergence_threshold)
+        buffer = CurveBuffer(self.curves, cfg.divergence_threshold)
+        switch_phase = False
         for batch in bar:
-            step = Step(state.global_step, state.phase_step, state.epoch, state.phase)
-            for technique in techniques:
-                batch = technique.corrupt(batch, generator)
-            state.train_tokens += int(batch.dec_mask.sum())  # counted on the host copy
-            batch = batch.to(device, non_blocking=True)
-            evaluated = taker.take_step(batch, step_control(step, batches), step) if taker is not None else None
-            if evaluated is None:
-                evaluated = evaluate(batch, step)
-                update(evaluated, "all")
+            evaluated = self.step(batch, batches)
             parts, objective = evaluated.parts, evaluated.objective
-
             buffer.add({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "train",
                         "beta": objective.beta}, objective.loss, parts.kl.mean(), parts.rec.mean())
             state.global_step += 1
@@ -254,9 +286,7 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
             if state.global_step % SYNC_EVERY == 0 and (last := buffer.flush()) is not None:
                 bar.set_postfix(loss=f"{last['loss']:.2f}", kl=f"{last['kl']:.2f}", beta=f"{last['beta']:.2f}",
                                 refresh=False)
-            if state.phase == "pretrain" and all(
-                    t.pretraining_finished(PhaseProgress(state.epochs_in_phase, state.phase_step, state.valid_rec))
-                    for t in pretrainers):
+            if state.phase == "pretrain" and self.phase_done():
                 switch_phase = True
                 break
             if state.phase == "vae" and cfg.max_steps is not None and state.phase_step >= cfg.max_steps:
@@ -264,41 +294,61 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
         buffer.flush()
         bar.close()
         state.train_seconds += time.perf_counter() - started
+        return switch_phase
 
-        valid = validate(model, valid_batches, device)
+    def end_epoch(self, progress: bool) -> bool:
+        """Validation, the techniques' end of epoch, the curve point, the selected state and He et al.'s decay
+        rule. Returns whether pretraining is over."""
+        state, cfg, model = self.state, self.cfg, self.model
+        valid = validate(model, self.valid_batches, self.device)
         model.eval()
-        for technique in techniques:
-            technique.end_epoch(model, valid_batches)
+        for technique in self.techniques:
+            technique.end_epoch(model, self.valid_batches)
         model.train()
-        curves.append({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "valid",
-                       "beta": float("nan"), "kl": valid["kl"], "rec": valid["rec"], "loss": valid["nelbo"]})
+        self.curves.append({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "valid",
+                            "beta": float("nan"), "kl": valid["kl"], "rec": valid["rec"], "loss": valid["nelbo"]})
         state.epoch += 1
         state.epochs_in_phase += 1
+        pretraining_over = False
         if state.phase == "pretrain":
             state.valid_rec.append(valid["rec"])
-            progress_now = PhaseProgress(state.epochs_in_phase, state.phase_step, state.valid_rec)
-            switch_phase = switch_phase or all(t.pretraining_finished(progress_now) for t in pretrainers)
+            pretraining_over = self.phase_done()
         else:
             if cfg.select_by == "last" or valid[cfg.select_by] < state.best_score:
                 state.best_score, state.best_epoch = valid[cfg.select_by], state.epoch
-                best = copy.deepcopy(model.state_dict())
+                self.best = copy.deepcopy(model.state_dict())
             if cfg.lr_decay is not None and decay_on_plateau(state, cfg, valid["nelbo"]):
-                model.load_state_dict(best)
-                optimizer = make_optimizer(model, cfg, state.lr_scale)
+                model.load_state_dict(self.best)
+                self.optimizer = make_optimizer(model, cfg, state.lr_scale)
         if progress:
             tqdm.write(f"epoch {state.epoch} [{state.phase}] valid rec {valid['rec']:.2f} kl {valid['kl']:.3f} "
                        f"-elbo {valid['nelbo']:.2f}")
+        return pretraining_over
 
-        if switch_phase:
-            state.phase, state.phase_step, state.epochs_in_phase = "vae", 0, 0
-            for technique in techniques:
-                technique.start_phase("vae", model)
-            optimizer = make_optimizer(model, cfg, state.lr_scale)
-        if state.phase == "vae" and vae_budget_done():
+    def start_vae_phase(self) -> None:
+        self.state.phase, self.state.phase_step, self.state.epochs_in_phase = "vae", 0, 0
+        for technique in self.techniques:
+            technique.start_phase("vae", self.model)
+        self.optimizer = make_optimizer(self.model, self.cfg, self.state.lr_scale)
+
+
+def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit, valid_split: EncodedSplit,
+          framing: Framing, cfg: TrainConfig, device: torch.device, seed: int, eval_batch_size: int = 64,
+          checkpoint: Path | None = None, progress: bool = True) -> TrainResult:
+    """Train in place; on return the model holds the best VAE-phase state by `cfg.select_by` (validation)."""
+    run = Trainer(model, techniques, train_split, valid_split, framing, cfg, device, seed, eval_batch_size)
+    run.restore(checkpoint)
+    state = run.state
+    if state.phase == "vae" and run.vae_budget_done():
+        state.finished = True
+    while not state.finished:
+        switch_phase = run.train_epoch(progress)      # optimiser steps over one shuffled pass of train
+        switch_phase |= run.end_epoch(progress)       # validation, selected state, decay rule
+        if switch_phase:                              # pretraining → VAE (techniques reset what they need)
+            run.start_vae_phase()
+        if state.phase == "vae" and run.vae_budget_done():
             state.finished = True
-        if checkpoint is not None and cfg.checkpoint_every_epoch:
-            _save_checkpoint(checkpoint, model, optimizer, techniques, state, best, curves, generator)
-
-    if best is not None:
-        model.load_state_dict(best)
-    return TrainResult(curves=curves, state=state)
+        run.save(checkpoint)                          # every epoch: a killed run continues from here
+    if run.best is not None:
+        model.load_state_dict(run.best)
+    return TrainResult(curves=run.curves, state=state)
