@@ -25,7 +25,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from ablate.sweep.runner import run_worker
+    from ablate.sweep.worker import run_worker
 
     return run_worker(args.study, out=args.out, storage=_storage(args), threads=args.threads,
                       fail_fast=args.fail_fast, progress=not args.quiet and sys.stderr.isatty())

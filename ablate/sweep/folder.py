@@ -1,0 +1,67 @@
+"""A study's results folder as the sweep writes and finds it (the layout itself: ablate.layout)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+
+from ablate.config import ConfigError
+from ablate.layout import StudyFolder
+from ablate.sweep.ledger import now_iso
+from ablate.sweep.study import NAME_RE, Study, load_study
+
+
+# ---------------------------------------------------------------- the study folder
+
+
+def study_folder(out: str | Path, name: str) -> Path:
+    return Path(out) / name
+
+
+def write_study_files(study: Study, folder: Path) -> None:
+    """study.yaml (the file as run), study.json (name, file, hash, created) and manifest.parquet."""
+    from ablate.outputs import write_text_atomic
+    from ablate.results import write_atomic
+
+    layout = StudyFolder(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    layout.runs.mkdir(exist_ok=True)
+    layout.checkpoints.mkdir(exist_ok=True)
+    meta_path = layout.study_json
+    created = now_iso()
+    if meta_path.exists():
+        try:
+            created = json.loads(meta_path.read_text()).get("created", created)
+        except (OSError, ValueError):
+            pass
+    meta = {"study": study.name, "study_file": str(study.path), "study_hash": study.hash, "created": created,
+            "updated": now_iso(), "cells": len(study.cells)}
+    write_text_atomic(layout.study_yaml, study.text)
+    write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
+    rows = study.manifest_rows()
+    schema = pa.schema([("cell_id", pa.string()), ("arm", pa.string()), ("dataset", pa.string()),
+                        ("model", pa.string()), ("seed", pa.int64()), ("settings", pa.string()),
+                        ("config", pa.string())])
+    table = pa.Table.from_pydict({f.name: [r[f.name] for r in rows] for f in schema}, schema=schema)
+    write_atomic(table, layout.manifest)
+
+
+def resolve_target(target: str | Path, out: str | Path) -> tuple[str, Path, Study | None]:
+    """A study file (→ name, out/name, the Study) or a study folder holding study.json (→ name, folder, None)."""
+    target = Path(target)
+    if target.is_dir():
+        meta = StudyFolder(target).study_json
+        if not meta.exists():
+            raise ConfigError(f"{target}: not a study folder (no study.json); give the study YAML file")
+        try:
+            name = json.loads(meta.read_text(encoding="utf-8"))["study"]
+        except (OSError, ValueError, KeyError, TypeError):
+            name = None
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ConfigError(f"{meta}: not a study record ablate wrote (no valid 'study' name); give the study "
+                              "YAML file")
+        return name, target, None
+    study = load_study(target)
+    return study.name, study_folder(out, study.name), study
