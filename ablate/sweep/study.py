@@ -263,6 +263,23 @@ def find_axes(data: Any, merged: dict[str, Any], path: Path_ = ()) -> dict[Path_
     return axes
 
 
+def merge_cell_sections(base: dict[str, Any], d_data: dict[str, Any], m_data: dict[str, Any] | None,
+                        m_sections: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """One cell's raw config: base, then the dataset entry's data section, the model entry (merged into the base
+    model when it is the same family, replacing it otherwise) and its train/eval sections, then the arm's
+    overrides."""
+    merged = copy.deepcopy(base)
+    merged.pop("seed", None)
+    if d_data:
+        merged["data"] = deep_merge(merged.get("data") or {}, d_data)
+    if m_data is not None:
+        base_model = merged.get("model") if isinstance(merged.get("model"), dict) else {}
+        same = model_name(m_data) == model_name(base_model)
+        merged["model"] = deep_merge(base_model, m_data) if same else copy.deepcopy(m_data)
+    merged = deep_merge(merged, m_sections)
+    return deep_merge(merged, overrides)
+
+
 # ---------------------------------------------------------------- the loader
 
 
@@ -472,7 +489,8 @@ class _Loader:
 
     # -- the whole study ---------------------------------------------------------------------------------
 
-    def load(self) -> Study:
+    def top_level(self) -> tuple[str, dict[str, Any], list[Any]]:
+        """The study's name, base config and arms, with their shapes checked."""
         data = self.data
         self.check_keys(data, STUDY_KEYS, (), "study")
         name = self.name(data.get("study", self.path.stem), ("study",), "study")
@@ -484,44 +502,95 @@ class _Loader:
         self.expect(arms, list, ("arms",), "arms must be a list of {name, techniques, ...}")
         if not arms:
             raise self.error(("arms",), "arms is empty; give at least one arm (e.g. {name: vanilla, techniques: {}})")
-        datasets, models, seeds = self.datasets(base), self.models(base), self.seeds(base)
-        study_excludes = self.exclusions(data.get("exclude"), ("exclude",))
+        return name, base, arms
 
+    def arm_header(self, arm: Any, at: Path_, taken: list[str]) -> tuple[str, dict[str, Any]]:
+        """An arm's name (unique) and the config sections it overrides."""
+        self.expect(arm, dict, at, "an arm must be a mapping {name, techniques, ...}")
+        self.check_keys(arm, ARM_KEYS, at, "arm")
+        if "name" not in arm:
+            raise self.error(at, "an arm needs a 'name'")
+        arm_name = self.name(arm["name"], at + ("name",), "an arm name")
+        if arm_name in taken:
+            raise self.error(at + ("name",), f"arm name '{arm_name}' is used twice")
+        for section in ("techniques", "data", "model", "train", "eval"):
+            if section in arm and arm[section] is not None:
+                self.expect(arm[section], dict, at + (section,), f"{section} must be a mapping")
+        overrides = {k: v for k, v in arm.items() if k in ("techniques", "data", "model", "train", "eval")
+                     and v is not None}
+        return arm_name, overrides
+
+    def apply_exclusions(self, candidates: list[tuple[Cell, list[tuple[dict[str, Any], Path_]]]],
+                         all_excludes: list[tuple[dict[str, Any], Path_]], known_labels: dict[str, list[str]],
+                         used: set[Path_]) -> tuple[list[Cell], list[str]]:
+        """Check every exclude entry's keys and labels, drop the cells they match; (kept cells, warnings for
+        entries that matched nothing)."""
+        all_keys = set(LABEL_KEYS)
+        flat: dict[int, dict[str, Any]] = {}
+        for cell, _ in candidates:
+            flat[id(cell)] = {**flatten(canonical_dict(cell.config)), "arm": cell.arm, "dataset": cell.dataset,
+                              "model": cell.model, "seed": cell.seed}
+            all_keys.update(flat[id(cell)])
+        for entry, at in all_excludes:
+            for key, want in entry.items():
+                if key in known_labels:
+                    for value in want if isinstance(want, list) else [want]:
+                        if value not in known_labels[key]:
+                            hint = suggest(str(value), known_labels[key]) or \
+                                f"; the study's {key}s: {', '.join(map(str, known_labels[key]))}"
+                            raise self.error(at + (key,), f"exclude: no {key} named {shorten(value)}{hint}")
+            for key in entry:
+                if key not in all_keys and not any(k.startswith(f"{key}.") for k in all_keys):
+                    hint = suggest(str(key), sorted(all_keys)) or "; use a dotted config key or arm/dataset/model/seed"
+                    raise self.error(at + (key,), f"exclude: unknown key '{key}'{hint}")
+        cells = []
+        for cell, excludes in candidates:
+            dropped = False
+            for entry, at in excludes:
+                if self._matches(entry, flat[id(cell)], cell):
+                    used.add(at)
+                    dropped = True
+            if not dropped:
+                cells.append(cell)
+        warnings = [f"{self.path}: line {self.line_of(at)}: exclude entry {entry} matches no cell"
+                    for entry, at in all_excludes if at not in used]
+        return cells, warnings
+
+    def check_unique(self, cells: list[Cell], arm_names: list[str]) -> None:
+        """Two cells with one resolved config would be one cell run twice: an error naming both."""
+        def label(c: Cell) -> str:
+            return f"arm '{c.arm}'" + (f" {c.settings}" if c.settings else "")
+
+        seen: dict[str, Cell] = {}
+        for cell in cells:
+            if cell.cell_id in seen:
+                other = seen[cell.cell_id]
+                raise self.error(("arms", arm_names.index(cell.arm)),
+                                 f"{label(cell)} (seed {cell.seed}, {cell.dataset}) has the same resolved config as "
+                                 f"{label(other)}: cell {cell.cell_id}; make them differ or drop one")
+            seen[cell.cell_id] = cell
+
+    def load(self) -> Study:
+        """Parse → expand every arm × dataset × model × setting × seed → validate each → apply exclusions."""
+        name, base, arms = self.top_level()
+        datasets, models, seeds = self.datasets(base), self.models(base), self.seeds(base)
+        study_excludes = self.exclusions(self.data.get("exclude"), ("exclude",))
+        all_excludes = study_excludes + [e for a, arm in enumerate(arms)
+                                         for e in self.exclusions(arm.get("exclude"), ("arms", a, "exclude"))]
         arm_names: list[str] = []
-        cells: list[Cell] = []
-        used: set[Path_] = set()
+        used: set[Path_] = set()  # exclude entries that matched something
         pre_excluded = 0
         candidates: list[tuple[Cell, list[tuple[dict[str, Any], Path_]]]] = []
         settings_per_arm: dict[str, int] = {}
         for a, arm in enumerate(arms):
             at: Path_ = ("arms", a)
-            self.expect(arm, dict, at, "an arm must be a mapping {name, techniques, ...}")
-            self.check_keys(arm, ARM_KEYS, at, "arm")
-            if "name" not in arm:
-                raise self.error(at, "an arm needs a 'name'")
-            arm_name = self.name(arm["name"], at + ("name",), "an arm name")
-            if arm_name in arm_names:
-                raise self.error(at + ("name",), f"arm name '{arm_name}' is used twice")
+            arm_name, overrides = self.arm_header(arm, at, arm_names)
             arm_names.append(arm_name)
-            for section in ("techniques", "data", "model", "train", "eval"):
-                if section in arm and arm[section] is not None:
-                    self.expect(arm[section], dict, at + (section,), f"{section} must be a mapping")
-            overrides = {k: v for k, v in arm.items() if k in ("techniques", "data", "model", "train", "eval")
-                         and v is not None}
             excludes = study_excludes + self.exclusions(arm.get("exclude"), at + ("exclude",))
             settings_seen = 0
             for d_label, d_data, d_at in datasets:
                 for m_label, m_data, m_sections, m_at in models:
-                    merged = copy.deepcopy(base)
-                    merged.pop("seed", None)
-                    if d_data:
-                        merged["data"] = deep_merge(merged.get("data") or {}, d_data)
-                    if m_data is not None:
-                        base_model = merged.get("model") if isinstance(merged.get("model"), dict) else {}
-                        same = model_name(m_data) == model_name(base_model)
-                        merged["model"] = deep_merge(base_model, m_data) if same else copy.deepcopy(m_data)
-                    merged = deep_merge(merged, m_sections)
-                    merged = deep_merge(merged, overrides)
+                    merged = merge_cell_sections(base, d_data, m_data, m_sections, overrides)
                     long_form = m_data is not None and "model" in self.data["models"][m_at[1]]
                     sources = _Sources(at, (m_at + ("model",) if long_form else m_at) if m_data is not None else None,
                                        d_at if d_data else None, m_at if long_form else None)
@@ -538,58 +607,15 @@ class _Loader:
                                          "× seeds × datasets × models); split it or sweep fewer values")
                     for raw, setting in settings:
                         for seed in seeds:
-                            raw_seeded = {**raw, "seed": seed}
-                            config = self.validate(raw_seeded, f"arm '{arm_name}'", sources)
+                            config = self.validate({**raw, "seed": seed}, f"arm '{arm_name}'", sources)
                             cell = Cell(cell_id=config_hash(config), arm=arm_name, dataset=d_label, model=m_label,
                                         seed=seed, settings=setting, config=config)
                             candidates.append((cell, excludes))
             settings_per_arm[arm_name] = settings_seen
 
-        warnings: list[str] = []
-        all_keys = set(LABEL_KEYS)
-        flat: dict[int, dict[str, Any]] = {}
-        for cell, _ in candidates:
-            flat[id(cell)] = {**flatten(canonical_dict(cell.config)), "arm": cell.arm, "dataset": cell.dataset,
-                              "model": cell.model, "seed": cell.seed}
-            all_keys.update(flat[id(cell)])
         known_labels = {"arm": arm_names, "dataset": [d for d, _, _ in datasets], "model": [m for m, _, _, _ in models]}
-        for entry, at in study_excludes + [e for a, arm in enumerate(arms)
-                                           for e in self.exclusions(arm.get("exclude"), ("arms", a, "exclude"))]:
-            for key, want in entry.items():
-                if key in known_labels:
-                    for value in want if isinstance(want, list) else [want]:
-                        if value not in known_labels[key]:
-                            hint = suggest(str(value), known_labels[key]) or \
-                                f"; the study's {key}s: {', '.join(map(str, known_labels[key]))}"
-                            raise self.error(at + (key,), f"exclude: no {key} named {shorten(value)}{hint}")
-            for key in entry:
-                if key not in all_keys and not any(k.startswith(f"{key}.") for k in all_keys):
-                    hint = suggest(str(key), sorted(all_keys)) or "; use a dotted config key or arm/dataset/model/seed"
-                    raise self.error(at + (key,), f"exclude: unknown key '{key}'{hint}")
-        for cell, excludes in candidates:
-            dropped = False
-            for entry, at in excludes:
-                if self._matches(entry, flat[id(cell)], cell):
-                    used.add(at)
-                    dropped = True
-            if not dropped:
-                cells.append(cell)
-        for entry, at in study_excludes + [e for a, arm in enumerate(arms)
-                                           for e in self.exclusions(arm.get("exclude"), ("arms", a, "exclude"))]:
-            if at not in used:
-                warnings.append(f"{self.path}: line {self.line_of(at)}: exclude entry {entry} matches no cell")
-
-        seen: dict[str, Cell] = {}
-        for cell in cells:
-            if cell.cell_id in seen:
-                other = seen[cell.cell_id]
-                a = arm_names.index(cell.arm)
-                def label(c: Cell) -> str:
-                    return f"arm '{c.arm}'" + (f" {c.settings}" if c.settings else "")
-                raise self.error(("arms", a), f"{label(cell)} (seed {cell.seed}, {cell.dataset}) has the same "
-                                 f"resolved config as {label(other)}: cell {cell.cell_id}; make them differ or "
-                                 "drop one")
-            seen[cell.cell_id] = cell
+        cells, warnings = self.apply_exclusions(candidates, all_excludes, known_labels, used)
+        self.check_unique(cells, arm_names)
         if not cells:
             raise self.error(("exclude",) if study_excludes else ("arms",), "no cells left after exclusions")
         references = self.references(arm_names, [d for d, _, _ in datasets], [m for m, _, _, _ in models])
