@@ -59,11 +59,15 @@ class _StrictLoader(yaml.SafeLoader):
 def expanded_size(root: yaml.Node) -> tuple[int, int]:
     """(values, depth) of a node graph with every alias expanded, without expanding it (memoised per node)."""
     sizes: dict[int, tuple[int, int]] = {}
+    open_nodes: set[int] = set()  # expanded, children not finished: meeting one again is a recursive alias
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:  # iterative post-order: the parser's own nesting limit is far above Python's recursion limit
         node, children_done = stack.pop()
         if id(node) in sizes:
             continue
+        if not children_done and id(node) in open_nodes:
+            raise YAMLRefused("an alias refers to a value that contains it (a recursive alias); remove it",
+                              _line(node))
         if isinstance(node, yaml.MappingNode):
             children = [n for pair in node.value for n in pair]
         elif isinstance(node, yaml.SequenceNode):
@@ -72,6 +76,7 @@ def expanded_size(root: yaml.Node) -> tuple[int, int]:
             sizes[id(node)] = (1, 0)
             continue
         if not children_done:
+            open_nodes.add(id(node))
             stack.append((node, True))
             stack.extend((child, False) for child in children if id(child) not in sizes)
             continue

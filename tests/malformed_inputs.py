@@ -121,6 +121,7 @@ CONFIGS = [
     Case("duplicate key", "config", TINY + "seed: 1\n"),
     Case("non-string key", "config", TINY + "1: 2\n"),
     Case("yaml bomb", "config", _bomb(9) + TINY),
+    Case("recursive alias", "config", TINY + "techniques: &t {free_bits: *t}\n"),
     Case("small yaml bomb in a value", "config", _bomb(6) + _config(seed="seed: *a6")),
     Case("study key in a run config", "config", TINY + "arms: []\n"),
     Case("deep nesting", "config", "train: " + "[" * 5000 + "]" * 5000 + "\n"),

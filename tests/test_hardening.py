@@ -335,6 +335,7 @@ def test_files_of_killed_attempts_are_removed_on_resume(tmp_path, capsys):
                folder / "checkpoints" / f"{cell}.pt"]  # a done cell's checkpoint, a dead writer's temporary file
     for path in orphans:
         path.write_bytes(b"x")
+    os.utime(orphans[1], (0, 0))  # a temporary file is only taken for abandoned once it is old
     kept = folder / "runs" / f"{cell}.a1.model.pt"
     capsys.readouterr()
     assert run_sweep(study, jobs=1, out=tmp_path / "results", progress=False) == 0

@@ -175,8 +175,9 @@ def remove_orphans(ledger: Ledger) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     for path in list(ledger.runs.glob(".*.tmp")) + list(checkpoints.glob(".*.tmp")):
-        pid = re.search(r"\.(\d+)\.tmp$", path.name)  # a writer's temporary file: gone with its process
-        if pid and not process_alive(int(pid[1])):
+        pid = re.search(r"\.(\d+)\.tmp$", path.name)  # a writer's temporary file: gone with its process (and
+        stale = time.time() - path.stat().st_mtime > 600  # old: a writer on another machine has another pid space)
+        if pid and stale and not process_alive(int(pid[1])):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
