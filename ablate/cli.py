@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Callable
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

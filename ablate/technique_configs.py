@@ -17,7 +17,7 @@ from ablate.registry import Registry, UnknownName, did_you_mean
 TECHNIQUES: Registry[Any] = Registry("technique", discover=("ablate.techniques",), order_key=lambda cls: cls.order)
 
 
-def get(name: str) -> type[Technique]:
+def get(name: str) -> Any:
     """The technique class of a name, or a one-line error with the closest name."""
     try:
         return TECHNIQUES.get(name)
