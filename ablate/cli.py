@@ -45,6 +45,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: a study (it has arms), not a run config; run it with "
                           f"`ablate sweep {args.config}`")
     config = load_config(args.config, args.set)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
+        return 0
     check_runnable(config, args.config or "<defaults>")
     check_writable(args.out, "--out")
     out = StudyFolder(args.out).runs
@@ -70,10 +75,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if is_study(data):
         from ablate.sweep.study import load_study  # noqa: WPS433 (study support lives in the sweep package)
 
-        if args.set:
-            raise ConfigError(f"{args.path}: --set applies to run configs; for a study, change the key in its "
-                              "base (every arm) or in one arm")
-        study = load_study(args.path)
+        study = load_study(args.path, args.set)
         check_configs_runnable(study.labelled_configs())
         print(study.summary())
         return 0
@@ -105,6 +107,8 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, repeatable")
     p.add_argument("--out", default="results", help="output folder (default results/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (defaults filled, overrides applied) as YAML and stop")
     p.set_defaults(func=cmd_run)
 
 

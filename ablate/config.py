@@ -8,6 +8,7 @@ same rules to each technique's own fields.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -310,10 +311,16 @@ def set_path(data: dict[str, Any], path: Sequence[Any], value: Any) -> None:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each dotted key in a nested dict (creating sections as needed)."""
+    """Set each dotted key in a nested dict (creating sections as needed). `techniques.<name>=null` removes the
+    technique (in a YAML file `<name>:` with no value means its defaults; on the command line null means off)."""
     for text in overrides:
         path, value = parse_override(text)
-        set_path(data, path, value)
+        if value is None and len(path) == 2 and path[0] == "techniques":
+            techniques = data.get("techniques")
+            if isinstance(techniques, dict):
+                techniques.pop(path[1], None)
+            continue
+        set_path(data, path, copy.deepcopy(value))
     return data
 
 

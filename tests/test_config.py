@@ -108,3 +108,12 @@ def test_run_summary_without_evaluation_splits_says_so():
     text = format_metrics({"test.kl": 1.5, "test.au": 3.0, "eval.iw_samples": 100, "eval.token_unit": "word",
                            "eval.mi_pool": 1000, "eval.au_delta": 0.01})
     assert "kl" in text and "1.500" in text and "K=100 per word" in text
+
+
+def test_print_config_round_trips(tmp_path, capsys):
+    """`ablate run CONFIG --print-config` prints the resolved config; it validates to the same config (hash)."""
+    assert main(["run", str(EXAMPLES / "free_bits.yaml"), "--print-config", "--set", "train.epochs=3"]) == 0
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    original = load_config(EXAMPLES / "free_bits.yaml", ["train.epochs=3"])
+    assert config_hash(load_config(printed)) == config_hash(original)

@@ -112,3 +112,11 @@ def test_batches_masks_match_lengths():
     for batch in iterate_batches(split, vocab.framing, 3):
         assert (batch.enc_mask.sum(1) == batch.dec_mask.sum(1) + 1).all()  # encoder has <s> and </s>
         assert ((batch.enc_ids != 0) == batch.enc_mask).all()
+
+
+def test_hf_local_files_may_name_the_split_valid(tmp_path):
+    """`hf_data_files: {train, valid, test}` works as well as `validation` (split_names' default)."""
+    folder = write_lines(tmp_path / "hf", {"tr.txt": ["one two"], "va.txt": ["four"], "te.txt": ["five"]})
+    files = {k: str(folder / v) for k, v in {"train": "tr.txt", "valid": "va.txt", "test": "te.txt"}.items()}
+    corpus = load_corpus(DataConfig(name="hf", hf_name="text", hf_data_files=files))
+    assert corpus.texts == {"train": ["one two"], "valid": ["four"], "test": ["five"]}

@@ -16,6 +16,7 @@ from pathlib import Path
 from ablate.config import ConfigError, DataConfig
 
 SPLITS = ("train", "valid", "test")
+SPLIT_ALIASES = {"valid": ("validation", "valid", "val", "dev"), "test": ("test", "eval")}
 
 # Canonical md5s of Mikolov's PTB files (as distributed with the Mikolov RNNLM toolkit / the tensorflow tutorial).
 PTB_MD5 = {
@@ -145,6 +146,8 @@ def load_hf_corpus(config: DataConfig) -> Corpus:
     corpus = Corpus(name=f"hf:{config.hf_name}", texts={})
     for split in SPLITS:
         theirs = config.split_names.get(split, split)
+        if theirs not in loaded:  # the common other names of a split (`valid` for `validation`, ...)
+            theirs = next((n for n in SPLIT_ALIASES.get(split, ()) if n in loaded), theirs)
         if theirs not in loaded:
             raise ConfigError(
                 f"data.split_names.{split}: dataset {config.hf_name} has no split '{theirs}' "

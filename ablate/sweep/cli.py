@@ -19,7 +19,7 @@ def _storage(args: argparse.Namespace) -> str | None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ablate.sweep.runner import run_sweep
 
-    return run_sweep(args.study, jobs=args.jobs, storage=_storage(args), dry_run=args.dry_run,
+    return run_sweep(args.study, jobs=args.jobs, storage=_storage(args), dry_run=args.dry_run, overrides=args.set,
                      fail_fast=args.fail_fast, max_attempts=args.max_attempts, out=args.out,
                      progress=not args.quiet)
 
@@ -34,7 +34,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from ablate.sweep.runner import status_text
 
-    print(status_text(args.study, out=args.out, storage=_storage(args)))
+    print(status_text(args.study, out=args.out, storage=_storage(args), overrides=args.set))
     return 0
 
 
@@ -58,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-attempts", type=int, default=2, metavar="N",
                    help="attempts per cell in this sweep, the first included (default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key in every cell (after the arms' own keys; a list sweeps); repeatable")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("worker", help="pull queued cells of a study until its queue is empty (started by sweep)")
@@ -69,4 +71,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("status", help="expected / done / failed / running / waiting cells per arm of a study")
     _common(p)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="the overrides the study was swept with (a study folder remembers its own)")
     p.set_defaults(func=cmd_status)

@@ -21,7 +21,7 @@ def study_folder(out: str | Path, name: str) -> Path:
 
 
 def write_study_files(study: Study, folder: Path) -> None:
-    """study.yaml (the file as run), study.json (name, file, hash, created) and manifest.parquet."""
+    """study.yaml (the file as run), study.json (name, file, hash, --set overrides, created) and manifest.parquet."""
     from ablate.outputs import write_text_atomic
     from ablate.results import write_atomic
 
@@ -36,8 +36,8 @@ def write_study_files(study: Study, folder: Path) -> None:
             created = json.loads(meta_path.read_text()).get("created", created)
         except (OSError, ValueError):
             pass
-    meta = {"study": study.name, "study_file": str(study.path), "study_hash": study.hash, "created": created,
-            "updated": now_iso(), "cells": len(study.cells)}
+    meta = {"study": study.name, "study_file": str(study.path), "study_hash": study.hash, "overrides": study.overrides,
+            "created": created, "updated": now_iso(), "cells": len(study.cells)}
     write_text_atomic(layout.study_yaml, study.text)
     write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     rows = study.manifest_rows()
@@ -48,8 +48,19 @@ def write_study_files(study: Study, folder: Path) -> None:
     write_atomic(table, layout.manifest)
 
 
-def resolve_target(target: str | Path, out: str | Path) -> tuple[str, Path, Study | None]:
-    """A study file (→ name, out/name, the Study) or a study folder holding study.json (→ name, folder, None)."""
+def recorded_overrides(folder: Path) -> list[str]:
+    """The --set overrides a study folder was last swept with (study.json; [] when none or unreadable)."""
+    try:
+        overrides = json.loads(StudyFolder(folder).study_json.read_text(encoding="utf-8")).get("overrides", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [o for o in overrides if isinstance(o, str)] if isinstance(overrides, list) else []
+
+
+def resolve_target(target: str | Path, out: str | Path, overrides: list[str] | None = None
+                   ) -> tuple[str, Path, Study | None]:
+    """A study file (→ name, out/name, the Study with `overrides`) or a study folder holding study.json (→ name,
+    folder, None)."""
     target = Path(target)
     if target.is_dir():
         meta = StudyFolder(target).study_json
@@ -63,5 +74,5 @@ def resolve_target(target: str | Path, out: str | Path) -> tuple[str, Path, Stud
             raise ConfigError(f"{meta}: not a study record ablate wrote (no valid 'study' name); give the study "
                               "YAML file")
         return name, target, None
-    study = load_study(target)
+    study = load_study(target, overrides)
     return study.name, study_folder(out, study.name), study

@@ -34,7 +34,8 @@ from ablate.config import ConfigError, is_study, read_yaml
 from ablate.layout import MODEL_NAME, StudyFolder
 from ablate.outputs import check_writable
 from ablate.preflight import check_configs_runnable
-from ablate.sweep.folder import resolve_target, study_folder, write_study_files  # noqa: F401 - re-exported
+from ablate.sweep.folder import (recorded_overrides, resolve_target, study_folder,  # noqa: F401 - re-exported
+                                 write_study_files)
 from ablate.sweep.ledger import STORAGE_ENV, Ledger, ResultIndex, process_alive, redact
 from ablate.sweep.progress import (SweepProgress, _counts_now, _duration, count_cells, failure_lines,  # noqa: F401
                                    format_counts, total)
@@ -82,12 +83,12 @@ def threads_per_worker(jobs: int) -> int:
 
 def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = None, dry_run: bool = False,
               fail_fast: bool = False, max_attempts: int = 2, out: str | Path = "results", progress: bool = True,
-              stream: TextIO | None = None) -> int:
+              stream: TextIO | None = None, overrides: list[str] | None = None) -> int:
     """`ablate sweep`: see the module docstring. Returns the exit status."""
     stream = stream or sys.stdout
     if Path(path).is_file() and not is_study(read_yaml(path)):
         raise ConfigError(f"{path}: a run config (no arms), not a study; run it with `ablate run {path}`")
-    study = load_study(path)  # raises ConfigError before anything is written
+    study = load_study(path, overrides)  # raises ConfigError before anything is written
     if max_attempts < 1:
         raise ConfigError(f"--max-attempts must be at least 1 (got {max_attempts})")
     folder = study_folder(out, study.name)
@@ -332,11 +333,13 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
 # ---------------------------------------------------------------- status
 
 
-def status_text(target: str | Path, out: str | Path = "results", storage: str | None = None) -> str:
-    """`ablate status STUDY`: expected / done / failed / running / waiting / pending per arm."""
-    name, folder, study = resolve_target(target, out)
+def status_text(target: str | Path, out: str | Path = "results", storage: str | None = None,
+                overrides: list[str] | None = None) -> str:
+    """`ablate status STUDY`: expected / done / failed / running / waiting / pending per arm (a study folder: with
+    the --set overrides it was swept with)."""
+    name, folder, study = resolve_target(target, out, overrides)
     if study is None:
-        study = load_study(StudyFolder(folder).study_yaml)
+        study = load_study(StudyFolder(folder).study_yaml, recorded_overrides(folder))
         study.name = name
     ledger = Ledger.open_existing(name, folder, storage)
     results = ResultIndex(StudyFolder(folder).runs)

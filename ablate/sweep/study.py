@@ -52,8 +52,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ablate.config import (DEFAULT_MODEL, MODEL_CONFIGS, ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig,
-                           canonical_dict, config_hash, explain, flatten, model_name, read_yaml_file, set_path,
-                           shorten, suggest)
+                           apply_overrides, canonical_dict, config_hash, explain, flatten, model_name, parse_override,
+                           read_yaml_file, set_path, shorten, suggest)
 from ablate.references import Reference, ReferenceConventions
 
 STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude", "references"]
@@ -97,10 +97,13 @@ class Study:
     warnings: list[str] = field(default_factory=list)
     excluded: int = 0
     references: list[Reference] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE applied to every cell
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
+        """sha256 of the study file's text (and of the --set overrides it was run with, when any)."""
+        extra = "".join(f"\n--set {o}" for o in self.overrides)
+        return hashlib.sha256((self.text + extra).encode()).hexdigest()
 
     def cell(self, cell_id: str) -> Cell:
         for cell in self.cells:
@@ -124,7 +127,8 @@ class Study:
         lines = [f"{self.path}: study '{self.name}': {len(self.cells)} cells = {len(self.arms)} arm(s) "
                  f"[{sum(self.settings_per_arm.values())} settings] × {len(self.datasets)} dataset(s) × "
                  f"{len(self.models)} model(s) × {len(self.seeds)} seed(s)"
-                 + (" (after exclusions)" if self.excluded else ""),
+                 + (" (after exclusions)" if self.excluded else "")
+                 + (f"; with --set {' --set '.join(self.overrides)}" if self.overrides else ""),
                  head + f"{'total':>8}"]
         for arm in self.arms:
             row = counts[arm]
@@ -286,8 +290,12 @@ def merge_cell_sections(base: dict[str, Any], d_data: dict[str, Any], m_data: di
 class _Loader:
     """Builds a Study from a parsed file; every error names the file, the line and the key."""
 
-    def __init__(self, path: Path, text: str, data: dict[str, Any], lines: dict[Path_, int]):
+    def __init__(self, path: Path, text: str, data: dict[str, Any], lines: dict[Path_, int],
+                 overrides: list[str] | None = None):
         self.path, self.text, self.data, self.lines = path, text, data, lines
+        self.overrides = list(overrides or [])
+        for text_ in self.overrides:
+            parse_override(text_)  # a malformed --set fails before anything else
 
     def line_of(self, *paths: Path_) -> int | None:
         """The line of the first path found (trying ever shorter prefixes of each in turn)."""
@@ -590,7 +598,8 @@ class _Loader:
             settings_seen = 0
             for d_label, d_data, d_at in datasets:
                 for m_label, m_data, m_sections, m_at in models:
-                    merged = merge_cell_sections(base, d_data, m_data, m_sections, overrides)
+                    merged = apply_overrides(merge_cell_sections(base, d_data, m_data, m_sections, overrides),
+                                             self.overrides)
                     long_form = m_data is not None and "model" in self.data["models"][m_at[1]]
                     sources = _Sources(at, (m_at + ("model",) if long_form else m_at) if m_data is not None else None,
                                        d_at if d_data else None, m_at if long_form else None)
@@ -619,7 +628,8 @@ class _Loader:
         if not cells:
             raise self.error(("exclude",) if study_excludes else ("arms",), "no cells left after exclusions")
         references = self.references(arm_names, [d for d, _, _ in datasets], [m for m, _, _, _ in models])
-        return Study(name=name, path=self.path, text=self.text, cells=cells, arms=arm_names,
+        return Study(name=name, path=self.path, text=self.text, overrides=list(self.overrides), cells=cells,
+                     arms=arm_names,
                      datasets=[d for d, _, _ in datasets], models=[m for m, _, _, _ in models], seeds=seeds,
                      settings_per_arm=settings_per_arm, warnings=warnings,
                      excluded=len(candidates) - len(cells) + pre_excluded, references=references)
@@ -712,8 +722,10 @@ def _equal(have: Any, want: Any) -> bool:
     return have == want
 
 
-def load_study(path: str | Path) -> Study:
-    """Parse, expand and validate a study file; raises a one-line ConfigError (file, line, key) on any problem."""
+def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
+    """Parse, expand and validate a study file; raises a one-line ConfigError (file, line, key) on any problem.
+    `overrides` (`--set KEY=VALUE`) apply to every cell's config after its arm's own keys (a list value sweeps)."""
     path = Path(path)
     text, data, lines = _load_yaml(path)
-    return _Loader(path, text, data, lines).load()
+    study = _Loader(path, text, data, lines, overrides or []).load()
+    return study

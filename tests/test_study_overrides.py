@@ -1,0 +1,63 @@
+"""`--set KEY=VALUE` on studies (validate, sweep, status) and `--set techniques.<name>=null` (issue 14's friction
+items; issue 12 found `validate STUDY --set` silently ignored)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ablate.cli import main
+from ablate.config import load_config
+from ablate.sweep.runner import run_sweep, status_text
+from ablate.sweep.study import load_study
+from malformed_inputs import STUDY
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_set_applies_to_every_cell_after_the_arms(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY + "  - name: slow\n    train: {lr: 0.5, kl_weight: 0.5}\n")
+    plain = load_study(path)
+    changed = load_study(path, ["train.lr=0.01", "model.nz=3"])
+    assert [c.config.train.lr for c in plain.cells] == [0.001, 0.5]
+    assert [c.config.train.lr for c in changed.cells] == [0.01, 0.01]  # after the arm's own key
+    assert {c.config.model.nz for c in changed.cells} == {3}
+    assert {c.cell_id for c in plain.cells}.isdisjoint(c.cell_id for c in changed.cells)
+    assert changed.hash != plain.hash and "with --set train.lr=0.01 --set model.nz=3" in changed.summary()
+    swept = load_study(path, ["train.epochs=[1, 2]"])  # a list value sweeps, like a list in the file
+    assert len(swept.cells) == 4
+    with pytest.raises(Exception, match="same resolved config as arm 'vanilla'"):
+        load_study(path, ["train.lr=0.01", "train.kl_weight=1.0"])  # the override made the arms one cell
+
+
+def test_validate_study_with_set(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY)
+    assert main(["validate", str(path), "--set", "train.epochs=[1, 2]"]) == 0
+    assert "2 cells" in capsys.readouterr().out
+    assert main(["validate", str(path), "--set", "train.epochs=-1"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+
+
+def test_sweep_records_its_overrides_and_status_reuses_them(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY)
+    out = tmp_path / "results"
+    assert run_sweep(path, jobs=1, out=out, progress=False, overrides=["train.epochs=2"]) == 0
+    folder = out / "bad"
+    assert json.loads((folder / "study.json").read_text())["overrides"] == ["train.epochs=2"]
+    rows = list((folder / "runs").glob("*.a1.parquet"))
+    assert len(rows) == 1
+    status = status_text(folder)  # the folder remembers its overrides: the cell counts as done
+    assert "vanilla           1         1" in status
+    assert "vanilla           1         0" in status_text(path, out=out)  # the file without them: another cell
+
+
+def test_set_null_removes_a_technique(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("techniques: {free_bits: {lambda_per_dim: 0.5}, kl_annealing: {}}\n")
+    assert set(load_config(config).techniques) == {"free_bits", "kl_annealing"}
+    assert set(load_config(config, ["techniques.free_bits=null"]).techniques) == {"kl_annealing"}
+    assert load_config(config, ["train.max_steps=null"]).train.max_steps is None  # other keys: null is null
