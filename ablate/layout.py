@@ -1,6 +1,7 @@
 """Where things are in a results folder: the one module that knows the layout (.notes/CONTRACTS.md).
 
     results/<study>/            a study (ablate sweep); `ablate run --out DIR` uses DIR/runs/ alone
+        results.parquet         every attempt's row in one table (runs/*.parquet consolidated as cells end)
         study.yaml              the study file as run
         study.json              name, file, hash, created/updated, cells
         manifest.parquet        one row per expected cell
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST = "manifest.parquet"
+RESULTS_TABLE = "results.parquet"  # every attempt's row in one table, rewritten as cells finish
 RESULT_NAME = re.compile(r"^(?P<cell>[0-9a-f]{12})\.a(?P<attempt>\d+)\.parquet$")
 MODEL_NAME = re.compile(r"^(?P<cell>[0-9a-f]{12})\.a(?P<attempt>\d+)\.model\.pt$")
 
@@ -50,6 +52,10 @@ class StudyFolder:
     @property
     def manifest(self) -> Path:
         return self.root / MANIFEST
+
+    @property
+    def results_table(self) -> Path:
+        return self.root / RESULTS_TABLE
 
     @property
     def journal(self) -> Path:

@@ -8,6 +8,7 @@ rec, loss.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ablate.layout import MANIFEST
+from ablate.config_columns import config_column_type
+from ablate.layout import MANIFEST, RESULTS_TABLE, StudyFolder
 from ablate.metric_schema import is_metric_column
 from ablate.outputs import atomic_target
 
@@ -61,7 +63,9 @@ def row_schema(row: dict[str, Any]) -> pa.Schema:
     for name in sorted(k for k in row if k not in known):
         if name.startswith("config."):
             value = row[name]
-            kind = pa.string() if value is None or isinstance(value, (list, dict)) else _arrow_type(value)
+            kind = config_column_type(name, row)  # the declared type: one type per column in every row
+            if kind is None:
+                kind = pa.string() if value is None or isinstance(value, (list, dict)) else _arrow_type(value)
             fields.append(pa.field(name, kind))
         elif is_metric_column(name):
             fields.append(pa.field(name, pa.float64()))
@@ -72,10 +76,13 @@ def row_schema(row: dict[str, Any]) -> pa.Schema:
 
 
 def _coerce(value: Any, kind: pa.DataType) -> Any:
+    """A value in its column's type (an int in a float column, 32 in eval.mi_pool's string column, ...)."""
     if value is None:
         return None
     if kind == pa.string() and not isinstance(value, str):
-        return str(value)
+        return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    if kind == pa.float64() and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
     return value
 
 
@@ -141,15 +148,56 @@ def load_results(directory: str | Path, unreadable: list[Path] | None = None
     failed rows are every failed attempt, kept apart so that a retried cell does not count twice. Files that
     cannot be read are skipped into `unreadable` when it is given (else the error is raised).
     """
-    paths = sorted(p for p in Path(directory).rglob("*.parquet") if not p.name.endswith(".curves.parquet")
-                   and not p.name.startswith(".") and p.name != MANIFEST)
-    rows = read_rows(paths, unreadable, ROW_KEYS)
+    rows = read_rows(row_files(directory), unreadable, ROW_KEYS)
     if rows.empty:
         return rows, rows
     ok = rows[rows["status"] == "ok"].sort_values(["cell_id", "attempt", "finished_at"])
     ok = ok.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
     failed = rows[rows["status"] != "ok"].reset_index(drop=True)
     return ok, failed
+
+
+def row_files(directory: str | Path) -> list[Path]:
+    """The result-row files under a folder (each attempt's own file; not curves, manifests or consolidated tables)."""
+    return sorted(p for p in Path(directory).rglob("*.parquet") if not p.name.endswith(".curves.parquet")
+                  and not p.name.startswith(".") and p.name not in (MANIFEST, RESULTS_TABLE))
+
+
+def rows_table(directory: str | Path, unreadable: list[Path] | None = None) -> pa.Table:
+    """Every attempt's row under a folder as one arrow table (columns unified: a column absent from a row's
+    file is null there; each column keeps its one declared type)."""
+    tables = []
+    for path in row_files(directory):
+        try:
+            table = pq.read_table(path)
+            if not ROW_KEYS <= set(table.column_names):
+                raise pa.ArrowInvalid(f"{path}: not a result file")
+            tables.append(table)
+        except (OSError, pa.ArrowException):
+            if unreadable is None:
+                raise
+            unreadable.append(path)
+    if not tables:
+        return IDENTITY_SCHEMA.empty_table()
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def write_results_table(study_folder: str | Path) -> Path:
+    """Rewrite a study's results.parquet from its runs/ (atomically); returns its path."""
+    layout = StudyFolder(study_folder)
+    table = rows_table(layout.runs, unreadable=[])
+    write_atomic(table.sort_by([("cell_id", "ascending"), ("attempt", "ascending")]), layout.results_table)
+    return layout.results_table
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """Every result row under `path` (a study folder, a results root, a runs/ folder, or a results.parquet) as
+    one pandas DataFrame: one row per attempt (`status` ok or failed), stable column types. The notebook entry
+    point, also `ablate.load_results`."""
+    path = Path(path)
+    if path.is_file():
+        return pq.read_table(path).to_pandas()
+    return rows_table(path, unreadable=[]).to_pandas()
 
 
 def load_curves(directory: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:

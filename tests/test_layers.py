@@ -18,6 +18,7 @@ LAYERS = [
     ["ablate", "ablate.registry", "ablate.safe_yaml"],
     ["ablate.technique_configs"],
     ["ablate.config"],
+    ["ablate.config_columns"],
     ["ablate.outputs", "ablate.layout", "ablate.metrics", "ablate.metric_schema", "ablate.references"],
     ["ablate.data"],
     ["ablate.models"],
@@ -67,10 +68,15 @@ def imports() -> dict[str, list[tuple[str, int]]]:
     return out
 
 
+# `ablate/__init__.py` is the public facade: it may name the API (lazily, inside `__getattr__`), and every module
+# may import the package itself (for `__version__`)
+FACADE = {("ablate", "ablate.results")}
+
+
 def test_every_import_points_down():
     upward = [f"{module} line {line} imports {target} (layer {layer_of(target)} > {layer_of(module)})"
               for module, edges in imports().items() for target, line in edges
-              if layer_of(target) > layer_of(module)]
+              if layer_of(target) > layer_of(module) and (module, target) not in FACADE]
     assert not upward, "\n".join(upward)
 
 

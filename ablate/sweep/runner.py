@@ -34,6 +34,7 @@ from ablate.config import ConfigError, is_study, read_yaml
 from ablate.layout import MODEL_NAME, StudyFolder
 from ablate.outputs import check_writable
 from ablate.preflight import check_configs_runnable
+from ablate.results import write_results_table
 from ablate.sweep.folder import (recorded_overrides, resolve_target, study_folder,  # noqa: F401 - re-exported
                                  write_study_files)
 from ablate.sweep.ledger import STORAGE_ENV, Ledger, ResultIndex, process_alive, redact
@@ -144,6 +145,7 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
         bar.close()
         print("interrupted; run the same command again to continue", file=sys.stderr)
         return 130
+    write_results_table(folder)  # complete now (workers rewrite it as their cells end)
     final = count_cells(ledger, study, ResultIndex(ledger.runs))
     bar.update(total(final).done, total(final).failed, total(final).running)
     bar.close()

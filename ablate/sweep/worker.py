@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from ablate.config import ConfigError, build_config, config_hash
 from ablate.layout import StudyFolder, result_stem
+from ablate.results import write_results_table
 from ablate.sweep.folder import resolve_target
 from ablate.sweep.ledger import Ledger, has_ok_result
 
@@ -66,6 +67,7 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
         ledger.fail(trial, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         retried = not fail_fast and ledger.retry_if_allowed(trial)
         return CellResult(cell_id, attempt, ok=False, error=f"{type(exc).__name__}: {exc}", retried=retried)
+    write_results_table(folder)  # the study's one table, current as each cell ends
     if outcome.ok:
         ledger.complete(trial, outcome.row)
         checkpoint.unlink(missing_ok=True)

@@ -1,0 +1,91 @@
+"""`ablate results STUDY_OR_FOLDER`: a study's result rows on the terminal or to a file (table, csv, json, parquet).
+
+What it prints is `ablate.load_results(folder)` (one row per attempt), by default the latest successful attempt of
+each cell with the columns a reader looks at first; `--all` keeps every attempt, `--columns` chooses (glob
+patterns such as 'test.*' work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+from pathlib import Path
+
+from ablate.commands import COMMANDS
+
+DEFAULT_COLUMNS = ["arm", "dataset", "model", "seed", "attempt", "status", "test.nll", "test.ppl", "test.kl",
+                   "test.mi", "test.au", "valid.nll", "cell_id"]
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def _folder(target: str, out: str) -> Path:
+    from ablate.config import ConfigError, is_study, read_yaml
+    from ablate.sweep.study import load_study
+
+    path = Path(target)
+    if path.is_dir() or path.name.endswith(".parquet"):
+        if not path.exists():
+            raise ConfigError(f"{target}: no such folder or file")
+        return path
+    if path.is_file() and is_study(read_yaml(path)):
+        return Path(out) / load_study(path).name
+    raise ConfigError(f"{target}: give a study file, its results folder (results/<study>) or a results.parquet")
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from ablate.config import ConfigError
+    from ablate.results import read_results
+
+    folder = _folder(args.study, args.results)
+    rows = read_results(folder)
+    if rows.empty:
+        raise ConfigError(f"{folder}: no result rows yet; run `ablate sweep` (or `ablate run --out`) first")
+    if not args.all:
+        rows = rows[rows["status"] == "ok"].sort_values(["cell_id", "attempt"]).drop_duplicates("cell_id",
+                                                                                               keep="last")
+    wanted = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else DEFAULT_COLUMNS
+    columns = [c for pattern in wanted for c in rows.columns if fnmatch.fnmatchcase(c, pattern)]
+    unknown = [p for p in wanted if not any(fnmatch.fnmatchcase(c, p) for c in rows.columns)]
+    if unknown and args.columns:
+        from ablate.config import suggest
+
+        raise ConfigError(f"--columns: no column '{unknown[0]}'{suggest(unknown[0], list(rows.columns))}")
+    rows = rows[list(dict.fromkeys(columns))].reset_index(drop=True)
+    if args.format == "parquet":
+        if not args.output:
+            raise ConfigError("--format parquet writes a file: give --output FILE")
+        rows.to_parquet(args.output, index=False)
+    elif args.format == "table":
+        text = rows.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+        _emit(text + "\n", args.output)
+    elif args.format == "csv":
+        _emit(rows.to_csv(index=False, lineterminator="\n"), args.output)
+    else:
+        _emit(rows.to_json(orient="records", indent=1) + "\n", args.output)
+    if args.output:
+        print(f"wrote {len(rows)} rows × {len(rows.columns)} columns to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        from ablate.outputs import write_text_atomic
+
+        write_text_atomic(Path(output), text)
+    else:
+        sys.stdout.write(text)
+
+
+@COMMANDS.register("results")
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("results", help="a study's result rows as a table, csv, json or parquet")
+    p.add_argument("study", help="study YAML file, its results folder (results/<study>) or a results.parquet")
+    p.add_argument("--results", default="results", help="results root of a study given as a file (results/)")
+    p.add_argument("--format", default="table", choices=FORMATS)
+    p.add_argument("--columns", default=None, metavar="A,B,...",
+                   help="columns (glob patterns: 'test.*', 'config.train.*'); default: identity and test metrics")
+    p.add_argument("--all", action="store_true", help="every attempt, failed ones included (default: the latest "
+                                                       "ok attempt per cell)")
+    p.add_argument("--output", default=None, metavar="FILE", help="write to FILE instead of the terminal")
+    p.set_defaults(func=cmd_results)

@@ -1,0 +1,65 @@
+"""Results that query like a table: one declared type per column in every row, one consolidated results.parquet
+per study, `ablate.load_results` and `ablate results` (issue 14)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import ablate
+from ablate.cli import main
+from ablate.config import build_config
+from ablate.run import base_row
+from ablate.results import write_row
+from ablate.sweep.runner import run_sweep
+from conftest import tiny_overrides
+from malformed_inputs import STUDY
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_a_column_has_one_type_whatever_the_value(tmp_path):
+    """Unset (None) values are null in the column's declared type, never a string; an int in a float field is
+    a float; eval.mi_pool ("dataset" or M) is always a string."""
+    a = build_config(tiny_overrides(**{"eval.mi_pool": "dataset"}))
+    b = build_config(tiny_overrides(**{"train.max_steps": 5, "eval.mi_pool": 32, "train.lr": 1}))
+    for name, config in (("a", a), ("b", b)):
+        row = {**base_row(config, name, {}), "status": "ok"}
+        write_row(row, tmp_path / f"{name}.parquet")
+    schemas = [pq.read_schema(tmp_path / f"{n}.parquet") for n in ("a", "b")]
+    for column in ("config.train.max_steps", "config.eval.mi_pool", "config.train.lr", "config.data.path"):
+        assert schemas[0].field(column).type == schemas[1].field(column).type, column
+    assert str(schemas[0].field("config.train.max_steps").type) == "int64"
+    assert str(schemas[0].field("config.eval.mi_pool").type) == "string"
+    rows = ablate.load_results(tmp_path)
+    assert rows["config.train.max_steps"].isna().sum() == 1 and rows["config.train.lr"].tolist() == [0.001, 1.0]
+    assert sorted(rows["config.eval.mi_pool"]) == ["32", "dataset"]
+    assert rows["config.data.path"].isna().all()  # null, not "None"
+
+
+def test_a_sweep_keeps_one_results_table_and_the_cli_prints_it(tmp_path, capsys):
+    study = tmp_path / "s.yaml"
+    study.write_text(STUDY + "  - name: diverges\n    train: {divergence_threshold: 1.0e-3}\n")
+    out = tmp_path / "results"
+    assert run_sweep(study, jobs=1, out=out, progress=False) == 1
+    table = pd.read_parquet(out / "bad" / "results.parquet")
+    assert sorted(table["status"]) == ["failed", "ok"] and set(table["arm"]) == {"vanilla", "diverges"}
+    assert len(ablate.load_results(out / "bad")) == 2  # a study folder: its rows once (not the consolidated copy)
+    capsys.readouterr()
+
+    assert main(["results", str(study), "--results", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split()[:6] == ["arm", "dataset", "model", "seed", "attempt", "status"]
+    assert len(printed) == 2 and "vanilla" in printed[1]  # the ok attempt only
+    assert main(["results", str(out / "bad"), "--all", "--format", "json", "--columns", "arm,status,test.*"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert {r["arm"]: r["status"] for r in records} == {"vanilla": "ok", "diverges": "failed"}
+    assert "test.nll" in records[0] and "cell_id" not in records[0]
+    target = tmp_path / "rows.parquet"
+    assert main(["results", str(out / "bad"), "--format", "parquet", "--output", str(target)]) == 0
+    assert len(pd.read_parquet(target)) == 1
+    assert main(["results", str(out / "bad"), "--columns", "test.nlll"]) == 2
+    assert "did you mean 'test.nll'" in capsys.readouterr().err
