@@ -24,6 +24,8 @@ Mixed precision is the trainer's (`train.precision: bf16` autocasts training); l
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Iterator
 
 import torch
@@ -283,9 +285,10 @@ class Seq2SeqVAE(TextVAE):
         elif self.injection == "cross_attention":
             context = self.z_to_decoder(z).unsqueeze(1)
             context_mask = torch.ones(z.shape[0], 1, dtype=torch.long, device=z.device)
+        cache_kwarg = _cache_argument(decoder)
         out = decoder(inputs_embeds=inputs, encoder_hidden_states=context, encoder_attention_mask=context_mask,
-                      past_key_values=cache, use_cache=cache is not None)
-        return out.last_hidden_state, out.past_key_values
+                      use_cache=cache is not None, **{cache_kwarg: cache})
+        return out.last_hidden_state, getattr(out, cache_kwarg)
 
     def decoder_logits(self, dec_in: Tensor, z: Tensor, cache=None) -> tuple[Tensor, object]:
         """Logits [N, T, V] of decoder inputs [N, T] given z [N, nz], and the decoder cache (see decoder_hidden)."""
@@ -304,6 +307,16 @@ class Seq2SeqVAE(TextVAE):
         return decode_loop(lambda tokens, cache: self.decoder_logits(tokens, z, cache), self.new_cache(z), z.shape[0],
                            start_id, eos_id, max_length, strategy, top_k, top_p, generator, z.device)
 
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument_of(forward: object) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def _cache_argument(decoder: nn.Module) -> str:
+    """The decoder's name for its key/value cache: `cache` in current transformers (`past_key_values` is deprecated
+    there and warns on every call), `past_key_values` in older releases."""
+    return _cache_argument_of(type(decoder).forward)
 
 def _tokenizer_key(cfg: Seq2SeqConfig) -> str:
     family = cfg.config.family if cfg.config is not None else None
