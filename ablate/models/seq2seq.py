@@ -318,6 +318,7 @@ def _cache_argument(decoder: nn.Module) -> str:
     there and warns on every call), `past_key_values` in older releases."""
     return _cache_argument_of(type(decoder).forward)
 
+
 def _tokenizer_key(cfg: Seq2SeqConfig) -> str:
     family = cfg.config.family if cfg.config is not None else None
     return f"{cfg.pretrained}:{cfg.tokenizer}:{cfg.tokenizer_vocab_size}:{family}"
