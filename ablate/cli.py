@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Callable
 
@@ -35,7 +36,7 @@ def format_metrics(row: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ablate.config import ConfigError, is_study, load_config, read_yaml
+    from ablate.config import ConfigError, config_hash, is_study, load_config, read_yaml
     from ablate.layout import StudyFolder
     from ablate.outputs import check_writable
     from ablate.preflight import check_runnable
@@ -52,8 +53,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     check_runnable(config, args.config or "<defaults>")
     check_writable(args.out, "--out")
-    out = StudyFolder(args.out).runs
-    outcome = execute(config, out, progress=not args.quiet)
+    layout = StudyFolder(args.out)
+    if args.name is not None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", args.name):
+            raise ConfigError(f"--name {args.name!r}: letters, digits, '_', '.', '+', '-' only (it names files)")
+        if (layout.runs / f"{args.name}.parquet").exists() and not args.resume:
+            raise ConfigError(f"--name {args.name}: {layout.runs / args.name}.parquet exists; choose another name")
+    # every single run checkpoints each epoch under its config hash; --resume continues from there
+    checkpoint = layout.checkpoint(config_hash(config))
+    if args.resume and not checkpoint.exists():
+        raise ConfigError(f"--resume: no checkpoint of this config ({checkpoint}); run it without --resume")
+    if not args.resume:
+        checkpoint.unlink(missing_ok=True)
+    outcome = execute(config, layout.runs, run_id=args.name, checkpoint=checkpoint, progress=not args.quiet)
+    if outcome.ok:
+        checkpoint.unlink(missing_ok=True)
     row = outcome.row
     if not outcome.ok:
         print(f"run failed: {row['error_class']}: {row['error_message']} (row written to {outcome.result_path})",
@@ -68,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ablate.config import ConfigError, is_study, load_config, read_yaml
+    from ablate.config import is_study, load_config, read_yaml
     from ablate.preflight import check_configs_runnable, check_runnable
 
     data = read_yaml(args.path)
@@ -107,6 +121,9 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, repeatable")
     p.add_argument("--out", default="results", help="output folder (default results/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--name", default=None, help="the run's id and file name (default: time-confighash)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue this config's interrupted run from its last epoch (OUT/checkpoints/)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (defaults filled, overrides applied) as YAML and stop")
     p.set_defaults(func=cmd_run)

@@ -102,3 +102,36 @@ def test_cli_run_prints_table_and_writes_files(tmp_path, capsys):
     ok, _ = load_results(tmp_path / "out")
     assert len(ok) == 1
     assert not load_curves(tmp_path / "out").empty
+
+
+def test_run_resume_continues_an_interrupted_run(tmp_path, monkeypatch):
+    """`ablate run CONFIG` is killed after its first epoch; `--resume` continues from the checkpoint and ends
+    exactly where an uninterrupted run ends (same steps, same metrics)."""
+    import yaml
+
+    from ablate.cli import main
+    from ablate.train import Trainer
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_overrides(**{"train.epochs": 2, "train.threads": 1})))
+    assert main(["run", str(config), "--out", str(tmp_path / "whole"), "--quiet", "--name", "whole"]) == 0
+
+    save = Trainer.save
+
+    def save_then_die(self, checkpoint):
+        save(self, checkpoint)
+        raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        main(["run", str(config), "--out", str(tmp_path / "cut"), "--quiet", "--name", "cut"])
+    monkeypatch.setattr(Trainer, "save", save)
+    assert list((tmp_path / "cut" / "checkpoints").glob("*.pt"))
+    assert main(["run", str(config), "--out", str(tmp_path / "cut"), "--quiet", "--name", "cut", "--resume"]) == 0
+    assert not list((tmp_path / "cut" / "checkpoints").glob("*.pt"))  # removed once the run is done
+    whole = pd.read_parquet(tmp_path / "whole" / "runs" / "whole.parquet").iloc[0]
+    resumed = pd.read_parquet(tmp_path / "cut" / "runs" / "cut.parquet").iloc[0]
+    assert resumed["train_steps"] == whole["train_steps"] and resumed["best_epoch"] == whole["best_epoch"]
+    for column in ("valid.nll", "valid.kl", "test.nelbo"):
+        assert resumed[column] == pytest.approx(whole[column], rel=1e-6), column
+    assert main(["run", str(config), "--out", str(tmp_path / "cut"), "--quiet", "--resume"]) == 2  # nothing left
