@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -132,8 +132,9 @@ def base_row(config: RunConfig, run_id: str, labels: dict[str, Any]) -> dict[str
 
 def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels: dict[str, Any] | None = None,
             checkpoint: Path | None = None, progress: bool = True, save_model: bool = True,
-            file_stem: str | None = None) -> RunOutcome:
-    """Train and evaluate one config; always writes a result row (status ok or failed) before returning."""
+            file_stem: str | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> RunOutcome:
+    """Train and evaluate one config; always writes a result row (status ok or failed) before returning.
+    `on_epoch` receives each epoch's validation point as it happens (a sweep reports it to its Optuna trial)."""
     labels = labels or {}
     run_id = run_id or f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{config_hash(config)[:8]}"
     stem = file_stem or run_id
@@ -156,7 +157,8 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
         techniques = build_techniques(config.techniques, context)
         result = train(model, techniques, prepared.splits["train"], prepared.splits["valid"],
                        prepared.tokenizer.framing, config.train, device, config.seed,
-                       eval_batch_size=config.eval.batch_size, checkpoint=checkpoint, progress=progress)
+                       eval_batch_size=config.eval.batch_size, checkpoint=checkpoint, progress=progress,
+                       on_epoch=on_epoch)
         curves = result.curves
         state = result.state
         row.update({"train_seconds": state.train_seconds, "train_steps": state.global_step,

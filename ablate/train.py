@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -334,8 +334,10 @@ class Trainer:
 
 def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit, valid_split: EncodedSplit,
           framing: Framing, cfg: TrainConfig, device: torch.device, seed: int, eval_batch_size: int = 64,
-          checkpoint: Path | None = None, progress: bool = True) -> TrainResult:
-    """Train in place; on return the model holds the best VAE-phase state by `cfg.select_by` (validation)."""
+          checkpoint: Path | None = None, progress: bool = True,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train in place; on return the model holds the best VAE-phase state by `cfg.select_by` (validation).
+    `on_epoch` gets each epoch's validation point (the curve row: step, epoch, phase, kl, rec, loss = −ELBO)."""
     run = Trainer(model, techniques, train_split, valid_split, framing, cfg, device, seed, eval_batch_size)
     run.restore(checkpoint)
     state = run.state
@@ -344,6 +346,8 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
     while not state.finished:
         switch_phase = run.train_epoch(progress)      # optimiser steps over one shuffled pass of train
         switch_phase |= run.end_epoch(progress)       # validation, selected state, decay rule
+        if on_epoch is not None:
+            on_epoch(dict(run.curves[-1]))            # live: e.g. the sweep's Optuna trial
         if switch_phase:                              # pretraining → VAE (techniques reset what they need)
             run.start_vae_phase()
         if state.phase == "vae" and run.vae_budget_done():

@@ -63,3 +63,23 @@ def test_a_sweep_keeps_one_results_table_and_the_cli_prints_it(tmp_path, capsys)
     assert len(pd.read_parquet(target)) == 1
     assert main(["results", str(out / "bad"), "--columns", "test.nlll"]) == 2
     assert "did you mean 'test.nll'" in capsys.readouterr().err
+
+
+def test_a_sweep_reports_each_epoch_to_its_optuna_trial(tmp_path):
+    """Live curves: each epoch's validation −ELBO is the trial's intermediate value (optuna-dashboard draws it while
+    the study runs), the named values are in `valid_curve`, and they equal the run's own curves file."""
+    import optuna
+
+    study = tmp_path / "s.yaml"
+    study.write_text(STUDY.replace("train: {epochs: 1,", "train: {epochs: 3,"))
+    out = tmp_path / "results"
+    assert run_sweep(study, jobs=1, out=out, progress=False) == 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(out / "bad" / "ledger.journal")))
+    trial = optuna.load_study(study_name="bad", storage=storage).trials[0]
+    assert trial.user_attrs["arm"] == "vanilla" and trial.user_attrs["seed"] == 0
+    curves = pd.read_parquet(next((out / "bad" / "runs").glob("*.curves.parquet")))
+    valid = curves[curves["split"] == "valid"]
+    assert sorted(trial.intermediate_values) == valid["epoch"].tolist() == [0, 1, 2]
+    assert [trial.intermediate_values[e] for e in (0, 1, 2)] == pytest.approx(valid["loss"].tolist())
+    assert [p["kl"] for p in trial.user_attrs["valid_curve"]] == pytest.approx(valid["kl"].tolist())

@@ -477,6 +477,19 @@ class Ledger:
         except UpdateFinishedTrialError:
             pass
 
+    def report_epoch(self, trial: FrozenTrial, point: dict[str, Any], curve: list[dict[str, Any]]) -> None:
+        """An epoch's validation point, live: Optuna's intermediate value at step = epoch (valid −ELBO, so
+        optuna-dashboard draws the curve while the study runs) and the named values (rec, KL, −ELBO, phase) in
+        the user attribute `valid_curve`. A reporting failure never stops training."""
+        curve.append({"epoch": int(point["epoch"]), "phase": point["phase"], "rec": point["rec"], "kl": point["kl"],
+                      "nelbo": point["loss"]})
+        try:
+            trial_id = self.trial_id(trial)
+            self.storage.set_trial_intermediate_value(trial_id, int(point["epoch"]), float(point["loss"]))
+            self.storage.set_trial_user_attr(trial_id, "valid_curve", curve)
+        except Exception:  # noqa: BLE001 - the row and curves files keep the record
+            pass
+
     def retry_if_allowed(self, trial: FrozenTrial) -> bool:
         attempt = int(trial.user_attrs.get("attempt", 1))
         if attempt < int(trial.user_attrs.get("max_attempt", attempt)):

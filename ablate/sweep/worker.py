@@ -58,8 +58,10 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
               "dataset": attrs.get("dataset"), "model": attrs.get("model")}
     checkpoint = StudyFolder(folder).checkpoint(cell_id)
     try:
+        curve: list[dict[str, Any]] = []
         outcome = execute(config, runs, run_id=f"{ledger.name}.{stem}", labels=labels, checkpoint=checkpoint,
-                          progress=progress, save_model=True, file_stem=stem)
+                          progress=progress, save_model=True, file_stem=stem,
+                          on_epoch=lambda point: ledger.report_epoch(trial, point, curve))
     except (KeyboardInterrupt, SystemExit):
         ledger.fail(trial, "Interrupted", "the worker was stopped (SIGINT/SIGTERM) during the attempt")
         raise
