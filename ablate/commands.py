@@ -15,4 +15,5 @@ from ablate.registry import Registry
 AddParsers = Callable[[argparse._SubParsersAction], None]
 
 COMMANDS: Registry[AddParsers] = Registry("command", discover=("ablate.sweep.cli", "ablate.report.cli",
-                                                              "ablate.report.results_cli", "ablate.sample"))
+                                                              "ablate.report.results_cli", "ablate.sample",
+                                                              "ablate.export"))

@@ -18,101 +18,61 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ablate.commands import COMMANDS
+from ablate.saved_models import examples, is_export, load_run, load_vae, model_file  # noqa: F401
 
 STRATEGIES = ("greedy", "top_k", "nucleus")
 
 
-def model_file(run: str | Path) -> Path:
-    """The .model.pt of a run given as the model file itself or as its result parquet."""
-    from ablate.config import ConfigError
-
-    path = Path(run)
-    if path.name.endswith(".parquet"):
-        stem = path.name[: -len(".parquet")]
-        path = path.with_name(f"{stem}.model.pt")
-    if not path.exists():
-        hint = " (runs write it unless save_model is off)" if path.name.endswith(".model.pt") else ""
-        raise ConfigError(f"{run}: no saved model at {path}{hint}; give a results/runs/<stem>.model.pt or .parquet")
-    return path
-
-
-def load_run(run: str | Path, device: str | torch.device = "cpu"):
-    """(config, prepared, model in eval mode) of a saved run."""
-    from ablate.config import ConfigError, build_config
-    from ablate.outputs import load_tensors
-    from ablate.preflight import check_data, check_model
-    from ablate.run import build, prepare, resolve_device
-
-    path = model_file(run)
-    payload = load_tensors(path, "saved model")
-    if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("model"), dict):
-        raise ConfigError(f"{path}: not a saved model (expected the keys 'config' and 'model')")
-    config = build_config(payload["config"], str(path))
-    reason = check_data(config.data) or check_model(config.model)
-    if reason:
-        raise ConfigError(f"{path}: the model's corpus or tokenizer is not here: {reason}")
-    prepared = prepare(config)
-    model = build(config, prepared)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as error:
-        raise ConfigError(f"{path}: the saved weights do not fit the model its config builds "
-                          f"({' '.join(str(error).split())[:160]})") from None
-    device = resolve_device(str(device))
-    return config, prepared, model.to(device).eval()
-
-
-def _batch_of_texts(texts: list[str], prepared, max_length: int):
+def _batch_of_texts(texts: list[str], tokenizer, max_length: int):
     from ablate.data.batching import encode_split, make_batch
 
-    split = encode_split(texts, prepared.tokenizer, max_length)
-    return make_batch(split, list(range(len(texts))), prepared.tokenizer.framing)
+    split = encode_split(texts, tokenizer, max_length)
+    return make_batch(split, list(range(len(texts))), tokenizer.framing)
 
 
 @torch.no_grad()
-def decode(model, prepared, z: torch.Tensor, strategy: str, max_length: int, top_k: int, top_p: float,
+def decode(model, tokenizer, z: torch.Tensor, strategy: str, max_length: int, top_k: int, top_p: float,
            generator: torch.Generator) -> list[str]:
-    framing = prepared.tokenizer.framing
+    framing = tokenizer.framing
     ids = model.generate(z, max_length, strategy=strategy, top_k=top_k, top_p=top_p, generator=generator,
                          start_id=framing.dec_start, eos_id=framing.eos)
-    return [prepared.tokenizer.decode(row) for row in ids]
+    return [tokenizer.decode(row) for row in ids]
 
 
 @torch.no_grad()
-def sample_report(model, prepared, *, n_prior: int, n_reconstruct: int, interpolate: list[str] | None,
-                  steps: int, split: str, strategies: list[str], max_length: int, top_k: int, top_p: float,
-                  seed: int, sample_z: bool, device: torch.device, input_max_length: int = 200) -> dict[str, Any]:
+def sample_report(model, tokenizer, texts: list[str], *, n_prior: int, n_reconstruct: int,
+                  interpolate: list[str] | None, steps: int, strategies: list[str], max_length: int, top_k: int,
+                  top_p: float, seed: int, sample_z: bool, device: torch.device,
+                  input_max_length: int = 200) -> dict[str, Any]:
     """Everything `ablate sample` prints, as data."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    texts = prepared.corpus.texts[split]
     out: dict[str, Any] = {"prior": {}, "reconstruct": [], "interpolate": None}
 
     if n_prior:
         z = torch.randn(n_prior, model.nz, generator=generator, device=device)
-        out["prior"] = {s: decode(model, prepared, z, s, max_length, top_k, top_p, generator) for s in strategies}
+        out["prior"] = {s: decode(model, tokenizer, z, s, max_length, top_k, top_p, generator) for s in strategies}
 
     if n_reconstruct:
         chosen = texts[:n_reconstruct]
-        batch = _batch_of_texts(chosen, prepared, input_max_length).to(device)
+        batch = _batch_of_texts(chosen, tokenizer, input_max_length).to(device)
         mu, logvar = model.encode(batch)
         z = mu + torch.randn(mu.shape, generator=generator, device=device) * (0.5 * logvar).exp() if sample_z else mu
-        decoded = {s: decode(model, prepared, z, s, max_length, top_k, top_p, generator) for s in strategies}
+        decoded = {s: decode(model, tokenizer, z, s, max_length, top_k, top_p, generator) for s in strategies}
         out["reconstruct"] = [{"input": text, **{s: decoded[s][i] for s in strategies}}
                               for i, text in enumerate(chosen)]
 
     if interpolate:
         ends = [texts[int(x)] if x.lstrip("-").isdigit() else x for x in interpolate]
-        batch = _batch_of_texts(ends, prepared, input_max_length).to(device)
+        batch = _batch_of_texts(ends, tokenizer, input_max_length).to(device)
         mu, _ = model.encode(batch)
         ts = torch.linspace(0.0, 1.0, steps, device=device)
         z = (1 - ts).unsqueeze(1) * mu[0] + ts.unsqueeze(1) * mu[1]
-        decoded = {s: decode(model, prepared, z, s, max_length, top_k, top_p, generator) for s in strategies}
+        decoded = {s: decode(model, tokenizer, z, s, max_length, top_k, top_p, generator) for s in strategies}
         out["interpolate"] = {"from": ends[0], "to": ends[1],
                               "path": [{"t": round(float(t), 4), **{s: decoded[s][i] for s in strategies}}
                                        for i, t in enumerate(ts.tolist())]}
@@ -168,17 +128,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     strategies = args.strategy or ["greedy"]
     check_arguments(args)
-    config, prepared, model = load_run(args.run, args.device)
-    if args.split not in prepared.corpus.texts:
-        raise ConfigError(f"--split {args.split}: no such split; one of {', '.join(prepared.corpus.texts)}")
-    texts = prepared.corpus.texts[args.split]
+    if is_export(args.run):  # an export folder: no corpus needed; its examples.txt are test sentences
+        config, tokenizer, model = load_vae(args.run, args.device)
+        splits = {"test": examples(args.run)}
+    else:
+        config, prepared, model = load_run(args.run, args.device)
+        tokenizer, splits = prepared.tokenizer, prepared.corpus.texts
+    if args.split not in splits:
+        raise ConfigError(f"--split {args.split}: no such split; one of {', '.join(splits)}")
+    texts = splits[args.split]
     for end in args.interpolate or []:
         if end.lstrip("-").isdigit() and not -len(texts) <= int(end) < len(texts):
             raise ConfigError(f"--interpolate {end}: the {args.split} split has {len(texts)} sentences "
                               f"(indices 0..{len(texts) - 1}); or give a quoted sentence")
     device = next(model.parameters()).device
-    report = sample_report(model, prepared, n_prior=args.prior, n_reconstruct=args.reconstruct,
-                           interpolate=args.interpolate, steps=args.steps, split=args.split, strategies=strategies,
+    report = sample_report(model, tokenizer, texts, n_prior=args.prior, n_reconstruct=args.reconstruct,
+                           interpolate=args.interpolate, steps=args.steps, strategies=strategies,
                            max_length=args.max_length, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                            sample_z=args.sample_z, device=device, input_max_length=config.data.max_length)
     if args.json:
@@ -192,7 +157,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 @COMMANDS.register("sample")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="decode from the prior, reconstruct sentences, interpolate (a saved run)")
-    p.add_argument("run", help="results/runs/<stem>.model.pt, or the run's <stem>.parquet")
+    p.add_argument("run", help="results/runs/<stem>.model.pt, the run's <stem>.parquet, or an `ablate export` folder")
     p.add_argument("--prior", type=int, default=5, metavar="N", help="sentences decoded from z ~ N(0, I) (5)")
     p.add_argument("--reconstruct", type=int, default=5, metavar="N",
                    help="first N sentences of --split encoded and decoded (5)")

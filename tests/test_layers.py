@@ -26,7 +26,8 @@ LAYERS = [
     ["ablate.train", "ablate.evaluate"],
     ["ablate.results", "ablate.preflight"],
     ["ablate.run"],
-    ["ablate.sample", "ablate.sweep", "ablate.report", "ablate.commands"],
+    ["ablate.saved_models"],
+    ["ablate.sample", "ablate.export", "ablate.sweep", "ablate.report", "ablate.commands"],
     ["ablate.cli"],
 ]
 

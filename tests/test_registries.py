@@ -64,4 +64,4 @@ def test_subcommands_come_from_the_registry():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert {"run", "validate", "techniques", "sweep", "worker", "status", "report", "sample"} <= set(sub.choices)
-    assert set(COMMANDS.names()) == {"sweep", "report", "results", "sample"}
+    assert set(COMMANDS.names()) == {"sweep", "report", "results", "sample", "export"}

@@ -7,8 +7,10 @@ token unit ('word' or 'subword') that PPL is counted in, and `decode(ids)` goes 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
@@ -24,6 +26,7 @@ class SpecialIds:
 
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+TOKENIZER_RECORD = "ablate_tokenizer.json"  # what kind of tokenizer a saved folder holds (see load_tokenizer)
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,13 @@ class WordVocab:
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         self.special_ids = SpecialIds(pad=0, bos=1, eos=2, unk=3, mask=3)
         self.framing = Framing(enc_prefix=(1,), dec_start=1, eos=2, pad=0)
+
+    def save(self, folder: Path) -> None:
+        """The vocabulary as data (`ablate_tokenizer.json`: the id → word list and the <unk> aliases)."""
+        aliases = sorted(w for w, i in self.stoi.items() if i == 3 and w != UNK)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / TOKENIZER_RECORD).write_text(json.dumps({"kind": "word", "itos": self.itos,
+                                                           "unk_aliases": aliases}, ensure_ascii=False))
 
     @classmethod
     def build(cls, texts: list[str], max_size: int | None = None, min_freq: int = 1,
@@ -112,6 +122,11 @@ class HFTokenizer:
         self.special_ids = SpecialIds(pad=pad, bos=bos, eos=eos, unk=unk, mask=mask)
         self.framing = Framing(enc_prefix=(bos,) if bos is not None else (), dec_start=start, eos=eos, pad=pad)
 
+    def save(self, folder: Path) -> None:
+        """The Hugging Face tokenizer's own files (save_pretrained) and our decoder start id."""
+        self.tokenizer.save_pretrained(str(folder))
+        (folder / TOKENIZER_RECORD).write_text(json.dumps({"kind": "hf", "decoder_start_id": self.framing.dec_start}))
+
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -120,3 +135,17 @@ class HFTokenizer:
 
     def __len__(self) -> int:
         return len(self.tokenizer)
+
+
+def load_tokenizer(folder: Path) -> "WordVocab | HFTokenizer":
+    """A tokenizer saved with `save(folder)` (as `ablate export` writes it); data only, no code."""
+    record = json.loads((folder / TOKENIZER_RECORD).read_text())
+    if record.get("kind") == "word":
+        vocab = WordVocab([w for w in record["itos"][4:]])
+        for alias in record.get("unk_aliases", []):
+            vocab.stoi[alias] = 3
+        return vocab
+    from transformers import AutoTokenizer
+
+    return HFTokenizer(AutoTokenizer.from_pretrained(str(folder)), decoder_start_id=record["decoder_start_id"])
+
