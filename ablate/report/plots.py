@@ -200,6 +200,24 @@ def kl_vs_ppl(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path
                    f"(ringed). A remedy that buys KL with a much worse PPL moves up and right.")
 
 
+# ----------------------------------------------------------------------------- axes
+
+
+def readable_limits(ax: Any, values: pd.Series, axis: str, integer: bool = False) -> None:
+    """Ticks a reader can use: integer ticks for counts (AU), and when every value is the same (AU of a collapsed
+    study: all zeros) a visible span around it instead of matplotlib's ±0.05 with ticks like 0.045."""
+    finite = values.astype(float).replace([np.inf, -np.inf], np.nan).dropna()
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    if integer:
+        target.set_major_locator(mticker.MaxNLocator(integer=True))
+    if finite.empty or finite.max() > finite.min():
+        return
+    value = float(finite.iloc[0])
+    half = 1.0 if integer else max(abs(value) * 0.1, 0.1)
+    low = max(0.0, value - half) if integer and value >= 0 else value - half
+    (ax.set_xlim if axis == "x" else ax.set_ylim)(low, value + half)
+
+
 # ----------------------------------------------------------------------------- MI and AU per arm
 
 
@@ -236,8 +254,7 @@ def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, ti
                         ax.text(math.log(pool), 0.02, f"log M = {math.log(pool):.2f} ", fontsize=7, color="0.3",
                                 ha="right", va="bottom", rotation=90, transform=ax.get_xaxis_transform())
             ax.axvline(0.0, color="0.2", linewidth=0.6)
-            if col == au:
-                ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+            readable_limits(ax, rows[col], "x", integer=col == au)
         axes[0].set_yticks(range(len(present)), present)
         axes[0].set_ylim(len(present) - 0.5, -0.5)
         fig.suptitle(title)
@@ -348,6 +365,7 @@ def sensitivity(rows: pd.DataFrame, settings: pd.DataFrame, arm: str, key: str, 
                 ax.set_xscale("log")
             if not numeric:
                 ax.set_xticks(list(xpos.values()), [str(v) for v in order], rotation=30)
+            readable_limits(ax, mine[f"{split}.{name}"], "y", integer=name == "au")
             ax.set_title(m.label)
             ax.set_xlabel(key.split(".")[-1])
         if others:
