@@ -73,6 +73,12 @@ class DataConfig(Strict):
     max_length: int = Field(200, ge=2, le=100_000,
                             description="max tokens per sentence, longer ones are truncated (counted)")
     max_train: int | None = Field(None, ge=1, description="use only the first N train sentences (a reduced setting)")
+    valid_fraction: float | None = Field(
+        None, gt=0, le=0.5, description="carve the validation split from the last fraction of train (for a corpus "
+        "without one; noted in the row as a reduced setting; the corpus's own valid split is then not used)")
+    vocab_file: str | None = Field(
+        None, description="a fixed word vocabulary, one word per line (optionally `word<TAB>id`, Yang et al.'s "
+        "vocab.txt), instead of the train words; <pad>/<bos>/<eos>/_UNK lines map to ours")
     check_md5: bool = True
 
     @model_validator(mode="after")
@@ -81,6 +87,8 @@ class DataConfig(Strict):
             raise ValueError(f"data.name={self.name} needs data.path (a directory of line files)")
         if self.name == "hf" and not self.hf_name:
             raise ValueError("data.name=hf needs data.hf_name (a dataset name or a loader such as 'text')")
+        if self.vocab_file is not None and self.max_vocab is not None:
+            raise ValueError("data.vocab_file fixes the vocabulary: drop data.max_vocab")
         if self.name == "hf" and self.hf_name in LOCAL_LOADERS and not self.hf_data_files:
             raise ValueError(f"data.hf_name={self.hf_name} reads local files: give data.hf_data_files "
                              "(split -> file), e.g. {train: train.txt, validation: valid.txt, test: test.txt}")

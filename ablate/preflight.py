@@ -35,6 +35,13 @@ def check_device(name: str) -> str | None:
 
 def check_data(data: DataConfig) -> str | None:
     """Why the corpus a data config names cannot be read here (None when it can)."""
+    if data.vocab_file is not None:
+        vocab = Path(data.vocab_file)
+        if not vocab.is_file():
+            return f"data.vocab_file: {vocab} does not exist"
+        reason = _text_file_reason(vocab)
+        if reason:
+            return f"data.vocab_file: {vocab} {reason}"
     if data.name in ("ptb", "yahoo", "yelp", "snli", "lines"):
         from ablate.data.corpus import SPLITS, find_split_file
 
@@ -43,6 +50,8 @@ def check_data(data: DataConfig) -> str | None:
             what = "is a file" if folder.is_file() else "does not exist"
             return f"data.path: {folder} {what}; give the folder holding the split files"
         for split in SPLITS:
+            if split == "valid" and data.valid_fraction is not None:
+                continue  # carved from train
             try:
                 path = find_split_file(folder, split, data.name, data.files)
             except ConfigError as error:

@@ -12,6 +12,7 @@ from ablate.config import ConfigError, DataConfig
 from ablate.data.batching import bucketed_order, encode_split, iterate_batches, make_batch
 from ablate.data.corpus import PTB_MD5, load_corpus, md5_of
 from ablate.data.tokenize import WordVocab
+from conftest import SHARED_DATA
 
 
 def write_lines(folder: Path, names: dict[str, list[str]]) -> Path:
@@ -120,3 +121,38 @@ def test_hf_local_files_may_name_the_split_valid(tmp_path):
     files = {k: str(folder / v) for k, v in {"train": "tr.txt", "valid": "va.txt", "test": "te.txt"}.items()}
     corpus = load_corpus(DataConfig(name="hf", hf_name="text", hf_data_files=files))
     assert corpus.texts == {"train": ["one two"], "valid": ["four"], "test": ["five"]}
+
+
+def test_valid_fraction_carves_the_end_of_train_with_its_labels(tmp_path):
+    folder = write_lines(tmp_path / "c", {"train.txt": [f"{i % 3}\tw{i} x" for i in range(10)],
+                                          "test.txt": ["0\tt y"]})
+    corpus = load_corpus(DataConfig(name="yahoo", path=str(folder), valid_fraction=0.25))
+    assert corpus.texts["train"] == [f"w{i} x" for i in range(7)]
+    assert corpus.texts["valid"] == ["w7 x", "w8 x", "w9 x"]  # ceil(0.25 · 10) = 3, the last ones
+    assert corpus.factors["valid"]["label"] == [1, 2, 0] and len(corpus.factors["train"]["label"]) == 7
+    assert "valid = the last 3 of 10 train sentences" in corpus.notes[0]
+
+
+def test_a_fixed_vocabulary_file_in_yang_et_al_format(tmp_path):
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("<pad>\t0\n<bos>\t1\n<eos>\t2\n_UNK\t3\n.\t4\nthe\t5\ncat\t6\n")
+    vocab = WordVocab.from_file(vocab_file)
+    assert vocab.itos == ["<pad>", "<s>", "</s>", "<unk>", ".", "the", "cat"]
+    assert vocab.encode("the cat sat _UNK .") == [5, 6, 3, 3, 4]
+
+
+def test_yahoo_reduced_setting_from_the_shared_files():
+    """He et al.'s Yahoo files hold no train split here: train on val.txt less a carved validation split, test
+    on test.txt, with Yang et al.'s 20k vocabulary (a reduced setting, noted)."""
+    folder = SHARED_DATA / "yahoo_yang2017"
+    if not (folder / "vocab.txt").exists():
+        pytest.skip(f"reference data absent: {folder}")
+    from ablate.config import LSTMConfig
+    from ablate.models.registry import build_tokenizer
+
+    data = DataConfig(name="yahoo", path=str(folder), files={"train": "val.txt"}, valid_fraction=0.1,
+                      vocab_file=str(folder / "vocab.txt"))
+    corpus = load_corpus(data)
+    assert (len(corpus.texts["train"]), len(corpus.texts["valid"]), len(corpus.texts["test"])) == (9000, 1000, 10000)
+    tokenizer = build_tokenizer(LSTMConfig(), data, corpus.texts["train"])
+    assert len(tokenizer) == 20000

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,8 @@ def load_line_corpus(config: DataConfig) -> Corpus:
     corpus = Corpus(name=config.name, texts={})
     labels: dict[str, list[str]] = {}
     for split in SPLITS:
+        if split == "valid" and config.valid_fraction is not None:
+            continue  # carved from train below (load_corpus)
         path = find_split_file(directory, split, config.name, config.files)
         if config.name == "ptb" and config.check_md5:
             _check_ptb_md5(path, corpus.notes)
@@ -129,10 +132,10 @@ def load_line_corpus(config: DataConfig) -> Corpus:
         corpus.texts[split] = texts
         if split_labels is not None:
             labels[split] = split_labels
-    if len(labels) == len(SPLITS):
+    if len(labels) == len(corpus.texts):
         classes = sorted({label for split_labels in labels.values() for label in split_labels})
         index = {label: i for i, label in enumerate(classes)}
-        corpus.factors = {split: {"label": [index[x] for x in labels[split]]} for split in SPLITS}
+        corpus.factors = {split: {"label": [index[x] for x in labels[split]]} for split in corpus.texts}
         corpus.factor_classes = {"label": len(classes)}
     return corpus
 
@@ -145,6 +148,8 @@ def load_hf_corpus(config: DataConfig) -> Corpus:
     loaded = datasets.load_dataset(config.hf_name, config.hf_config, **kwargs)
     corpus = Corpus(name=f"hf:{config.hf_name}", texts={})
     for split in SPLITS:
+        if split == "valid" and config.valid_fraction is not None:
+            continue  # carved from train (load_corpus)
         theirs = config.split_names.get(split, split)
         if theirs not in loaded:  # the common other names of a split (`valid` for `validation`, ...)
             theirs = next((n for n in SPLIT_ALIASES.get(split, ()) if n in loaded), theirs)
@@ -173,6 +178,22 @@ def load_synthetic(config: DataConfig) -> Corpus:
                   factor_classes=dict(FACTORS))
 
 
+def carve_valid(corpus: Corpus, fraction: float) -> None:
+    """Move the last ceil(fraction · n) train sentences (and their factors) into a new valid split, noted."""
+    train = corpus.texts["train"]
+    n_valid = min(len(train) - 1, math.ceil(fraction * len(train)))
+    if n_valid < 1:
+        raise ConfigError(f"data.valid_fraction: {len(train)} train sentences are too few to carve a validation split")
+    corpus.texts["valid"] = train[-n_valid:]
+    corpus.texts["train"] = train[:-n_valid]
+    for name, values in corpus.factors.get("train", {}).items():
+        corpus.factors.setdefault("valid", {})[name] = values[-n_valid:]
+        corpus.factors["train"][name] = values[:-n_valid]
+    corpus.texts = {split: corpus.texts[split] for split in SPLITS if split in corpus.texts}
+    corpus.notes.append(f"reduced setting: valid = the last {n_valid} of {len(train)} train sentences "
+                        f"(data.valid_fraction {fraction})")
+
+
 def load_corpus(config: DataConfig) -> Corpus:
     """The corpus a data config names, with train cut to data.max_train when asked (noted as a reduced setting)."""
     if config.name == "synthetic":
@@ -181,6 +202,8 @@ def load_corpus(config: DataConfig) -> Corpus:
         corpus = load_hf_corpus(config)
     else:
         corpus = load_line_corpus(config)
+    if config.valid_fraction is not None:
+        carve_valid(corpus, config.valid_fraction)
     for split in SPLITS:
         if not corpus.texts.get(split):
             raise ConfigError(f"data: the {split} split of {corpus.name} is empty")

@@ -68,6 +68,21 @@ class WordVocab:
         self.special_ids = SpecialIds(pad=0, bos=1, eos=2, unk=3, mask=3)
         self.framing = Framing(enc_prefix=(1,), dec_start=1, eos=2, pad=0)
 
+    @classmethod
+    def from_file(cls, path: Path, unk_aliases: tuple[str, ...] = ("_UNK", "<UNK>")) -> "WordVocab":
+        """A fixed vocabulary: one word per line in id order, optionally `word<TAB>id` (Yang et al.'s vocab.txt).
+        Their special lines (<pad>, <bos>/<s>, <eos>/</s>, _UNK/<unk>) map to ours; the rest keep their order."""
+        specials = {PAD, BOS, EOS, UNK, "<bos>", "<eos>", *unk_aliases}
+        words = []
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            word = line.split("\t", 1)[0].strip()
+            if word and word not in specials:
+                words.append(word)
+        vocab = cls(list(dict.fromkeys(words)))
+        for alias in unk_aliases:
+            vocab.stoi[alias] = 3
+        return vocab
+
     def save(self, folder: Path) -> None:
         """The vocabulary as data (`ablate_tokenizer.json`: the id → word list and the <unk> aliases)."""
         aliases = sorted(w for w, i in self.stoi.items() if i == 3 and w != UNK)

@@ -112,6 +112,9 @@ class LSTMVAE(TextVAE):
 
 
 def _word_vocab(model: LSTMConfig, data: DataConfig, train_texts: list[str]) -> WordVocab:
+    """The train split's words (data.max_vocab most frequent), or a fixed vocabulary file (data.vocab_file)."""
+    if data.vocab_file is not None:
+        return WordVocab.from_file(data.vocab_file)
     return WordVocab.build(train_texts, max_size=data.max_vocab, min_freq=data.min_freq)
 
 
