@@ -12,13 +12,13 @@ import copy
 import hashlib
 import json
 import re
-import reprlib
 from pathlib import Path
 from typing import Any, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ablate import safe_yaml
+from ablate.errors import shorten, validation_line  # noqa: F401 - shorten is used by callers
 from ablate.registry import did_you_mean
 from ablate.technique_configs import resolve_techniques, technique_versions
 
@@ -335,14 +335,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 # ---------------------------------------------------------------- errors
 
 
-def shorten(value: Any, limit: int = 80) -> str:
-    """repr(value) cut to `limit` characters: an error line never prints an unbounded value."""
-    short = reprlib.Repr()
-    short.maxstring, short.maxother, short.maxlist, short.maxdict, short.maxlevel = limit, limit, 6, 4, 2
-    text = short.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def suggest(word: str, options: list[str]) -> str:
     """"; did you mean 'x'?" for the closest option, or '' when nothing is close (ablate.registry's one rule)."""
     return did_you_mean(word, options)
@@ -373,21 +365,14 @@ def _fields_at(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
 
 
 def explain(error: ValidationError, data: dict[str, Any], source: str) -> ConfigError:
-    """Turn pydantic's first error into one line: file, key path, problem, fix."""
+    """Turn pydantic's first error into one line: file, key path, problem, fix (ablate.errors)."""
     first = error.errors()[0]
-    loc = tuple(p for p in first["loc"] if p not in MODEL_CONFIGS)
-    key = ".".join(str(p) for p in loc)
-    if first["type"] == "extra_forbidden":
-        hint = suggest(str(loc[-1]), _fields_at(loc[:-1], data))
-        return ConfigError(f"{source}: unknown key '{key}'{hint or '; remove it or check the spelling'}")
-    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "union_tag_invalid" or "discriminator" in first["type"]:
         asked = model_name(data.get("model"))
-        message = (f"no model family '{asked}'{did_you_mean(asked, list(MODEL_CONFIGS))}; model.name is one of "
-                   f"{', '.join(MODEL_CONFIGS)}")
-    value = first.get("input")
-    shown = f" (got {shorten(value)})" if not isinstance(value, dict) and first["type"] != "missing" else ""
-    return ConfigError(f"{source}: {key + ': ' if key else ''}{message}{shown}")
+        return ConfigError(f"{source}: model: no model family '{asked}'{did_you_mean(asked, list(MODEL_CONFIGS))}; "
+                           f"model.name is one of {', '.join(MODEL_CONFIGS)}")
+    line = validation_line(error, skip=tuple(MODEL_CONFIGS), fields_at=lambda loc: _fields_at(loc, data))
+    return ConfigError(f"{source}: {line}")
 
 
 def build_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ablate.registry import Registry, UnknownName, did_you_mean
+from ablate.errors import validation_line
+from ablate.registry import Registry, UnknownName
 
 TECHNIQUES: Registry[Any] = Registry("technique", discover=("ablate.techniques",), order_key=lambda cls: cls.order)
 
@@ -34,15 +35,9 @@ def _validate_one(name: str, fields: Any) -> dict[str, Any]:
     try:
         return cls.Config.model_validate(fields).model_dump(mode="json")
     except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            fields = list(cls.Config.model_fields)
-            hint = did_you_mean(key, fields) or f"; fields: {', '.join(fields)}"
-            raise ValueError(f"unknown key 'techniques.{name}.{key}'{hint}") from None
-        msg = first["msg"].removeprefix("Value error, ")
-        where = f"techniques.{name}.{key}" if key else f"techniques.{name}"
-        raise ValueError(f"{where}: {msg} (got {first.get('input')!r})") from None
+        raise ValueError(validation_line(error, prefix=("techniques", name),
+                                         fields_at=lambda loc: list(cls.Config.model_fields),
+                                         no_match=lambda fields: f"; fields: {', '.join(fields)}")) from None
 
 
 def resolve_techniques(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:

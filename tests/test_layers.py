@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ablate"
 
 # lowest first; a module may import its own layer and those below
 LAYERS = [
-    ["ablate", "ablate.registry", "ablate.safe_yaml"],
+    ["ablate", "ablate.registry", "ablate.safe_yaml", "ablate.errors"],
     ["ablate.technique_configs"],
     ["ablate.config"],
     ["ablate.config_columns"],
