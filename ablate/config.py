@@ -18,7 +18,7 @@ from typing import Any, Literal, Sequence, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ablate import safe_yaml
-from ablate.errors import shorten, validation_line  # noqa: F401 - shorten is used by callers
+from ablate.errors import shorten, validation_line
 from ablate.registry import did_you_mean
 from ablate.technique_configs import resolve_techniques, technique_versions
 

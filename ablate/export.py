@@ -41,7 +41,8 @@ def export_run(run: str | Path, out: str | Path) -> Path:
     prepared.tokenizer.save(out / "tokenizer")
     if getattr(model, "net", None) is not None:  # the seq2seq family's Hugging Face model
         model.net.save_pretrained(str(out / "hf_model"))
-    row_path = model_file(run).with_name(model_file(run).name.removesuffix(".model.pt") + ".parquet")
+    saved = model_file(run)
+    row_path = saved.with_name(saved.name.removesuffix(".model.pt") + ".parquet")
     if row_path.exists():
         row = pq.read_table(row_path).to_pylist()[0]
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}

@@ -82,9 +82,10 @@ def _text_file_reason(path: Path, probe_bytes: int = 1 << 20) -> str | None:
     return None
 
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "0").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE",
-                                                                               "HF_DATASETS_OFFLINE"))
+def _offline(*variables: str) -> bool:
+    """Whether any of the Hugging Face offline switches is on (default: the hub's and datasets')."""
+    names = variables or ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    return any(os.environ.get(k, "0").lower() in ("1", "true", "yes") for k in names)
 
 
 def _cached_dataset_reason(data: DataConfig) -> str | None:
@@ -109,7 +110,7 @@ def _hub_reason(key: str, name: str, needs: tuple[str, ...]) -> str | None:
         if not any((folder / file).exists() for file in needs):
             return f"{key}: {name} holds no {needs[0]} (or the like); give a folder saved with save_pretrained"
         return None
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+    if not _offline("HF_HUB_OFFLINE"):
         return None
     try:
         from huggingface_hub import try_to_load_from_cache

@@ -98,6 +98,12 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self.all()
 
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def values(self) -> list[T]:
+        return list(self.all().values())
+
     def get(self, name: str) -> T:
         """The entry of a name, or UnknownName with the closest name."""
         entries = self.all()

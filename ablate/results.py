@@ -107,23 +107,30 @@ ROW_KEYS = {"run_id", "cell_id", "status", "arm", "attempt", "seed", "dataset", 
 CURVE_KEYS = set(CURVES_SCHEMA.names)
 
 
-def read_rows(paths: list[Path], unreadable: list[Path] | None = None, required: set[str] = frozenset()
-              ) -> pd.DataFrame:
-    """Concatenate result files (columns may differ between techniques' configs). A file that is not a readable
-    parquet table (truncated, corrupt) or lacks a `required` column (not ours) is left out and, when `unreadable`
-    is given, appended to it; without `unreadable` it raises."""
-    frames = []
+def read_tables(paths: list[Path], unreadable: list[Path] | None = None, required: set[str] = frozenset()
+                ) -> list[pa.Table]:
+    """The parquet tables of files we wrote. A file that is not a readable parquet table (truncated, corrupt) or
+    lacks a `required` column (not ours) is left out and, when `unreadable` is given, appended to it; without
+    `unreadable` it raises."""
+    tables = []
     for path in paths:
         try:
             table = pq.read_table(path)
             missing = required - set(table.column_names)
             if missing:
                 raise pa.ArrowInvalid(f"{path}: not a result file (no column {sorted(missing)[0]})")
-            frames.append(table.to_pandas())
+            tables.append(table)
         except (OSError, pa.ArrowException):
             if unreadable is None:
                 raise
             unreadable.append(path)
+    return tables
+
+
+def read_rows(paths: list[Path], unreadable: list[Path] | None = None, required: set[str] = frozenset()
+              ) -> pd.DataFrame:
+    """Concatenate result files as pandas (columns may differ between techniques' configs); see read_tables."""
+    frames = [table.to_pandas() for table in read_tables(paths, unreadable, required)]
     return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
 
 
@@ -166,17 +173,7 @@ def row_files(directory: str | Path) -> list[Path]:
 def rows_table(directory: str | Path, unreadable: list[Path] | None = None) -> pa.Table:
     """Every attempt's row under a folder as one arrow table (columns unified: a column absent from a row's
     file is null there; each column keeps its one declared type)."""
-    tables = []
-    for path in row_files(directory):
-        try:
-            table = pq.read_table(path)
-            if not ROW_KEYS <= set(table.column_names):
-                raise pa.ArrowInvalid(f"{path}: not a result file")
-            tables.append(table)
-        except (OSError, pa.ArrowException):
-            if unreadable is None:
-                raise
-            unreadable.append(path)
+    tables = read_tables(row_files(directory), unreadable, ROW_KEYS)
     if not tables:
         return IDENTITY_SCHEMA.empty_table()
     return pa.concat_tables(tables, promote_options="permissive")

@@ -24,7 +24,6 @@ Mixed precision is the trainer's (`train.precision: bf16` autocasts training); l
 
 from __future__ import annotations
 
-import functools
 import inspect
 from typing import Iterator
 
@@ -174,6 +173,7 @@ class Seq2SeqVAE(TextVAE):
         self.pooling = cfg.pooling
         self.injection = cfg.injection
         self.framing = framing
+        self.cache_argument = _cache_argument(net.get_decoder())  # looked up once, not at every decoding step
         d_model = net.config.d_model
         self.layers, self.heads, self.head_dim = decoder_geometry(net.config)
         self.to_posterior = nn.Linear(d_model, 2 * cfg.nz, bias=False)
@@ -285,10 +285,9 @@ class Seq2SeqVAE(TextVAE):
         elif self.injection == "cross_attention":
             context = self.z_to_decoder(z).unsqueeze(1)
             context_mask = torch.ones(z.shape[0], 1, dtype=torch.long, device=z.device)
-        cache_kwarg = _cache_argument(decoder)
         out = decoder(inputs_embeds=inputs, encoder_hidden_states=context, encoder_attention_mask=context_mask,
-                      use_cache=cache is not None, **{cache_kwarg: cache})
-        return out.last_hidden_state, getattr(out, cache_kwarg)
+                      use_cache=cache is not None, **{self.cache_argument: cache})
+        return out.last_hidden_state, getattr(out, self.cache_argument)
 
     def decoder_logits(self, dec_in: Tensor, z: Tensor, cache=None) -> tuple[Tensor, object]:
         """Logits [N, T, V] of decoder inputs [N, T] given z [N, nz], and the decoder cache (see decoder_hidden)."""
@@ -308,15 +307,10 @@ class Seq2SeqVAE(TextVAE):
                            start_id, eos_id, max_length, strategy, top_k, top_p, generator, z.device)
 
 
-@functools.lru_cache(maxsize=None)
-def _cache_argument_of(forward: object) -> str:
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
-
-
 def _cache_argument(decoder: nn.Module) -> str:
     """The decoder's name for its key/value cache: `cache` in current transformers (`past_key_values` is deprecated
     there and warns on every call), `past_key_values` in older releases."""
-    return _cache_argument_of(type(decoder).forward)
+    return "cache" if "cache" in inspect.signature(type(decoder).forward).parameters else "past_key_values"
 
 
 def _tokenizer_key(cfg: Seq2SeqConfig) -> str:

@@ -21,7 +21,7 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 def _folder(target: str, out: str) -> Path:
     from ablate.config import ConfigError, is_study, read_yaml
-    from ablate.sweep.study import load_study
+    from ablate.sweep.folder import resolve_target
 
     path = Path(target)
     if path.is_dir() or path.name.endswith(".parquet"):
@@ -29,7 +29,7 @@ def _folder(target: str, out: str) -> Path:
             raise ConfigError(f"{target}: no such folder or file")
         return path
     if path.is_file() and is_study(read_yaml(path)):
-        return Path(out) / load_study(path).name
+        return resolve_target(path, out)[1]
     raise ConfigError(f"{target}: give a study file, its results folder (results/<study>) or a results.parquet")
 
 

@@ -7,27 +7,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ablate.metric_schema import METRICS as _DECLARED
-from ablate.metric_schema import PROBE_PREFIX, Direction, Metric, in_table, metric, probe_metric  # noqa: F401
-
-
-class _Declared:
-    """Name → Metric of the declared metrics, read at each use (so a metric declared later is seen)."""
-
-    def __getitem__(self, name: str) -> Metric:
-        return _DECLARED.get(name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in _DECLARED
-
-    def __iter__(self):
-        return iter(_DECLARED.names())
-
-    def values(self) -> list[Metric]:
-        return list(_DECLARED.all().values())
-
-
-METRICS = _Declared()
+from ablate.metric_schema import METRICS, PROBE_PREFIX, Metric, in_table, metric  # noqa: F401 - the report's view
 
 # Collapse flag (a row of a table): AU = 0 or KL below this many nats per sentence.
 COLLAPSE_KL = 0.1
