@@ -130,10 +130,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_arguments(args)
     if is_export(args.run):  # an export folder: no corpus needed; its examples.txt are test sentences
         config, tokenizer, model = load_vae(args.run, args.device)
-        splits = {"test": examples(args.run)}
+        splits, source = {"test": examples(args.run)}, args.run
     else:
         config, prepared, model = load_run(args.run, args.device)
-        tokenizer, splits = prepared.tokenizer, prepared.corpus.texts
+        tokenizer, splits, source = prepared.tokenizer, prepared.corpus.texts, model_file(args.run)
     if args.split not in splits:
         raise ConfigError(f"--split {args.split}: no such split; one of {', '.join(splits)}")
     texts = splits[args.split]
@@ -149,7 +149,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print(f"# {model_file(args.run)}: {config.model.name} on {config.data.name}, nz={model.nz}")
+        print(f"# {source}: {config.model.name} on {config.data.name}, nz={model.nz}")
         print(format_report(report, strategies))
     return 0
 

@@ -64,6 +64,9 @@ def test_export_then_delete_the_corpus_then_sample(family, tmp_path, capsys):
     assert main(["sample", str(folder), "--prior", "2", "--reconstruct", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["prior"]["greedy"]) == 2 and report["reconstruct"][0]["input"] == texts[0]
+    assert main(["sample", str(folder), "--prior", "1", "--reconstruct", "1"]) == 0  # the text report too
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"# {folder}: {family} on lines") and "== reconstructions" in printed
 
 
 def test_export_of_a_missing_run_is_one_line(tmp_path, capsys):
