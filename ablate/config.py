@@ -15,11 +15,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ablate import safe_yaml
 from ablate.errors import shorten, validation_line
-from ablate.registry import did_you_mean
+from ablate.registry import Registry, did_you_mean
 from ablate.technique_configs import resolve_techniques, technique_versions
 
 
@@ -95,69 +96,26 @@ class DataConfig(Strict):
         return self
 
 
-class LSTMConfig(Strict):
-    """He et al. 2019 / Li et al. 2019 LSTM VAE. Li PTB: emb 256, hidden 256/256, nz 32."""
+class ModelSection(Strict):
+    """The base of every model family's config class (ablate.models.<family>): `name` says which family."""
 
-    name: Literal["lstm"] = "lstm"
-    emb_dim: int = Field(64, ge=1, le=MAX_DIM)
-    enc_hidden: int = Field(128, ge=1, le=MAX_DIM)
-    dec_hidden: int = Field(128, ge=1, le=MAX_DIM)
-    nz: int = Field(16, ge=1, le=MAX_NZ)
-    dec_dropout_in: float = Field(0.5, ge=0.0, lt=1.0)
-    dec_dropout_out: float = Field(0.5, ge=0.0, lt=1.0)
-    init_uniform: float = Field(0.01, ge=0.0, description="U(-a, a) init of weights (He et al.)")
-    emb_init_uniform: float = Field(0.1, ge=0.0, description="U(-a, a) init of embeddings (He et al.)")
+    name: str
 
 
-class Seq2SeqArch(Strict):
-    """A random-init encoder-decoder Transformer built from a config (no weights needed)."""
-
-    family: Literal["t5", "bart"] = "t5"
-    d_model: int = Field(128, ge=8, le=MAX_DIM)
-    num_layers: int = Field(2, ge=1, le=128)
-    num_heads: int = Field(4, ge=1, le=256)
-    d_ff: int = Field(512, ge=8, le=4 * MAX_DIM)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> "Seq2SeqArch":
-        if self.d_model % self.num_heads:
-            raise ValueError(f"model.config.d_model ({self.d_model}) must be divisible by num_heads "
-                             f"({self.num_heads})")
-        return self
-
-
-class Seq2SeqConfig(Strict):
-    """Lee & Park 2021: a pretrained (or config-built) encoder-decoder Transformer finetuned into a VAE."""
-
-    name: Literal["seq2seq"] = "seq2seq"
-    pretrained: str | None = Field(None, description="AutoModelForSeq2SeqLM name or local folder")
-    config: Seq2SeqArch | None = None
-    tokenizer: str | None = Field(
-        None, description="tokenizer name/folder, or 'train' to fit one on the train split "
-        "(default: the pretrained model's own, or 'train' for a model built from config)")
-    tokenizer_vocab_size: int = Field(2000, ge=100, le=1_000_000,
-                                      description="vocabulary size when tokenizer: train")
-    pooling: Literal["mean", "max", "first"] = "max"
-    injection: Literal["memory", "embedding", "cross_attention"] = "memory"
-    nz: int = Field(32, ge=1, le=MAX_NZ)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "Seq2SeqConfig":
-        if (self.pretrained is None) == (self.config is None):
-            raise ValueError("model: give exactly one of model.pretrained (name or folder) or model.config (family, sizes)")
-        return self
-
-
-# Every model family's config class, by model.name (the builders are in ablate.models.registry).
-MODEL_CONFIGS: dict[str, type[Strict]] = {"lstm": LSTMConfig, "seq2seq": Seq2SeqConfig}
+# Every model family's config class, by model.name: each family's own module registers it
+# (ablate.models.registry.register_family), found by discovery on first use.
+MODEL_CONFIGS: Registry[type[ModelSection]] = Registry("model family", base=ModelSection, discover=("ablate.models",))
 DEFAULT_MODEL = "lstm"  # model.name when a config's model section omits it
-ModelConfig = Union[tuple(MODEL_CONFIGS.values())]  # type: ignore[valid-type]  # discriminated by model.name
 
 
 def model_name(section: Any) -> str:
     """The model.name a model section asks for (the default family when it names none)."""
     return str(section.get("name", DEFAULT_MODEL)) if isinstance(section, dict) else DEFAULT_MODEL
+
+
+def model_config_class(name: str) -> type[ModelSection] | None:
+    """The config class of a family name (None when there is no such family)."""
+    return MODEL_CONFIGS.all().get(name)
 
 
 class LRDecayConfig(Strict):
@@ -241,17 +199,27 @@ class RunConfig(Strict):
 
     seed: int = Field(0, ge=0, le=SEED_MAX)
     data: DataConfig = DataConfig()
-    model: ModelConfig = Field(default_factory=LSTMConfig, discriminator="name")
+    model: SerializeAsAny[ModelSection] = Field(default_factory=lambda: MODEL_CONFIGS.get(DEFAULT_MODEL)())
     techniques: dict[str, dict[str, Any] | None] = Field(default_factory=dict)  # None: the defaults
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 
-    @model_validator(mode="before")
+    @field_validator("model", mode="wrap")
     @classmethod
-    def _default_model_name(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("model"), dict) and "name" not in data["model"]:
-            data = {**data, "model": {"name": DEFAULT_MODEL, **data["model"]}}
-        return data
+    def _model_of_its_family(cls, value: Any, handler: Any) -> ModelSection:
+        """Validate the model section with its family's config class (model.name picks it)."""
+        if isinstance(value, ModelSection):
+            return value
+        if not isinstance(value, dict):
+            raise PydanticCustomError("model_section", "must be a mapping: model.name (one of {known}) and that "
+                                      "family's fields", {"known": ", ".join(MODEL_CONFIGS.names())})
+        asked = model_name(value)
+        config_class = model_config_class(asked)
+        if config_class is None:
+            raise PydanticCustomError("model_family", "no model family '{asked}'{hint}; model.name is one of {known}",
+                                      {"asked": asked, "hint": did_you_mean(asked, MODEL_CONFIGS.names()),
+                                       "known": ", ".join(MODEL_CONFIGS.names())})
+        return config_class.model_validate({"name": asked, **value})
 
     @model_validator(mode="after")
     def _techniques_known(self) -> "RunConfig":
@@ -350,14 +318,11 @@ def _fields_at(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
             continue
         fields = getattr(model, "model_fields", {})
         if part not in fields:
-            if part in MODEL_CONFIGS:  # discriminated-union tag in pydantic's location
-                model = MODEL_CONFIGS[part]
-                continue
             return []
         annotation = fields[part].annotation
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
         if part == "model":
-            model = MODEL_CONFIGS.get(model_name(data.get("model")), MODEL_CONFIGS[DEFAULT_MODEL])
+            model = model_config_class(model_name(data.get("model")))
         elif model is None:
             args = getattr(annotation, "__args__", ())
             model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
@@ -366,12 +331,7 @@ def _fields_at(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
 
 def explain(error: ValidationError, data: dict[str, Any], source: str) -> ConfigError:
     """Turn pydantic's first error into one line: file, key path, problem, fix (ablate.errors)."""
-    first = error.errors()[0]
-    if first["type"] == "union_tag_invalid" or "discriminator" in first["type"]:
-        asked = model_name(data.get("model"))
-        return ConfigError(f"{source}: model: no model family '{asked}'{did_you_mean(asked, list(MODEL_CONFIGS))}; "
-                           f"model.name is one of {', '.join(MODEL_CONFIGS)}")
-    line = validation_line(error, skip=tuple(MODEL_CONFIGS), fields_at=lambda loc: _fields_at(loc, data))
+    line = validation_line(error, fields_at=lambda loc: _fields_at(loc, data))
     return ConfigError(f"{source}: {line}")
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 import pyarrow as pa
 from pydantic import BaseModel
 
-from ablate.config import MODEL_CONFIGS, RunConfig
+from ablate.config import RunConfig, model_config_class
 from ablate.technique_configs import TECHNIQUES
 
 _NONE = type(None)
@@ -68,7 +68,7 @@ def config_column_type(column: str, row: dict[str, Any]) -> pa.DataType | None:
     model: Any = RunConfig
     for i, part in enumerate(parts):
         if parts[:1] == ["model"] and i == 1:
-            model = MODEL_CONFIGS.get(str(row.get("config.model.name")))
+            model = model_config_class(str(row.get("config.model.name")))
             if model is None:
                 return None
         annotation = _field(model, part) if isinstance(model, type) and issubclass(model, BaseModel) else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ablate.config import LOCAL_LOADERS, ConfigError, DataConfig, ModelConfig, RunConfig
+from ablate.config import LOCAL_LOADERS, ConfigError, DataConfig, ModelSection, RunConfig
 
 
 def check_device(name: str) -> str | None:
@@ -124,7 +124,7 @@ def _hub_reason(key: str, name: str, needs: tuple[str, ...]) -> str | None:
             "give a folder or download it once with internet")
 
 
-def check_model(model: ModelConfig) -> str | None:
+def check_model(model: ModelSection) -> str | None:
     """Why a model's pretrained weights or tokenizer cannot be found here (None when they can)."""
     pretrained, tokenizer = getattr(model, "pretrained", None), getattr(model, "tokenizer", None)
     if pretrained:

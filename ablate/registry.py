@@ -98,6 +98,9 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self.all()
 
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
     def __getitem__(self, name: str) -> T:
         return self.get(name)
 

@@ -36,7 +36,9 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainState:
-    """Everything needed to continue a run exactly (saved in checkpoints)."""
+    """Everything needed to continue a run exactly (saved in checkpoints). The trainer's own, mutable record; what a
+    technique sees of it are two read-only views: `as_step()` (where training is) and `as_phase_progress()` (how far
+    the pretraining phase has come)."""
 
     global_step: int = 0
     phase: str = "vae"
@@ -54,6 +56,12 @@ class TrainState:
     decays: int = 0
     train_seconds: float = 0.0
     finished: bool = False
+
+    def as_step(self) -> Step:
+        return Step(self.global_step, self.phase_step, self.epoch, self.phase)
+
+    def as_phase_progress(self) -> PhaseProgress:
+        return PhaseProgress(self.epochs_in_phase, self.phase_step, list(self.valid_rec))
 
 
 @dataclass
@@ -240,7 +248,7 @@ class Trainer:
 
     def step(self, batch: Batch, batches: list[Batch]) -> Evaluated:
         """Corrupt (training batches only), then one update: the usual one, or a technique's own."""
-        step = Step(self.state.global_step, self.state.phase_step, self.state.epoch, self.state.phase)
+        step = self.state.as_step()
         for technique in self.techniques:
             batch = technique.corrupt(batch, self.generator)
         self.state.train_tokens += int(batch.dec_mask.sum())  # counted on the host copy
@@ -255,8 +263,7 @@ class Trainer:
 
     def phase_done(self) -> bool:
         """Whether the pretraining techniques all say their phase is over."""
-        state = self.state
-        progress = PhaseProgress(state.epochs_in_phase, state.phase_step, state.valid_rec)
+        progress = self.state.as_phase_progress()
         return all(t.pretraining_finished(progress) for t in self.pretrainers)
 
     def vae_budget_done(self) -> bool:

@@ -147,7 +147,7 @@ def test_yahoo_reduced_setting_from_the_shared_files():
     folder = SHARED_DATA / "yahoo_yang2017"
     if not (folder / "vocab.txt").exists():
         pytest.skip(f"reference data absent: {folder}")
-    from ablate.config import LSTMConfig
+    from ablate.models.lstm import LSTMConfig
     from ablate.models.registry import build_tokenizer
 
     data = DataConfig(name="yahoo", path=str(folder), files={"train": "val.txt"}, valid_fraction=0.1,

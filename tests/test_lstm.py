@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ablate.config import LSTMConfig
+from ablate.models.lstm import LSTMConfig
 from ablate.data.batching import encode_split, make_batch
 from ablate.data.tokenize import WordVocab
 from ablate.metrics import gaussian_kl

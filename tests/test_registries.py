@@ -65,3 +65,60 @@ def test_subcommands_come_from_the_registry():
     sub = next(a for a in parser._actions if a.dest == "command")
     assert {"run", "validate", "techniques", "sweep", "worker", "status", "report", "sample"} <= set(sub.choices)
     assert set(COMMANDS.names()) == {"sweep", "report", "results", "sample", "export"}
+
+
+NEW_FAMILY = '''"""A model family added as one file: the LSTM VAE under another name and a wider default latent."""
+from typing import Literal
+
+from pydantic import Field
+
+from ablate.config import MAX_NZ
+from ablate.models.lstm import LSTMConfig, LSTMVAE, _word_vocab
+from ablate.models.registry import ModelFamily, register_family
+
+
+class WideConfig(LSTMConfig):
+    name: Literal["wide_lstm"] = "wide_lstm"
+    nz: int = Field(5, ge=1, le=MAX_NZ)
+
+
+register_family(ModelFamily(
+    name="wide_lstm", config=WideConfig, build_tokenizer=_word_vocab, tokenizer_key=lambda model: "word",
+    build_model=lambda model, tokenizer: LSTMVAE(len(tokenizer), model, pad_id=tokenizer.framing.pad)))
+'''
+
+
+def test_a_model_family_is_one_file(tmp_path):
+    """In a copy of the package with exactly one new file in ablate/models/, `ablate run` validates, trains and
+    evaluates the new family (its own defaults filled, its name in the row) and the unknown-family hint lists it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    import ablate
+    from ablate.results import row_files
+
+    shutil.copytree(Path(ablate.__file__).parent, tmp_path / "ablate", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "ablate" / "models" / "wide_lstm.py").write_text(NEW_FAMILY)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    sets = ["model.name=wide_lstm", "model.emb_dim=8", "model.enc_hidden=8", "model.dec_hidden=8",
+            "data.synthetic.n_train=64", "data.synthetic.n_valid=16", "data.synthetic.n_test=16", "train.epochs=1",
+            "eval.iw_samples=2", "eval.probe=false", "train.threads=1"]
+    argv = [sys.executable, "-m", "ablate.cli", "run", "--out", str(tmp_path / "out"), "--quiet"]
+    for text in sets:
+        argv += ["--set", text]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = row_files(tmp_path / "out")
+    assert len(rows) == 1
+    row = pd.read_parquet(rows[0]).iloc[0]
+    assert row["config.model.name"] == "wide_lstm" and row["config.model.nz"] == 5
+    assert (tmp_path / "ablate" / "models" / "wide_lstm.py").exists()
+    typo = subprocess.run([sys.executable, "-m", "ablate.cli", "run", "--set", "model.name=wide_lstn"], env=env,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert typo.returncode == 2 and "did you mean 'wide_lstm'?" in typo.stderr
+    assert "lstm, seq2seq, wide_lstm" in typo.stderr

@@ -11,16 +11,31 @@ Init (He et al.): weights U(-0.01, 0.01), embeddings U(-0.1, 0.1).
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
-from ablate.config import DataConfig, LSTMConfig
+from ablate.config import MAX_DIM, MAX_NZ, DataConfig, ModelSection
 from ablate.data.batching import Batch
 from ablate.data.tokenize import WordVocab
 from ablate.models.base import TextVAE, decode_loop
-from ablate.models.registry import FAMILIES, ModelFamily
+from ablate.models.registry import ModelFamily, register_family
+
+
+class LSTMConfig(ModelSection):
+    """He et al. 2019 / Li et al. 2019 LSTM VAE. Li PTB: emb 256, hidden 256/256, nz 32."""
+
+    name: Literal["lstm"] = "lstm"
+    emb_dim: int = Field(64, ge=1, le=MAX_DIM)
+    enc_hidden: int = Field(128, ge=1, le=MAX_DIM)
+    dec_hidden: int = Field(128, ge=1, le=MAX_DIM)
+    nz: int = Field(16, ge=1, le=MAX_NZ)
+    dec_dropout_in: float = Field(0.5, ge=0.0, lt=1.0)
+    dec_dropout_out: float = Field(0.5, ge=0.0, lt=1.0)
+    init_uniform: float = Field(0.01, ge=0.0, description="U(-a, a) init of weights (He et al.)")
+    emb_init_uniform: float = Field(0.1, ge=0.0, description="U(-a, a) init of embeddings (He et al.)")
 
 
 class LSTMEncoder(nn.Module):
@@ -118,6 +133,6 @@ def _word_vocab(model: LSTMConfig, data: DataConfig, train_texts: list[str]) -> 
     return WordVocab.build(train_texts, max_size=data.max_vocab, min_freq=data.min_freq)
 
 
-FAMILIES.register("lstm", ModelFamily(
-    name="lstm", build_tokenizer=_word_vocab, tokenizer_key=lambda model: "word",
+register_family(ModelFamily(
+    name="lstm", config=LSTMConfig, build_tokenizer=_word_vocab, tokenizer_key=lambda model: "word",
     build_model=lambda model, tokenizer: LSTMVAE(len(tokenizer), model, pad_id=tokenizer.framing.pad)))

@@ -25,16 +25,61 @@ Mixed precision is the trainer's (`train.precision: bf16` autocasts training); l
 from __future__ import annotations
 
 import inspect
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from ablate.config import ConfigError, Seq2SeqConfig
+from ablate.config import MAX_DIM, MAX_NZ, ConfigError, ModelSection, Strict
 from ablate.data.batching import Batch
 from ablate.data.tokenize import Framing, HFTokenizer
 from ablate.models.base import TextVAE, decode_loop
-from ablate.models.registry import FAMILIES, ModelFamily
+from ablate.models.registry import ModelFamily, register_family
+
+
+# ---------------------------------------------------------------- config
+
+
+class Seq2SeqArch(Strict):
+    """A random-init encoder-decoder Transformer built from a config (no weights needed)."""
+
+    family: Literal["t5", "bart"] = "t5"
+    d_model: int = Field(128, ge=8, le=MAX_DIM)
+    num_layers: int = Field(2, ge=1, le=128)
+    num_heads: int = Field(4, ge=1, le=256)
+    d_ff: int = Field(512, ge=8, le=4 * MAX_DIM)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "Seq2SeqArch":
+        if self.d_model % self.num_heads:
+            raise ValueError(f"model.config.d_model ({self.d_model}) must be divisible by num_heads "
+                             f"({self.num_heads})")
+        return self
+
+
+class Seq2SeqConfig(ModelSection):
+    """Lee & Park 2021: a pretrained (or config-built) encoder-decoder Transformer finetuned into a VAE."""
+
+    name: Literal["seq2seq"] = "seq2seq"
+    pretrained: str | None = Field(None, description="AutoModelForSeq2SeqLM name or local folder")
+    config: Seq2SeqArch | None = None
+    tokenizer: str | None = Field(
+        None, description="tokenizer name/folder, or 'train' to fit one on the train split "
+        "(default: the pretrained model's own, or 'train' for a model built from config)")
+    tokenizer_vocab_size: int = Field(2000, ge=100, le=1_000_000,
+                                      description="vocabulary size when tokenizer: train")
+    pooling: Literal["mean", "max", "first"] = "max"
+    injection: Literal["memory", "embedding", "cross_attention"] = "memory"
+    nz: int = Field(32, ge=1, le=MAX_NZ)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Seq2SeqConfig":
+        if (self.pretrained is None) == (self.config is None):
+            raise ValueError("give exactly one of model.pretrained (name or folder) or model.config (family, sizes)")
+        return self
+
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -318,6 +363,6 @@ def _tokenizer_key(cfg: Seq2SeqConfig) -> str:
     return f"{cfg.pretrained}:{cfg.tokenizer}:{cfg.tokenizer_vocab_size}:{family}"
 
 
-FAMILIES.register("seq2seq", ModelFamily(
-    name="seq2seq", build_tokenizer=lambda model, data, texts: build_seq2seq_tokenizer(model, texts),
+register_family(ModelFamily(
+    name="seq2seq", config=Seq2SeqConfig, build_tokenizer=lambda model, data, texts: build_seq2seq_tokenizer(model, texts),
     tokenizer_key=_tokenizer_key, build_model=build_seq2seq_vae))

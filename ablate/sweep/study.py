@@ -51,8 +51,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ablate.config import (DEFAULT_MODEL, MODEL_CONFIGS, ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig,
-                           apply_overrides, canonical_dict, config_hash, explain, flatten, model_name, parse_override,
+from ablate.config import (ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, apply_overrides, canonical_dict,
+                           config_hash, explain, flatten, model_config_class, model_name, parse_override,
                            read_yaml_file, set_path, shorten, suggest)
 from ablate.references import Reference, ReferenceConventions
 
@@ -233,7 +233,7 @@ def is_list_field(path: Path_, merged: dict[str, Any]) -> bool:
             return False
         rest = rest[1:]
     elif head == "model":
-        model = MODEL_CONFIGS.get(model_name(merged.get("model")), MODEL_CONFIGS[DEFAULT_MODEL])
+        model = model_config_class(model_name(merged.get("model")))
     elif head in SECTION_MODELS:
         model = SECTION_MODELS[head]
     else:
@@ -474,7 +474,7 @@ class _Loader:
             return RunConfig.model_validate(data)
         except ValidationError as error:
             first = error.errors()[0]
-            loc = tuple(p for p in first["loc"] if p not in MODEL_CONFIGS)
+            loc = tuple(first["loc"])
             if not loc:
                 match = re.search(r"techniques\.([A-Za-z0-9_]+)(?:\.([A-Za-z0-9_]+))?", first["msg"])
                 loc = tuple(p for p in match.groups() if p) if match else ()

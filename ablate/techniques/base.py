@@ -52,7 +52,8 @@ class TrainContext:
 
 @dataclass(frozen=True)
 class Step:
-    """Where training is: counted in optimiser steps. `phase_step` restarts at 0 when a phase begins."""
+    """Where training is (a technique's read-only view of the trainer's TrainState): counted in optimiser steps.
+    `phase_step` restarts at 0 when a phase begins."""
 
     global_step: int
     phase_step: int
@@ -60,9 +61,10 @@ class Step:
     phase: str  # "pretrain" | "vae"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PhaseProgress:
-    """How far the current phase has come, for a technique deciding when pretraining ends."""
+    """How far the current phase has come, for a technique deciding when pretraining ends (a read-only view of the
+    trainer's TrainState)."""
 
     epochs: int
     steps: int
