@@ -57,15 +57,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.name is not None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", args.name):
             raise ConfigError(f"--name {args.name!r}: letters, digits, '_', '.', '+', '-' only (it names files)")
-        if (layout.runs / f"{args.name}.parquet").exists() and not args.resume:
-            raise ConfigError(f"--name {args.name}: {layout.runs / args.name}.parquet exists; choose another name")
+        taken = layout.run_files(args.name).row
+        if taken.exists() and not args.resume:
+            raise ConfigError(f"--name {args.name}: {taken} exists; choose another name")
     # every single run checkpoints each epoch under its config hash; --resume continues from there
     checkpoint = layout.checkpoint(config_hash(config))
     if args.resume and not checkpoint.exists():
         raise ConfigError(f"--resume: no checkpoint of this config ({checkpoint}); run it without --resume")
     if not args.resume:
         checkpoint.unlink(missing_ok=True)
-    outcome = execute(config, layout.runs, run_id=args.name, checkpoint=checkpoint, progress=not args.quiet)
+    outcome = execute(config, layout.root, run_id=args.name, checkpoint=checkpoint, progress=not args.quiet)
     if outcome.ok:
         checkpoint.unlink(missing_ok=True)
     row = outcome.row
@@ -77,7 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     tps = row.get("train_tokens_per_second") or 0.0
     print(f"train {row['train_seconds']:.1f}s ({tps:,.0f} tokens/s), eval {row['eval_seconds']:.1f}s, "
           f"device {row['device']}")
-    print(f"wrote {outcome.result_path} and {outcome.curves_path}")
+    model = f" and {outcome.model_path}" if outcome.model_path is not None else ""
+    print(f"wrote {outcome.result_path}, {outcome.curves_path}{model}")
     return 0
 
 

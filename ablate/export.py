@@ -29,6 +29,7 @@ def export_run(run: str | Path, out: str | Path) -> Path:
     import pyarrow.parquet as pq
     from safetensors.torch import save_model
 
+    from ablate.layout import RunFiles
     from ablate.outputs import check_writable, write_text_atomic
     from ablate.saved_models import load_run, model_file
 
@@ -41,8 +42,7 @@ def export_run(run: str | Path, out: str | Path) -> Path:
     prepared.tokenizer.save(out / "tokenizer")
     if getattr(model, "net", None) is not None:  # the seq2seq family's Hugging Face model
         model.net.save_pretrained(str(out / "hf_model"))
-    saved = model_file(run)
-    row_path = saved.with_name(saved.name.removesuffix(".model.pt") + ".parquet")
+    row_path = RunFiles.of(model_file(run)).row
     if row_path.exists():
         row = pq.read_table(row_path).to_pylist()[0]
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
@@ -63,6 +63,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 @COMMANDS.register("export")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="a trained run as a self-contained folder (config, safetensors, tokenizer)")
-    p.add_argument("run", help="results/runs/<stem>.model.pt, or the run's <stem>.parquet")
+    p.add_argument("run", help="results/<study>/models/<stem>.model.pt, or the run's rows/<stem>.parquet")
     p.add_argument("--out", required=True, help="the folder to write")
     p.set_defaults(func=cmd_export)

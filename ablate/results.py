@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, Union
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ablate.config_columns import config_column_type
-from ablate.layout import MANIFEST, RESULTS_TABLE, StudyFolder
+from ablate.layout import CURVES_SUFFIX, StudyFolder, is_row_file
 from ablate.metric_schema import is_metric_column
 from ablate.outputs import atomic_target
 
@@ -147,7 +147,7 @@ def git_commit(directory: Path | None = None) -> str:
     return f"{commit}+dirty" if commit and dirty else commit
 
 
-def load_results(directory: str | Path, unreadable: list[Path] | None = None
+def load_results(directory: Folders, unreadable: list[Path] | None = None
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All result rows under a folder (recursively): (successful, failed).
 
@@ -164,13 +164,20 @@ def load_results(directory: str | Path, unreadable: list[Path] | None = None
     return ok, failed
 
 
-def row_files(directory: str | Path) -> list[Path]:
-    """The result-row files under a folder (each attempt's own file; not curves, manifests or consolidated tables)."""
-    return sorted(p for p in Path(directory).rglob("*.parquet") if not p.name.endswith(".curves.parquet")
-                  and not p.name.startswith(".") and p.name not in (MANIFEST, RESULTS_TABLE))
+Folders = Union[str, Path, Sequence[Path]]
 
 
-def rows_table(directory: str | Path, unreadable: list[Path] | None = None) -> pa.Table:
+def _folders(directory: Folders) -> list[Path]:
+    return [Path(directory)] if isinstance(directory, (str, Path)) else [Path(d) for d in directory]
+
+
+def row_files(directory: Folders) -> list[Path]:
+    """The result-row files under a folder or folders, recursively (each attempt's own file; not curves, models,
+    manifests or consolidated tables)."""
+    return sorted({p for d in _folders(directory) for p in d.rglob("*.parquet") if is_row_file(p)})
+
+
+def rows_table(directory: Folders, unreadable: list[Path] | None = None) -> pa.Table:
     """Every attempt's row under a folder as one arrow table (columns unified: a column absent from a row's
     file is null there; each column keeps its one declared type)."""
     tables = read_tables(row_files(directory), unreadable, ROW_KEYS)
@@ -180,15 +187,15 @@ def rows_table(directory: str | Path, unreadable: list[Path] | None = None) -> p
 
 
 def write_results_table(study_folder: str | Path) -> Path:
-    """Rewrite a study's results.parquet from its runs/ (atomically); returns its path."""
+    """Rewrite a study's results.parquet from its rows/ (atomically); returns its path."""
     layout = StudyFolder(study_folder)
-    table = rows_table(layout.runs, unreadable=[])
+    table = rows_table(layout.row_folders(), unreadable=[])
     write_atomic(table.sort_by([("cell_id", "ascending"), ("attempt", "ascending")]), layout.results_table)
     return layout.results_table
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
-    """Every result row under `path` (a study folder, a results root, a runs/ folder, or a results.parquet) as
+    """Every result row under `path` (a study folder, a results root, a rows/ folder, or a results.parquet) as
     one pandas DataFrame: one row per attempt (`status` ok or failed), stable column types. The notebook entry
     point, also `ablate.load_results`."""
     path = Path(path)
@@ -197,9 +204,9 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return rows_table(path, unreadable=[]).to_pandas()
 
 
-def load_curves(directory: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
-    """Curves of the runs under a folder (optionally only some run ids)."""
-    paths = sorted(Path(directory).rglob("*.curves.parquet"))
+def load_curves(directory: Folders, run_ids: list[str] | None = None) -> pd.DataFrame:
+    """Curves of the runs under a folder or folders (optionally only some run ids)."""
+    paths = sorted({p for d in _folders(directory) for p in d.rglob(f"*{CURVES_SUFFIX}")})
     curves = read_rows(paths, [], CURVE_KEYS)  # a run's unreadable curves leave its plot line out, nothing more
     if run_ids is not None and not curves.empty:
         curves = curves[curves["run_id"].isin(run_ids)]

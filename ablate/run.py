@@ -25,6 +25,7 @@ from ablate.data.batching import EncodedSplit, encode_split
 from ablate.data.corpus import SPLITS, Corpus, load_corpus
 from ablate.data.tokenize import Tokenizer
 from ablate.evaluate import encode_all, evaluate_split, probe_factors, probe_features
+from ablate.layout import RunFiles
 from ablate.models.base import TextVAE
 from ablate.models.registry import build_model, build_tokenizer, tokenizer_key
 from ablate.results import git_commit, write_curves, write_row
@@ -133,14 +134,15 @@ def base_row(config: RunConfig, run_id: str, labels: dict[str, Any]) -> dict[str
 def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels: dict[str, Any] | None = None,
             checkpoint: Path | None = None, progress: bool = True, save_model: bool = True,
             file_stem: str | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> RunOutcome:
-    """Train and evaluate one config; always writes a result row (status ok or failed) before returning.
+    """Train and evaluate one config; always writes a result row (status ok or failed) before returning: into
+    `out_dir`'s rows/, curves/ and models/ folders (ablate.layout.RunFiles), named `file_stem` (default: run_id).
     `on_epoch` receives each epoch's validation point as it happens (a sweep reports it to its Optuna trial)."""
     labels = labels or {}
     run_id = run_id or f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{config_hash(config)[:8]}"
     stem = file_stem or run_id
-    out_dir = Path(out_dir)
-    result_path, curves_path = out_dir / f"{stem}.parquet", out_dir / f"{stem}.curves.parquet"
-    model_path = out_dir / f"{stem}.model.pt" if save_model else None
+    files = RunFiles.in_folder(out_dir, stem)  # out_dir/rows, curves, models (ablate.layout)
+    result_path, curves_path = files.row, files.curves
+    model_path = files.model if save_model else None
     row = base_row(config, run_id, labels)
     curves: list[dict[str, Any]] = []
     device = resolve_device(config.train.device)

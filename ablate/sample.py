@@ -1,6 +1,6 @@
 """`ablate sample RUN`: look at what a trained VAE generates.
 
-RUN is a saved model (`results/runs/<stem>.model.pt`) or its result row (`<stem>.parquet`, the model beside it).
+RUN is a saved model (`results/<study>/models/<stem>.model.pt`) or its result row (`rows/<stem>.parquet`).
 The model is rebuilt from the run config stored in the file (`ablate.run.prepare` + `build`: same corpus, same
 tokenizer — a trained subword tokenizer is re-fitted deterministically) and its weights loaded. Then:
 
@@ -157,7 +157,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 @COMMANDS.register("sample")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="decode from the prior, reconstruct sentences, interpolate (a saved run)")
-    p.add_argument("run", help="results/runs/<stem>.model.pt, the run's <stem>.parquet, or an `ablate export` folder")
+    p.add_argument("run", help="results/<study>/models/<stem>.model.pt, its rows/<stem>.parquet, "
+                   "or an `ablate export` folder")
     p.add_argument("--prior", type=int, default=5, metavar="N", help="sentences decoded from z ~ N(0, I) (5)")
     p.add_argument("--reconstruct", type=int, default=5, metavar="N",
                    help="first N sentences of --split encoded and decoded (5)")

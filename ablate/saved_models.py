@@ -12,20 +12,22 @@ import torch
 
 
 def model_file(run: str | Path) -> Path:
-    """The .model.pt of a run given as the model file itself or as its result parquet."""
+    """The .model.pt of a run given as the model file itself or as its result row (rows/<stem>.parquet)."""
     from ablate.config import ConfigError
+    from ablate.layout import MODEL_SUFFIX, ROW_SUFFIX, RunFiles
 
     path = Path(run)
     if path.is_dir():
         raise ConfigError(f"{run}: a folder, but not an export (no config.json and model.safetensors); give an "
-                          "`ablate export` folder or a results/runs/<stem>.model.pt")
-    if path.name.endswith(".parquet"):
-        stem = path.name[: -len(".parquet")]
-        path = path.with_name(f"{stem}.model.pt")
-    if not path.exists():
-        hint = " (runs write it unless save_model is off)" if path.name.endswith(".model.pt") else ""
-        raise ConfigError(f"{run}: no saved model at {path}{hint}; give a results/runs/<stem>.model.pt or .parquet")
-    return path
+                          "`ablate export` folder or a results/<study>/models/<stem>.model.pt")
+    if not path.name.endswith((MODEL_SUFFIX, ROW_SUFFIX)):
+        raise ConfigError(f"{run}: not a run's file; give a results/<study>/models/<stem>.model.pt, its "
+                          "rows/<stem>.parquet or an `ablate export` folder")
+    model = RunFiles.of(path).model
+    if not model.exists():
+        raise ConfigError(f"{run}: no saved model at {model} (runs write it unless save_model is off); give a "
+                          "results/<study>/models/<stem>.model.pt or its rows/<stem>.parquet")
+    return model
 
 
 def load_run(run: str | Path, device: str | torch.device = "cpu"):

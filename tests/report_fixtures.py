@@ -1,7 +1,7 @@
 """A hand-made study folder for the report tests, written with the real result-row writers.
 
-Layout as in .notes/CONTRACTS.md: study.json, study.yaml, manifest.parquet, runs/<cell>.a<attempt>.parquet and
-.curves.parquet. Panels: synthetic × lstm (four arms) and synthetic × t5 (two arms, two seeds).
+Layout as in .notes/CONTRACTS.md: study.json, study.yaml, manifest.parquet, rows/<cell>.a<attempt>.parquet and
+curves/<cell>.a<attempt>.curves.parquet. Panels: synthetic × lstm (four arms) and synthetic × t5 (two arms, two seeds).
 
 synthetic × lstm:
 - vanilla: seeds 0, 1, 2 — collapsed (KL ≈ 0.01, AU = 0);
@@ -159,8 +159,9 @@ def curves_for(arm: str, seed: int) -> list[dict]:
 def write_study(root: Path, with_curves: bool = True) -> Path:
     """Write the hand-made study under root/handmade and return that folder."""
     folder = root / STUDY
-    runs = folder / "runs"
+    runs, curves = folder / "rows", folder / "curves"
     runs.mkdir(parents=True, exist_ok=True)
+    curves.mkdir(exist_ok=True)
     (folder / "study.yaml").write_text(STUDY_YAML)
     (folder / "study.json").write_text(json.dumps({
         "study": STUDY, "study_file": "studies/handmade.yaml",
@@ -185,7 +186,7 @@ def write_study(root: Path, with_curves: bool = True) -> Path:
             row = make_row(model, arm, settings, seed, attempt)
             write_row(row, runs / f"{cid}.a{attempt}.parquet")
             if with_curves:
-                write_curves(curves_for(arm, seed), row["run_id"], runs / f"{cid}.a{attempt}.curves.parquet")
+                write_curves(curves_for(arm, seed), row["run_id"], curves / f"{cid}.a{attempt}.curves.parquet")
     schema = pa.schema([("cell_id", pa.string()), ("arm", pa.string()), ("dataset", pa.string()),
                         ("model", pa.string()), ("seed", pa.int64()), ("settings", pa.string()),
                         ("config", pa.string())])

@@ -38,7 +38,7 @@ def test_export_then_delete_the_corpus_then_sample(family, tmp_path, capsys):
                                   "techniques": {"bn_vae": {"gamma": 0.5}}})
     if family == "seq2seq":
         overrides["model"] = dict(TINY_T5)
-    outcome = execute(build_config(overrides), tmp_path / "runs", progress=False)
+    outcome = execute(build_config(overrides), tmp_path, progress=False)
     assert outcome.ok, outcome.row.get("error_message")
     _, prepared, original = load_run(outcome.model_path)
     texts = prepared.corpus.texts["test"][:4]

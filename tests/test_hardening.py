@@ -58,7 +58,7 @@ def test_a_planted_checkpoint_runs_no_code_in_a_worker(tmp_path):
     checkpoint = tmp_path / "checkpoints" / "cell.pt"
     checkpoint.parent.mkdir()
     torch.save({"state": PlantedCode(marker)}, checkpoint)
-    outcome = execute(build_config(tiny_overrides()), tmp_path / "runs", checkpoint=checkpoint, progress=False)
+    outcome = execute(build_config(tiny_overrides()), tmp_path, checkpoint=checkpoint, progress=False)
     assert not marker.exists()
     assert outcome.row["status"] == "failed" and outcome.row["error_class"] == "ConfigError"
     assert "not a checkpoint ablate can load safely" in outcome.row["error_message"]
@@ -169,7 +169,7 @@ def test_workers_get_the_storage_by_environment_not_argv(tmp_path, monkeypatch):
 def _results_folder(root: Path, study_name: str) -> Path:
     """A results folder with one real result row, whose study.json names the study `study_name`."""
     folder = root / "planted"
-    outcome = execute(build_config(tiny_overrides()), folder / "runs", progress=False, save_model=False)
+    outcome = execute(build_config(tiny_overrides()), folder, progress=False, save_model=False)
     assert outcome.ok
     (folder / "study.json").write_text(json.dumps({"study": study_name}))
     return folder
@@ -192,7 +192,7 @@ def test_a_study_name_never_becomes_a_path_out_of_the_report(tmp_path, name):
 
 def test_a_corrupt_result_file_is_skipped_named_and_counted(tmp_path):
     folder = _results_folder(tmp_path / "in", "study")
-    bad = folder / "runs" / "0123456789ab.a1.parquet"
+    bad = folder / "rows" / "0123456789ab.a1.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")
     out = tmp_path / "rep"
     code, text = run_cli(["report", str(folder), "--out", str(out)])
@@ -330,13 +330,13 @@ def test_an_unwritable_out_is_found_before_training(tmp_path):
 
 def test_files_of_killed_attempts_are_removed_on_resume(tmp_path, capsys):
     study, folder = _swept(tmp_path)
-    cell = json.loads((folder / "study.json").read_text()) and next((folder / "runs").glob("*.a1.parquet")).name[:12]
-    orphans = [folder / "runs" / "0123456789ab.a1.model.pt", folder / "runs" / f".{cell}.a2.parquet.999999.tmp",
+    cell = json.loads((folder / "study.json").read_text()) and next((folder / "rows").glob("*.a1.parquet")).name[:12]
+    orphans = [folder / "models" / "0123456789ab.a1.model.pt", folder / "rows" / f".{cell}.a2.parquet.999999.tmp",
                folder / "checkpoints" / f"{cell}.pt"]  # a done cell's checkpoint, a dead writer's temporary file
     for path in orphans:
         path.write_bytes(b"x")
     os.utime(orphans[1], (0, 0))  # a temporary file is only taken for abandoned once it is old
-    kept = folder / "runs" / f"{cell}.a1.model.pt"
+    kept = folder / "models" / f"{cell}.a1.model.pt"
     capsys.readouterr()
     assert run_sweep(study, jobs=1, out=tmp_path / "results", progress=False) == 0
     assert "removed 3 file(s) of attempts that were killed" in capsys.readouterr().out

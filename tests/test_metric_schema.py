@@ -39,7 +39,7 @@ def test_every_emitted_metric_is_declared_and_typed():
 
 def test_a_newly_declared_metric_reaches_the_row_the_summary_and_the_report(tmp_path):
     with METRICS.temporarily("nll_per_token", NLL_PER_TOKEN):
-        outcome = execute(build_config(tiny_overrides(**{"eval.probe": False})), tmp_path / "runs", progress=False)
+        outcome = execute(build_config(tiny_overrides(**{"eval.probe": False})), tmp_path, progress=False)
         row = outcome.row
         assert outcome.ok
         # independent: NLL per sentence × sentences / tokens
@@ -70,7 +70,7 @@ def test_the_ledger_ranks_a_sweep_by_the_declared_selection(tmp_path):
     study = tmp_path / "s.yaml"
     study.write_text(STUDY)
     assert run_sweep(study, jobs=1, out=tmp_path / "results", progress=False) == 0
-    ok, _ = load_results(tmp_path / "results" / "bad" / "runs")
+    ok, _ = load_results(tmp_path / "results" / "bad" / "rows")
     trial = next(t for t in Ledger.open_existing("bad", tmp_path / "results" / "bad").trials())
     assert trial.value == pytest.approx(ok["valid.nll"].iloc[0]) and trial.value != ok["valid.nelbo"].iloc[0]
 

@@ -83,7 +83,7 @@ def test_published_numbers_stand_beside_ours_with_convention_mismatches_marked(r
     assert "Published numbers beside ours — synthetic × t5" not in page  # both references name model lstm
     data = json.loads((out / "handmade" / "tables" / "handmade-published-synthetic__lstm.json").read_text())
     rows = {(r["arm"], r["metric"]): r for r in data["rows"]}
-    ok = pd.concat([pd.read_parquet(p) for p in (study / "runs").glob("*.a*.parquet")
+    ok = pd.concat([pd.read_parquet(p) for p in (study / "rows").glob("*.a*.parquet")
                     if not p.name.endswith(".curves.parquet")])
     ok = ok[(ok["status"] == "ok") & (ok["model"] == "lstm")].sort_values("attempt").drop_duplicates("cell_id",
                                                                                                    keep="last")

@@ -27,7 +27,7 @@ def study(tmp_path_factory):
 @pytest.fixture(scope="module")
 def raw(study):
     """The successful rows as pandas reads them, with the manifest's settings joined by cell id."""
-    ok, _ = load_results(study.folder / "runs")
+    ok, _ = load_results(study.folder / "rows")
     return ok.merge(study.manifest[["cell_id", "settings"]], on="cell_id")
 
 
@@ -196,7 +196,7 @@ def test_coverage_missing_and_failures(study):
 
 def test_results_without_manifest(study):
     """Runs without a study manifest: settings inferred from the config columns that vary within an arm."""
-    ok, failed = load_results(study.folder / "runs")
+    ok, failed = load_results(study.folder / "rows")
     ok = tables.attach_settings(ok, None)
     fb = ok[(ok["arm"] == "free_bits") & (ok["model"] == "lstm")]
     assert sorted(set(fb["setting"])) == ["lambda_per_dim=0.25", "lambda_per_dim=0.5"]
@@ -288,7 +288,7 @@ def test_conventions_and_latex(study):
 
 def test_manifest_labels_name_the_rows_of_its_cells(study):
     """A study may label a seq2seq model 't5'; rows written with the config's name take the manifest's label."""
-    ok, _ = load_results(study.folder / "runs")
+    ok, _ = load_results(study.folder / "rows")
     renamed = ok.copy()
     renamed["model"] = "seq2seq"
     manifest = study.manifest.copy()

@@ -78,8 +78,51 @@ def test_a_sweep_reports_each_epoch_to_its_optuna_trial(tmp_path):
         str(out / "bad" / "ledger.journal")))
     trial = optuna.load_study(study_name="bad", storage=storage).trials[0]
     assert trial.user_attrs["arm"] == "vanilla" and trial.user_attrs["seed"] == 0
-    curves = pd.read_parquet(next((out / "bad" / "runs").glob("*.curves.parquet")))
+    curves = pd.read_parquet(next((out / "bad" / "curves").glob("*.curves.parquet")))
     valid = curves[curves["split"] == "valid"]
     assert sorted(trial.intermediate_values) == valid["epoch"].tolist() == [0, 1, 2]
     assert [trial.intermediate_values[e] for e in (0, 1, 2)] == pytest.approx(valid["loss"].tolist())
     assert [p["kl"] for p in trial.user_attrs["valid_curve"]] == pytest.approx(valid["kl"].tolist())
+
+
+def test_rows_curves_and_models_are_kept_apart_and_old_folders_still_read(tmp_path, capsys):
+    """A glob over rows/ is only rows (pandas reads the folder, duckdb its '*.parquet'); a folder in the old layout
+    (all three in runs/) is still read by the report and the loaders, and a sweep resumed on it moves its files
+    into place without running anything again."""
+    from ablate.report.inputs import load_study
+
+    study = tmp_path / "s.yaml"
+    study.write_text(STUDY)
+    out = tmp_path / "results"
+    assert run_sweep(study, jobs=1, out=out, progress=False) == 0
+    folder = out / "bad"
+    rows = pd.read_parquet(folder / "rows")
+    assert len(rows) == len(list((folder / "rows").iterdir())) == 1 and rows["status"].tolist() == ["ok"]
+    curves = pd.read_parquet(folder / "curves")
+    assert len(curves) > 1 and set(curves["run_id"]) == set(rows["run_id"])
+    assert [p.name.endswith(".model.pt") for p in (folder / "models").iterdir()] == [True]
+    try:
+        import duckdb
+    except ImportError:
+        duckdb = None
+    if duckdb is not None:
+        glob = str(folder / "rows" / "*.parquet")
+        assert duckdb.sql(f"select count(*), min(status) from '{glob}'").fetchall() == [(1, "ok")]
+
+    # the old layout: rows, curves and models side by side in runs/
+    legacy = folder / "runs"
+    legacy.mkdir()
+    for part in ("rows", "curves", "models"):
+        for path in (folder / part).iterdir():
+            path.rename(legacy / path.name)
+        (folder / part).rmdir()
+    before = load_study(folder)
+    assert len(before.ok) == 1 and not before.curves.empty
+    assert len(ablate.load_results(folder)) == 1
+    model = next(legacy.glob("*.model.pt"))
+    assert main(["sample", str(model), "--json", "--prior", "1", "--reconstruct", "1"]) == 0
+    capsys.readouterr()
+    assert run_sweep(study, jobs=1, out=out, progress=False) == 0
+    assert "moved 3 files of runs/ into rows/, curves/ and models/" in capsys.readouterr().err
+    assert not legacy.exists() and len(pd.read_parquet(folder / "rows")) == 1  # moved, not run again
+    assert pd.read_parquet(folder / "rows")["run_id"].tolist() == rows["run_id"].tolist()

@@ -14,16 +14,16 @@ REPO = Path(__file__).resolve().parents[1]
 def test_smoke_sweep_then_report(tmp_path, capsys):
     study = REPO / "studies" / "smoke.yaml"
     assert main(["sweep", str(study), "--out", str(tmp_path / "results")]) == 0
-    ok, failed = load_results(tmp_path / "results" / "smoke" / "runs")
+    ok, failed = load_results(tmp_path / "results" / "smoke" / "rows")
     assert len(ok) == 5 and failed.empty
     assert set(ok["arm"]) == {"vanilla", "autoencoder", "free_bits", "li2019"}
     assert ok["cell_id"].is_unique
 
     # a second sweep finds nothing to do and duplicates nothing
     assert main(["sweep", str(study), "--out", str(tmp_path / "results")]) == 0
-    again, _ = load_results(tmp_path / "results" / "smoke" / "runs")
-    assert len(list((tmp_path / "results" / "smoke" / "runs").glob("*.a*.parquet"))) - len(
-        list((tmp_path / "results" / "smoke" / "runs").glob("*.curves.parquet"))) == 5
+    again, _ = load_results(tmp_path / "results" / "smoke" / "rows")
+    assert len(list((tmp_path / "results" / "smoke" / "rows").glob("*.a*.parquet"))) - len(
+        list((tmp_path / "results" / "smoke" / "rows").glob("*.curves.parquet"))) == 5
     assert sorted(again["run_id"]) == sorted(ok["run_id"])
 
     assert main(["status", str(study), "--out", str(tmp_path / "results")]) == 0

@@ -48,7 +48,7 @@ def test_sweep_records_its_overrides_and_status_reuses_them(tmp_path):
     assert run_sweep(path, jobs=1, out=out, progress=False, overrides=["train.epochs=2"]) == 0
     folder = out / "bad"
     assert json.loads((folder / "study.json").read_text())["overrides"] == ["train.epochs=2"]
-    rows = list((folder / "runs").glob("*.a1.parquet"))
+    rows = list((folder / "rows").glob("*.a1.parquet"))
     assert len(rows) == 1
     status = status_text(folder)  # the folder remembers its overrides: the cell counts as done
     assert "vanilla           1         1" in status

@@ -42,7 +42,7 @@ def make_study(tmp_path: Path, name: str, arms: str, seeds: str = "[0]", base: s
 
 
 def raw_rows(folder: Path) -> pd.DataFrame:
-    paths = sorted(p for p in (folder / "runs").glob("*.parquet") if not p.name.endswith(".curves.parquet"))
+    paths = sorted(p for p in (folder / "rows").glob("*.parquet") if not p.name.endswith(".curves.parquet"))
     return pd.concat([pq.read_table(p).to_pandas() for p in paths], ignore_index=True) if paths else pd.DataFrame()
 
 
@@ -59,7 +59,7 @@ def assert_each_cell_once(folder: Path, study_path: Path) -> pd.DataFrame:
     rows = raw_rows(folder)
     ok = rows[rows["status"] == "ok"]
     assert sorted(ok["cell_id"]) == sorted(c.cell_id for c in study.cells), "each cell exactly one ok row"
-    deduped, _ = load_results(folder / "runs")
+    deduped, _ = load_results(folder / "rows")
     assert len(deduped) == len(study.cells)
     return rows
 
@@ -76,7 +76,7 @@ def test_nan_cell_fails_rest_complete_and_rerun_duplicates_nothing(tmp_path, cap
     assert run_sweep(path, jobs=1, out=out, max_attempts=2, progress=False) == 1
     folder = out / "nan"
     rows = raw_rows(folder)
-    ok, failed = load_results(folder / "runs")
+    ok, failed = load_results(folder / "rows")
     assert sorted(ok["arm"]) == ["ae", "vae"]
     # a divergence is deterministic (same config, same seed): not retried, and the summary says why it failed
     assert list(failed["arm"]) == ["diverges"] and sorted(failed["attempt"]) == [1]
@@ -174,7 +174,7 @@ def test_sigkilled_worker_loses_no_run_and_rerun_completes_each_cell_once(tmp_pa
                               str(out), "--quiet"], env=_env(), start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait(lambda: any((folder / "runs").glob("*.a1.parquet")), 180, "a first result", sweep)
+        _wait(lambda: any((folder / "rows").glob("*.a1.parquet")), 180, "a first result", sweep)
         victim: list[int] = []
 
         def running_worker() -> bool:
@@ -241,7 +241,7 @@ def test_worker_dying_after_writing_its_row_is_reclaimed_as_done_not_rerun(tmp_p
         ledger.sync(study.cells, max_attempts=2)
     trial = ledger.pop()
     (cell,) = study.cells
-    execute(cell.config, folder / "runs", labels={"study": "late", "cell_id": cell.cell_id, "arm": "vae",
+    execute(cell.config, folder, labels={"study": "late", "cell_id": cell.cell_id, "arm": "vae",
                                                   "attempt": 1}, progress=False, file_stem=f"{cell.cell_id}.a1")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -272,7 +272,7 @@ def test_a_cell_continues_from_its_checkpoint(tmp_path):
     saved["curves"][0]["loss"] = 12345.0  # a marker that only a resumed run can carry into its curves
     torch.save(saved, checkpoint)
     assert run_sweep(path, jobs=1, out=tmp_path / "results", progress=False) == 0
-    curves = pq.read_table(tmp_path / "results" / "resume" / "runs" / f"{cell.cell_id}.a1.curves.parquet")
+    curves = pq.read_table(tmp_path / "results" / "resume" / "curves" / f"{cell.cell_id}.a1.curves.parquet")
     curves = curves.to_pandas()
     assert 12345.0 in set(curves["loss"]) and curves["epoch"].max() == 1
     assert not checkpoint.exists()  # an ok cell drops its checkpoint

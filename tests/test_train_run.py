@@ -129,8 +129,8 @@ def test_run_resume_continues_an_interrupted_run(tmp_path, monkeypatch):
     assert list((tmp_path / "cut" / "checkpoints").glob("*.pt"))
     assert main(["run", str(config), "--out", str(tmp_path / "cut"), "--quiet", "--name", "cut", "--resume"]) == 0
     assert not list((tmp_path / "cut" / "checkpoints").glob("*.pt"))  # removed once the run is done
-    whole = pd.read_parquet(tmp_path / "whole" / "runs" / "whole.parquet").iloc[0]
-    resumed = pd.read_parquet(tmp_path / "cut" / "runs" / "cut.parquet").iloc[0]
+    whole = pd.read_parquet(tmp_path / "whole" / "rows" / "whole.parquet").iloc[0]
+    resumed = pd.read_parquet(tmp_path / "cut" / "rows" / "cut.parquet").iloc[0]
     assert resumed["train_steps"] == whole["train_steps"] and resumed["best_epoch"] == whole["best_epoch"]
     for column in ("valid.nll", "valid.kl", "test.nelbo"):
         assert resumed[column] == pytest.approx(whole[column], rel=1e-6), column

@@ -1,6 +1,6 @@
 """`ablate report`: stored results of one or more studies → one index.html with tables and plots.
 
-For each study folder (results/<study>/: study.json, study.yaml, manifest.parquet, runs/; see
+For each study folder (results/<study>/: study.json, study.yaml, manifest.parquet, rows/, curves/; see
 .notes/CONTRACTS.md) the report has a header (study, study-file hash, dates, git commits, package versions,
 compute time), a plain summary of which arms collapse, coverage (and the cells still missing), a main table
 per dataset × model, the best setting per technique with paired differences against the baseline arm, plots,

@@ -24,7 +24,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             if not is_study_folder(path):
                 inner = find_studies(path)
                 if not inner:
-                    print(f"error: {given}: neither a study folder (manifest.parquet or runs/) nor a folder of "
+                    print(f"error: {given}: neither a study folder (manifest.parquet or rows/) nor a folder of "
                           f"studies", file=sys.stderr)
                     return 2
                 folders += inner
@@ -33,7 +33,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         folders = find_studies(args.results)
         if not folders:
-            print(f"error: {args.results}: no study folders (with manifest.parquet or runs/) found; run "
+            print(f"error: {args.results}: no study folders (with manifest.parquet or rows/) found; run "
                   f"`ablate sweep STUDY.yaml` first or name a folder", file=sys.stderr)
             return 2
     select = tuple(s.strip() for s in args.select.split(",") if s.strip())

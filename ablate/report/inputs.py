@@ -26,13 +26,14 @@ def is_study_folder(path: Path) -> bool:
 
 
 def find_studies(root: str | Path) -> list[Path]:
-    """The study folders under a results root: the root itself when it holds runs/ (runs of `ablate run`),
-    then every direct subfolder with a manifest.parquet or a runs/ folder, by name."""
+    """The study folders under a results root: the root itself when it holds rows/ (runs of `ablate run`; or a
+    legacy runs/), then every direct subfolder with a manifest.parquet or rows/, by name."""
     root = Path(root)
-    found = [root] if StudyFolder(root).runs.is_dir() else []
+    layout = StudyFolder(root)
+    found = [root] if layout.row_folders() else []
+    own = {layout.rows, layout.curves, layout.models, layout.legacy_runs, layout.checkpoints}
     if root.is_dir():
-        found += sorted(p for p in root.iterdir() if p.is_dir() and p != StudyFolder(root).runs
-                        and is_study_folder(p))
+        found += sorted(p for p in root.iterdir() if p.is_dir() and p not in own and is_study_folder(p))
     return found
 
 
@@ -85,10 +86,11 @@ def load_study(folder: str | Path) -> StudyInput:
         if manifest is not None and not MANIFEST_KEYS <= set(manifest.columns):
             manifest = None
             unreadable.append(layout.manifest)
-    runs = layout.runs if layout.runs.is_dir() else folder
-    ok, failed = load_results(runs, unreadable)
+    rows = layout.row_folders() or [folder]
+    ok, failed = load_results(rows, unreadable)
     ok = tables.attach_settings(ok, manifest)
     failed = tables.attach_settings(failed, manifest)
-    curves = load_curves(runs, list(ok["run_id"])) if not ok.empty else pd.DataFrame()
+    curve_folders = [p for p in (layout.curves, layout.legacy_runs) if p.is_dir()] or [folder]
+    curves = load_curves(curve_folders, list(ok["run_id"])) if not ok.empty else pd.DataFrame()
     name = str(meta.get("study") or folder.resolve().name)
     return StudyInput(folder, name, meta, text, manifest, ok, failed, curves, unreadable)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 
 from ablate.config import ConfigError
-from ablate.layout import StudyFolder
+from ablate.layout import StudyFolder, move_legacy_runs
 from ablate.sweep.ledger import now_iso
 from ablate.sweep.study import NAME_RE, Study, load_study
 
@@ -27,8 +28,12 @@ def write_study_files(study: Study, folder: Path) -> None:
 
     layout = StudyFolder(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    layout.runs.mkdir(exist_ok=True)
-    layout.checkpoints.mkdir(exist_ok=True)
+    moved = move_legacy_runs(folder)
+    if moved:
+        print(f"{folder}: moved {moved} files of runs/ into rows/, curves/ and models/ (the current layout)",
+              file=sys.stderr)
+    for part in (layout.rows, layout.curves, layout.models, layout.checkpoints):
+        part.mkdir(exist_ok=True)
     meta_path = layout.study_json
     created = now_iso()
     if meta_path.exists():

@@ -247,16 +247,16 @@ def process_alive(pid: int, start: str | None = None) -> bool:
 
 
 class ResultIndex:
-    """The result files of a study folder's runs/: which attempts exist and their status."""
+    """The result rows of a study folder (rows/, and a legacy runs/): which attempts exist and their status."""
 
-    def __init__(self, runs: Path):
-        self.runs = Path(runs)
+    def __init__(self, folder: Path, cell_id: str | None = None):
         self.files: dict[str, dict[int, Path]] = {}
-        if self.runs.exists():
-            for path in self.runs.iterdir():
+        pattern = f"{cell_id}.a*.parquet" if cell_id else "*.parquet"
+        for rows in StudyFolder(folder).row_folders():
+            for path in sorted(rows.glob(pattern)):
                 match = RESULT_NAME.match(path.name)
                 if match:
-                    self.files.setdefault(match["cell"], {})[int(match["attempt"])] = path
+                    self.files.setdefault(match["cell"], {}).setdefault(int(match["attempt"]), path)
         self._status: dict[Path, str] = {}
 
     def status(self, cell_id: str, attempt: int) -> str | None:
@@ -280,12 +280,8 @@ class ResultIndex:
         return sum(self.status(cell_id, a) == "failed" for a in self.files.get(cell_id, {}))
 
 
-def has_ok_result(runs: Path, cell_id: str) -> bool:
-    index = ResultIndex.__new__(ResultIndex)
-    index.runs, index._status = Path(runs), {}
-    index.files = {cell_id: {int(m["attempt"]): p for p in Path(runs).glob(f"{cell_id}.a*.parquet")
-                             if (m := RESULT_NAME.match(p.name))}}
-    return index.ok(cell_id)
+def has_ok_result(folder: Path, cell_id: str) -> bool:
+    return ResultIndex(folder, cell_id).ok(cell_id)
 
 
 def record_lost_attempt(folder: Path, trial: Any, message: str) -> None:
@@ -361,10 +357,6 @@ class Ledger:
     @functools.cached_property
     def optuna_study(self) -> optuna.Study:
         return optuna.load_study(study_name=self.name, storage=self.storage)
-
-    @property
-    def runs(self) -> Path:
-        return StudyFolder(self.folder).runs
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -496,7 +488,7 @@ class Ledger:
             with self.lock():
                 cell = trial.user_attrs["cell_id"]
                 live = any(self.is_live(t) for t in self.by_cell().get(cell, []))
-                if not live and not has_ok_result(self.runs, cell):
+                if not live and not has_ok_result(self.folder, cell):
                     self.requeue(trial, attempt + 1)
                     return True
         return False
@@ -506,7 +498,7 @@ class Ledger:
     def reclaim(self, retry: bool) -> list[FrozenTrial]:
         """End the RUNNING trials of dead workers (see the module docstring); optionally queue their retries."""
         reclaimed = []
-        results = ResultIndex(self.runs)
+        results = ResultIndex(self.folder)
         for trial in self.trials((TrialState.RUNNING,)):
             if self.is_live(trial) or "cell_id" not in trial.user_attrs:
                 continue
@@ -532,7 +524,7 @@ class Ledger:
     def sync(self, cells: list[Any], max_attempts: int) -> dict[str, int]:
         """Queue every cell with no ok result and no live attempt (each gets `max_attempts` tries from now).
         Returns counts: done, queued (already waiting), running (held by a live worker elsewhere), enqueued."""
-        results = ResultIndex(self.runs)
+        results = ResultIndex(self.folder)
         grouped = self.by_cell()
         counts = {"done": 0, "queued": 0, "running": 0, "enqueued": 0}
         for cell in cells:

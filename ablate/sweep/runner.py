@@ -12,7 +12,7 @@
  5. prints the per-arm outcome. Exit status: 0 when every cell has an ok result, 1 otherwise.
 
 A worker (ablate.sweep.worker) pops a cell, runs `ablate.run.execute` with labels (study, cell_id, arm, attempt,
-dataset, model), the result stem `<cell_id>.a<attempt>` under runs/ and the checkpoint `checkpoints/<cell_id>.pt`
+dataset, model), the result stem `<cell_id>.a<attempt>` under rows/, curves/ and models/, and the checkpoint `checkpoints/<cell_id>.pt`
 (so a retried or reclaimed cell continues from its last epoch), ends the trial, and on a failure a retry could
 change queues the next attempt while attempts remain. Counting and progress: ablate.sweep.progress; the study
 folder: ablate.sweep.folder.
@@ -130,7 +130,7 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
           + (f" ({len(reclaimed)} attempts of dead workers reclaimed)" if reclaimed else "")
           + f"; {_workers_text(jobs, gpus)}; results in {folder}",
           file=stream, flush=True)
-    counts = total(count_cells(ledger, study, ResultIndex(ledger.runs)))
+    counts = total(count_cells(ledger, study, ResultIndex(ledger.folder)))
     bar = SweepProgress(len(study.cells), counts.done, counts.failed, enabled=progress)
     known_failures = {t.number for t in ledger.trials() if t.state.name == "FAIL"}
     stopped = False
@@ -146,7 +146,7 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
         print("interrupted; run the same command again to continue", file=sys.stderr)
         return 130
     write_results_table(folder)  # complete now (workers rewrite it as their cells end)
-    final = count_cells(ledger, study, ResultIndex(ledger.runs))
+    final = count_cells(ledger, study, ResultIndex(ledger.folder))
     bar.update(total(final).done, total(final).failed, total(final).running)
     bar.close()
     print(format_counts(final), file=stream)
@@ -162,22 +162,25 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
 def remove_orphans(ledger: Ledger) -> int:
     """Model files of attempts that have no ok result and are not running (killed between saving the model and
     writing the row), and checkpoints of cells that are done; call under the ledger lock."""
-    results = ResultIndex(ledger.runs)
+    results = ResultIndex(ledger.folder)
     live = {(t.user_attrs.get("cell_id"), int(t.user_attrs.get("attempt", 1))) for t in ledger.trials()
             if ledger.is_live(t)}
     removed = 0
-    for path in ledger.runs.glob("*.a*.model.pt") if ledger.runs.is_dir() else []:
+    layout = StudyFolder(ledger.folder)
+    models = [p for folder in (layout.models, layout.legacy_runs) if folder.is_dir() for p in folder.glob("*.a*.model.pt")]
+    for path in models:
         match = MODEL_NAME.match(path.name)
         if match and (match["cell"], int(match["attempt"])) not in live and \
                 results.status(match["cell"], int(match["attempt"])) != "ok":
             path.unlink(missing_ok=True)
             removed += 1
-    checkpoints = StudyFolder(ledger.folder).checkpoints
+    checkpoints = layout.checkpoints
     for path in checkpoints.glob("*.pt") if checkpoints.is_dir() else []:
         if results.ok(path.stem):
             path.unlink(missing_ok=True)
             removed += 1
-    for path in list(ledger.runs.glob(".*.tmp")) + list(checkpoints.glob(".*.tmp")):
+    written = (layout.rows, layout.curves, layout.models, checkpoints)
+    for path in [p for folder in written if folder.is_dir() for p in folder.glob(".*.tmp")]:
         pid = re.search(r"\.(\d+)\.tmp$", path.name)  # a writer's temporary file: gone with its process (and
         stale = time.time() - path.stat().st_mtime > 600  # old: a writer on another machine has another pid space)
         if pid and stale and not process_alive(int(pid[1])):
@@ -196,7 +199,7 @@ def _workers_text(jobs: int, gpus: list[str]) -> str:
 def _dry_run(study: Study, folder: Path, storage: str | None, jobs: int, stream: TextIO) -> int:
     """Print the cell counts and what a sweep would do; write nothing."""
     print(study.summary(), file=stream)
-    results = ResultIndex(StudyFolder(folder).runs)
+    results = ResultIndex(folder)
     ledger = Ledger.open_existing(study.name, folder, storage) if storage is None else None
     counts = total(count_cells(ledger, study, results))
     todo = counts.expected - counts.done - counts.running - counts.waiting
@@ -206,7 +209,7 @@ def _dry_run(study: Study, folder: Path, storage: str | None, jobs: int, stream:
 
 
 def _work_here(ledger: Ledger, study: Study, bar: SweepProgress, fail_fast: bool, progress: bool) -> bool:
-    results = ResultIndex(ledger.runs)
+    results = ResultIndex(ledger.folder)
     ok_at_start = {c.cell_id for c in study.cells if results.ok(c.cell_id)}
 
     def after(result: CellResult | None) -> None:
@@ -240,7 +243,7 @@ def _running_elsewhere(ledger: Ledger, study: Study, trials: list[Any]) -> bool:
 def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: int, gpus: list[str],
                        storage: str | None, fail_fast: bool, known_failures: set[int]) -> bool:
     """Start N `ablate worker` processes; replace dead ones while work waits; stop all at a failure if asked."""
-    results = ResultIndex(ledger.runs)
+    results = ResultIndex(ledger.folder)
     ok_at_start = {c.cell_id for c in study.cells if results.ok(c.cell_id)}
     threads = threads_per_worker(jobs)
     procs: list[subprocess.Popen | None] = [None] * jobs
@@ -344,7 +347,7 @@ def status_text(target: str | Path, out: str | Path = "results", storage: str | 
         study = load_study(StudyFolder(folder).study_yaml, recorded_overrides(folder))
         study.name = name
     ledger = Ledger.open_existing(name, folder, storage)
-    results = ResultIndex(StudyFolder(folder).runs)
+    results = ResultIndex(folder)
     counts = count_cells(ledger, study, results)
     head = f"study '{name}' ({folder}): " + ("no ledger yet (never swept)" if ledger is None else
                                               f"ledger {'journal' if storage is None else redact(storage)}")

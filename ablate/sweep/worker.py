@@ -39,8 +39,7 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
     attrs = trial.user_attrs
     cell_id, attempt = attrs["cell_id"], int(attrs.get("attempt", 1))
     folder = ledger.folder
-    runs = StudyFolder(folder).runs
-    if has_ok_result(runs, cell_id):  # a duplicate queue entry (e.g. two coordinators raced): never run twice
+    if has_ok_result(folder, cell_id):  # a duplicate queue entry (e.g. two coordinators raced): never run twice
         ledger.complete(trial, None, note="skipped: the cell already has an ok result")
         return CellResult(cell_id, attempt, ok=True)
     try:
@@ -59,7 +58,7 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
     checkpoint = StudyFolder(folder).checkpoint(cell_id)
     try:
         curve: list[dict[str, Any]] = []
-        outcome = execute(config, runs, run_id=f"{ledger.name}.{stem}", labels=labels, checkpoint=checkpoint,
+        outcome = execute(config, folder, run_id=f"{ledger.name}.{stem}", labels=labels, checkpoint=checkpoint,
                           progress=progress, save_model=True, file_stem=stem,
                           on_epoch=lambda point: ledger.report_epoch(trial, point, curve))
     except (KeyboardInterrupt, SystemExit):
