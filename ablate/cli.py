@@ -121,7 +121,8 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train and evaluate one config, write one result row")
     p.add_argument("config", nargs="?", help="YAML run config (omit for the defaults)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, repeatable")
-    p.add_argument("--out", default="results", help="output folder (default results/)")
+    p.add_argument("--out", "--results", dest="out", default="results", metavar="DIR",
+                   help="results root the run writes into: DIR/rows, curves, models (default results/)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--name", default=None, help="the run's id and file name (default: time-confighash)")
     p.add_argument("--resume", action="store_true",

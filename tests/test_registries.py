@@ -122,3 +122,20 @@ def test_a_model_family_is_one_file(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert typo.returncode == 2 and "did you mean 'wide_lstm'?" in typo.stderr
     assert "lstm, seq2seq, wide_lstm" in typo.stderr
+
+
+def test_results_and_out_mean_one_thing_in_every_command():
+    """--results is the results root a command reads (run and sweep: another name for --out, the root they write);
+    --out is the folder a command writes."""
+    from ablate.cli import build_parser
+
+    parser = build_parser()
+    reads = {"run": [], "sweep": ["s.yaml"], "worker": ["s.yaml"], "status": ["s.yaml"], "report": [],
+             "results": ["s.yaml"]}
+    for command, positional in reads.items():
+        args = parser.parse_args([command, *positional, "--results", "R"])
+        root = args.out if command in ("run", "sweep", "worker", "status") else args.results
+        assert root == "R", command
+    assert parser.parse_args(["run", "--out", "R"]).out == parser.parse_args(["sweep", "s", "--out", "R"]).out == "R"
+    assert parser.parse_args(["report", "--out", "P"]).out == "P"
+    assert parser.parse_args(["export", "m.model.pt", "--out", "P"]).out == "P"

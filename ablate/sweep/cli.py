@@ -44,7 +44,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="Optuna storage: a journal file (*.journal), redis://…, or an RDB URL (sqlite:///x.db); "
                         "also $ABLATE_STORAGE (keeps a password off the command line); "
                         "default: the journal file results/<study>/ledger.journal")
-    p.add_argument("--out", default="results", help="results root (default results/): the study writes to OUT/<study>")
+    p.add_argument("--out", "--results", dest="out", default="results", metavar="DIR",
+                   help="results root (default results/): the study's folder is DIR/<study>")
 
 
 @COMMANDS.register("sweep")
