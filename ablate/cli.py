@@ -123,7 +123,6 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key, repeatable")
     p.add_argument("--out", "--results", dest="out", default="results", metavar="DIR",
                    help="results root the run writes into: DIR/rows, curves, models (default results/)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--name", default=None, help="the run's id and file name (default: time-confighash)")
     p.add_argument("--resume", action="store_true",
                    help="continue this config's interrupted run from its last epoch (OUT/checkpoints/)")
@@ -155,17 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in OWN_COMMANDS + list(COMMANDS.all().values()):
         add(sub)
+    for command in sub.choices.values():  # every command: how much it says (ablate.log)
+        command.add_argument("-q", "--quiet", action="store_true",
+                             help="warnings and errors only (no progress line, no notes)")
+        command.add_argument("-v", "--verbose", action="count", default=0, help="details too (-vv: more)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from ablate.config import ConfigError
+    from ablate.log import LOG, set_verbosity
 
     args = build_parser().parse_args(argv)
+    set_verbosity(-1 if args.quiet else args.verbose)
     try:
         return args.func(args)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        LOG.error(str(error))
         return 2
     except BrokenPipeError:  # `ablate validate X | head -1`: the reader left; stop quietly (Python docs' recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         line = storage_error_line(error)
         if line is None:
             raise
-        print(f"error: {line}", file=sys.stderr)
+        LOG.error(line)
         return 1
 
 

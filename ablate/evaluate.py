@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ablate.config import EvalConfig
 from ablate.data.batching import Batch, EncodedSplit, iterate_batches, select_rows
@@ -23,6 +22,7 @@ from ablate.metrics import (active_units, gaussian_kl, iw_log_marginal, linear_p
                             sample_posterior)
 from ablate.metric_schema import SplitStats, emitted
 from ablate.models.base import TextVAE, output_block
+from ablate.run_progress import RunProgress
 
 
 @dataclass
@@ -83,9 +83,9 @@ def encode_all(model: TextVAE, split: EncodedSplit, framing: Framing, batch_size
 
 @torch.no_grad()
 def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_size: int, cfg: EvalConfig,
-                   device: torch.device, seed: int, token_unit: str, progress: bool = False,
+                   device: torch.device, seed: int, token_unit: str, progress: RunProgress | None = None,
                    desc: str = "eval") -> SplitEvaluation:
-    """The metrics of one split. Sentences go by length (shortest first), with a progress bar over sentences."""
+    """The metrics of one split. Sentences go by length (shortest first), counted on the run's progress line."""
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     n = len(split)
@@ -94,7 +94,8 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
     sums = {"kl": 0.0, "rec": 0.0, "nll": 0.0}
     n_tokens = n_words = 0
     block = output_block(vocab_size, cfg.iw_max_elements)
-    bar = tqdm(total=n, desc=desc, unit="sent", leave=False, disable=not progress, dynamic_ncols=True)
+    if progress is not None:
+        progress.begin(desc)
     for batch in iterate_batches(split, framing, cfg.batch_size):
         n_tokens += int(batch.dec_mask.sum())
         n_words += int(batch.n_words.sum())
@@ -107,8 +108,8 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
         sums["nll"] += float(iw_nll(model, batch, mu, logvar, cfg.iw_samples, block, generator).sum())
         mu_all[batch.index.cpu()] = mu.double().cpu()
         logvar_all[batch.index.cpu()] = logvar.double().cpu()
-        bar.update(batch.size)
-    bar.close()
+        if progress is not None:
+            progress.evaluated(batch.size)
 
     pool = None if cfg.mi_pool == "dataset" else int(cfg.mi_pool)
     mi_mu, mi_logvar = mu_all, logvar_all

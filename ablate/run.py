@@ -26,9 +26,11 @@ from ablate.data.corpus import SPLITS, Corpus, load_corpus
 from ablate.data.tokenize import Tokenizer
 from ablate.evaluate import encode_all, evaluate_split, probe_factors, probe_features
 from ablate.layout import RunFiles
+from ablate.log import LOG
 from ablate.models.base import TextVAE
 from ablate.models.registry import build_model, build_tokenizer, tokenizer_key
 from ablate.results import git_commit, write_curves, write_row
+from ablate.run_progress import RunProgress
 from ablate.techniques.base import TrainContext
 from ablate.techniques.registry import build_techniques, posterior_transforms
 from ablate.train import TrainingDiverged, train
@@ -149,17 +151,25 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     row.update(_provenance(device))  # records the torch threads in use (they change the last digits)
+    line: RunProgress | None = None
     try:
         prepared = prepare(config)
         row["notes"] = "; ".join(prepared.corpus.notes)
         model = build(config, prepared).to(device)
+        sizes = ", ".join(f"{name} {len(split):,}" for name, split in prepared.splits.items())
+        LOG.debug(f"corpus {config.data.name}: {sizes} sentences; tokenizer {len(prepared.tokenizer):,} "
+                  f"{prepared.tokenizer.unit}s; {config.model.name} model, "
+                  f"{sum(p.numel() for p in model.parameters()):,} parameters, nz {model.nz}, on {device}")
         context = TrainContext(
             nz=model.nz, special_ids=prepared.tokenizer.special_ids, seed=config.seed,
             steps_per_epoch=-(-len(prepared.splits["train"]) // config.train.batch_size))
         techniques = build_techniques(config.techniques, context)
+        LOG.debug("techniques: " + (", ".join(f"{t.name} {t.config.model_dump()}" for t in techniques) or "none"))
+        line = RunProgress(progress, 0, eval_sentences=eval_sentences(config, prepared),
+                           iw_samples=config.eval.iw_samples)  # one line for training and evaluation
         result = train(model, techniques, prepared.splits["train"], prepared.splits["valid"],
                        prepared.tokenizer.framing, config.train, device, config.seed,
-                       eval_batch_size=config.eval.batch_size, checkpoint=checkpoint, progress=progress,
+                       eval_batch_size=config.eval.batch_size, checkpoint=checkpoint, progress=line,
                        on_epoch=on_epoch)
         curves = result.curves
         state = result.state
@@ -171,7 +181,7 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
             model_path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"config": config.model_dump(mode="json"), "model": model.state_dict()}, model_path)
         started = time.perf_counter()
-        row.update(evaluate_all(config, prepared, model, device, progress=progress))
+        row.update(evaluate_all(config, prepared, model, device, progress=line))
         row["eval_seconds"] = time.perf_counter() - started
         row["status"] = "ok"
         error = None
@@ -181,6 +191,9 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
         error = exc
         if progress and not isinstance(exc, EXPECTED_FAILURES):  # a bug deserves its traceback; these one line
             traceback.print_exc(file=sys.stderr)
+    finally:
+        if line is not None:
+            line.close()
     row["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_row(row, result_path)
     write_curves(curves, run_id, curves_path)
@@ -195,8 +208,14 @@ def mi_pool_kind(cfg: EvalConfig) -> str:
     return "length_block" if cfg.mi_pool_order == "length" else "block"
 
 
+def eval_sentences(config: RunConfig, prepared: Prepared) -> int:
+    """How many sentences the final evaluation reads (its splits, each cut to eval.max_sentences)."""
+    limit = config.eval.max_sentences or 10**18
+    return sum(min(len(prepared.splits[split]), limit) for split in config.eval.splits)
+
+
 def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: torch.device,
-                 progress: bool = False) -> dict[str, Any]:
+                 progress: RunProgress | None = None) -> dict[str, Any]:
     """Metrics of every evaluation split (its first eval.max_sentences when set), conventions, and probes of
     ground-truth factors when known."""
     out: dict[str, Any] = {}

@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ablate.config import TrainConfig
 from ablate.data.batching import Batch, EncodedSplit, iterate_batches
@@ -26,6 +25,7 @@ from ablate.data.tokenize import Framing
 from ablate.metrics import gaussian_kl_per_dim, sample_posterior
 from ablate.models.base import TextVAE
 from ablate.outputs import atomic_target, load_tensors
+from ablate.run_progress import RunProgress
 from ablate.techniques.base import (Evaluated, LossParts, PhaseProgress, Step, StepControl, Technique,
                                     compose_loss)
 
@@ -272,42 +272,46 @@ class Trainer:
                 or (cfg.max_steps is None and state.epochs_in_phase >= cfg.epochs)
                 or (cfg.lr_decay is not None and state.decays >= cfg.lr_decay.max_decays))
 
-    def train_epoch(self, progress: bool) -> bool:
+    def train_epoch(self, progress: RunProgress) -> bool:
         """Optimiser steps over one shuffled pass of train (or until the phase or step budget ends). Returns
         whether pretraining ended during the pass."""
         state, cfg = self.state, self.cfg
         batches = iterate_batches(self.train_split, self.framing, cfg.batch_size,
                                   random.Random(self.seed * 100_003 + state.epoch))
         started = time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {state.epoch + 1} [{state.phase}]", leave=False, disable=not progress,
-                   dynamic_ncols=True)
+        planned = f"/{state.epoch - state.epochs_in_phase + cfg.epochs}" \
+            if state.phase == "vae" and cfg.max_steps is None else ""
+        progress.begin(f"epoch {state.epoch + 1}{planned} [{state.phase}]")
         buffer = CurveBuffer(self.curves, cfg.divergence_threshold)
         switch_phase = False
-        for batch in bar:
+        for batch in batches:
             evaluated = self.step(batch, batches)
             parts, objective = evaluated.parts, evaluated.objective
             buffer.add({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "train",
                         "beta": objective.beta}, objective.loss, parts.kl.mean(), parts.rec.mean())
             state.global_step += 1
             state.phase_step += 1
+            detail = ""
             if state.global_step % SYNC_EVERY == 0 and (last := buffer.flush()) is not None:
-                bar.set_postfix(loss=f"{last['loss']:.2f}", kl=f"{last['kl']:.2f}", beta=f"{last['beta']:.2f}",
-                                refresh=False)
+                detail = f"loss {last['loss']:.2f} kl {last['kl']:.2f} β {last['beta']:.2f}"
+            progress.step(detail)
             if state.phase == "pretrain" and self.phase_done():
                 switch_phase = True
                 break
             if state.phase == "vae" and cfg.max_steps is not None and state.phase_step >= cfg.max_steps:
                 break
         buffer.flush()
-        bar.close()
+        progress.pause()
         state.train_seconds += time.perf_counter() - started
         return switch_phase
 
-    def end_epoch(self, progress: bool) -> bool:
+    def end_epoch(self, progress: RunProgress) -> bool:
         """Validation, the techniques' end of epoch, the curve point, the selected state and He et al.'s decay
         rule. Returns whether pretraining is over."""
         state, cfg, model = self.state, self.cfg, self.model
+        started = time.perf_counter()
         valid = validate(model, self.valid_batches, self.device)
+        progress.validated(time.perf_counter() - started, sum(b.size for b in self.valid_batches))
         model.eval()
         for technique in self.techniques:
             technique.end_epoch(model, self.valid_batches)
@@ -327,8 +331,7 @@ class Trainer:
             if cfg.lr_decay is not None and decay_on_plateau(state, cfg, valid["nelbo"]):
                 model.load_state_dict(self.best)
                 self.optimizer = make_optimizer(model, cfg, state.lr_scale)
-        if progress:
-            tqdm.write(f"epoch {state.epoch} [{state.phase}] valid rec {valid['rec']:.2f} kl {valid['kl']:.3f} "
+        progress.write(f"epoch {state.epoch} [{state.phase}] valid rec {valid['rec']:.2f} kl {valid['kl']:.3f} "
                        f"-elbo {valid['nelbo']:.2f}")
         return pretraining_over
 
@@ -339,19 +342,33 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.cfg, self.state.lr_scale)
 
 
+def planned_steps(cfg: TrainConfig, techniques: list[Technique], steps_per_epoch: int, state: TrainState) -> int:
+    """The most optimiser steps a run can take (its ETA's training part): the pretraining phase's budget, if any
+    and not over, then the VAE phase's (train.max_steps, or epochs × steps per epoch); He et al.'s decay rule may
+    stop it earlier."""
+    vae = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    pretrain = max((t.pretraining_budget(steps_per_epoch) for t in techniques), default=0)
+    return (pretrain if state.phase == "pretrain" else state.global_step - state.phase_step) + vae
+
+
 def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit, valid_split: EncodedSplit,
           framing: Framing, cfg: TrainConfig, device: torch.device, seed: int, eval_batch_size: int = 64,
-          checkpoint: Path | None = None, progress: bool = True,
+          checkpoint: Path | None = None, progress: bool | RunProgress = True,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train in place; on return the model holds the best VAE-phase state by `cfg.select_by` (validation).
-    `on_epoch` gets each epoch's validation point (the curve row: step, epoch, phase, kl, rec, loss = −ELBO)."""
+    `progress`: a line for the whole run (ablate.run_progress; True: one for training alone). `on_epoch` gets each
+    epoch's validation point (the curve row: step, epoch, phase, kl, rec, loss = −ELBO)."""
     run = Trainer(model, techniques, train_split, valid_split, framing, cfg, device, seed, eval_batch_size)
     run.restore(checkpoint)
     state = run.state
+    if not isinstance(progress, RunProgress):
+        progress = RunProgress(bool(progress), 0)
+    progress.plan_more(planned_steps(cfg, techniques, -(-len(train_split) // cfg.batch_size), state))
+    progress.resumed(state.global_step)
     if state.phase == "vae" and run.vae_budget_done():
         state.finished = True
     while not state.finished:
-        switch_phase = run.train_epoch(progress)      # optimiser steps over one shuffled pass of train
+        switch_phase = run.train_epoch(progress)      # optimiser steps over one shuffled pass of train (one line)
         switch_phase |= run.end_epoch(progress)       # validation, selected state, decay rule
         if on_epoch is not None:
             on_epoch(dict(run.curves[-1]))            # live: e.g. the sweep's Optuna trial

@@ -15,11 +15,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ablate"
 
 # lowest first; a module may import its own layer and those below
 LAYERS = [
-    ["ablate", "ablate.registry", "ablate.safe_yaml", "ablate.errors"],
+    ["ablate", "ablate.registry", "ablate.safe_yaml", "ablate.errors", "ablate.log"],
     ["ablate.technique_configs"],
     ["ablate.config"],
     ["ablate.config_columns"],
-    ["ablate.outputs", "ablate.layout", "ablate.metrics", "ablate.metric_schema", "ablate.references"],
+    ["ablate.outputs", "ablate.layout", "ablate.metrics", "ablate.metric_schema", "ablate.references",
+     "ablate.run_progress"],
     ["ablate.data"],
     ["ablate.models"],
     ["ablate.techniques"],

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ablate.commands import COMMANDS
+from ablate.log import LOG
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -18,14 +18,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         for given in args.studies:
             path = Path(given)
             if not path.is_dir():
-                print(f"error: {given}: no such folder; give a study results folder such as results/full_grid",
-                      file=sys.stderr)
+                LOG.error(f"{given}: no such folder; give a study results folder such as results/full_grid")
                 return 2
             if not is_study_folder(path):
                 inner = find_studies(path)
                 if not inner:
-                    print(f"error: {given}: neither a study folder (manifest.parquet or rows/) nor a folder of "
-                          f"studies", file=sys.stderr)
+                    LOG.error(f"{given}: neither a study folder (manifest.parquet or rows/) nor a folder of studies")
                     return 2
                 folders += inner
             else:
@@ -33,8 +31,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     else:
         folders = find_studies(args.results)
         if not folders:
-            print(f"error: {args.results}: no study folders (with manifest.parquet or rows/) found; run "
-                  f"`ablate sweep STUDY.yaml` first or name a folder", file=sys.stderr)
+            LOG.error(f"{args.results}: no study folders (with manifest.parquet or rows/) found; run "
+                      "`ablate sweep STUDY.yaml` first or name a folder")
             return 2
     select = tuple(s.strip() for s in args.select.split(",") if s.strip())
     options = Options(baseline=args.baseline, select=select, split=args.split)
@@ -45,8 +43,7 @@ def cmd_report(args: argparse.Namespace) -> int:
           f"{', '.join(str(f) for f in folders)})")
     if unreadable:
         shown = ", ".join(str(p) for p in unreadable[:5]) + (" ..." if len(unreadable) > 5 else "")
-        print(f"warning: {len(unreadable)} unreadable file(s) left out (counted in coverage): {shown}",
-              file=sys.stderr)
+        LOG.warning(f"{len(unreadable)} unreadable file(s) left out (counted in coverage): {shown}")
     return 0
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ablate.commands import COMMANDS
+from ablate.log import LOG
 
 DEFAULT_COLUMNS = ["arm", "dataset", "model", "seed", "attempt", "status", "test.nll", "test.ppl", "test.kl",
                    "test.mi", "test.au", "valid.nll", "cell_id"]
@@ -64,7 +65,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     else:
         _emit(rows.to_json(orient="records", indent=1) + "\n", args.output)
     if args.output:
-        print(f"wrote {len(rows)} rows × {len(rows.columns)} columns to {args.output}", file=sys.stderr)
+        LOG.info(f"wrote {len(rows)} rows × {len(rows.columns)} columns to {args.output}")
     return 0
 
 

@@ -28,7 +28,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ablate.sweep.worker import run_worker
 
     return run_worker(args.study, out=args.out, storage=_storage(args), threads=args.threads,
-                      fail_fast=args.fail_fast, progress=not args.quiet and sys.stderr.isatty())
+                      fail_fast=args.fail_fast,
+                      progress=not args.quiet and not args.no_progress and sys.stderr.isatty())
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -58,7 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed attempt (no retries)")
     p.add_argument("--max-attempts", type=int, default=2, metavar="N",
                    help="attempts per cell in this sweep, the first included (default 2)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or progress lines")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key in every cell (after the arms' own keys; a list sweeps); repeatable")
     p.set_defaults(func=cmd_sweep)
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this worker")
     p.add_argument("--fail-fast", action="store_true", help="stop after the first failed attempt, queue no retry")
-    p.add_argument("--quiet", action="store_true", help="no run progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress line (how a sweep starts its workers)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("status", help="expected / done / failed / running / waiting cells per arm of a study")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 
 from ablate.config import ConfigError
 from ablate.layout import StudyFolder, move_legacy_runs
+from ablate.log import LOG
 from ablate.sweep.ledger import now_iso
 from ablate.sweep.study import NAME_RE, Study, load_study
 
@@ -30,8 +30,7 @@ def write_study_files(study: Study, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     moved = move_legacy_runs(folder)
     if moved:
-        print(f"{folder}: moved {moved} files of runs/ into rows/, curves/ and models/ (the current layout)",
-              file=sys.stderr)
+        LOG.info(f"{folder}: moved {moved} files of runs/ into rows/, curves/ and models/ (the current layout)")
     for part in (layout.rows, layout.curves, layout.models, layout.checkpoints):
         part.mkdir(exist_ok=True)
     meta_path = layout.study_json

@@ -34,7 +34,6 @@ import json
 import os
 import re
 import socket
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablate.config import ConfigError, build_config, canonical_dict, config_hash, flatten
 from ablate.layout import RESULT_NAME, StudyFolder, result_stem  # noqa: F401 - result_stem re-exported
+from ablate.log import LOG
 from ablate.metric_schema import selection_value
 from ablate.outputs import STORAGE_ERRNOS
 
@@ -160,7 +160,7 @@ def _journal(path: Path) -> BaseStorage:
         finally:
             lock.release()
         if note:
-            print(f"warning: {note}", file=sys.stderr)
+            LOG.warning(note)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))  # type: ignore[arg-type]
 
 

@@ -32,6 +32,7 @@ from typing import Any, TextIO
 
 from ablate.config import ConfigError, is_study, read_yaml
 from ablate.layout import MODEL_NAME, StudyFolder
+from ablate.log import LOG, current_verbosity, verbosity_flag
 from ablate.outputs import check_writable
 from ablate.preflight import check_configs_runnable
 from ablate.results import write_results_table
@@ -143,7 +144,7 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
                                              known_failures)
     except KeyboardInterrupt:
         bar.close()
-        print("interrupted; run the same command again to continue", file=sys.stderr)
+        LOG.warning("interrupted; run the same command again to continue")
         return 130
     write_results_table(folder)  # complete now (workers rewrite it as their cells end)
     final = count_cells(ledger, study, ResultIndex(ledger.folder))
@@ -254,7 +255,8 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
     def spawn(slot: int) -> subprocess.Popen:
         nonlocal spawned
         spawned += 1
-        command = [sys.executable, "-m", "ablate.cli", "worker", str(ledger.folder), "--quiet"]
+        command = [sys.executable, "-m", "ablate.cli", "worker", str(ledger.folder), "--no-progress",
+                   *verbosity_flag(current_verbosity())]
         if threads:
             command += ["--threads", str(threads)]
         if fail_fast:
@@ -301,8 +303,7 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
                 crashes_in_a_row = crashes_in_a_row + 1 if marker == last_marker else 1
                 last_marker = marker
             if crashes_in_a_row >= jobs + 2:
-                print("workers keep dying before finishing any cell; stopping (see their messages above)",
-                      file=sys.stderr)
+                LOG.error("workers keep dying before finishing any cell; stopping (see their messages above)")
                 stopped = True
                 break
             for slot in range(jobs):

@@ -4,6 +4,7 @@ failure that a retry could change queue the next attempt. `ablate worker` runs t
 from __future__ import annotations
 
 import json
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Callable
 
 from ablate.config import ConfigError, build_config, config_hash
 from ablate.layout import StudyFolder, result_stem
+from ablate.log import LOG
 from ablate.results import write_results_table
 from ablate.sweep.folder import resolve_target
 from ablate.sweep.ledger import Ledger, has_ok_result
@@ -53,6 +55,8 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
         ledger.fail(trial, "StaleCell", message)
         return CellResult(cell_id, attempt, ok=False, error=f"StaleCell: {message}")
     stem = result_stem(cell_id, attempt)
+    LOG.debug(f"worker {os.getpid()}: cell {cell_id} attempt {attempt} (arm {attrs.get('arm', '')}, seed "
+              f"{config.seed})")
     labels = {"study": ledger.name, "cell_id": cell_id, "arm": attrs.get("arm", ""), "attempt": attempt,
               "dataset": attrs.get("dataset"), "model": attrs.get("model")}
     checkpoint = StudyFolder(folder).checkpoint(cell_id)

@@ -117,6 +117,10 @@ class Technique:
         """Consulted after every step and every epoch of the 'pretrain' phase."""
         return True
 
+    def pretraining_budget(self, steps_per_epoch: int) -> int:
+        """The most optimiser steps its pretraining phase can take (for the run's ETA; 0: no such phase)."""
+        return 0
+
     def forces_zero_kl(self, step: Step) -> bool:
         """True while the KL weight must be 0 whatever the other techniques say (an autoencoder phase)."""
         return False

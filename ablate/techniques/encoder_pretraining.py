@@ -82,6 +82,10 @@ class EncoderPretraining(Technique):
             if self.config.reset_decoder:
                 model.reset_decoder()
 
+    def pretraining_budget(self, steps_per_epoch: int) -> int:
+        caps = [c for c in (self.config.steps, self.config.epochs and self.config.epochs * steps_per_epoch) if c]
+        return min(caps)
+
     def pretraining_finished(self, progress: PhaseProgress) -> bool:
         c = self.config
         if c.epochs is not None and progress.epochs >= c.epochs:

@@ -1,0 +1,161 @@
+"""One progress line for a whole run: every training step and the final evaluation, with one ETA for both.
+
+The ETA is measured, not guessed: training time per step so far, and for the evaluation (before it starts) the
+time per sentence of the last validation pass × (K + 1) — the importance-weighted NLL decodes each sentence K
+times, the rec/KL pass once more — then, once it runs, its own time per sentence.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from tqdm import tqdm
+
+from ablate.log import LOG
+
+RESOLUTION = 1000  # the bar counts thousandths of the estimated work
+DRAW_EVERY = 0.25  # seconds between redraws (a step costs a clock read, not a formatted line)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class _Bar(tqdm):
+    """tqdm with our own text after the bar (tqdm's postfix always starts with ', ')."""
+
+    text = ""
+
+    @property
+    def format_dict(self) -> dict:
+        return {**super().format_dict, "text": self.text}
+
+
+class RunProgress:
+    """Counts a run's work (`step` per optimiser step, `validated` per validation pass, `evaluated` per sentence of
+    the final evaluation) and shows it as one line; `enabled=False` keeps the count and draws nothing."""
+
+    def __init__(self, enabled: bool, train_steps: int, eval_sentences: int = 0, iw_samples: int = 1,
+                 clock=time.perf_counter) -> None:
+        self.train_steps = train_steps  # planned (a phase with its own budget adds to it: plan_more)
+        self.eval_sentences = eval_sentences
+        self.iw_samples = iw_samples
+        self.clock = clock
+        self.steps_done = 0
+        self.steps_timed = 0  # steps of this process (a resumed run's earlier steps were not timed here)
+        self.train_seconds = 0.0
+        self.eval_done = 0
+        self.eval_seconds = 0.0
+        self.valid_seconds_per_sentence: float | None = None
+        self.stage = "train"
+        self.detail = ""
+        self._since: float | None = None  # start of the current stretch of training or evaluation
+        self._drawn = -1.0
+        self.bar = _Bar(total=RESOLUTION, disable=not enabled, leave=False, dynamic_ncols=True,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| {text}")
+
+    # -- counting ------------------------------------------------------------------------------------------
+
+    def resumed(self, steps: int) -> None:
+        """Steps done before a checkpoint this run continues from."""
+        self.steps_done = steps
+
+    def plan_more(self, steps: int) -> None:
+        """More training steps than first planned (a pretraining phase's own budget)."""
+        self.train_steps += steps
+
+    def begin(self, stage: str) -> None:
+        """A stretch of training ('epoch 3/10 [vae]') or evaluation ('eval test') starts now."""
+        self.stage = stage
+        self._since = self.clock()
+        self._draw(force=True)
+
+    def step(self, detail: str = "") -> None:
+        now = self.clock()
+        if self._since is not None:
+            self.train_seconds += now - self._since
+        self._since = now
+        self.steps_done += 1
+        self.steps_timed += 1
+        if detail:
+            self.detail = detail
+        self._draw()
+
+    def pause(self) -> None:
+        """Training stops (validation, checkpoints): the time until the next `begin` is not training time."""
+        if self._since is not None and self.stage != "eval":
+            self.train_seconds += self.clock() - self._since
+        self._since = None
+
+    def validated(self, seconds: float, sentences: int) -> None:
+        if sentences:
+            self.valid_seconds_per_sentence = seconds / sentences
+
+    def evaluated(self, sentences: int) -> None:
+        now = self.clock()
+        if self._since is not None:
+            self.eval_seconds += now - self._since
+        self._since = now
+        self.eval_done += sentences
+        self.detail = ""
+        self._draw()
+
+    # -- estimating ----------------------------------------------------------------------------------------
+
+    def eval_seconds_per_sentence(self) -> float | None:
+        if self.eval_done:
+            return self.eval_seconds / self.eval_done
+        if self.valid_seconds_per_sentence is not None:
+            return self.valid_seconds_per_sentence * (self.iw_samples + 1)
+        return None
+
+    def remaining_seconds(self) -> float | None:
+        """Seconds of work left (None until both parts have a measured rate)."""
+        left_steps = max(0, self.train_steps - self.steps_done)
+        left_eval = max(0, self.eval_sentences - self.eval_done)
+        train_rate = self.train_seconds / self.steps_timed if self.steps_timed else None
+        eval_rate = self.eval_seconds_per_sentence()
+        if (left_steps and train_rate is None) or (left_eval and eval_rate is None):
+            return None
+        return left_steps * (train_rate or 0.0) + left_eval * (eval_rate or 0.0)
+
+    def fraction_done(self) -> float:
+        left = self.remaining_seconds()
+        spent = self.train_seconds + self.eval_seconds
+        if left is None:
+            total = self.train_steps + self.eval_sentences
+            return (self.steps_done + self.eval_done) / total if total else 1.0
+        return spent / (spent + left) if spent + left > 0 else 1.0
+
+    # -- drawing -------------------------------------------------------------------------------------------
+
+    def line(self) -> str:
+        left = self.remaining_seconds()
+        eta = f"ETA {format_seconds(left)}" if left is not None else "ETA after the first epoch"
+        where = f"step {self.steps_done}/{self.train_steps}"
+        if self.eval_sentences and self.eval_done:
+            where += f", eval {self.eval_done}/{self.eval_sentences} sent"
+        return " · ".join(part for part in (where, self.detail, eta) if part)
+
+    def _draw(self, force: bool = False) -> None:
+        if self.bar.disable:
+            return
+        now = self.clock()
+        if not force and now - self._drawn < DRAW_EVERY:
+            return
+        self._drawn = now
+        self.bar.set_description_str(self.stage, refresh=False)
+        self.bar.text = self.line()
+        self.bar.n = int(RESOLUTION * self.fraction_done())
+        self.bar.refresh()
+
+    def write(self, message: str) -> None:
+        """A note above the line (an epoch's validation values): shown with the line, a detail (-v) without it."""
+        LOG.log(logging.DEBUG if self.bar.disable else logging.INFO, message)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,95 @@
+"""One progress line for a whole run (ablate.run_progress): its ETA against a hand-worked case on a fake clock, and
+the line a real run draws (training and evaluation on one line, one ETA)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ablate.config import build_config
+from ablate.run import execute
+from ablate.run_progress import RunProgress, format_seconds
+from ablate.train import planned_steps, TrainState
+from conftest import tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_eta_is_training_rate_times_steps_left_plus_the_evaluation_estimate():
+    clock = Clock()
+    line = RunProgress(False, train_steps=10, eval_sentences=100, iw_samples=4, clock=clock)
+    line.begin("epoch 1/2 [vae]")
+    for _ in range(2):
+        clock.now += 1.0  # 1 s per step
+        line.step()
+    assert line.remaining_seconds() is None  # the evaluation has no measured rate yet
+    line.pause()
+    clock.now += 3.0  # validation: not training time
+    line.validated(seconds=2.0, sentences=10)  # 0.2 s/sentence for one pass → (K + 1) × 0.2 = 1.0 s per sentence
+    assert line.remaining_seconds() == pytest.approx(8 * 1.0 + 100 * 1.0)
+    line.begin("epoch 2/2 [vae]")
+    for _ in range(8):
+        clock.now += 0.5
+        line.step()
+    assert line.train_seconds == pytest.approx(2 + 4) and line.remaining_seconds() == pytest.approx(100.0)
+    line.begin("eval valid")
+    clock.now += 5.0
+    line.evaluated(20)  # measured now: 0.25 s per sentence
+    assert line.remaining_seconds() == pytest.approx(80 * 0.25)
+    assert line.fraction_done() == pytest.approx((6 + 5) / (6 + 5 + 20))
+    assert "step 10/10, eval 20/100 sent" in line.line() and "ETA 0m20s" in line.line()
+    assert format_seconds(3725) == "1h02m" and format_seconds(59.6) == "1m00s"
+
+
+def test_planned_steps_count_the_pretraining_budget_and_the_vae_phase():
+    config = build_config(tiny_overrides(**{"train.epochs": 3, "techniques": {"encoder_pretraining": {"epochs": 2}}}))
+    from ablate.techniques.base import TrainContext
+    from ablate.techniques.registry import build_techniques
+
+    techniques = build_techniques(config.techniques, TrainContext(nz=4, special_ids=None, seed=0, steps_per_epoch=7))
+    assert planned_steps(config.train, techniques, 7, TrainState(phase="pretrain")) == 2 * 7 + 3 * 7
+    resumed_in_vae = TrainState(phase="vae", global_step=20, phase_step=6)  # 14 pretraining steps were taken
+    assert planned_steps(config.train, techniques, 7, resumed_in_vae) == 14 + 3 * 7
+    capped = build_config(tiny_overrides(**{"train.max_steps": 5}))
+    assert planned_steps(capped.train, [], 7, TrainState()) == 5
+
+
+def test_a_run_draws_one_line_for_training_and_evaluation(tmp_path, capsys):
+    outcome = execute(build_config(tiny_overrides(**{"train.epochs": 2, "eval.probe": False})), tmp_path,
+                      progress=True, save_model=False)
+    assert outcome.ok
+    err = capsys.readouterr().err.replace("\r", "\n")
+    frames = [f for f in err.splitlines() if "%|" in f]
+    steps = outcome.row["train_steps"]
+    assert any(f.startswith("epoch 2/2 [vae]") and "ETA" in f for f in frames)
+    assert any(f.startswith("eval test") and f"step {steps}/{steps}, eval" in f for f in frames)
+    assert "epoch 1 [vae] valid rec" in err  # each epoch's validation above the line
+
+
+def test_quiet_and_verbose_set_what_a_command_says(tmp_path, capsys):
+    """-q: no progress line and no notes (the metrics, the command's product, still print); -v: the details."""
+    from ablate.cli import main
+    from ablate.log import set_verbosity
+
+    sets = ["--set", "data.synthetic.n_train=64", "--set", "data.synthetic.n_valid=16", "--set",
+            "data.synthetic.n_test=16", "--set", "train.epochs=1", "--set", "eval.iw_samples=2",
+            "--set", "eval.probe=false"]
+    try:
+        assert main(["run", "--out", str(tmp_path / "q"), "-q", *sets]) == 0
+        quiet = capsys.readouterr()
+        assert quiet.err == "" and "nelbo" in quiet.out
+        assert main(["run", "--out", str(tmp_path / "v"), "-v", *sets]) == 0
+        verbose = capsys.readouterr()
+        assert "corpus synthetic: train 64, valid 16, test 16 sentences" in verbose.err
+        assert "epoch 1 [vae] valid rec" in verbose.err and "ETA" in verbose.err
+        assert main(["validate", str(tmp_path / "missing.yaml"), "-q"]) == 2
+        assert capsys.readouterr().err.startswith("error: ")  # errors whatever the verbosity
+    finally:
+        set_verbosity(0)
