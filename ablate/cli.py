@@ -53,6 +53,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     check_runnable(config, args.config or "<defaults>")
     check_writable(args.out, "--out")
+    if args.tensorboard:
+        from ablate.tensorboard_log import check_available
+
+        check_available()
+        check_writable(args.tensorboard, "--tensorboard")
     layout = StudyFolder(args.out)
     if args.name is not None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", args.name):
@@ -66,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--resume: no checkpoint of this config ({checkpoint}); run it without --resume")
     if not args.resume:
         checkpoint.unlink(missing_ok=True)
-    outcome = execute(config, layout.root, run_id=args.name, checkpoint=checkpoint, progress=not args.quiet)
+    outcome = execute(config, layout.root, run_id=args.name, checkpoint=checkpoint, progress=not args.quiet,
+                      tensorboard=args.tensorboard)
     if outcome.ok:
         checkpoint.unlink(missing_ok=True)
     row = outcome.row
@@ -128,6 +134,9 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="continue this config's interrupted run from its last epoch (OUT/checkpoints/)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (defaults filled, overrides applied) as YAML and stop")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="also write the run's curves and metrics as TensorBoard event files, DIR/<run id> "
+                        "(pip install 'ablate[tensorboard]')")
     p.set_defaults(func=cmd_run)
 
 

@@ -31,6 +31,7 @@ from ablate.models.base import TextVAE
 from ablate.models.registry import build_model, build_tokenizer, tokenizer_key
 from ablate.results import git_commit, write_curves, write_row
 from ablate.run_progress import RunProgress
+from ablate.tensorboard_log import TensorBoardLog
 from ablate.techniques.base import TrainContext
 from ablate.techniques.registry import build_techniques, posterior_transforms
 from ablate.train import TrainingDiverged, train
@@ -135,10 +136,12 @@ def base_row(config: RunConfig, run_id: str, labels: dict[str, Any]) -> dict[str
 
 def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels: dict[str, Any] | None = None,
             checkpoint: Path | None = None, progress: bool = True, save_model: bool = True,
-            file_stem: str | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None) -> RunOutcome:
+            file_stem: str | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+            tensorboard: Path | None = None, tensorboard_name: str | None = None) -> RunOutcome:
     """Train and evaluate one config; always writes a result row (status ok or failed) before returning: into
     `out_dir`'s rows/, curves/ and models/ folders (ablate.layout.RunFiles), named `file_stem` (default: run_id).
-    `on_epoch` receives each epoch's validation point as it happens (a sweep reports it to its Optuna trial)."""
+    `on_epoch` receives each epoch's validation point as it happens (a sweep reports it to its Optuna trial);
+    `tensorboard` is a folder that gets the run's event files (ablate.tensorboard_log) under `tensorboard_name`."""
     labels = labels or {}
     run_id = run_id or f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{config_hash(config)[:8]}"
     stem = file_stem or run_id
@@ -152,6 +155,9 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
         torch.set_num_threads(config.train.threads)
     row.update(_provenance(device))  # records the torch threads in use (they change the last digits)
     line: RunProgress | None = None
+    board = TensorBoardLog(tensorboard, tensorboard_name or run_id) if tensorboard is not None else None
+    if board is not None:
+        on_epoch = _both(on_epoch, board.epoch)
     try:
         prepared = prepare(config)
         row["notes"] = "; ".join(prepared.corpus.notes)
@@ -194,11 +200,22 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
     finally:
         if line is not None:
             line.close()
+    if board is not None:
+        board.finish(config, row, curves)
     row["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     write_row(row, result_path)
     write_curves(curves, run_id, curves_path)
     return RunOutcome(row=row, result_path=result_path, curves_path=curves_path, model_path=model_path, error=error,
                       curves=curves)
+
+
+def _both(first: Callable[[dict[str, Any]], None] | None, second: Callable[[dict[str, Any]], None]
+          ) -> Callable[[dict[str, Any]], None]:
+    def call(point: dict[str, Any]) -> None:
+        if first is not None:
+            first(point)
+        second(point)
+    return call
 
 
 def mi_pool_kind(cfg: EvalConfig) -> str:

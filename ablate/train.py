@@ -342,6 +342,19 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.cfg, self.state.lr_scale)
 
 
+def epoch_point(curves: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last epoch's validation row (step, epoch, phase, kl, rec, loss = −ELBO) with that epoch's training
+    means (train_loss, train_kl, train_rec) and its last β."""
+    point = dict(curves[-1])
+    steps = [c for c in curves if c["split"] == "train" and c["epoch"] == point["epoch"]
+             and c["phase"] == point["phase"]]
+    if steps:
+        for key in ("loss", "kl", "rec"):
+            point[f"train_{key}"] = sum(c[key] for c in steps) / len(steps)
+        point["beta"] = steps[-1]["beta"]
+    return point
+
+
 def planned_steps(cfg: TrainConfig, techniques: list[Technique], steps_per_epoch: int, state: TrainState) -> int:
     """The most optimiser steps a run can take (its ETA's training part): the pretraining phase's budget, if any
     and not over, then the VAE phase's (train.max_steps, or epochs × steps per epoch); He et al.'s decay rule may
@@ -357,7 +370,7 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train in place; on return the model holds the best VAE-phase state by `cfg.select_by` (validation).
     `progress`: a line for the whole run (ablate.run_progress; True: one for training alone). `on_epoch` gets each
-    epoch's validation point (the curve row: step, epoch, phase, kl, rec, loss = −ELBO)."""
+    epoch's validation point (`epoch_point`: the curve row and the epoch's training means)."""
     run = Trainer(model, techniques, train_split, valid_split, framing, cfg, device, seed, eval_batch_size)
     run.restore(checkpoint)
     state = run.state
@@ -371,7 +384,7 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
         switch_phase = run.train_epoch(progress)      # optimiser steps over one shuffled pass of train (one line)
         switch_phase |= run.end_epoch(progress)       # validation, selected state, decay rule
         if on_epoch is not None:
-            on_epoch(dict(run.curves[-1]))            # live: e.g. the sweep's Optuna trial
+            on_epoch(epoch_point(run.curves))         # live: the sweep's Optuna trial, TensorBoard
         if switch_phase:                              # pretraining → VAE (techniques reset what they need)
             run.start_vae_phase()
         if state.phase == "vae" and run.vae_budget_done():

@@ -25,7 +25,7 @@ LAYERS = [
     ["ablate.models"],
     ["ablate.techniques"],
     ["ablate.train", "ablate.evaluate"],
-    ["ablate.results", "ablate.preflight"],
+    ["ablate.results", "ablate.preflight", "ablate.tensorboard_log"],
     ["ablate.run"],
     ["ablate.saved_models"],
     ["ablate.sample", "ablate.export", "ablate.sweep", "ablate.report", "ablate.commands"],

@@ -21,14 +21,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     return run_sweep(args.study, jobs=args.jobs, storage=_storage(args), dry_run=args.dry_run, overrides=args.set,
                      fail_fast=args.fail_fast, max_attempts=args.max_attempts, out=args.out,
-                     progress=not args.quiet)
+                     progress=not args.quiet, tensorboard=args.tensorboard)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from ablate.sweep.worker import run_worker
 
     return run_worker(args.study, out=args.out, storage=_storage(args), threads=args.threads,
-                      fail_fast=args.fail_fast,
+                      fail_fast=args.fail_fast, tensorboard=args.tensorboard,
                       progress=not args.quiet and not args.no_progress and sys.stderr.isatty())
 
 
@@ -47,6 +47,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "default: the journal file results/<study>/ledger.journal")
     p.add_argument("--out", "--results", dest="out", default="results", metavar="DIR",
                    help="results root (default results/): the study's folder is DIR/<study>")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="also write each cell's curves and metrics as TensorBoard event files under DIR "
+                        "(pip install 'ablate[tensorboard]')")
 
 
 @COMMANDS.register("sweep")

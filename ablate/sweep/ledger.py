@@ -472,9 +472,9 @@ class Ledger:
     def report_epoch(self, trial: FrozenTrial, point: dict[str, Any], curve: list[dict[str, Any]]) -> None:
         """An epoch's validation point, live: Optuna's intermediate value at step = epoch (valid −ELBO, so
         optuna-dashboard draws the curve while the study runs) and the named values (rec, KL, −ELBO, phase) in
-        the user attribute `valid_curve`. A reporting failure never stops training."""
+        the user attribute `valid_curve`, with the epoch's last β. A reporting failure never stops training."""
         curve.append({"epoch": int(point["epoch"]), "phase": point["phase"], "rec": point["rec"], "kl": point["kl"],
-                      "nelbo": point["loss"]})
+                      "nelbo": point["loss"], "beta": point.get("beta")})
         try:
             trial_id = self.trial_id(trial)
             self.storage.set_trial_intermediate_value(trial_id, int(point["epoch"]), float(point["loss"]))

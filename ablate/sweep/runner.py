@@ -33,6 +33,7 @@ from typing import Any, TextIO
 from ablate.config import ConfigError, is_study, read_yaml
 from ablate.layout import MODEL_NAME, StudyFolder
 from ablate.log import LOG, current_verbosity, verbosity_flag
+from ablate.tensorboard_log import check_available
 from ablate.outputs import check_writable
 from ablate.preflight import check_configs_runnable
 from ablate.results import write_results_table
@@ -85,8 +86,10 @@ def threads_per_worker(jobs: int) -> int:
 
 def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = None, dry_run: bool = False,
               fail_fast: bool = False, max_attempts: int = 2, out: str | Path = "results", progress: bool = True,
-              stream: TextIO | None = None, overrides: list[str] | None = None) -> int:
-    """`ablate sweep`: see the module docstring. Returns the exit status."""
+              stream: TextIO | None = None, overrides: list[str] | None = None,
+              tensorboard: str | Path | None = None) -> int:
+    """`ablate sweep`: see the module docstring. Returns the exit status. `tensorboard`: a folder that gets each
+    cell's event files (DIR/<study>/<arm>/<cell>.a<attempt>)."""
     stream = stream or sys.stdout
     if Path(path).is_file() and not is_study(read_yaml(path)):
         raise ConfigError(f"{path}: a run config (no arms), not a study; run it with `ablate run {path}`")
@@ -102,18 +105,22 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
         return _dry_run(study, folder, storage, jobs, stream)
     check_configs_runnable(study.labelled_configs())  # data, devices, model folders: before anything is written
     check_writable(out, "--out")
+    if tensorboard is not None:
+        check_available()
+        check_writable(tensorboard, "--tensorboard")
+        tensorboard = Path(tensorboard).resolve()  # workers may run elsewhere in the tree
 
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None  # stop workers as Ctrl-C does
     try:
-        return _sweep(study, folder, jobs, gpus, storage, fail_fast, max_attempts, progress, stream)
+        return _sweep(study, folder, jobs, gpus, storage, fail_fast, max_attempts, progress, stream, tensorboard)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
 
 
 def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str | None, fail_fast: bool,
-           max_attempts: int, progress: bool, stream: TextIO) -> int:
+           max_attempts: int, progress: bool, stream: TextIO, tensorboard: Path | None = None) -> int:
     started = time.perf_counter()
     ledger = Ledger.open(study.name, folder, storage)  # a storage that cannot be opened fails before the files
     write_study_files(study, folder)
@@ -138,10 +145,10 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
     try:
         if plan["enqueued"] or plan["queued"] or plan["running"]:
             if jobs == 1:
-                stopped = _work_here(ledger, study, bar, fail_fast, progress)
+                stopped = _work_here(ledger, study, bar, fail_fast, progress, tensorboard)
             else:
                 stopped = _work_in_processes(ledger, study, bar, jobs, gpus, storage, fail_fast,
-                                             known_failures)
+                                             known_failures, tensorboard)
     except KeyboardInterrupt:
         bar.close()
         LOG.warning("interrupted; run the same command again to continue")
@@ -209,7 +216,8 @@ def _dry_run(study: Study, folder: Path, storage: str | None, jobs: int, stream:
     return 0
 
 
-def _work_here(ledger: Ledger, study: Study, bar: SweepProgress, fail_fast: bool, progress: bool) -> bool:
+def _work_here(ledger: Ledger, study: Study, bar: SweepProgress, fail_fast: bool, progress: bool,
+               tensorboard: Path | None = None) -> bool:
     results = ResultIndex(ledger.folder)
     ok_at_start = {c.cell_id for c in study.cells if results.ok(c.cell_id)}
 
@@ -219,7 +227,7 @@ def _work_here(ledger: Ledger, study: Study, bar: SweepProgress, fail_fast: bool
 
     run_bars = progress and sys.stderr.isatty()
     while True:
-        outcomes = work(ledger, progress=run_bars, fail_fast=fail_fast, on_result=after)
+        outcomes = work(ledger, progress=run_bars, fail_fast=fail_fast, on_result=after, tensorboard=tensorboard)
         if fail_fast and any(not r.ok for r in outcomes):
             return True
         # the queue is empty; attempts still running elsewhere (another sweep's workers, or workers of a killed
@@ -242,7 +250,8 @@ def _running_elsewhere(ledger: Ledger, study: Study, trials: list[Any]) -> bool:
 
 
 def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: int, gpus: list[str],
-                       storage: str | None, fail_fast: bool, known_failures: set[int]) -> bool:
+                       storage: str | None, fail_fast: bool, known_failures: set[int],
+                       tensorboard: Path | None = None) -> bool:
     """Start N `ablate worker` processes; replace dead ones while work waits; stop all at a failure if asked."""
     results = ResultIndex(ledger.folder)
     ok_at_start = {c.cell_id for c in study.cells if results.ok(c.cell_id)}
@@ -261,6 +270,8 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
             command += ["--threads", str(threads)]
         if fail_fast:
             command.append("--fail-fast")
+        if tensorboard is not None:
+            command += ["--tensorboard", str(tensorboard)]
         env = dict(os.environ)
         env.pop(STORAGE_ENV, None)
         if storage:  # by environment, never argv: `ps` shows a command line to every local user

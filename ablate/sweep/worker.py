@@ -14,6 +14,7 @@ from typing import Any, Callable
 from ablate.config import ConfigError, build_config, config_hash
 from ablate.layout import StudyFolder, result_stem
 from ablate.log import LOG
+from ablate.tensorboard_log import check_available
 from ablate.results import write_results_table
 from ablate.sweep.folder import resolve_target
 from ablate.sweep.ledger import Ledger, has_ok_result
@@ -34,7 +35,8 @@ class CellResult:
     retried: bool = False
 
 
-def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool = False) -> CellResult:
+def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool = False,
+            tensorboard: Path | None = None) -> CellResult:
     """Run a claimed trial's cell and end the trial; queue a retry on failure while attempts remain."""
     from ablate.run import execute
 
@@ -64,7 +66,8 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
         curve: list[dict[str, Any]] = []
         outcome = execute(config, folder, run_id=f"{ledger.name}.{stem}", labels=labels, checkpoint=checkpoint,
                           progress=progress, save_model=True, file_stem=stem,
-                          on_epoch=lambda point: ledger.report_epoch(trial, point, curve))
+                          on_epoch=lambda point: ledger.report_epoch(trial, point, curve), tensorboard=tensorboard,
+                          tensorboard_name=f"{ledger.name}/{attrs.get('arm') or 'arm'}/{stem}")
     except (KeyboardInterrupt, SystemExit):
         ledger.fail(trial, "Interrupted", "the worker was stopped (SIGINT/SIGTERM) during the attempt")
         raise
@@ -86,14 +89,15 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
 
 
 def work(ledger: Ledger, progress: bool = False, fail_fast: bool = False,
-         on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
+         on_result: Callable[[CellResult], None] | None = None, tensorboard: Path | None = None
+         ) -> list[CellResult]:
     """Pull cells until the queue is empty (or, with fail_fast, until the first failure)."""
     done = []
     while True:
         trial = ledger.pop()
         if trial is None:
             return done
-        result = run_one(ledger, trial, progress=progress, fail_fast=fail_fast)
+        result = run_one(ledger, trial, progress=progress, fail_fast=fail_fast, tensorboard=tensorboard)
         done.append(result)
         if on_result is not None:
             on_result(result)
@@ -109,7 +113,8 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_worker(target: str | Path, out: str | Path = "results", storage: str | None = None,
-               threads: int | None = None, fail_fast: bool = False, progress: bool = False) -> int:
+               threads: int | None = None, fail_fast: bool = False, progress: bool = False,
+               tensorboard: str | Path | None = None) -> int:
     """`ablate worker STUDY`: pull cells of an already-queued study until its queue is empty."""
     name, folder, _ = resolve_target(target, out)
     ledger = Ledger.open_existing(name, folder, storage)
@@ -117,7 +122,10 @@ def run_worker(target: str | Path, out: str | Path = "results", storage: str | N
         raise ConfigError(f"{target}: study '{name}' has no ledger under {folder}; run `ablate sweep` first")
     signal.signal(signal.SIGTERM, _raise_exit)
     set_threads(threads)
-    results = work(ledger, progress=progress, fail_fast=fail_fast)
+    if tensorboard is not None:
+        check_available()
+    results = work(ledger, progress=progress, fail_fast=fail_fast,
+                   tensorboard=Path(tensorboard) if tensorboard is not None else None)
     return 1 if fail_fast and any(not r.ok for r in results) else 0
 
 
