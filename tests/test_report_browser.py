@@ -237,3 +237,59 @@ def test_report_in_headless_chromium(report, tmp_path):
     assert state["ascending"] == sorted(state["ascending"]) and len(state["ascending"]) == 6
     assert state["descending"] == sorted(state["descending"], reverse=True)
     assert state["sortState"] == "descending"
+
+
+FOLD_SCRIPT = """<script>
+window.addEventListener("load", function () {
+  var blocks = Array.prototype.slice.call(document.querySelectorAll("div[id*='-verdict-'] table"));
+  document.body.setAttribute("data-fold", JSON.stringify({
+    width: window.innerWidth, height: window.innerHeight,
+    scrollWidth: document.documentElement.scrollWidth,
+    tables: blocks.map(function (t) { var r = t.getBoundingClientRect();
+      return {right: r.right, bottom: r.bottom,
+              headers: Array.prototype.map.call(t.tHead.rows[0].cells, function (c) { return c.textContent.trim(); })};
+    })
+  }));
+});
+</script>"""
+
+
+def test_the_verdict_cost_and_gain_are_above_the_fold_at_1400px(report, tmp_path):
+    """At 1400 × 900 px the summary shows, per model, each arm's verdict, cost (ΔNLL, Δ−ELBO) and gain (KL, MI,
+    AU, probe gain) without scrolling sideways, and the first panel's table ends above the fold; the screenshot
+    shows the best choice's highlighted row."""
+    binary = _browser()
+    if binary is None:
+        if os.environ.get("ABLATE_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("ABLATE_REQUIRE_CHROMIUM=1 but no chromium binary on PATH (apt-get install -y chromium)")
+        pytest.skip("no chromium binary on PATH: install the Debian package `chromium` to run this test")
+    _, out = report
+    index = out / "index.html"
+    check = out / "_fold.html"
+    check.write_text(index.read_text().replace("<head>", "<head>\n" + FOLD_SCRIPT, 1))
+    try:
+        result = _run_browser(binary, tmp_path / "profile", "--window-size=1400,900", "--virtual-time-budget=5000",
+                              "--dump-dom", check.as_uri())
+    finally:
+        check.unlink()
+    found = re.search(r'data-fold="([^"]*)"', result.stdout)
+    assert found, f"the probe script did not run; chromium said:\n{result.stderr[-3000:]}"
+    fold = json.loads(html.unescape(found.group(1)))
+    assert fold["width"] == 1400 and fold["scrollWidth"] <= 1400, fold
+    assert len(fold["tables"]) == 2  # one per dataset × model
+    for table in fold["tables"]:
+        assert table["right"] <= 1400
+        assert table["headers"] == ["arm", "collapsed", "ΔNLL (cost)", "Δ−ELBO (cost)", "KL", "MI", "AU",
+                                    "probe gain"]
+    assert fold["tables"][0]["bottom"] <= 900
+
+    shot = tmp_path / "fold.png"
+    _run_browser(binary, tmp_path / "profile2", "--window-size=1400,900", "--virtual-time-budget=5000",
+                 f"--screenshot={shot}", index.as_uri())
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    pixels = (mpimg.imread(shot)[..., :3] * 255).round().astype(int)
+    assert pixels.shape[:2] == (900, 1400)
+    best_row = np.all(np.abs(pixels - [0xEA, 0xF6, 0xEC]) <= 2, axis=2)  # tr.best-choice's background
+    assert best_row.sum() > 2000, "the best choice's highlighted row is not in the first screen"

@@ -300,3 +300,34 @@ def test_manifest_labels_name_the_rows_of_its_cells(study):
     assert out.set_index("cell_id")["model"].drop(first).to_dict() == expected.to_dict()
     stray = renamed.assign(cell_id="not-in-manifest")  # rows of cells the manifest does not list keep their own
     assert set(tables.attach_settings(stray, manifest)["model"]) == {"seq2seq"}
+
+
+def test_the_verdict_table_against_plain_pandas(study, raw):
+    """Verdict (collapsed seeds), cost (paired ΔNLL, Δ−ELBO against vanilla), gain (MI, probe accuracy above the
+    majority class), sorted by MI, and the best choice: no collapsed seed and the lowest NLL."""
+    from ablate.report.study_tables import verdict_table
+
+    rows = study.ok[(study.ok["model"] == "lstm")]
+    table = verdict_table(rows, ("synthetic", "lstm"), "test", "vanilla", tables.DEFAULT_SELECT,
+                          tables.arm_order(rows), "v")
+    data = table.data.set_index("arm")
+    assert list(table.data["arm"]) == list(table.data.sort_values("mi.mean", ascending=False)["arm"])
+    lstm = raw[raw["model"] == "lstm"]
+    chosen = {arm: lstm[lstm["arm"] == arm].groupby("settings")["valid.nll"].mean().idxmin() for arm in data.index}
+    picked = {arm: lstm[(lstm["arm"] == arm) & (lstm["settings"] == chosen[arm])].set_index("seed")
+              for arm in data.index}
+    base = picked["vanilla"]
+    for arm in ("free_bits", "li2019"):
+        mine = picked[arm]
+        seeds = sorted(set(mine.index) & set(base.index))
+        for name in ("nll", "nelbo"):
+            diff = mine.loc[seeds, f"test.{name}"] - base.loc[seeds, f"test.{name}"]
+            assert data.at[arm, f"d.{name}.mean"] == pytest.approx(diff.mean(), rel=1e-12)
+        factors = [c.split(".", 2)[2] for c in mine.columns if c.startswith("test.probe.")]
+        gain = np.mean([mine[f"test.probe.{f}"] - mine[f"test.probe_majority.{f}"] for f in factors], axis=0).mean()
+        assert data.at[arm, "probe_gain"] == pytest.approx(gain, rel=1e-12)
+        assert data.at[arm, "collapsed_seeds"] == sum((mine["test.au"] == 0) | (mine["test.kl"] < 0.1))
+    clean = [a for a in data.index if data.at[a, "collapsed_seeds"] == 0]
+    best = min(clean, key=lambda a: picked[a]["test.nll"].mean())
+    assert data["best_choice"].sum() == 1 and data.at[best, "best_choice"]
+    assert table.rows[list(data.index).index(best)][0].text == f"★ {best}"

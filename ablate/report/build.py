@@ -29,7 +29,7 @@ from ablate.report.header import conventions, header, probe_baselines  # noqa: F
 from ablate.report.inputs import StudyInput, find_studies, is_study_folder, load_study  # noqa: F401 - re-exported
 from ablate.report.schema import COLLAPSE_KL, Metric, in_table, main_metrics, metric, metrics_in
 from ablate.report.study_tables import (best_table, coverage_table, failures_table, main_table, missing_table,
-                                        published_table)
+                                        published_table, verdict_table)
 from ablate.report.table_model import latex_escape, write_table  # noqa: F401 - re-exported
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -77,7 +77,11 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
         best, best_frame = best_table(rows, (dataset, model), split, options.baseline, options.select,
                                       options.deltas, arms, f"{slug}-best-{pslug}")
         write_table(best, table_dir, f"{slug}/tables")
-        context["summary"].append(summary(dataset, model, best_frame, arms))
+        verdicts = verdict_table(rows, (dataset, model), split, options.baseline, options.select, arms,
+                                 f"{slug}-verdict-{pslug}")
+        write_table(verdicts, table_dir, f"{slug}/tables")
+        context["summary"].append({**summary(dataset, model, best_frame, arms), "verdict": verdicts,
+                                   "id": f"{slug}-{pslug}"})
         published = published_table(references, rows, (dataset, model), arms, f"{slug}-published-{pslug}")
         if published:
             write_table(published, table_dir, f"{slug}/tables")

@@ -176,6 +176,82 @@ def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline:
     return Table(tid, f"Best per technique — {panel[0]} × {panel[1]}", cols, out_rows, data, notes, classes), best
 
 
+VERDICT_VALUES = ("nll", "nelbo", "kl", "mi", "au")  # what the verdict table reads per arm
+VERDICT_COSTS = ("nll", "nelbo")  # its paired differences against the baseline
+
+
+def probe_gain(rows: pd.DataFrame, split: str) -> pd.Series:
+    """Per row: the mean over probed factors of (probe accuracy − majority-class accuracy); NaN without probes."""
+    factors = [c[len(f"{split}.probe."):] for c in rows.columns if c.startswith(f"{split}.probe.")]
+    pairs = [(f"{split}.probe.{f}", f"{split}.probe_majority.{f}") for f in factors
+             if f"{split}.probe_majority.{f}" in rows.columns]
+    if not pairs:
+        return pd.Series(math.nan, index=rows.index)
+    gains = pd.concat([rows[a].astype(float) - rows[b].astype(float) for a, b in pairs], axis=1)
+    return gains.mean(axis=1)
+
+
+def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline: str, select: Sequence[str],
+                  arms: Sequence[str], tid: str) -> Table:
+    """The page's first answer, one row per arm at its chosen setting: the verdict (collapsed in n of N seeds), the
+    cost (ΔNLL and Δ−ELBO against the baseline, paired t-test) and the gain (KL, MI, AU, probe accuracy above the
+    majority class), sorted by MI; the best choice (no collapsed seed, lowest NLL) marked."""
+    best = tables.best_per_technique(rows, baseline, select, split, list(VERDICT_VALUES), list(VERDICT_COSTS), arms)
+    gains = probe_gain(rows, split)
+    if not best.empty:
+        chosen = rows.assign(_gain=gains).merge(best[["arm", "settings"]], on=["arm", "settings"])
+        best["probe_gain"] = best["arm"].map(chosen.groupby("arm")["_gain"].mean())
+        best = best.sort_values(["mi.mean", "au.mean"], ascending=False, kind="stable", na_position="last")
+        best = best.reset_index(drop=True)
+        clean = best[(best["collapsed_seeds"] == 0) & (best["seeds"].map(len) > 0) & best["nll.mean"].notna()]
+        best["best_choice"] = best.index == (clean["nll.mean"].idxmin() if not clean.empty else -1)
+    has_probes = not best.empty and best["probe_gain"].notna().any()
+    cols = [Col("arm", "★: the best choice — no collapsed seed, and the lowest mean NLL among such arms"),
+            Col("collapsed", f"seeds whose {split} AU = 0 or KL < {COLLAPSE_KL} nats, of the seeds run", True)]
+    cols += [Col(f"Δ{metric(n).label} (cost)", f"Paired difference {split}.{n}: arm − {baseline} (each at its chosen "
+                 f"setting) over the seeds both have: mean ± std; * p < 0.05, ** p < 0.01, *** p < 0.001 (two-sided "
+                 f"paired t-test; hover a cell for t, p and n). Positive: worse than {baseline}.", True)
+             for n in VERDICT_COSTS]
+    cols += [_metric_col(metric(n), split) for n in ("kl", "mi", "au")]
+    if has_probes:
+        cols.append(Col("probe gain", "Mean over the corpus's ground-truth factors of the linear probe's accuracy "
+                        "minus the majority-class accuracy (0: z tells the probe nothing).", True))
+    out_rows, classes = [], []
+    for _, r in best.iterrows():
+        n, k = len(r["seeds"]), int(r["collapsed_seeds"])
+        star = "★ " if r["best_choice"] else ""
+        cells = [Cell(star + r["arm"], sort=r["arm"], bold=bool(r["best_choice"])),
+                 Cell(f"{k} of {n}", sort=k / max(n, 1), cls="flag" if k else "")]
+        for name in VERDICT_COSTS:
+            if r["arm"] == baseline:
+                cells.append(Cell("(baseline)", sort=math.nan))
+                continue
+            mean, std, p = _num(r[f"d.{name}.mean"]), _num(r[f"d.{name}.std"]), _num(r[f"d.{name}.p"])
+            m = metric(name)
+            text = "–" if math.isnan(mean) else (("+" if mean > 0 else "") + m.fmt(mean)
+                                                 + ("" if math.isnan(std) else f" ± {m.fmt(std)}"))
+            cells.append(Cell(f"{text} {r[f'd.{name}.marker']}".strip(), sort=mean,
+                              title=f"n = {int(r[f'd.{name}.n'])}" + ("" if math.isnan(p) else
+                                    f", t = {_num(r[f'd.{name}.t']):.3g}, p = {p:.3g}")))
+        for name in ("kl", "mi", "au"):
+            cells.append(Cell(metric(name).fmt(_num(r[f"{name}.mean"])), sort=_num(r[f"{name}.mean"])))
+        if has_probes:
+            gain = _num(r["probe_gain"])
+            cells.append(Cell("–" if math.isnan(gain) else f"{gain:+.3f}", sort=gain))
+        out_rows.append(cells)
+        classes.append("best-choice" if r["best_choice"] else "collapsed" if k == n and n else "")
+    notes = [f"Each arm at its setting chosen on validation (“Best per technique” below); the {split} split, means "
+             "over seeds; sorted by MI (the information z carries), then AU."]
+    if not best.empty and not best["best_choice"].any():
+        notes.append("No best choice: every arm collapsed in at least one seed.")
+    if baseline not in set(best["arm"]) if not best.empty else True:
+        notes.append(f"No baseline arm '{baseline}' in this panel: no costs (set --baseline).")
+    data = best.copy()
+    if "seeds" in data:
+        data["seeds"] = data["seeds"].map(lambda s: " ".join(map(str, s)))
+    return Table(tid, f"Verdict, cost and gain — {panel[0]} × {panel[1]}", cols, out_rows, data, notes, classes)
+
+
 def _our_conventions(rows: pd.DataFrame, split: str) -> dict[str, object]:
     def one(column: str) -> object:
         values = rows[column].dropna().unique() if column in rows else []
