@@ -331,3 +331,30 @@ def test_the_verdict_table_against_plain_pandas(study, raw):
     best = min(clean, key=lambda a: picked[a]["test.nll"].mean())
     assert data["best_choice"].sum() == 1 and data.at[best, "best_choice"]
     assert table.rows[list(data.index).index(best)][0].text == f"★ {best}"
+
+
+def test_single_runs_are_shown_by_name_with_the_settings_that_differ(tmp_path):
+    """`ablate run --name` rows (no study, no manifest): each run is an arm named by its run name, and the report
+    has one readable column per setting that differs between them (no internal keys)."""
+    from ablate.config import build_config
+    from ablate.report.build import build_report
+    from ablate.run import execute
+    from conftest import tiny_overrides
+
+    base = {"train.epochs": 1, "eval.probe": False, "data.synthetic.n_train": 64, "data.synthetic.n_valid": 16,
+            "data.synthetic.n_test": 16, "eval.iw_samples": 2}
+    configs = {"plain": tiny_overrides(**base),
+               "fb": tiny_overrides(**base, techniques={"free_bits": {"lambda_per_dim": 0.5}}),
+               "fb_lr": tiny_overrides(**base, techniques={"free_bits": {"lambda_per_dim": 0.5}}, **{"train.lr": 0.003})}
+    for name, overrides in configs.items():
+        assert execute(build_config(overrides), tmp_path / "runs", run_id=name, progress=False, save_model=False).ok
+    out = tmp_path / "report"
+    build_report([tmp_path / "runs"], out)
+    table = json.loads(next(out.rglob("*-settings-synthetic__lstm.json")).read_text())
+    assert table["columns"] == ["run", "free_bits.lambda_per_dim", "free_bits.mode", "techniques", "train.lr"]
+    by_run = {r["run"]: r for r in table["rows"]}
+    assert set(by_run) == {"plain", "fb", "fb_lr"}
+    assert by_run["plain"]["techniques"] == "none" and by_run["plain"]["free_bits.lambda_per_dim"] is None
+    assert by_run["fb_lr"]["train.lr"] == 0.003 and by_run["fb"]["train.lr"] == 0.001
+    verdict = json.loads(next(out.rglob("*-verdict-synthetic__lstm.json")).read_text())
+    assert {r["arm"] for r in verdict["rows"]} == {"plain", "fb", "fb_lr"}

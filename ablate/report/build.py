@@ -29,7 +29,7 @@ from ablate.report.header import conventions, header, probe_baselines  # noqa: F
 from ablate.report.inputs import StudyInput, find_studies, is_study_folder, load_study  # noqa: F401 - re-exported
 from ablate.report.schema import COLLAPSE_KL, Metric, in_table, main_metrics, metric, metrics_in
 from ablate.report.study_tables import (best_table, coverage_table, failures_table, main_table, missing_table,
-                                        published_table, verdict_table)
+                                        published_table, settings_table, verdict_table)
 from ablate.report.table_model import latex_escape, write_table  # noqa: F401 - re-exported
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -72,6 +72,11 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
     for dataset, model in panels:
         rows = ok[(ok["dataset"] == dataset) & (ok["model"] == model)]
         pslug = plots.slug(dataset, model)
+        runs = None
+        if study.manifest is None:  # single runs, or a study folder without its manifest: what differs
+            runs = settings_table(rows, (dataset, model), arms, f"{slug}-settings-{pslug}")
+            if runs:
+                write_table(runs, table_dir, f"{slug}/tables")
         main = main_table(rows, (dataset, model), split, arms, f"{slug}-main-{pslug}")
         write_table(main, table_dir, f"{slug}/tables")
         best, best_frame = best_table(rows, (dataset, model), split, options.baseline, options.select,
@@ -109,7 +114,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
                 if fig:
                     sens.append(fig)
         context["panels"].append({
-            "dataset": dataset, "model": model, "id": f"{slug}-{pslug}", "main": main, "best": best,
+            "dataset": dataset, "model": model, "id": f"{slug}-{pslug}", "main": main, "best": best, "runs": runs,
             "published": published,
             "figures": [_fig(f, out) for f in figures if f],
             "sensitivity": [_fig(f, out) for f in sens],

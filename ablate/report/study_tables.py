@@ -176,6 +176,28 @@ def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline:
     return Table(tid, f"Best per technique — {panel[0]} × {panel[1]}", cols, out_rows, data, notes, classes), best
 
 
+def settings_table(rows: pd.DataFrame, panel: tuple[str, str], arms: Sequence[str], tid: str) -> Table | None:
+    """Runs outside a study (`ablate run --name`): each run by its name, one column per setting that differs
+    between them (readable keys: `techniques`, `free_bits.lambda_per_dim`, `train.lr`). None when none differs."""
+    import json
+
+    settings = [json.loads(s) for s in rows["settings"]]
+    keys = sorted(set().union(*settings)) if settings else []
+    if not keys:
+        return None
+    frame = pd.DataFrame(settings, index=rows.index).reindex(columns=keys)
+    frame.insert(0, "run", rows["arm"])
+    frame = frame.drop_duplicates("run")
+    order = {arm: i for i, arm in enumerate(arms)}
+    frame = frame.assign(_o=frame["run"].map(order)).sort_values("_o", kind="stable").drop(columns="_o")
+    cols = [Col("run", "the run's name (ablate run --name)")] + [Col(k, f"config key {k}") for k in keys]
+    out_rows = [[Cell(str(r["run"]))] + [Cell("–" if pd.isna(r[k]) else tables._setting_value(r[k])) for k in keys]
+                for _, r in frame.iterrows()]
+    return Table(tid, f"Settings that differ between the runs — {panel[0]} × {panel[1]}", cols, out_rows,
+                 frame.reset_index(drop=True),
+                 ["Every other setting is the same in all these runs (their result rows hold the full config)."])
+
+
 VERDICT_VALUES = ("nll", "nelbo", "kl", "mi", "au")  # what the verdict table reads per arm
 VERDICT_COSTS = ("nll", "nelbo")  # its paired differences against the baseline
 

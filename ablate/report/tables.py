@@ -76,15 +76,39 @@ def settings_sort_key(settings_json: str) -> tuple:
     return tuple((k, _sort_key(settings[k])) for k in sorted(settings))
 
 
-def infer_settings(rows: pd.DataFrame) -> pd.Series:
-    """Settings of rows with no manifest entry: the config columns that vary between the rows of an arm."""
+def readable_settings(rows: pd.DataFrame) -> pd.DataFrame:
+    """A row's config as the settings a reader compares: `techniques` (the names switched on, or 'none'), each
+    technique's fields as `<technique>.<field>`, and every other key as `<section>.<key>`; not the seed, the
+    technique versions or the JSON markers of a technique without fields."""
+    out: dict[str, pd.Series] = {}
+    if "techniques" in rows:
+        def names(text: Any) -> str:
+            try:
+                return ", ".join(sorted(json.loads(text).get("config", {}))) or "none"
+            except (TypeError, ValueError, AttributeError):
+                return "?"
+        out["techniques"] = rows["techniques"].map(names)
+    for column in rows.columns:
+        if not column.startswith("config.") or column == "config.seed":
+            continue
+        key = column[len("config."):]
+        parts = key.split(".")
+        if parts[0] == "technique_versions" or (parts[0] == "techniques" and len(parts) <= 2):
+            continue
+        out[".".join(parts[1:]) if parts[0] == "techniques" else key] = rows[column]
+    return pd.DataFrame(out, index=rows.index)
+
+
+def infer_settings(rows: pd.DataFrame, by: Sequence[str] = ("dataset", "model", "arm")) -> pd.Series:
+    """Settings of rows with no manifest entry: the readable settings (`readable_settings`) that vary between the
+    rows of a group (an arm of a study; all the single runs of a dataset × model)."""
     out = pd.Series("{}", index=rows.index, dtype=object)
-    config_cols = [c for c in rows.columns if c.startswith("config.") and c != "config.seed"]
-    for _, part in rows.groupby(["dataset", "model", "arm"], dropna=False, sort=False):
-        varying = [c for c in config_cols if part[c].astype(str).nunique(dropna=False) > 1]
-        for idx, row in part.iterrows():
-            values = {c[len("config."):]: _plain(row[c]) for c in varying}
-            out.at[idx] = json.dumps(values, sort_keys=True)
+    readable = readable_settings(rows)
+    for _, part in rows.groupby(list(by), dropna=False, sort=False):
+        values = readable.loc[part.index]
+        varying = [c for c in values.columns if values[c].astype(str).nunique(dropna=False) > 1]
+        for idx in part.index:
+            out.at[idx] = json.dumps({c: _plain(values.at[idx, c]) for c in varying}, sort_keys=True)
     return out
 
 
@@ -109,6 +133,10 @@ def attach_settings(rows: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.Dat
         if col not in rows:
             rows[col] = default
         rows[col] = rows[col].fillna(default).astype(str)
+    single = (rows["study"].fillna("").astype(str) == "") if "study" in rows else pd.Series(True, index=rows.index)
+    if "run_id" in rows:  # `ablate run` rows: each run is its own arm, shown by its name (--name)
+        unnamed = single & (rows["arm"] == "")
+        rows.loc[unnamed, "arm"] = rows.loc[unnamed, "run_id"].astype(str)
     known = {}
     if manifest is not None and not manifest.empty:
         known = dict(zip(manifest["cell_id"], manifest["settings"]))
@@ -120,8 +148,11 @@ def attach_settings(rows: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.Dat
     settings = pd.Series("{}", index=rows.index, dtype=object)
     if in_manifest.any():
         settings[in_manifest] = rows.loc[in_manifest, "cell_id"].map(known)
-    if (~in_manifest).any():
-        settings[~in_manifest] = infer_settings(rows[~in_manifest])
+    of_study = ~in_manifest & ~single
+    if of_study.any():
+        settings[of_study] = infer_settings(rows[of_study])
+    if (~in_manifest & single).any():  # single runs: what differs between all the runs of a dataset × model
+        settings[~in_manifest & single] = infer_settings(rows[~in_manifest & single], by=("dataset", "model"))
     rows["settings"] = settings.map(lambda s: json.dumps(json.loads(s or "{}"), sort_keys=True))
     labels = {}
     for arm, part in rows.groupby("arm", sort=False):
