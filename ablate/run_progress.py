@@ -135,7 +135,12 @@ class RunProgress:
 
     def line(self) -> str:
         left = self.remaining_seconds()
-        eta = f"ETA {format_seconds(left)}" if left is not None else "ETA after the first epoch"
+        if left is not None:
+            eta = f"ETA {format_seconds(left)}"
+        elif self.steps_timed:  # training's rate is known, the evaluation's not yet (no validation pass so far)
+            eta = f"ETA {format_seconds(max(0, self.train_steps - self.steps_done) * self.train_seconds / self.steps_timed)} + evaluation"
+        else:
+            eta = "ETA after the first steps"
         where = f"step {self.steps_done}/{self.train_steps}"
         if self.eval_sentences and self.eval_done:
             where += f", eval {self.eval_done}/{self.eval_sentences} sent"

@@ -333,7 +333,7 @@ def test_the_verdict_table_against_plain_pandas(study, raw):
     assert table.rows[list(data.index).index(best)][0].text == f"★ {best}"
 
 
-def test_single_runs_are_shown_by_name_with_the_settings_that_differ(tmp_path):
+def test_single_runs_are_shown_by_name_with_the_settings_that_differ(tmp_path, capsys):
     """`ablate run --name` rows (no study, no manifest): each run is an arm named by its run name, and the report
     has one readable column per setting that differs between them (no internal keys)."""
     from ablate.config import build_config
@@ -358,3 +358,9 @@ def test_single_runs_are_shown_by_name_with_the_settings_that_differ(tmp_path):
     assert by_run["fb_lr"]["train.lr"] == 0.003 and by_run["fb"]["train.lr"] == 0.001
     verdict = json.loads(next(out.rglob("*-verdict-synthetic__lstm.json")).read_text())
     assert {r["arm"] for r in verdict["rows"]} == {"plain", "fb", "fb_lr"}
+    from ablate.cli import main
+
+    assert main(["results", str(tmp_path / "runs"), "--format", "json", "--columns", "arm,config.train.lr"]) == 0
+    printed = json.loads(capsys.readouterr().out)  # `plain` and `fb` share no config, `fb_lr` neither: 3 rows
+    assert sorted((r["arm"], r["config.train.lr"]) for r in printed) == [("fb", 0.001), ("fb_lr", 0.003),
+                                                                        ("plain", 0.001)]

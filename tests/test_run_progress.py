@@ -30,6 +30,7 @@ def test_the_eta_is_training_rate_times_steps_left_plus_the_evaluation_estimate(
         clock.now += 1.0  # 1 s per step
         line.step()
     assert line.remaining_seconds() is None  # the evaluation has no measured rate yet
+    assert line.line().endswith("ETA 0m08s + evaluation")
     line.pause()
     clock.now += 3.0  # validation: not training time
     line.validated(seconds=2.0, sentences=10)  # 0.2 s/sentence for one pass → (K + 1) × 0.2 = 1.0 s per sentence

@@ -1,7 +1,8 @@
 """`ablate results STUDY_OR_FOLDER`: a study's result rows on the terminal or to a file (table, csv, json, parquet).
 
 What it prints is `ablate.load_results(folder)` (one row per attempt), by default the latest successful attempt of
-each cell with the columns a reader looks at first; `--all` keeps every attempt, `--columns` chooses (glob
+each cell (each run, for `ablate run` rows, whose arm column shows the run's name) with the columns a reader looks
+at first; `--all` keeps every attempt, `--columns` chooses (glob
 patterns such as 'test.*' work).
 """
 
@@ -42,9 +43,12 @@ def cmd_results(args: argparse.Namespace) -> int:
     rows = read_results(folder)
     if rows.empty:
         raise ConfigError(f"{folder}: no result rows yet; run `ablate sweep` (or `ablate run --out`) first")
-    if not args.all:
-        rows = rows[rows["status"] == "ok"].sort_values(["cell_id", "attempt"]).drop_duplicates("cell_id",
-                                                                                               keep="last")
+    single = rows["study"].fillna("").astype(str) == "" if "study" in rows else rows["arm"].isna()
+    rows["arm"] = rows["arm"].where(~(single & (rows["arm"].fillna("") == "")), rows["run_id"])  # run --name
+    if not args.all:  # the latest ok attempt of each cell (of a study) or each run (of `ablate run`)
+        key = rows["cell_id"].where(~single, rows["run_id"])
+        rows = rows.assign(_key=key)[rows["status"] == "ok"].sort_values(["_key", "attempt"])
+        rows = rows.drop_duplicates("_key", keep="last").drop(columns="_key")
     wanted = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else DEFAULT_COLUMNS
     columns = [c for pattern in wanted for c in rows.columns if fnmatch.fnmatchcase(c, pattern)]
     unknown = [p for p in wanted if not any(fnmatch.fnmatchcase(c, p) for c in rows.columns)]
