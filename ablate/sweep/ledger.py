@@ -410,6 +410,7 @@ class Ledger:
         config = cell.config
         attrs = {"cell_id": cell.cell_id, "attempt": attempt, "max_attempt": max_attempt, "arm": cell.arm,
                  "dataset": cell.dataset, "model": cell.model, "seed": cell.seed,
+                 "techniques": ", ".join(sorted(config.techniques)) or "none",
                  "settings": json.dumps(cell.settings, sort_keys=True),
                  "config": flatten(canonical_dict(config)),
                  "run_config": json.dumps(config.model_dump(mode="json"), sort_keys=True),
