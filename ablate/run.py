@@ -125,7 +125,7 @@ def base_row(config: RunConfig, run_id: str, labels: dict[str, Any]) -> dict[str
         "run_id": run_id, "study": labels.get("study", ""), "cell_id": labels.get("cell_id", config_hash(config)),
         "config_hash": config_hash(config), "arm": labels.get("arm", ""), "attempt": labels.get("attempt", 1),
         "seed": config.seed, "dataset": labels.get("dataset") or config.data.name,
-        "model": labels.get("model") or config.model.name,
+        "model": labels.get("model") or config.model.name, "worker_device": labels.get("worker_device"),
         "techniques": json.dumps({"config": canonical["techniques"], "versions": canonical["technique_versions"]},
                                  sort_keys=True),
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

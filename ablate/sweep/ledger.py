@@ -17,11 +17,16 @@ a cell with a WAITING trial or a RUNNING trial whose process is alive (a "live a
 A RUNNING trial whose process is gone (same host; pid checked against its start time, so a reused pid does not
 count as alive) is reclaimed: COMPLETE if its result file says ok (the worker died between writing the row and
 updating the ledger), otherwise FAIL with error_class WorkerDied and a failed result row, so no attempt is
-lost. Dead workers are only detected on this machine; a trial claimed on another host stays RUNNING.
+lost. On a journal or Redis storage dead workers are only detected on this machine (a trial claimed on another
+host stays RUNNING); on an RDB storage (PostgreSQL, MySQL) every worker records a heartbeat for its trial every
+`heartbeat_seconds()`, and a trial whose heartbeat is older than the grace period is dead wherever it ran.
+Across machines a COMPLETE trial counts as done (its result file is on the machine that ran it, see
+`ablate collect`), and decisions to enqueue or reclaim take a database-wide lock (PostgreSQL advisory lock,
+MySQL GET_LOCK) besides the local one.
 
 Default storage: a journal file `results/<study>/ledger.journal` (Optuna's JournalFileBackend: safe for many
 processes on one machine). `--storage` takes a journal path (`*.journal`, `journal:PATH`), `redis://…`, or any
-RDB URL (`sqlite:///x.db`, `postgresql://…`).
+RDB URL (`postgresql+psycopg://…`, `mysql+pymysql://…`; `sqlite:///x.db` for one process only).
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ import contextlib
 import datetime as dt
 import fcntl
 import functools
+import hashlib
 import json
 import os
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,6 +50,7 @@ import optuna
 import pyarrow.parquet as pq
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from ablate.config import ConfigError, build_config, canonical_dict, config_hash, flatten
@@ -52,6 +60,7 @@ from ablate.metric_schema import selection_value
 from ablate.outputs import STORAGE_ERRNOS
 
 CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial with neither pid nor claimant counts as dead after this
+HEARTBEAT_ENV = "ABLATE_HEARTBEAT_SECONDS"  # the RDB heartbeat interval (default 30 s; the grace period is 3×)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -107,7 +116,23 @@ def open_storage(folder: Path, url: str | None) -> BaseStorage:
         raise _storage_error(url, error) from None
 
 
+def heartbeat_seconds() -> int:
+    try:
+        return max(1, int(os.environ.get(HEARTBEAT_ENV, "30")))
+    except ValueError:
+        raise ConfigError(f"${HEARTBEAT_ENV}: expected whole seconds, e.g. 30") from None
+
+
+_STORAGES: dict[str, BaseStorage] = {}  # one storage object (one connection pool) per URL and process
+
+
 def _open_url(url: str) -> BaseStorage:
+    if url not in _STORAGES:
+        _STORAGES[url] = _new_storage(url)
+    return _STORAGES[url]
+
+
+def _new_storage(url: str) -> BaseStorage:
     if url.startswith("journal:"):
         return _journal(Path(url.removeprefix("journal:").removeprefix("//")))
     if url.endswith((".journal", ".log", ".jsonl")) and "://" not in url:
@@ -116,7 +141,13 @@ def _open_url(url: str) -> BaseStorage:
         from optuna.storages.journal import JournalRedisBackend
 
         return optuna.storages.JournalStorage(JournalRedisBackend(url))
-    return optuna.storages.RDBStorage(url, heartbeat_interval=None)
+    interval = heartbeat_seconds()
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=interval,
+                                      grace_period=3 * interval)
+
+
+def is_sqlite(url: str | None) -> bool:
+    return bool(url) and str(url).startswith("sqlite")
 
 
 class FlockLock:
@@ -331,6 +362,8 @@ class Ledger:
         self.folder = Path(folder)
         self.study_id = storage.get_study_id_from_name(study_name)
         self.host = socket.gethostname()
+        self.heartbeats = isinstance(storage, BaseHeartbeat) and storage.is_heartbeat_enabled()
+        self._stale: tuple[float, set[int]] = (-1.0, set())
 
     @classmethod
     def open(cls, study_name: str, folder: Path, url: str | None = None) -> "Ledger":
@@ -360,14 +393,76 @@ class Ledger:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """An exclusive lock for enqueue/reclaim decisions (one machine), so two coordinators never both enqueue."""
+        """An exclusive lock for enqueue/reclaim decisions, so two coordinators never both enqueue: a file lock on
+        this machine and, on a PostgreSQL or MySQL storage, a database lock held by every machine's coordinator."""
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(StudyFolder(self.folder).ledger_lock, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                with self._database_lock():
+                    yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _database_lock(self) -> Iterator[None]:
+        engine = getattr(self.storage, "engine", None)
+        dialect = engine.dialect.name if engine is not None else ""
+        if dialect not in ("postgresql", "mysql"):
+            yield
+            return
+        import sqlalchemy
+
+        key = int.from_bytes(hashlib.sha256(f"ablate:{self.name}".encode()).digest()[:8], "big", signed=True)
+        with engine.connect() as connection:
+            if dialect == "postgresql":
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            else:
+                connection.execute(sqlalchemy.text("SELECT GET_LOCK(:k, -1)"), {"k": f"ablate:{key}"})
+            try:
+                yield
+            finally:
+                if dialect == "postgresql":
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                else:
+                    connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": f"ablate:{key}"})
+
+    # -- heartbeats (RDB storages) -------------------------------------------------------------------------
+
+    def stale_trial_ids(self) -> set[int]:
+        """RUNNING trials whose last heartbeat is older than the grace period (read at most once a second)."""
+        if not self.heartbeats:
+            return set()
+        read_at, stale = self._stale
+        if time.monotonic() - read_at > 1.0:
+            stale = set(self.storage._get_stale_trial_ids(self.study_id))  # type: ignore[attr-defined]
+            self._stale = (time.monotonic(), stale)
+        return stale
+
+    @contextlib.contextmanager
+    def beating(self, trial: FrozenTrial) -> Iterator[None]:
+        """While a worker runs a trial: a heartbeat every interval from a background thread (RDB storages)."""
+        if not self.heartbeats:
+            yield
+            return
+        stop = threading.Event()
+        trial_id = trial._trial_id
+        interval = self.storage.get_heartbeat_interval()  # type: ignore[attr-defined]
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+                except Exception:  # noqa: BLE001 - a missed beat is retried; the grace period covers a few
+                    pass
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
     # -- reading -----------------------------------------------------------------------------------------
 
@@ -375,7 +470,7 @@ class Ledger:
         return self.storage.get_all_trials(self.study_id, deepcopy=False, states=states)
 
     def trial_id(self, trial: FrozenTrial) -> int:
-        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        return trial._trial_id
 
     def by_cell(self, trials: list[FrozenTrial] | None = None) -> dict[str, list[FrozenTrial]]:
         out: dict[str, list[FrozenTrial]] = {}
@@ -391,9 +486,11 @@ class Ledger:
         if trial.state != TrialState.RUNNING:
             return False
         attrs = trial.user_attrs
+        if self.heartbeats and trial._trial_id in self.stale_trial_ids():
+            return False  # its worker stopped beating, wherever it ran
         if "pid" in attrs:
             if attrs.get("host") != self.host:
-                return True  # another machine's worker: cannot tell, assume alive
+                return True  # another machine's worker: its heartbeat (RDB) or nothing (journal) tells
             return process_alive(int(attrs["pid"]), attrs.get("pid_start"))
         # claimed, pid not recorded yet (or the winner was killed in between): one of the claimants owns it
         claimants = [key.split(":") for key in attrs if key.startswith("claimant:")]
@@ -443,6 +540,8 @@ class Ledger:
                 continue
             if not claimed:
                 continue
+            if self.heartbeats:  # beating from the claim on: a worker killed after this is found by its silence
+                self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
             for key, value in (("pid", pid), ("pid_start", start), ("host", self.host), ("claimed_at", now_iso())):
                 self.storage.set_trial_user_attr(trial_id, key, value)
             return self.storage.get_trial(trial_id)
@@ -461,14 +560,15 @@ class Ledger:
         except UpdateFinishedTrialError:
             pass
 
-    def fail(self, trial: FrozenTrial, error_class: str, error_message: str) -> None:
+    def fail(self, trial: FrozenTrial, error_class: str, error_message: str) -> bool:
+        """End a trial FAIL; False when it had already ended (another process reclaimed it first)."""
         trial_id = self.trial_id(trial)
         try:
             self._set_attrs(trial_id, {"status": "failed", "error_class": error_class,
                                        "error_message": error_message[:500], "finished_at": now_iso()})
-            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            return bool(self.storage.set_trial_state_values(trial_id, TrialState.FAIL))
         except UpdateFinishedTrialError:
-            pass
+            return False
 
     def report_epoch(self, trial: FrozenTrial, point: dict[str, Any], curve: list[dict[str, Any]]) -> None:
         """An epoch's validation point, live: Optuna's intermediate value at step = epoch (valid −ELBO, so
@@ -488,8 +588,10 @@ class Ledger:
         if attempt < int(trial.user_attrs.get("max_attempt", attempt)):
             with self.lock():
                 cell = trial.user_attrs["cell_id"]
-                live = any(self.is_live(t) for t in self.by_cell().get(cell, []))
-                if not live and not has_ok_result(self.folder, cell):
+                trials = self.by_cell().get(cell, [])
+                live = any(self.is_live(t) for t in trials)
+                done = any(t.state == TrialState.COMPLETE for t in trials)
+                if not live and not done and not has_ok_result(self.folder, cell):
                     self.requeue(trial, attempt + 1)
                     return True
         return False
@@ -511,12 +613,17 @@ class Ledger:
                 continue
             if status == "failed":
                 row = _read_row(results.files[cell][attempt])
-                self.fail(trial, str(row.get("error_class") or "Failed"), str(row.get("error_message") or ""))
+                won = self.fail(trial, str(row.get("error_class") or "Failed"), str(row.get("error_message") or ""))
             else:
+                how = "stopped sending heartbeats" if self.heartbeats and trial._trial_id in self.stale_trial_ids() \
+                    else "died"
                 message = (f"worker pid {trial.user_attrs.get('pid', '?')} on {trial.user_attrs.get('host', '?')} "
-                           "died during the attempt (killed or crashed)")
-                record_lost_attempt(self.folder, trial, message)
-                self.fail(trial, "WorkerDied", message)
+                           f"{how} during the attempt (killed, crashed or cut off)")
+                won = self.fail(trial, "WorkerDied", message)  # atomic: of two reclaimers one wins
+                if won:
+                    record_lost_attempt(self.folder, trial, message)
+            if not won:
+                continue
             reclaimed.append(trial)
             if retry and attempt < int(trial.user_attrs.get("max_attempt", attempt)):
                 self.requeue(trial, attempt + 1)
@@ -530,7 +637,7 @@ class Ledger:
         counts = {"done": 0, "queued": 0, "running": 0, "enqueued": 0}
         for cell in cells:
             trials = grouped.get(cell.cell_id, [])
-            if results.ok(cell.cell_id):
+            if results.ok(cell.cell_id) or self.done_elsewhere(trials):
                 counts["done"] += 1
                 continue
             if any(t.state == TrialState.WAITING for t in trials):
@@ -543,6 +650,11 @@ class Ledger:
             self.enqueue(cell, last + 1, last + max_attempts)
             counts["enqueued"] += 1
         return counts
+
+    def done_elsewhere(self, trials: list[FrozenTrial]) -> bool:
+        """A COMPLETE trial claimed on another machine: done there (its files are there; `ablate collect`)."""
+        return any(t.state == TrialState.COMPLETE and t.user_attrs.get("host") not in (None, self.host)
+                   for t in trials)
 
     # -- counting ----------------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from ablate.sweep.ledger import Ledger, has_ok_result
 
 # failures a retry cannot change (same config, same seed, same data): not retried
 DETERMINISTIC_FAILURES = {"TrainingDiverged", "ConfigError"}
+DEVICE_ENV = "ABLATE_WORKER_DEVICE"  # the device a worker was started for (--devices), recorded in each row
 
 
 # ---------------------------------------------------------------- one worker
@@ -46,6 +47,13 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
     if has_ok_result(folder, cell_id):  # a duplicate queue entry (e.g. two coordinators raced): never run twice
         ledger.complete(trial, None, note="skipped: the cell already has an ok result")
         return CellResult(cell_id, attempt, ok=True)
+    others = [t for t in ledger.by_cell().get(cell_id, []) if t.number != trial.number]
+    if ledger.done_elsewhere(others) or any(t.state.name == "COMPLETE" for t in others):
+        ledger.complete(trial, None, note="skipped: another attempt of the cell completed")
+        return CellResult(cell_id, attempt, ok=True)
+    if any(t.state.name == "RUNNING" and t.number < trial.number and ledger.is_live(t) for t in others):
+        ledger.fail(trial, "Duplicate", "another worker holds an earlier attempt of this cell")
+        return CellResult(cell_id, attempt, ok=False, error="Duplicate")
     try:
         config = build_config(json.loads(attrs["run_config"]), f"ledger trial {trial.number}")
     except (ConfigError, KeyError, ValueError) as error:
@@ -60,14 +68,18 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
     LOG.debug(f"worker {os.getpid()}: cell {cell_id} attempt {attempt} (arm {attrs.get('arm', '')}, seed "
               f"{config.seed})")
     labels = {"study": ledger.name, "cell_id": cell_id, "arm": attrs.get("arm", ""), "attempt": attempt,
-              "dataset": attrs.get("dataset"), "model": attrs.get("model")}
+              "dataset": attrs.get("dataset"), "model": attrs.get("model"),
+              "worker_device": os.environ.get(DEVICE_ENV)}
     checkpoint = StudyFolder(folder).checkpoint(cell_id)
     try:
         curve: list[dict[str, Any]] = []
-        outcome = execute(config, folder, run_id=f"{ledger.name}.{stem}", labels=labels, checkpoint=checkpoint,
-                          progress=progress, save_model=True, file_stem=stem,
-                          on_epoch=lambda point: ledger.report_epoch(trial, point, curve), tensorboard=tensorboard,
-                          tensorboard_name=f"{ledger.name}/{attrs.get('arm') or 'arm'}/{stem}")
+        with ledger.beating(trial):  # RDB storages: the heartbeat that tells other machines this worker lives
+                outcome = execute(config, folder, run_id=f"{ledger.name}.{stem}", labels=labels,
+                              checkpoint=checkpoint,
+                              progress=progress, save_model=True, file_stem=stem,
+                              on_epoch=lambda point: ledger.report_epoch(trial, point, curve),
+                              tensorboard=tensorboard,
+                              tensorboard_name=f"{ledger.name}/{attrs.get('arm') or 'arm'}/{stem}")
     except (KeyboardInterrupt, SystemExit):
         ledger.fail(trial, "Interrupted", "the worker was stopped (SIGINT/SIGTERM) during the attempt")
         raise
