@@ -19,16 +19,21 @@ def _storage(args: argparse.Namespace) -> str | None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ablate.sweep.runner import run_sweep
 
+    from ablate.sweep.worker import parse_devices
+
     return run_sweep(args.study, jobs=args.jobs, storage=_storage(args), dry_run=args.dry_run, overrides=args.set,
                      fail_fast=args.fail_fast, max_attempts=args.max_attempts, out=args.out,
-                     progress=not args.quiet, tensorboard=args.tensorboard)
+                     progress=not args.quiet, tensorboard=args.tensorboard, devices=parse_devices(args.devices),
+                     no_work=args.no_work)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from ablate.sweep.worker import run_worker
 
+    from ablate.sweep.worker import parse_devices
+
     return run_worker(args.study, out=args.out, storage=_storage(args), threads=args.threads,
-                      fail_fast=args.fail_fast, tensorboard=args.tensorboard,
+                      fail_fast=args.fail_fast, tensorboard=args.tensorboard, devices=parse_devices(args.devices),
                       progress=not args.quiet and not args.no_progress and sys.stderr.isatty())
 
 
@@ -52,14 +57,23 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(pip install 'ablate[tensorboard]')")
 
 
+def _devices(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", metavar="LIST", default=None,
+                   help="one worker process per device, e.g. cuda:0,cuda:1 or cpu,cpu (recorded in each row)")
+
+
 @COMMANDS.register("sweep")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train every missing cell of a study, in parallel, resumably")
     _common(p)
+    _devices(p)
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="worker processes (default: one per GPU, else 1); torch threads are divided among them")
     p.add_argument("--dry-run", action="store_true", help="validate, print the cell counts and the plan; run nothing")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed attempt (no retries)")
+    p.add_argument("--no-work", action="store_true",
+                   help="queue the cells and stop: `ablate worker` processes (on any machine sharing --storage) run "
+                        "them")
     p.add_argument("--max-attempts", type=int, default=2, metavar="N",
                    help="attempts per cell in this sweep, the first included (default 2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -68,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("worker", help="pull queued cells of a study until its queue is empty (started by sweep)")
     _common(p)
+    _devices(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this worker")
     p.add_argument("--fail-fast", action="store_true", help="stop after the first failed attempt, queue no retry")
     p.add_argument("--no-progress", action="store_true", help="no progress line (how a sweep starts its workers)")

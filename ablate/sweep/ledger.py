@@ -60,6 +60,7 @@ from ablate.metric_schema import selection_value
 from ablate.outputs import STORAGE_ERRNOS
 
 CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial with neither pid nor claimant counts as dead after this
+HOST_ENV = "ABLATE_HOST"  # this machine's name in the ledger (containers that share a hostname set it apart)
 HEARTBEAT_ENV = "ABLATE_HEARTBEAT_SECONDS"  # the RDB heartbeat interval (default 30 s; the grace period is 3×)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -141,9 +142,13 @@ def _new_storage(url: str) -> BaseStorage:
         from optuna.storages.journal import JournalRedisBackend
 
         return optuna.storages.JournalStorage(JournalRedisBackend(url))
+    import warnings
+
     interval = heartbeat_seconds()
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=interval,
-                                      grace_period=3 * interval)
+    with warnings.catch_warnings():  # Optuna marks heartbeats experimental; we rely on them knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=interval,
+                                          grace_period=3 * interval)
 
 
 def is_sqlite(url: str | None) -> bool:
@@ -361,8 +366,8 @@ class Ledger:
         self.name = study_name
         self.folder = Path(folder)
         self.study_id = storage.get_study_id_from_name(study_name)
-        self.host = socket.gethostname()
-        self.heartbeats = isinstance(storage, BaseHeartbeat) and storage.is_heartbeat_enabled()
+        self.host = os.environ.get(HOST_ENV) or socket.gethostname()
+        self.heartbeats = isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
         self._stale: tuple[float, set[int]] = (-1.0, set())
 
     @classmethod

@@ -39,11 +39,11 @@ from ablate.preflight import check_configs_runnable
 from ablate.results import write_results_table
 from ablate.sweep.folder import (recorded_overrides, resolve_target, study_folder,  # noqa: F401 - re-exported
                                  write_study_files)
-from ablate.sweep.ledger import STORAGE_ENV, Ledger, ResultIndex, process_alive, redact
+from ablate.sweep.ledger import STORAGE_ENV, Ledger, ResultIndex, is_sqlite, process_alive, redact
 from ablate.sweep.progress import (SweepProgress, _counts_now, _duration, count_cells, failure_lines,  # noqa: F401
                                    format_counts, total)
 from ablate.sweep.study import Study, load_study
-from ablate.sweep.worker import CellResult, work  # noqa: F401
+from ablate.sweep.worker import CellResult, device_env, parse_devices, work  # noqa: F401
 
 POLL_SECONDS = 0.5
 
@@ -55,6 +55,12 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+
+
+def check_storage_for(storage: str | None, processes: int) -> None:
+    if is_sqlite(storage) and processes > 1:
+        raise ConfigError(f"--storage {redact(str(storage))}: SQLite is for one process only ({processes} workers "
+                          "asked); use the default journal file on one machine, or PostgreSQL/MySQL for several")
 
 
 def _gpus() -> list[str]:
@@ -87,9 +93,10 @@ def threads_per_worker(jobs: int) -> int:
 def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = None, dry_run: bool = False,
               fail_fast: bool = False, max_attempts: int = 2, out: str | Path = "results", progress: bool = True,
               stream: TextIO | None = None, overrides: list[str] | None = None,
-              tensorboard: str | Path | None = None) -> int:
+              tensorboard: str | Path | None = None, devices: list[str] | None = None, no_work: bool = False) -> int:
     """`ablate sweep`: see the module docstring. Returns the exit status. `tensorboard`: a folder that gets each
-    cell's event files (DIR/<study>/<arm>/<cell>.a<attempt>)."""
+    cell's event files (DIR/<study>/<arm>/<cell>.a<attempt>); `devices`: one worker process per device;
+    `no_work`: queue the cells and stop (workers elsewhere run them)."""
     stream = stream or sys.stdout
     if Path(path).is_file() and not is_study(read_yaml(path)):
         raise ConfigError(f"{path}: a run config (no arms), not a study; run it with `ablate run {path}`")
@@ -97,10 +104,18 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
     if max_attempts < 1:
         raise ConfigError(f"--max-attempts must be at least 1 (got {max_attempts})")
     folder = study_folder(out, study.name)
-    gpus = _gpus()
-    jobs = (len(gpus) or 1) if jobs is None else jobs
+    storage = storage or study.storage  # --storage or $ABLATE_STORAGE over the study file's own
+    explicit_devices = devices is not None
+    if devices is not None:
+        if jobs is not None and jobs != len(devices):
+            raise ConfigError(f"--jobs {jobs} and --devices ({len(devices)} devices) disagree; give one of them")
+        jobs = len(devices)
+    else:
+        devices = [f"cuda:{g}" for g in _gpus()]
+    jobs = (len(devices) or 1) if jobs is None else jobs
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1 (got {jobs})")
+    check_storage_for(storage, 1 if no_work else jobs)
     if dry_run:
         return _dry_run(study, folder, storage, jobs, stream)
     check_configs_runnable(study.labelled_configs())  # data, devices, model folders: before anything is written
@@ -113,14 +128,16 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None  # stop workers as Ctrl-C does
     try:
-        return _sweep(study, folder, jobs, gpus, storage, fail_fast, max_attempts, progress, stream, tensorboard)
+        return _sweep(study, folder, jobs, devices, storage, fail_fast, max_attempts, progress, stream, tensorboard,
+                      no_work, explicit_devices)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str | None, fail_fast: bool,
-           max_attempts: int, progress: bool, stream: TextIO, tensorboard: Path | None = None) -> int:
+def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: str | None, fail_fast: bool,
+           max_attempts: int, progress: bool, stream: TextIO, tensorboard: Path | None = None,
+           no_work: bool = False, explicit_devices: bool = False) -> int:
     started = time.perf_counter()
     ledger = Ledger.open(study.name, folder, storage)  # a storage that cannot be opened fails before the files
     write_study_files(study, folder)
@@ -136,18 +153,23 @@ def _sweep(study: Study, folder: Path, jobs: int, gpus: list[str], storage: str 
           + (f"{plan['running']} running in other worker processes, " if plan["running"] else "")
           + f"{plan['enqueued']} queued now"
           + (f" ({len(reclaimed)} attempts of dead workers reclaimed)" if reclaimed else "")
-          + f"; {_workers_text(jobs, gpus)}; results in {folder}",
+          + ("" if no_work else f"; {_workers_text(jobs, devices, explicit_devices)}") + f"; results in {folder}",
           file=stream, flush=True)
+    if no_work:
+        where = f" --storage {redact(storage)}" if storage else ""
+        print(f"queued only (--no-work); start workers with `ablate worker {study.path}{where} [--devices ...]` "
+              f"on each machine", file=stream)
+        return 0
     counts = total(count_cells(ledger, study, ResultIndex(ledger.folder)))
     bar = SweepProgress(len(study.cells), counts.done, counts.failed, enabled=progress)
     known_failures = {t.number for t in ledger.trials() if t.state.name == "FAIL"}
     stopped = False
     try:
         if plan["enqueued"] or plan["queued"] or plan["running"]:
-            if jobs == 1:
+            if jobs == 1 and not explicit_devices:  # else one process per device, whose environment selects it
                 stopped = _work_here(ledger, study, bar, fail_fast, progress, tensorboard)
             else:
-                stopped = _work_in_processes(ledger, study, bar, jobs, gpus, storage, fail_fast,
+                stopped = _work_in_processes(ledger, study, bar, jobs, devices, storage, fail_fast,
                                              known_failures, tensorboard)
     except KeyboardInterrupt:
         bar.close()
@@ -197,10 +219,10 @@ def remove_orphans(ledger: Ledger) -> int:
     return removed
 
 
-def _workers_text(jobs: int, gpus: list[str]) -> str:
-    if jobs == 1:
-        return "1 worker in this process" + (f" on GPU {gpus[0]}" if gpus else "")
-    where = f", GPUs {','.join(gpus)}" if gpus else ""
+def _workers_text(jobs: int, devices: list[str], explicit: bool = False) -> str:
+    if jobs == 1 and not explicit:
+        return "1 worker in this process" + (f" on {devices[0]}" if devices else "")
+    where = f", devices {','.join(devices[slot % len(devices)] for slot in range(jobs))}" if devices else ""
     return f"{jobs} worker processes × {threads_per_worker(jobs)} torch thread(s){where}"
 
 
@@ -212,7 +234,8 @@ def _dry_run(study: Study, folder: Path, storage: str | None, jobs: int, stream:
     counts = total(count_cells(ledger, study, results))
     todo = counts.expected - counts.done - counts.running - counts.waiting
     print(f"dry run: {counts.done} cells done, {counts.running + counts.waiting} queued or running, "
-          f"{todo} would be queued; {_workers_text(jobs, _gpus())}; results in {folder}", file=stream)
+          f"{todo} would be queued; {_workers_text(jobs, [f'cuda:{g}' for g in _gpus()])}; results in {folder}",
+          file=stream)
     return 0
 
 
@@ -249,7 +272,7 @@ def _running_elsewhere(ledger: Ledger, study: Study, trials: list[Any]) -> bool:
                for t in trials)
 
 
-def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: int, gpus: list[str],
+def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: int, devices: list[str],
                        storage: str | None, fail_fast: bool, known_failures: set[int],
                        tensorboard: Path | None = None) -> bool:
     """Start N `ablate worker` processes; replace dead ones while work waits; stop all at a failure if asked."""
@@ -278,8 +301,8 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
             env[STORAGE_ENV] = storage
         if threads:
             env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+        if devices:
+            env.update(device_env(devices[slot % len(devices)]))
         return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
 
     for slot in range(jobs):
@@ -358,6 +381,7 @@ def status_text(target: str | Path, out: str | Path = "results", storage: str | 
     if study is None:
         study = load_study(StudyFolder(folder).study_yaml, recorded_overrides(folder))
         study.name = name
+    storage = storage or study.storage
     ledger = Ledger.open_existing(name, folder, storage)
     results = ResultIndex(folder)
     counts = count_cells(ledger, study, results)

@@ -56,7 +56,8 @@ from ablate.config import (ConfigError, DataConfig, EvalConfig, RunConfig, Train
                            read_yaml_file, set_path, shorten, suggest)
 from ablate.references import Reference, ReferenceConventions
 
-STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude", "references"]
+STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude", "references",
+              "storage"]
 ARM_KEYS = ["name", "description", "techniques", "zip", "exclude", "data", "model", "train", "eval"]
 LABEL_KEYS = ["arm", "dataset", "model", "seed"]
 MODEL_ENTRY_KEYS = ["label", "model", "train", "eval"]  # the long form of a models entry
@@ -98,6 +99,7 @@ class Study:
     excluded: int = 0
     references: list[Reference] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE applied to every cell
+    storage: str | None = None  # the study's own storage URL (--storage and $ABLATE_STORAGE override it)
 
     @property
     def hash(self) -> str:
@@ -628,7 +630,15 @@ class _Loader:
         if not cells:
             raise self.error(("exclude",) if study_excludes else ("arms",), "no cells left after exclusions")
         references = self.references(arm_names, [d for d, _, _ in datasets], [m for m, _, _, _ in models])
+        storage = self.data.get("storage")
+        if storage is not None:
+            self.expect(storage, str, ("storage",), "storage must be a storage URL, e.g. "
+                        "postgresql+psycopg://user@db/ablate (a password belongs in $ABLATE_STORAGE, not the file)")
+            if re.search(r"://[^:/@\s]*:[^@\s]*@", storage):
+                raise self.error(("storage",), "the storage URL holds a password, and this file is copied into "
+                                 "the results and the report; give the password in $ABLATE_STORAGE (or ~/.pgpass)")
         return Study(name=name, path=self.path, text=self.text, overrides=list(self.overrides), cells=cells,
+                     storage=storage,
                      arms=arm_names,
                      datasets=[d for d, _, _ in datasets], models=[m for m, _, _, _ in models], seeds=seeds,
                      settings_per_arm=settings_per_arm, warnings=warnings,

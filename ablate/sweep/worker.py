@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from optuna.trial import TrialState
 
 from ablate.config import ConfigError, build_config, config_hash
 from ablate.layout import StudyFolder, result_stem
 from ablate.log import LOG
-from ablate.tensorboard_log import check_available
 from ablate.results import write_results_table
 from ablate.sweep.folder import resolve_target
 from ablate.sweep.ledger import Ledger, has_ok_result
+from ablate.tensorboard_log import check_available
 
 # failures a retry cannot change (same config, same seed, same data): not retried
 DETERMINISTIC_FAILURES = {"TrainingDiverged", "ConfigError"}
+DRAIN_POLL_SECONDS = 1.0
 DEVICE_ENV = "ABLATE_WORKER_DEVICE"  # the device a worker was started for (--devices), recorded in each row
 
 
@@ -101,14 +105,27 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
 
 
 def work(ledger: Ledger, progress: bool = False, fail_fast: bool = False,
-         on_result: Callable[[CellResult], None] | None = None, tensorboard: Path | None = None
-         ) -> list[CellResult]:
-    """Pull cells until the queue is empty (or, with fail_fast, until the first failure)."""
+         on_result: Callable[[CellResult], None] | None = None, tensorboard: Path | None = None,
+         drain: bool = False) -> list[CellResult]:
+    """Pull cells until the queue is empty (or, with fail_fast, until the first failure). With `drain` (workers on
+    an RDB storage, where no coordinator may be watching) a worker whose queue is empty stays while other attempts
+    run: one whose heartbeat stops is reclaimed, and its retry taken, here."""
     done = []
     while True:
         trial = ledger.pop()
         if trial is None:
-            return done
+            if not drain:
+                return done
+            with ledger.lock():
+                reclaimed = ledger.reclaim(retry=not fail_fast)
+            if reclaimed:
+                LOG.info(f"reclaimed {len(reclaimed)} attempt(s) of dead workers: "
+                         + ", ".join(f"cell {t.user_attrs.get('cell_id')}" for t in reclaimed))
+                continue
+            if not ledger.trials((TrialState.RUNNING,)):
+                return done
+            time.sleep(DRAIN_POLL_SECONDS)
+            continue
         result = run_one(ledger, trial, progress=progress, fail_fast=fail_fast, tensorboard=tensorboard)
         done.append(result)
         if on_result is not None:
@@ -126,9 +143,13 @@ def set_threads(threads: int | None) -> None:
 
 def run_worker(target: str | Path, out: str | Path = "results", storage: str | None = None,
                threads: int | None = None, fail_fast: bool = False, progress: bool = False,
-               tensorboard: str | Path | None = None) -> int:
-    """`ablate worker STUDY`: pull cells of an already-queued study until its queue is empty."""
-    name, folder, _ = resolve_target(target, out)
+               tensorboard: str | Path | None = None, devices: list[str] | None = None) -> int:
+    """`ablate worker STUDY`: pull cells of an already-queued study until its queue is empty; with `devices`, one
+    worker process per device (each sees only its own GPU)."""
+    name, folder, study = resolve_target(target, out)
+    storage = storage or (study.storage if study is not None else study_file_storage(folder))
+    if devices:
+        return _one_per_device(target, out, storage, devices, threads, fail_fast, tensorboard)
     ledger = Ledger.open_existing(name, folder, storage)
     if ledger is None:
         raise ConfigError(f"{target}: study '{name}' has no ledger under {folder}; run `ablate sweep` first")
@@ -137,8 +158,75 @@ def run_worker(target: str | Path, out: str | Path = "results", storage: str | N
     if tensorboard is not None:
         check_available()
     results = work(ledger, progress=progress, fail_fast=fail_fast,
-                   tensorboard=Path(tensorboard) if tensorboard is not None else None)
+                   tensorboard=Path(tensorboard) if tensorboard is not None else None, drain=ledger.heartbeats)
     return 1 if fail_fast and any(not r.ok for r in results) else 0
+
+
+def parse_devices(text: str | None) -> list[str] | None:
+    """--devices cuda:0,cuda:1,cpu → one worker process per entry (Optuna's FAQ: one process per device)."""
+    if text is None:
+        return None
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    bad = next((d for d in devices if not re.fullmatch(r"cpu|mps|cuda:\d{1,3}", d)), None)
+    if bad is not None or not devices:
+        raise ConfigError(f"--devices {text}: {f'{bad!r} is not a device' if bad else 'no device'}; give cuda:N, cpu "
+                          "or mps, comma-separated, e.g. --devices cuda:0,cuda:1")
+    return devices
+
+
+def device_env(device: str) -> dict[str, str]:
+    """A worker process's environment for its device: only that GPU visible (so `train.device: auto` finds it),
+    none for cpu; the device recorded in each row it writes."""
+    env = {DEVICE_ENV: device}
+    if device.startswith("cuda:"):
+        env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+    elif device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def study_file_storage(folder: Path) -> str | None:
+    """The storage a study folder's copy of its study file names (None when none, or unreadable)."""
+    from ablate.config import read_yaml
+
+    try:
+        value = read_yaml(StudyFolder(folder).study_yaml).get("storage")
+    except ConfigError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _one_per_device(target: str | Path, out: str | Path, storage: str | None, devices: list[str],
+                    threads: int | None, fail_fast: bool, tensorboard: str | Path | None) -> int:
+    """Start `ablate worker TARGET` once per device and wait for them all (the storage by environment)."""
+    import subprocess
+    import sys
+
+    from ablate.log import current_verbosity, verbosity_flag
+    from ablate.sweep.ledger import STORAGE_ENV, is_sqlite, redact
+
+    if is_sqlite(storage) and len(devices) > 1:
+        raise ConfigError(f"--storage {redact(str(storage))}: SQLite is for one process only; use PostgreSQL or "
+                          "MySQL for several workers")
+    procs = []
+    for device in devices:
+        command = [sys.executable, "-m", "ablate.cli", "worker", str(target), "--out", str(out), "--no-progress",
+                   *verbosity_flag(current_verbosity()), *(["--threads", str(threads)] if threads else []),
+                   *(["--fail-fast"] if fail_fast else []),
+                   *(["--tensorboard", str(Path(tensorboard).resolve())] if tensorboard is not None else [])]
+        env = {**os.environ, **device_env(device)}
+        env.pop(STORAGE_ENV, None)
+        if storage:
+            env[STORAGE_ENV] = storage  # by environment, never argv
+        procs.append(subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL))
+    try:
+        return max(proc.wait() for proc in procs)
+    except (KeyboardInterrupt, SystemExit):
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+        raise
 
 
 def _raise_exit(signum: int, frame: Any) -> None:
