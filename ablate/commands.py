@@ -1,4 +1,4 @@
-"""The subcommands other packages add to `ablate` (sweep, worker, status, report, sample).
+"""The subcommands other packages add to `ablate` (sweep, worker, status, collect, report, results, sample, export).
 
 Each module registers the function that adds its parsers (`COMMANDS.register(name, add)`); `ablate.cli` builds its
 parser from its own commands (run, validate, techniques) and these, so the command line imports downward only and a
@@ -16,4 +16,4 @@ AddParsers = Callable[[argparse._SubParsersAction], None]
 
 COMMANDS: Registry[AddParsers] = Registry("command", discover=("ablate.sweep.cli", "ablate.report.cli",
                                                               "ablate.report.results_cli", "ablate.sample",
-                                                              "ablate.export"))
+                                                              "ablate.export", "ablate.sweep.collect"))

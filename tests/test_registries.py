@@ -64,7 +64,7 @@ def test_subcommands_come_from_the_registry():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert {"run", "validate", "techniques", "sweep", "worker", "status", "report", "sample"} <= set(sub.choices)
-    assert set(COMMANDS.names()) == {"sweep", "report", "results", "sample", "export"}
+    assert set(COMMANDS.names()) == {"sweep", "report", "results", "sample", "export", "collect"}
 
 
 NEW_FAMILY = '''"""A model family added as one file: the LSTM VAE under another name and a wider default latent."""

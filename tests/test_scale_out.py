@@ -99,3 +99,31 @@ def test_a_silent_heartbeat_is_a_dead_worker_on_an_rdb_storage(tmp_path, monkeyp
     assert states == ["FAIL", "WAITING"]  # failed once (WorkerDied), queued again
     with here.lock():
         assert here.reclaim(retry=True) == []  # a second reclaimer finds nothing: never two retries
+
+
+def test_collect_gathers_other_machines_attempts_once(tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("ABLATE_STORAGE", raising=False)
+    study = tmp_path / "s.yaml"
+    study.write_text(STUDY.replace("seeds: [0]", "seeds: [0, 1, 2]"))
+    assert main(["sweep", str(study), "--out", str(tmp_path / "a"), "-q"]) == 0
+    here = tmp_path / "a" / "bad"
+    there = tmp_path / "b" / "bad"  # another machine's copy, holding one attempt this one lacks
+    moved = sorted((here / "rows").glob("*.parquet"))[0]
+    stem = moved.name.removesuffix(".parquet")
+    for part, name in (("rows", f"{stem}.parquet"), ("curves", f"{stem}.curves.parquet"),
+                       ("models", f"{stem}.model.pt")):
+        (there / part).mkdir(parents=True, exist_ok=True)
+        shutil.move(here / part / name, there / part / name)
+    capsys.readouterr()
+    assert main(["collect", str(here), str(there)]) == 0
+    assert "1 attempt(s) collected, 0 already here" in capsys.readouterr().out
+    assert (here / "models" / f"{stem}.model.pt").exists() and (here / "curves" / f"{stem}.curves.parquet").exists()
+    assert len(pd.read_parquet(here / "results.parquet")) == 3
+    (there / "rows" / f"{stem}.parquet").write_bytes(b"not the same")
+    assert main(["collect", str(here), str(there)]) == 0
+    captured = capsys.readouterr()
+    assert "0 attempt(s) collected, 0 already here, 1 conflict(s) left out" in captured.out
+    assert "kept ours" in captured.err
+    assert main(["collect", str(here), str(here)]) == 2
