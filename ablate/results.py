@@ -24,7 +24,8 @@ from ablate.outputs import atomic_target
 
 IDENTITY_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("study", pa.string()), ("cell_id", pa.string()), ("config_hash", pa.string()),
-    ("arm", pa.string()), ("attempt", pa.int64()), ("seed", pa.int64()),
+    ("arm", pa.string()), ("attempt", pa.int64()), ("seed", pa.int64()), ("search", pa.string()),
+    ("search_objectives", pa.string()),
     ("status", pa.string()), ("error_class", pa.string()), ("error_message", pa.string()),
     ("dataset", pa.string()), ("model", pa.string()), ("techniques", pa.string()), ("notes", pa.string()),
     ("started_at", pa.string()), ("finished_at", pa.string()),

@@ -126,6 +126,7 @@ def base_row(config: RunConfig, run_id: str, labels: dict[str, Any]) -> dict[str
         "config_hash": config_hash(config), "arm": labels.get("arm", ""), "attempt": labels.get("attempt", 1),
         "seed": config.seed, "dataset": labels.get("dataset") or config.data.name,
         "model": labels.get("model") or config.model.name, "worker_device": labels.get("worker_device"),
+        "search": labels.get("search"), "search_objectives": labels.get("search_objectives"),
         "techniques": json.dumps({"config": canonical["techniques"], "versions": canonical["technique_versions"]},
                                  sort_keys=True),
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -57,6 +57,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
     if study.manifest is not None and not study.manifest.empty and "cell_id" in ok:
         # cells no longer in the study (it changed since they ran) count as "extra" in coverage, not in comparisons
         ok = ok[ok["cell_id"].isin(study.manifest["cell_id"])]
+    ok, searched = tables.best_search_trials(ok, options.select)  # a search arm: its best trial per seed
     context: dict[str, Any] = {"slug": slug, "header": header(study), "panels": [], "summary": []}
     references, context["reference_notes"] = load_references(study.study_text)
 
@@ -101,6 +102,9 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
             plots.mi_au(picked, arms, palette, plot_dir / f"mi_au__{pslug}", title, split),
             plots.training_curves(picked, study.curves, arms, palette, plot_dir / f"training_curves__{pslug}",
                                   title),
+            plots.search_trials(searched[(searched["dataset"] == dataset) & (searched["model"] == model)]
+                                if not searched.empty else searched, arms, palette,
+                                plot_dir / f"search__{pslug}", title),
         ]
         settings = tables.settings_frame(rows)
         sens = []

@@ -265,6 +265,63 @@ def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, ti
                    "log M for the pool of M sentences.")
 
 
+# ----------------------------------------------------------------------------- search arms
+
+
+def search_trials(trials: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, title: str
+                  ) -> Figure_ | None:
+    """Each search arm's trials (one panel per arm): with one objective, its value per trial in the order they
+    ran and the best so far per seed; with two or more, the first two against each other, the Pareto front ringed
+    and joined (per seed)."""
+    if trials.empty:
+        return None
+    present = [a for a in arms if a in set(trials["arm"])]
+    if not present:
+        return None
+    with _style():
+        fig = _new_figure(min(4.0 * len(present), 12.0) + 1.0, 3.2)
+        axes = fig.subplots(1, len(present), squeeze=False)[0]
+        for ax, arm in zip(axes, present):
+            part = trials[trials["arm"] == arm]
+            objectives = [o for o in str(part["search_objectives"].dropna().iloc[0]).split(",") if o in part] \
+                if "search_objectives" in part and part["search_objectives"].notna().any() else []
+            objectives = objectives or [c for c in ("valid.nll", "valid.nelbo") if c in part][:1]
+            if not objectives:
+                continue
+            for _, seed_part in part.groupby("seed", sort=True):
+                seed_part = seed_part.sort_values(["started_at", "cell_id"], kind="stable")
+                values = seed_part[objectives[0]].astype(float)
+                if len(objectives) == 1:
+                    m = metric(objectives[0].split(".", 1)[1])
+                    best = values.cummax() if m.direction == "max" else values.cummin()
+                    steps = np.arange(1, len(values) + 1)
+                    ax.scatter(steps, values, s=16, color=palette[arm], alpha=0.6, linewidths=0, zorder=3)
+                    ax.step(steps, best, where="post", color=palette[arm], linewidth=1.2, zorder=2)
+                    ax.set_xlabel("trial")
+                    ax.set_ylabel(f"{objectives[0]} ({m.unit})")
+                    readable_limits(ax, part[objectives[0]].astype(float), "y")
+                else:
+                    y = seed_part[objectives[1]].astype(float)
+                    ax.scatter(values, y, s=16, color=palette[arm], alpha=0.5, linewidths=0, zorder=3)
+                    front = seed_part[seed_part["pareto"].astype(bool)].sort_values(objectives[0])
+                    ax.plot(front[objectives[0]], front[objectives[1]], color=palette[arm], linewidth=1.0, zorder=2)
+                    ax.scatter(front[objectives[0]], front[objectives[1]], s=30, facecolor=palette[arm],
+                               edgecolor="black", linewidths=0.8, zorder=4)
+                    ax.set_xlabel(objectives[0])
+                    ax.set_ylabel(objectives[1])
+                    readable_limits(ax, part[objectives[0]].astype(float), "x")
+                    readable_limits(ax, part[objectives[1]].astype(float), "y")
+            ax.ticklabel_format(useOffset=False, style="plain")  # no "+9.698e1" offsets on close values
+            ax.set_title(f"{arm} ({len(part)} trials)")
+        fig.suptitle(title)
+    png, svg = _save(fig, stem)
+    return Figure_("search", "Search arms: their trials", png, svg,
+                   "Every trial of each search arm (validation split). One objective: its value per trial in the "
+                   "order they ran and the best so far (a line per seed). Several: the first two objectives "
+                   "against each other, the Pareto front ringed and joined. The tables report, per seed, the best "
+                   "trial on the front by the selection rule.")
+
+
 # ----------------------------------------------------------------------------- training curves
 
 

@@ -493,6 +493,50 @@ def best_per_technique(rows: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
     return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=list(chosen.columns))
 
 
+def pareto_front(frame: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
+    """Whether each row is on the Pareto front of the objectives (each minimised or maximised by its metric's
+    declared direction): no other row is at least as good on all and better on one."""
+    signs = [(-1.0 if metric(o.split(".", 1)[1]).direction == "max" else 1.0) for o in objectives]
+    values = np.column_stack([frame[o].astype(float).to_numpy() * s for o, s in zip(objectives, signs)])
+    on_front = []
+    for i in range(len(values)):
+        dominated = np.any(np.all(values <= values[i], axis=1) & np.any(values < values[i], axis=1))
+        on_front.append(bool(np.isfinite(values[i]).all() and not dominated))
+    return pd.Series(on_front, index=frame.index)
+
+
+def best_search_trials(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SELECT
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of search arms (column `search`) reduced to each dataset × model × arm × seed's best trial, chosen on
+    validation: on the Pareto front of the search's objectives, the best by the selection rule. Its settings become
+    one shared label ('best of N trials') so the seeds aggregate like a grid cell's. Returns (rows for the tables,
+    every search trial with `pareto` marked, for the search plots)."""
+    if rows.empty or "search" not in rows or not rows["search"].fillna("").astype(bool).any():
+        return rows, rows.iloc[0:0]
+    searched = rows["search"].fillna("").astype(bool)
+    trials = rows[searched].copy()
+    column = selection_metric(trials, select)
+    picks, fronts = [], []
+    for _, part in trials.groupby(["dataset", "model", "arm", "seed"], sort=False):
+        objectives = [o for o in str(part["search_objectives"].dropna().iloc[0] if "search_objectives" in part
+                                      and part["search_objectives"].notna().any() else column).split(",")
+                      if o in part]
+        front = pareto_front(part, objectives) if objectives else pd.Series(True, index=part.index)
+        fronts.append(front)
+        candidates = part[front] if front.any() else part
+        sign = -1.0 if column and metric(column.split(".", 1)[1]).direction == "max" else 1.0
+        scored = candidates.dropna(subset=[column]) if column else candidates
+        best = (sign * scored[column]).idxmin() if column and not scored.empty else candidates.index[0]
+        picks.append((best, len(part)))
+    trials["pareto"] = pd.concat(fronts) if fronts else False
+    chosen = rows.loc[[i for i, _ in picks]].copy()
+    budget = {i: n for i, n in picks}
+    label = {i: json.dumps({"search": f"best of {budget[i]} trials"}) for i in chosen.index}
+    chosen["settings"] = [label[i] for i in chosen.index]
+    chosen["setting"] = [f"best of {budget[i]} trials" for i in chosen.index]
+    return pd.concat([rows[~searched], chosen]).sort_index(), trials
+
+
 def verdict(collapsed_seeds: int, n: int) -> str:
     """Plain words for the per-seed collapse count of a chosen setting."""
     if n == 0:

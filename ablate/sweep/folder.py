@@ -44,12 +44,42 @@ def write_study_files(study: Study, folder: Path) -> None:
             "created": created, "updated": now_iso(), "cells": len(study.cells)}
     write_text_atomic(layout.study_yaml, study.text)
     write_text_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
-    rows = study.manifest_rows()
-    schema = pa.schema([("cell_id", pa.string()), ("arm", pa.string()), ("dataset", pa.string()),
-                        ("model", pa.string()), ("seed", pa.int64()), ("settings", pa.string()),
-                        ("config", pa.string())])
-    table = pa.Table.from_pydict({f.name: [r[f.name] for r in rows] for f in schema}, schema=schema)
-    write_atomic(table, layout.manifest)
+    searched = {s.arm for s in study.searches}  # a search arm's trials asked so far stay in the manifest
+    kept = [r for r in read_manifest(folder) if r.get("search") and r["arm"] in searched]
+    rows = [{**r, "search": ""} for r in study.manifest_rows()] + kept
+    write_atomic(_manifest_table(rows), layout.manifest)
+
+
+MANIFEST_SCHEMA = pa.schema([("cell_id", pa.string()), ("arm", pa.string()), ("dataset", pa.string()),
+                             ("model", pa.string()), ("seed", pa.int64()), ("settings", pa.string()),
+                             ("config", pa.string()), ("search", pa.string())])  # search: "" or the search's key
+
+
+def _manifest_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pydict({f.name: [r.get(f.name, "") if f.name == "search" else r[f.name] for r in rows]
+                                 for f in MANIFEST_SCHEMA}, schema=MANIFEST_SCHEMA)
+
+
+def read_manifest(folder: Path) -> list[dict]:
+    """The manifest's rows as dicts ([] when there is none or it cannot be read)."""
+    import pyarrow.parquet as pq
+
+    path = StudyFolder(folder).manifest
+    try:
+        return pq.read_table(path).to_pylist() if path.exists() else []
+    except Exception:  # noqa: BLE001 - rewritten from the study next
+        return []
+
+
+def append_manifest(folder: Path, rows: list[dict]) -> None:
+    """Add cells a search asked for (one row each, `search` = the search's key)."""
+    from ablate.results import write_atomic
+
+    if rows:
+        known = read_manifest(folder)
+        have = {r["cell_id"] for r in known}
+        write_atomic(_manifest_table(known + [r for r in rows if r["cell_id"] not in have]),
+                     StudyFolder(folder).manifest)
 
 
 def recorded_overrides(folder: Path) -> list[str]:

@@ -37,6 +37,7 @@ import fcntl
 import functools
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -507,8 +508,9 @@ class Ledger:
 
     # -- writing -----------------------------------------------------------------------------------------
 
-    def enqueue(self, cell: Any, attempt: int, max_attempt: int) -> None:
-        """Queue one attempt at a cell (a study.Cell)."""
+    def enqueue(self, cell: Any, attempt: int, max_attempt: int, search: str = "",
+                objectives: tuple[str, ...] = ()) -> None:
+        """Queue one attempt at a cell (a study.Cell); `search`: the key of the search that asked for it."""
         config = cell.config
         attrs = {"cell_id": cell.cell_id, "attempt": attempt, "max_attempt": max_attempt, "arm": cell.arm,
                  "dataset": cell.dataset, "model": cell.model, "seed": cell.seed,
@@ -516,14 +518,15 @@ class Ledger:
                  "settings": json.dumps(cell.settings, sort_keys=True),
                  "config": flatten(canonical_dict(config)),
                  "run_config": json.dumps(config.model_dump(mode="json"), sort_keys=True),
-                 "enqueued_at": now_iso()}
+                 "enqueued_at": now_iso(),
+                 **({"search": search, "search_objectives": ",".join(objectives)} if search else {})}
         self.optuna_study.enqueue_trial({}, user_attrs=attrs)
 
     def requeue(self, trial: FrozenTrial, attempt: int) -> None:
         """Queue the next attempt of a trial's cell with the same attributes."""
         attrs = {k: v for k, v in trial.user_attrs.items()
-                 if k in ("cell_id", "max_attempt", "arm", "dataset", "model", "seed", "settings", "config",
-                          "run_config")}
+                 if k in ("cell_id", "max_attempt", "arm", "dataset", "model", "seed", "techniques", "settings",
+                          "config", "run_config", "search", "search_objectives")}
         attrs.update({"attempt": attempt, "enqueued_at": now_iso()})
         self.optuna_study.enqueue_trial({}, user_attrs=attrs)
 
@@ -559,8 +562,11 @@ class Ledger:
     def complete(self, trial: FrozenTrial, row: dict[str, Any] | None, note: str = "") -> None:
         trial_id = self.trial_id(trial)
         value = selection_value(row or {})  # the trial's value: the one rule of "best"
+        metrics = {k: float(v) for k, v in (row or {}).items()  # for searches driven on another machine
+                   if k.startswith("valid.") and isinstance(v, (int, float)) and math.isfinite(v)}
         try:
-            self._set_attrs(trial_id, {"status": "ok", "finished_at": now_iso(), **({"note": note} if note else {})})
+            self._set_attrs(trial_id, {"status": "ok", "finished_at": now_iso(), **({"note": note} if note else {}),
+                                       **({"metrics": metrics} if metrics else {})})
             self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
         except UpdateFinishedTrialError:
             pass

@@ -43,6 +43,7 @@ from ablate.sweep.ledger import STORAGE_ENV, Ledger, ResultIndex, is_sqlite, pro
 from ablate.sweep.progress import (SweepProgress, _counts_now, _duration, count_cells, failure_lines,  # noqa: F401
                                    format_counts, total)
 from ablate.sweep.study import Study, load_study
+from ablate.sweep import search
 from ablate.sweep.worker import CellResult, device_env, parse_devices, work  # noqa: F401
 
 POLL_SECONDS = 0.5
@@ -144,6 +145,8 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
     with ledger.lock():
         reclaimed = ledger.reclaim(retry=False)
         plan = ledger.sync(study.cells, 1 if fail_fast else max_attempts)
+        search.register(ledger, study.searches, 1 if fail_fast else max_attempts)
+        asked = search.step(ledger)  # each search's first trials (and what earlier sweeps' trials found)
         removed = remove_orphans(ledger)
     if removed:
         print(f"removed {removed} file(s) of attempts that were killed before finishing (no result refers to them)",
@@ -152,6 +155,7 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
           + (f"{plan['queued']} still queued from an earlier sweep, " if plan["queued"] else "")
           + (f"{plan['running']} running in other worker processes, " if plan["running"] else "")
           + f"{plan['enqueued']} queued now"
+          + (f", {asked} search trial(s) asked" if asked else "")
           + (f" ({len(reclaimed)} attempts of dead workers reclaimed)" if reclaimed else "")
           + ("" if no_work else f"; {_workers_text(jobs, devices, explicit_devices)}") + f"; results in {folder}",
           file=stream, flush=True)
@@ -165,7 +169,7 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
     known_failures = {t.number for t in ledger.trials() if t.state.name == "FAIL"}
     stopped = False
     try:
-        if plan["enqueued"] or plan["queued"] or plan["running"]:
+        if plan["enqueued"] or plan["queued"] or plan["running"] or asked or search.pending(ledger):
             if jobs == 1 and not explicit_devices:  # else one process per device, whose environment selects it
                 stopped = _work_here(ledger, study, bar, fail_fast, progress, tensorboard)
             else:
@@ -183,10 +187,14 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
     t = total(final)
     for line in failure_lines(ledger, study):
         print(line, file=stream)
+    searching = search.progress_lines(ledger)
+    for line in searching:
+        print(line, file=stream)
+    unfinished_search = search.pending(ledger)
     print(f"sweep '{study.name}': {t.done}/{t.expected} cells ok, {t.failed} failed, "
           f"{t.expected - t.done - t.failed} not finished; wall {_duration(time.perf_counter() - started)}"
           + ("; stopped at the first failure (--fail-fast)" if stopped else ""), file=stream, flush=True)
-    return 0 if t.done == t.expected else 1
+    return 0 if t.done == t.expected and not unfinished_search else 1
 
 
 def remove_orphans(ledger: Ledger) -> int:
@@ -268,8 +276,8 @@ def _work_here(ledger: Ledger, study: Study, bar: SweepProgress, fail_fast: bool
 
 def _running_elsewhere(ledger: Ledger, study: Study, trials: list[Any]) -> bool:
     cells = {c.cell_id for c in study.cells}
-    return any(t.state.name == "RUNNING" and t.user_attrs.get("cell_id") in cells and ledger.is_live(t)
-               for t in trials)
+    return any(t.state.name == "RUNNING" and (t.user_attrs.get("cell_id") in cells or t.user_attrs.get("search"))
+               and ledger.is_live(t) for t in trials)
 
 
 def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: int, devices: list[str],
@@ -319,9 +327,10 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
                         bar.write(f"worker {proc.pid} exited with status {proc.returncode}; its attempt is "
                                   "reclaimed and retried")
                     procs[slot] = None
-            if died:
-                with ledger.lock():
+            with ledger.lock():
+                if died:
                     ledger.reclaim(retry=not fail_fast)
+                search.step(ledger)  # tell finished search trials, ask the next ones
             trials = ledger.trials()
             counts = _counts_now(ledger, study, ok_at_start)
             bar.update(counts.done, counts.failed, counts.running)
@@ -387,7 +396,7 @@ def status_text(target: str | Path, out: str | Path = "results", storage: str | 
     counts = count_cells(ledger, study, results)
     head = f"study '{name}' ({folder}): " + ("no ledger yet (never swept)" if ledger is None else
                                               f"ledger {'journal' if storage is None else redact(storage)}")
-    lines = [head, format_counts(counts)]
+    lines = [head, format_counts(counts)] + (search.progress_lines(ledger) if ledger is not None else [])
     t = total(counts)
     if t.pending and ledger is not None:
         lines.append(f"{t.pending} cell(s) pending: not queued, interrupted, or their worker died; "

@@ -55,10 +55,11 @@ from ablate.config import (ConfigError, DataConfig, EvalConfig, RunConfig, Train
                            config_hash, explain, flatten, model_config_class, model_name, parse_override,
                            read_yaml_file, set_path, shorten, suggest)
 from ablate.references import Reference, ReferenceConventions
+from ablate.sweep.search_space import SearchError, SearchSpec, parse_search
 
 STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude", "references",
               "storage"]
-ARM_KEYS = ["name", "description", "techniques", "zip", "exclude", "data", "model", "train", "eval"]
+ARM_KEYS = ["name", "description", "techniques", "zip", "exclude", "data", "model", "train", "eval", "search"]
 LABEL_KEYS = ["arm", "dataset", "model", "seed"]
 MODEL_ENTRY_KEYS = ["label", "model", "train", "eval"]  # the long form of a models entry
 MAX_SETTINGS = 10_000  # settings of one arm (its grid); each is validated, and each seed makes it a cell
@@ -100,6 +101,7 @@ class Study:
     references: list[Reference] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE applied to every cell
     storage: str | None = None  # the study's own storage URL (--storage and $ABLATE_STORAGE override it)
+    searches: list[SearchSpec] = field(default_factory=list)  # search arms: one per dataset × model × seed
 
     @property
     def hash(self) -> str:
@@ -140,11 +142,27 @@ class Study:
         totals = [sum(counts[a][d] for a in self.arms) for d in self.datasets]
         lines.append(f"{'total':<{width}}{'':>10}" + "".join(f"{t:>{w}}" for t, w in zip(totals, cols))
                      + f"{len(self.cells):>8}")
+        searched: dict[str, list[SearchSpec]] = {}
+        for spec in self.searches:
+            searched.setdefault(spec.arm, []).append(spec)
+        for arm, specs in searched.items():
+            s = specs[0]
+            lines.append(f"search arm {arm}: {s.sampler} (seed {s.sampler_seed}), {s.trials} trials × {len(specs)} "
+                         f"dataset×model×seed = {s.trials * len(specs)} cells asked as the study runs; objective "
+                         f"{', '.join(s.objectives)}; space {', '.join(s.space)}")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def labelled_configs(self) -> list[tuple[str, RunConfig]]:
-        """(where it comes from, config) of every cell, for checks that name the cell's arm (ablate.preflight)."""
+        """(where it comes from, config) of every cell (and of each search's lowest point), for checks that name
+        the cell's arm (ablate.preflight)."""
+        from ablate.config import build_config
+
+        searches = [(f"{self.path}: arm '{s.arm}' ({s.dataset}, {s.model}, search)",
+                     build_config(s.raw_at(s.corners()[0]))) for s in self.searches]
+        return self._grid_configs() + searches
+
+    def _grid_configs(self) -> list[tuple[str, RunConfig]]:
         return [(f"{self.path}: arm '{c.arm}' ({c.dataset}, {c.model})", c.config) for c in self.cells]
 
     def manifest_rows(self) -> list[dict[str, Any]]:
@@ -592,10 +610,17 @@ class _Loader:
         pre_excluded = 0
         candidates: list[tuple[Cell, list[tuple[dict[str, Any], Path_]]]] = []
         settings_per_arm: dict[str, int] = {}
+        searches: list[SearchSpec] = []
         for a, arm in enumerate(arms):
             at: Path_ = ("arms", a)
             arm_name, overrides = self.arm_header(arm, at, arm_names)
             arm_names.append(arm_name)
+            search = None
+            if arm.get("search") is not None:
+                try:
+                    search = parse_search(arm["search"])
+                except SearchError as error:
+                    raise self.error(at + ("search",) + error.path, str(error)) from None
             excludes = study_excludes + self.exclusions(arm.get("exclude"), at + ("exclude",))
             settings_seen = 0
             for d_label, d_data, d_at in datasets:
@@ -613,6 +638,14 @@ class _Loader:
                         used.update(label_excluded)
                         pre_excluded += len(settings) * len(seeds)
                         continue
+                    if search is not None:  # no grid: a search arm's cells are asked for as the study runs
+                        if len(settings) > 1:
+                            raise self.error(at, f"arm '{arm_name}' searches its space; it cannot also sweep a list "
+                                             "of values (move the key into search.space)")
+                        for seed in seeds:
+                            searches.append(self.search_spec(arm_name, d_label, m_label, seed, settings[0][0],
+                                                             search, sources))
+                        continue
                     if len(candidates) + len(settings) * len(seeds) > MAX_CELLS:
                         raise self.error(at, f"the study expands to more than {MAX_CELLS:,} cells (arms × settings "
                                          "× seeds × datasets × models); split it or sweep fewer values")
@@ -627,7 +660,7 @@ class _Loader:
         known_labels = {"arm": arm_names, "dataset": [d for d, _, _ in datasets], "model": [m for m, _, _, _ in models]}
         cells, warnings = self.apply_exclusions(candidates, all_excludes, known_labels, used)
         self.check_unique(cells, arm_names)
-        if not cells:
+        if not cells and not searches:
             raise self.error(("exclude",) if study_excludes else ("arms",), "no cells left after exclusions")
         references = self.references(arm_names, [d for d, _, _ in datasets], [m for m, _, _, _ in models])
         storage = self.data.get("storage")
@@ -638,11 +671,21 @@ class _Loader:
                 raise self.error(("storage",), "the storage URL holds a password, and this file is copied into "
                                  "the results and the report; give the password in $ABLATE_STORAGE (or ~/.pgpass)")
         return Study(name=name, path=self.path, text=self.text, overrides=list(self.overrides), cells=cells,
-                     storage=storage,
+                     storage=storage, searches=searches,
                      arms=arm_names,
                      datasets=[d for d, _, _ in datasets], models=[m for m, _, _, _ in models], seeds=seeds,
                      settings_per_arm=settings_per_arm, warnings=warnings,
                      excluded=len(candidates) - len(cells) + pre_excluded, references=references)
+
+    def search_spec(self, arm: str, dataset: str, model: str, seed: int, raw: dict[str, Any],
+                    search: dict[str, Any], sources: "_Sources") -> SearchSpec:
+        """A search of one arm on one dataset × model × seed, its space's corners validated as run configs (so a
+        misspelt key or an out-of-range bound is an error now, not in the middle of the study)."""
+        spec = SearchSpec(arm=arm, dataset=dataset, model=model, seed=seed, base={**raw, "seed": seed}, **search)
+        for corner in spec.corners():
+            self.validate(spec.raw_at(corner), f"arm '{arm}' (search space {', '.join(f'{k}={v}' for k, v in corner.items())})",
+                          sources)
+        return spec
 
     def references(self, arms: list[str], datasets: list[str], models: list[str]) -> list[Reference]:
         """The study's published numbers (ablate.references), each naming an arm (and dataset/model) it has."""

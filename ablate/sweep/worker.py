@@ -19,6 +19,7 @@ from ablate.layout import StudyFolder, result_stem
 from ablate.log import LOG
 from ablate.results import write_results_table
 from ablate.sweep.folder import resolve_target
+from ablate.sweep import search
 from ablate.sweep.ledger import Ledger, has_ok_result
 from ablate.tensorboard_log import check_available
 
@@ -73,7 +74,8 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
               f"{config.seed})")
     labels = {"study": ledger.name, "cell_id": cell_id, "arm": attrs.get("arm", ""), "attempt": attempt,
               "dataset": attrs.get("dataset"), "model": attrs.get("model"),
-              "worker_device": os.environ.get(DEVICE_ENV)}
+              "worker_device": os.environ.get(DEVICE_ENV), "search": attrs.get("search"),
+              "search_objectives": attrs.get("search_objectives")}
     checkpoint = StudyFolder(folder).checkpoint(cell_id)
     try:
         curve: list[dict[str, Any]] = []
@@ -114,6 +116,10 @@ def work(ledger: Ledger, progress: bool = False, fail_fast: bool = False,
     while True:
         trial = ledger.pop()
         if trial is None:
+            with ledger.lock():
+                asked = search.step(ledger)  # the next points of searches whose trials ended
+            if asked:
+                continue
             if not drain:
                 return done
             with ledger.lock():
