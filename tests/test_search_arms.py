@@ -133,3 +133,38 @@ def test_a_search_arm_cannot_also_sweep_a_list(tmp_path, capsys):
                                                                   "per_dim_batch]}}"))
     assert main(["validate", str(study)]) == 2
     assert "cannot also sweep a list of values" in capsys.readouterr().err
+
+
+def test_optunas_own_cli_reads_the_study(tmp_path, monkeypatch):
+    """`optuna studies` lists the sweep and each search with named objectives; `optuna trials` shows a cell's arm,
+    seed and settings as params, its labels as user attributes and its per-epoch values."""
+    import shutil
+    import subprocess
+
+    import yaml
+
+    if shutil.which("optuna") is None:
+        pytest.skip("the optuna command is not on PATH")
+    monkeypatch.delenv("ABLATE_STORAGE", raising=False)
+    study = tmp_path / "s.yaml"
+    url = f"sqlite:///{tmp_path}/s.db"
+    study.write_text(STUDY + f"storage: {url}\n")
+    assert main(["sweep", str(study), "--out", str(tmp_path / "r"), "-q"]) == 0
+    listed = subprocess.run(["optuna", "studies", "--storage", url, "-f", "yaml"], capture_output=True, text=True,
+                            timeout=120)
+    studies = {s["name"]: s for s in yaml.safe_load(listed.stdout)}
+    assert set(studies) == {"budget", "budget:search:free_bits/synthetic/lstm/seed0",
+                            "budget:search:kl_constraint/synthetic/lstm/seed0"}
+    assert studies["budget:search:kl_constraint/synthetic/lstm/seed0"]["direction"] in (
+        ["MINIMIZE", "MAXIMIZE"], "('MINIMIZE', 'MAXIMIZE')")
+    shown = subprocess.run(["optuna", "trials", "--study-name", "budget", "--storage", url, "-f", "yaml"],
+                           capture_output=True, text=True, timeout=120)
+    trials = yaml.safe_load(shown.stdout)
+    searched = [t for t in trials if t["user_attrs"]["arm"] == "free_bits"]
+    assert len(searched) == 4 and all("techniques.free_bits.lambda_per_dim" in t["params"] for t in searched)
+    assert all(t["user_attrs"]["search"] == "free_bits/synthetic/lstm/seed0" for t in searched)
+    assert all(t["user_attrs"]["techniques"] for t in trials) and all(t["state"] == "COMPLETE" for t in trials)
+    import optuna
+
+    loaded = optuna.load_study(study_name="budget", storage=url)
+    assert loaded.metric_names == ["valid.nll"] and all(t.intermediate_values for t in loaded.trials)

@@ -57,7 +57,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ablate.config import ConfigError, build_config, canonical_dict, config_hash, flatten
 from ablate.layout import RESULT_NAME, StudyFolder, result_stem  # noqa: F401 - result_stem re-exported
 from ablate.log import LOG
-from ablate.metric_schema import selection_value
+from ablate.metric_schema import SELECT, selection_value
 from ablate.outputs import STORAGE_ERRNOS
 
 CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial with neither pid nor claimant counts as dead after this
@@ -65,6 +65,17 @@ HOST_ENV = "ABLATE_HOST"  # this machine's name in the ledger (containers that s
 HEARTBEAT_ENV = "ABLATE_HEARTBEAT_SECONDS"  # the RDB heartbeat interval (default 30 s; the grace period is 3×)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's warnings about features we use on purpose (metric names, heartbeats without Study.optimize)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
 
 
 def now_iso() -> str:
@@ -143,11 +154,8 @@ def _new_storage(url: str) -> BaseStorage:
         from optuna.storages.journal import JournalRedisBackend
 
         return optuna.storages.JournalStorage(JournalRedisBackend(url))
-    import warnings
-
     interval = heartbeat_seconds()
-    with warnings.catch_warnings():  # Optuna marks heartbeats experimental; we rely on them knowingly
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet_optuna():  # Optuna marks heartbeats experimental; we rely on them knowingly
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=interval,
                                           grace_period=3 * interval)
 
@@ -375,7 +383,11 @@ class Ledger:
     def open(cls, study_name: str, folder: Path, url: str | None = None) -> "Ledger":
         storage = open_storage(folder, url)
         try:
-            optuna.create_study(storage=storage, study_name=study_name, direction="minimize", load_if_exists=True)
+            study = optuna.create_study(storage=storage, study_name=study_name, direction="minimize",
+                                        load_if_exists=True)
+            if study.metric_names is None:  # optuna's tools and optuna-dashboard name the value
+                with quiet_optuna():
+                    study.set_metric_names([SELECT[0]])
         except Exception as error:  # noqa: BLE001 - a server that went away between connecting and writing
             if url is None or isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
                 raise
@@ -550,10 +562,29 @@ class Ledger:
                 continue
             if self.heartbeats:  # beating from the claim on: a worker killed after this is found by its silence
                 self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+            self._set_params(trial_id, trial.user_attrs)
             for key, value in (("pid", pid), ("pid_start", start), ("host", self.host), ("claimed_at", now_iso())):
                 self.storage.set_trial_user_attr(trial_id, key, value)
             return self.storage.get_trial(trial_id)
         return None
+
+    def _set_params(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """The cell's seed and numeric swept settings as the trial's params, so `optuna trials` and optuna-dashboard
+        plot them (a one-point float range each: the ledger asks no sampler, and Optuna wants one distribution kind
+        per name across a study; the arm and other settings are user attributes)."""
+        from optuna.distributions import FloatDistribution
+
+        try:
+            settings = json.loads(attrs.get("settings") or "{}")
+        except ValueError:
+            settings = {}
+        for name, value in {"seed": attrs.get("seed"), **settings}.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            try:
+                self.storage.set_trial_param(trial_id, name, float(value), FloatDistribution(value, value))
+            except Exception:  # noqa: BLE001 - params are for reading; the run never depends on them
+                pass
 
     def _set_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         for key, value in attrs.items():

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from ablate.config import ConfigError, build_config, config_hash
 from ablate.log import LOG
 from ablate.sweep.folder import append_manifest
-from ablate.sweep.ledger import Ledger, ResultIndex, _read_row
+from ablate.sweep.ledger import Ledger, ResultIndex, _read_row, quiet_optuna
 from ablate.sweep.search_space import SearchSpec, distributions
 from ablate.sweep.study import Cell
 
@@ -44,6 +44,9 @@ def register(ledger: Ledger, specs: list[SearchSpec], max_attempts: int) -> None
         if list(search.directions) != [optuna.study.StudyDirection[d.upper()] for d in spec.directions()]:
             raise ConfigError(f"search {spec.key}: its objectives changed since it started ({spec.objectives}); "
                               "rename the arm to start a new search")
+        if search.metric_names is None:
+            with quiet_optuna():
+                search.set_metric_names(list(spec.objectives))
         search.set_user_attr(SPEC_ATTR, json.loads(spec.to_json()))
         search.set_user_attr(ATTEMPTS_ATTR, max_attempts)
 
@@ -112,7 +115,8 @@ def step(ledger: Ledger) -> int:
         open_ = sum(t.state == TrialState.RUNNING for t in trials)
         while len(trials) < spec.trials and open_ < spec.parallel:
             search.sampler = _sampler(spec, len(trials))
-            trial = search.ask(distributions(spec.space))
+            with quiet_optuna():
+                trial = search.ask(distributions(spec.space))
             config = build_config(spec.raw_at(trial.params), f"search {spec.key}, trial {trial.number}")
             cell = Cell(cell_id=config_hash(config), arm=spec.arm, dataset=spec.dataset, model=spec.model,
                         seed=spec.seed, settings=dict(trial.params), config=config)
