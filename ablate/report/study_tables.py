@@ -213,6 +213,15 @@ def probe_gain(rows: pd.DataFrame, split: str) -> pd.Series:
     return gains.mean(axis=1)
 
 
+def mi_noise(rows: pd.DataFrame, split: str) -> float | None:
+    """The MI estimate's sampling noise √(nz / 2N) (median over rows), None when nz or N is not recorded."""
+    nz, n = rows.get("config.model.nz"), rows.get(f"{split}.n_sentences")
+    if nz is None or n is None:
+        return None
+    noise = (nz.astype(float) / (2.0 * n.astype(float))).pow(0.5).dropna()
+    return float(noise.median()) if not noise.empty else None
+
+
 def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline: str, select: Sequence[str],
                   arms: Sequence[str], tid: str) -> Table:
     """The page's first answer, one row per arm at its chosen setting: the verdict (collapsed in n of N seeds), the
@@ -266,6 +275,11 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
              "over seeds; sorted by MI (the information z carries), then AU."]
     if not best.empty and not best["best_choice"].any():
         notes.append("No best choice: every arm collapsed in at least one seed.")
+    noise = mi_noise(rows, split)
+    if noise is not None:
+        notes.append(f"MI carries sampling noise of about ±{noise:.2f} nats here (√(nz / 2N): its first term is "
+                     "analytic, its second sampled; ablate.metrics.mutual_information): a value within it, negative "
+                     "ones included, reads as 0.")
     if baseline not in set(best["arm"]) if not best.empty else True:
         notes.append(f"No baseline arm '{baseline}' in this panel: no costs (set --baseline).")
     data = best.copy()
