@@ -127,3 +127,30 @@ def test_collect_gathers_other_machines_attempts_once(tmp_path, capsys, monkeypa
     assert "0 attempt(s) collected, 0 already here, 1 conflict(s) left out" in captured.out
     assert "kept ours" in captured.err
     assert main(["collect", str(here), str(here)]) == 2
+
+
+def test_a_worker_never_runs_a_cell_another_live_attempt_holds(tmp_path, monkeypatch):
+    """Two queue entries for one cell (two coordinators raced): while the first is held by a live worker, the
+    second is ended as a duplicate without running; once the first completed, another one is skipped as done."""
+    from ablate.sweep.ledger import Ledger
+    from ablate.sweep.study import load_study
+    from ablate.sweep.worker import run_one
+
+    monkeypatch.delenv("ABLATE_STORAGE", raising=False)
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(STUDY)
+    cell = load_study(study_file).cells[0]
+    ledger = Ledger.open("bad", tmp_path / "r", None)
+    for _ in range(3):
+        ledger.enqueue(cell, 1, 2)
+    first, second = ledger.pop(), ledger.pop()
+    assert first.user_attrs["cell_id"] == second.user_attrs["cell_id"] == cell.cell_id
+    result = run_one(ledger, second)
+    assert not result.ok and result.error == "Duplicate"
+    assert not (tmp_path / "r" / "rows").exists() or not any((tmp_path / "r" / "rows").iterdir())  # nothing ran
+    ledger.complete(first, {"valid.nll": 1.0})
+    third = ledger.pop()
+    assert run_one(ledger, third).ok
+    states = sorted(t.state.name for t in ledger.trials())
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert ledger.trials()[2].user_attrs["note"] == "skipped: another attempt of the cell completed"
