@@ -138,7 +138,8 @@ class RunProgress:
         if left is not None:
             eta = f"ETA {format_seconds(left)}"
         elif self.steps_timed:  # training's rate is known, the evaluation's not yet (no validation pass so far)
-            eta = f"ETA {format_seconds(max(0, self.train_steps - self.steps_done) * self.train_seconds / self.steps_timed)} + evaluation"
+            left_steps = max(0, self.train_steps - self.steps_done)
+            eta = f"ETA {format_seconds(left_steps * self.train_seconds / self.steps_timed)} + evaluation"
         else:
             eta = "ETA after the first steps"
         where = f"step {self.steps_done}/{self.train_steps}"

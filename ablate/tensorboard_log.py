@@ -3,8 +3,8 @@
 Live, at the end of each epoch (x axis: the optimiser step): `valid/rec`, `valid/kl`, `valid/nelbo` and the
 epoch's `train/loss`, `train/kl`, `train/rec` means and `train/beta`. When the run ends: every logged training step
 (`train_step/loss`, `train_step/kl`, `train_step/rec`, `train_step/beta`), the final metrics of each split
-(`final/test.nll`, `final/test.mi`, …: the main table's metrics, MI and AU included) and the run's settings with those metrics in
-TensorBoard's HPARAMS tab. One folder per run: DIR/<run name>.
+(`final/test.nll`, `final/test.mi`, …: the main table's metrics, MI and AU included) and the run's settings with
+those metrics in TensorBoard's HPARAMS tab. One folder per run: DIR/<run name>.
 """
 
 from __future__ import annotations

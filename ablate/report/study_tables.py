@@ -239,7 +239,8 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
     has_probes = not best.empty and best["probe_gain"].notna().any()
     cols = [Col("arm", "★: the best choice — no collapsed seed, and the lowest mean NLL among such arms"),
             Col("collapsed", f"seeds whose {split} AU = 0 or KL < {COLLAPSE_KL} nats, of the seeds run", True)]
-    cols += [Col(f"Δ{metric(n).label} (cost)", f"Paired difference {split}.{n}: arm − {baseline} (each at its chosen "
+    cols += [Col(f"Δ{metric(n).label} (cost)",
+                 f"Paired difference {split}.{n}: arm − {baseline} (each at its chosen "
                  f"setting) over the seeds both have: mean ± std; * p < 0.05, ** p < 0.01, *** p < 0.001 (two-sided "
                  f"paired t-test; hover a cell for t, p and n). Positive: worse than {baseline}.", True)
              for n in VERDICT_COSTS]

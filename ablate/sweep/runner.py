@@ -12,10 +12,10 @@
  5. prints the per-arm outcome. Exit status: 0 when every cell has an ok result, 1 otherwise.
 
 A worker (ablate.sweep.worker) pops a cell, runs `ablate.run.execute` with labels (study, cell_id, arm, attempt,
-dataset, model), the result stem `<cell_id>.a<attempt>` under rows/, curves/ and models/, and the checkpoint `checkpoints/<cell_id>.pt`
-(so a retried or reclaimed cell continues from its last epoch), ends the trial, and on a failure a retry could
-change queues the next attempt while attempts remain. Counting and progress: ablate.sweep.progress; the study
-folder: ablate.sweep.folder.
+dataset, model), the result stem `<cell_id>.a<attempt>` under rows/, curves/ and models/, and the checkpoint
+`checkpoints/<cell_id>.pt` (so a retried or reclaimed cell continues from its last epoch), ends the trial, and
+on a failure a retry could change queues the next attempt while attempts remain. Counting and progress:
+ablate.sweep.progress; the study folder: ablate.sweep.folder; search arms: ablate.sweep.search.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from typing import Any, TextIO
 from ablate.config import ConfigError, is_study, read_yaml
 from ablate.layout import MODEL_NAME, StudyFolder
 from ablate.log import LOG, current_verbosity, verbosity_flag
-from ablate.tensorboard_log import check_available
 from ablate.outputs import check_writable
 from ablate.preflight import check_configs_runnable
 from ablate.results import write_results_table
@@ -42,9 +41,10 @@ from ablate.sweep.folder import (recorded_overrides, resolve_target, study_folde
 from ablate.sweep.ledger import STORAGE_ENV, Ledger, ResultIndex, is_sqlite, process_alive, redact
 from ablate.sweep.progress import (SweepProgress, _counts_now, _duration, count_cells, failure_lines,  # noqa: F401
                                    format_counts, total)
-from ablate.sweep.study import Study, load_study
 from ablate.sweep import search
+from ablate.sweep.study import Study, load_study
 from ablate.sweep.worker import CellResult, device_env, parse_devices, work  # noqa: F401
+from ablate.tensorboard_log import check_available
 
 POLL_SECONDS = 0.5
 
@@ -54,7 +54,6 @@ POLL_SECONDS = 0.5
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
-
 
 
 
@@ -205,7 +204,8 @@ def remove_orphans(ledger: Ledger) -> int:
             if ledger.is_live(t)}
     removed = 0
     layout = StudyFolder(ledger.folder)
-    models = [p for folder in (layout.models, layout.legacy_runs) if folder.is_dir() for p in folder.glob("*.a*.model.pt")]
+    models = [p for folder in (layout.models, layout.legacy_runs) if folder.is_dir()
+              for p in folder.glob("*.a*.model.pt")]
     for path in models:
         match = MODEL_NAME.match(path.name)
         if match and (match["cell"], int(match["attempt"])) not in live and \

@@ -97,7 +97,8 @@ def distributions(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if "choices" in p:
             out[key] = CategoricalDistribution(p["choices"])
         elif p.get("int"):
-            out[key] = IntDistribution(int(p["low"]), int(p["high"]), log=bool(p.get("log")), step=int(p.get("step", 1)))
+            out[key] = IntDistribution(int(p["low"]), int(p["high"]), log=bool(p.get("log")),
+                                       step=int(p.get("step", 1)))
         else:
             out[key] = FloatDistribution(float(p["low"]), float(p["high"]), log=bool(p.get("log")), step=p.get("step"))
     return out
@@ -113,7 +114,8 @@ def parse_search(raw: Any) -> dict[str, Any]:
     if unknown:
         from ablate.registry import did_you_mean
 
-        raise SearchError((unknown[0],), f"unknown key{did_you_mean(str(unknown[0]), SEARCH_KEYS) or '; allowed: ' + ', '.join(SEARCH_KEYS)}")
+        hint = did_you_mean(str(unknown[0]), SEARCH_KEYS) or "; allowed: " + ", ".join(SEARCH_KEYS)
+        raise SearchError((unknown[0],), f"unknown key{hint}")
     sampler = raw.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise SearchError(("sampler",), f"sampler is one of {', '.join(SAMPLERS)} (got {sampler!r})")
@@ -136,7 +138,8 @@ def parse_search(raw: Any) -> dict[str, Any]:
         if name not in METRICS or METRICS.get(name).direction not in ("min", "max"):
             from ablate.registry import did_you_mean
 
-            raise SearchError(("objective",), f"{o}: not a metric with a direction{did_you_mean(name, METRICS.names())}")
+            raise SearchError(("objective",),
+                              f"{o}: not a metric with a direction{did_you_mean(name, METRICS.names())}")
     if len(set(objectives)) != len(objectives):
         raise SearchError(("objective",), "an objective is listed twice")
     space = raw.get("space")

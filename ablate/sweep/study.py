@@ -683,8 +683,8 @@ class _Loader:
         misspelt key or an out-of-range bound is an error now, not in the middle of the study)."""
         spec = SearchSpec(arm=arm, dataset=dataset, model=model, seed=seed, base={**raw, "seed": seed}, **search)
         for corner in spec.corners():
-            self.validate(spec.raw_at(corner), f"arm '{arm}' (search space {', '.join(f'{k}={v}' for k, v in corner.items())})",
-                          sources)
+            point = ", ".join(f"{k}={v}" for k, v in corner.items())
+            self.validate(spec.raw_at(corner), f"arm '{arm}' (search space {point})", sources)
         return spec
 
     def references(self, arms: list[str], datasets: list[str], models: list[str]) -> list[Reference]:
