@@ -181,6 +181,16 @@ def _browser() -> str | None:
     return None
 
 
+def _require_browser() -> str:
+    """The chromium binary, or a skip (a failure under ABLATE_REQUIRE_CHROMIUM=1) when there is none."""
+    binary = _browser()
+    if binary is None:
+        if os.environ.get("ABLATE_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("ABLATE_REQUIRE_CHROMIUM=1 but no chromium binary on PATH (apt-get install -y chromium)")
+        pytest.skip("no chromium binary on PATH: install the Debian package `chromium` to run this test")
+    return binary
+
+
 def _run_browser(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
     command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                "--no-first-run", "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}",
@@ -193,11 +203,7 @@ def _console_lines(stderr: str) -> list[str]:
 
 
 def test_report_in_headless_chromium(report, tmp_path):
-    binary = _browser()
-    if binary is None:
-        if os.environ.get("ABLATE_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("ABLATE_REQUIRE_CHROMIUM=1 but no chromium binary on PATH (apt-get install -y chromium)")
-        pytest.skip("no chromium binary on PATH: install the Debian package `chromium` to run this test")
+    binary = _require_browser()
     _, out = report
     index = out / "index.html"
 
@@ -258,11 +264,7 @@ def test_the_verdict_cost_and_gain_are_above_the_fold_at_1400px(report, tmp_path
     """At 1400 × 900 px the summary shows, per model, each arm's verdict, cost (ΔNLL, Δ−ELBO) and gain (KL, MI,
     AU, probe gain) without scrolling sideways, and the first panel's table ends above the fold; the screenshot
     shows the best choice's highlighted row."""
-    binary = _browser()
-    if binary is None:
-        if os.environ.get("ABLATE_REQUIRE_CHROMIUM") == "1":
-            pytest.fail("ABLATE_REQUIRE_CHROMIUM=1 but no chromium binary on PATH (apt-get install -y chromium)")
-        pytest.skip("no chromium binary on PATH: install the Debian package `chromium` to run this test")
+    binary = _require_browser()
     _, out = report
     index = out / "index.html"
     check = out / "_fold.html"
