@@ -169,6 +169,7 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
                   f"{sum(p.numel() for p in model.parameters()):,} parameters, nz {model.nz}, on {device}")
         context = TrainContext(
             nz=model.nz, special_ids=prepared.tokenizer.special_ids, seed=config.seed,
+            encoder_special_ids=getattr(prepared.tokenizer, "encoder_special_ids", None),
             steps_per_epoch=-(-len(prepared.splits["train"]) // config.train.batch_size))
         techniques = build_techniques(config.techniques, context)
         LOG.debug("techniques: " + (", ".join(f"{t.name} {t.config.model_dump()}" for t in techniques) or "none"))

@@ -156,3 +156,61 @@ def test_yahoo_reduced_setting_from_the_shared_files():
     assert (len(corpus.texts["train"]), len(corpus.texts["valid"]), len(corpus.texts["test"])) == (9000, 1000, 10000)
     tokenizer = build_tokenizer(LSTMConfig(), data, corpus.texts["train"])
     assert len(tokenizer) == 20000
+
+
+def _pair():
+    """Two real Hugging Face tokenizers of different vocabularies and conventions: the encoder BART-style (<s> t
+    </s>, <mask>), the decoder T5-style (no <s>, decoding starts from <pad>)."""
+    from ablate.data.tokenize import HFTokenizer, PairTokenizer
+    from ablate.models.subword import train_subword_tokenizer
+
+    texts = load_corpus(DataConfig(synthetic={"n_train": 300, "n_valid": 10, "n_test": 10})).texts["train"]
+    encoder = HFTokenizer(train_subword_tokenizer(texts, 300, "bart"), decoder_start_id=None)
+    decoder = HFTokenizer(train_subword_tokenizer(texts, 200, "t5"))
+    return PairTokenizer(encoder, decoder), texts
+
+
+def test_a_pair_of_tokenizers_frames_each_side_with_its_own_ids(tmp_path):
+    """Optimus-style models read a sentence with the encoder's tokenizer and predict it with the decoder's: the
+    batch's encoder side is the encoder's ids framed with its specials, the decoder side the decoder's."""
+    from ablate.data.tokenize import load_tokenizer
+
+    pair, texts = _pair()
+    text = texts[0]
+    split = encode_split([text, texts[1]], pair, max_length=200)
+    assert split.tokens[0] == pair.decoder.encode(text) and split.enc_tokens[0] == pair.encoder.encode(text)
+    assert split.tokens[0] != split.enc_tokens[0]  # two vocabularies
+    batch = make_batch(split, [0, 1], pair.framing)
+    enc = pair.encoder.special_ids
+    first = batch.enc_ids[0][batch.enc_mask[0]].tolist()
+    assert first == [enc.bos] + pair.encoder.encode(text) + [enc.eos]  # <s> t </s> in the encoder's ids
+    assert batch.enc_ids[~batch.enc_mask].eq(enc.pad).all()
+    dec = pair.decoder.special_ids
+    assert batch.dec_in[0][batch.dec_mask[0]].tolist() == [pair.decoder.framing.dec_start] + split.tokens[0]
+    assert batch.dec_target[0][batch.dec_mask[0]].tolist() == split.tokens[0] + [dec.eos]
+    assert len(pair) == len(pair.decoder) and pair.decode(split.tokens[0]) == pair.decoder.decode(split.tokens[0])
+    cut = encode_split([text], pair, max_length=4)
+    assert cut.truncated == [0] and len(cut.tokens[0]) == len(cut.enc_tokens[0]) == 3
+    assert split.head(1).enc_tokens == split.enc_tokens[:1]
+    pair.save(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert again.encode_encoder(text) == pair.encode_encoder(text) and again.encode(text) == pair.encode(text)
+    assert again.framing == pair.framing and again.encoder_special_ids == pair.encoder_special_ids
+
+
+def test_denoising_masks_the_encoders_ids_with_the_encoders_mask_token():
+    import torch
+
+    from ablate.techniques.base import TrainContext
+    from ablate.techniques.registry import build_techniques
+
+    pair, texts = _pair()
+    batch = make_batch(encode_split(texts[:8], pair, 200), list(range(8)), pair.framing)
+    context = TrainContext(nz=2, steps_per_epoch=1, special_ids=pair.special_ids,
+                           encoder_special_ids=pair.encoder_special_ids)
+    [masking] = build_techniques({"denoising": {"mode": "mask", "p": 1.0}}, context)
+    masked = masking.corrupt(batch, torch.Generator().manual_seed(0))
+    enc = pair.encoder_special_ids
+    inner = batch.enc_mask & ~torch.isin(batch.enc_ids, torch.tensor([enc.bos, enc.eos, enc.pad]))
+    assert masked.enc_ids[inner].eq(enc.mask).all() and enc.mask != pair.special_ids.mask
+    assert masked.enc_ids[~inner].equal(batch.enc_ids[~inner])

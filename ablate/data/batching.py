@@ -18,6 +18,7 @@ class EncodedSplit:
     tokens: list[list[int]]
     n_words: list[int]  # whitespace words of the original text + 1 for </s>
     truncated: list[int] = field(default_factory=list)  # indices of the sentences that were cut to max_length
+    enc_tokens: list[list[int]] | None = None  # the encoder's own ids (a PairTokenizer); None: the same as tokens
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -27,7 +28,8 @@ class EncodedSplit:
         if n is None or n >= len(self.tokens):
             return self
         return EncodedSplit(tokens=self.tokens[:n], n_words=self.n_words[:n],
-                            truncated=[i for i in self.truncated if i < n])
+                            truncated=[i for i in self.truncated if i < n],
+                            enc_tokens=None if self.enc_tokens is None else self.enc_tokens[:n])
 
     @property
     def n_truncated(self) -> int:
@@ -40,16 +42,24 @@ class EncodedSplit:
 
 
 def encode_split(texts: list[str], tokenizer: Tokenizer, max_length: int) -> EncodedSplit:
-    """Encode texts; a sentence longer than max_length - 1 tokens is cut (room for </s>) and counted."""
+    """Encode texts; a sentence longer than max_length - 1 tokens is cut (room for </s>) and counted. A tokenizer
+    with an encoder of its own (`encode_encoder`, ablate.data.tokenize.PairTokenizer) also gives the encoder's ids,
+    cut the same way (a sentence cut on either side counts once)."""
+    encode_encoder = getattr(tokenizer, "encode_encoder", None)
     tokens, n_words, truncated = [], [], []
+    enc_tokens: list[list[int]] | None = [] if encode_encoder is not None else None
     for i, text in enumerate(texts):
         ids = tokenizer.encode(text)
-        if len(ids) > max_length - 1:
-            ids = ids[: max_length - 1]
+        cut = len(ids) > max_length - 1
+        tokens.append(ids[: max_length - 1])
+        if enc_tokens is not None:
+            enc_ids = encode_encoder(text)
+            cut = cut or len(enc_ids) > max_length - 1
+            enc_tokens.append(enc_ids[: max_length - 1])
+        if cut:
             truncated.append(i)
-        tokens.append(ids)
         n_words.append(len(text.split()) + 1)
-    return EncodedSplit(tokens=tokens, n_words=n_words, truncated=truncated)
+    return EncodedSplit(tokens=tokens, n_words=n_words, truncated=truncated, enc_tokens=enc_tokens)
 
 
 @dataclass
@@ -95,7 +105,8 @@ def _pad(rows: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
 def make_batch(split: EncodedSplit, indices: list[int], framing: Framing) -> Batch:
     """Frame and pad the sentences at `indices` (see Framing for the layout)."""
     toks = [split.tokens[i] for i in indices]
-    enc_ids, enc_mask = _pad([list(framing.enc_prefix) + t + [framing.eos] for t in toks], framing.pad)
+    enc_toks = toks if split.enc_tokens is None else [split.enc_tokens[i] for i in indices]
+    enc_ids, enc_mask = _pad([list(framing.enc_prefix) + t + [framing.enc_eos] for t in enc_toks], framing.enc_pad)
     dec_in, dec_mask = _pad([[framing.dec_start] + t for t in toks], framing.pad)
     dec_target, _ = _pad([t + [framing.eos] for t in toks], framing.pad)
     return Batch(enc_ids=enc_ids, enc_mask=enc_mask, dec_in=dec_in, dec_target=dec_target, dec_mask=dec_mask,

@@ -33,15 +33,28 @@ TOKENIZER_RECORD = "ablate_tokenizer.json"  # what kind of tokenizer a saved fol
 class Framing:
     """How a token list t becomes model inputs.
 
-    encoder input  = enc_prefix + t + [eos]
+    encoder input  = enc_prefix + t_enc + [enc_eos]   (t_enc = t, unless the encoder has its own tokenizer)
     decoder input  = [dec_start] + t          (teacher forcing)
     decoder target = t + [eos]                (so </s> is predicted and counted; dec_start never is)
+
+    `enc_eos`/`enc_pad` default to `eos`/`pad`; an encoder with a tokenizer of its own (PairTokenizer: BERT's
+    [CLS] t [SEP] with [PAD] = 0) sets them.
     """
 
     enc_prefix: tuple[int, ...]
     dec_start: int
     eos: int
     pad: int
+    enc_eos_id: int | None = None
+    enc_pad_id: int | None = None
+
+    @property
+    def enc_eos(self) -> int:
+        return self.eos if self.enc_eos_id is None else self.enc_eos_id
+
+    @property
+    def enc_pad(self) -> int:
+        return self.pad if self.enc_pad_id is None else self.enc_pad_id
 
 
 class Tokenizer(Protocol):
@@ -152,9 +165,51 @@ class HFTokenizer:
         return len(self.tokenizer)
 
 
-def load_tokenizer(folder: Path) -> "WordVocab | HFTokenizer":
+class PairTokenizer:
+    """Two tokenizers for one sentence: the encoder's (e.g. BERT WordPiece) and the decoder's (e.g. GPT-2 or Llama
+    BPE), as Optimus pairs a pretrained encoder with a pretrained causal LM (Li et al. 2020). `encode` and `decode`
+    are the decoder's (the tokens the model predicts and PPL counts); `encode_encoder` gives the encoder's input
+    ids; `framing` frames the decoder side with the decoder's specials and the encoder side with the encoder's;
+    `special_ids` are the decoder's (word dropout acts on decoder inputs), `encoder_special_ids` the encoder's
+    (masking and deleting act on encoder inputs)."""
+
+    unit = "subword"
+
+    def __init__(self, encoder: HFTokenizer, decoder: HFTokenizer) -> None:
+        self.encoder, self.decoder = encoder, decoder
+        self.special_ids = decoder.special_ids
+        self.encoder_special_ids = encoder.special_ids
+        self.framing = Framing(enc_prefix=encoder.framing.enc_prefix, dec_start=decoder.framing.dec_start,
+                               eos=decoder.framing.eos, pad=decoder.framing.pad, enc_eos_id=encoder.framing.eos,
+                               enc_pad_id=encoder.framing.pad)
+
+    def save(self, folder: Path) -> None:
+        for name, side in (("encoder", self.encoder), ("decoder", self.decoder)):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            side.save(folder / name)
+        (folder / TOKENIZER_RECORD).write_text(json.dumps({"kind": "pair"}))
+
+    def encode(self, text: str) -> list[int]:
+        return self.decoder.encode(text)
+
+    def encode_encoder(self, text: str) -> list[int]:
+        return self.encoder.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.decoder.decode(ids)
+
+    def __len__(self) -> int:
+        return len(self.decoder)
+
+
+def load_tokenizer(folder: Path) -> "WordVocab | HFTokenizer | PairTokenizer":
     """A tokenizer saved with `save(folder)` (as `ablate export` writes it); data only, no code."""
     record = json.loads((folder / TOKENIZER_RECORD).read_text())
+    if record.get("kind") == "pair":
+        encoder, decoder = load_tokenizer(folder / "encoder"), load_tokenizer(folder / "decoder")
+        if not isinstance(encoder, HFTokenizer) or not isinstance(decoder, HFTokenizer):
+            raise ValueError(f"{folder}: a pair of tokenizers holds two Hugging Face tokenizers")
+        return PairTokenizer(encoder, decoder)
     if record.get("kind") == "word":
         vocab = WordVocab([w for w in record["itos"][4:]])
         for alias in record.get("unk_aliases", []):

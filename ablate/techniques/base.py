@@ -46,8 +46,14 @@ class TrainContext:
 
     nz: int
     steps_per_epoch: int
-    special_ids: SpecialIds
+    special_ids: SpecialIds  # of the decoder's vocabulary (and the encoder's, unless it has its own)
     seed: int = 0
+    encoder_special_ids: SpecialIds | None = None  # an encoder with a tokenizer of its own (PairTokenizer)
+
+    @property
+    def encoder_specials(self) -> SpecialIds:
+        """The special ids of the encoder's inputs."""
+        return self.encoder_special_ids if self.encoder_special_ids is not None else self.special_ids
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ class Denoising(Technique):
             eligible = batch.dec_mask & ~special_mask(batch.dec_in, special)
             eligible[:, 0] = False  # the decoder start token
             return replace(batch, dec_in=replace_tokens(batch.dec_in, eligible, c.p, special.unk, generator))
+        special = self.context.encoder_specials  # masking and deleting act on the encoder's own ids
         real = batch.enc_mask & ~special_mask(batch.enc_ids, special)
         if c.mode == "mask":
             token = special.mask if special.mask is not None else special.unk
