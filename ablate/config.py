@@ -212,13 +212,14 @@ class RunConfig(Strict):
             return value
         if not isinstance(value, dict):
             raise PydanticCustomError("model_section", "must be a mapping: model.name (one of {known}) and that "
-                                      "family's fields", {"known": ", ".join(MODEL_CONFIGS.names())})
+                                      "family's fields",
+                                      {"known": ", ".join(sorted(MODEL_CONFIGS.names()))})
         asked = model_name(value)
         config_class = model_config_class(asked)
         if config_class is None:
             raise PydanticCustomError("model_family", "no model family '{asked}'{hint}; model.name is one of {known}",
                                       {"asked": asked, "hint": did_you_mean(asked, MODEL_CONFIGS.names()),
-                                       "known": ", ".join(MODEL_CONFIGS.names())})
+                                       "known": ", ".join(sorted(MODEL_CONFIGS.names()))})
         return config_class.model_validate({"name": asked, **value})
 
     @model_validator(mode="after")

@@ -52,7 +52,7 @@ def test_an_unknown_family_is_an_error_with_a_suggestion_never_a_fallback():
     with pytest.raises(ConfigError) as info:
         build_config({"model": {"name": "lsmt"}}, "x.yaml")
     assert str(info.value) == ("x.yaml: model: no model family 'lsmt'; did you mean 'lstm'?; model.name is one of "
-                               "lstm, seq2seq")
+                               "lstm, optimus, seq2seq")
     with pytest.raises(UnknownName, match="unknown model family 'transformer'"):
         FAMILIES.get("transformer")
 
@@ -121,7 +121,7 @@ def test_a_model_family_is_one_file(tmp_path):
     typo = subprocess.run([sys.executable, "-m", "ablate.cli", "run", "--set", "model.name=wide_lstn"], env=env,
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert typo.returncode == 2 and "did you mean 'wide_lstm'?" in typo.stderr
-    assert "lstm, seq2seq, wide_lstm" in typo.stderr
+    assert "lstm, optimus, seq2seq, wide_lstm" in typo.stderr
 
 
 def test_results_and_out_mean_one_thing_in_every_command():
