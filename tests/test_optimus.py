@@ -11,7 +11,7 @@ import torch
 from ablate.data.batching import encode_split, make_batch
 from ablate.data.synthetic import generate_synthetic
 from ablate.models.optimus import OptimusConfig, build_optimus_vae, build_pair_tokenizer
-from ablate.models.seq2seq import masked_pool
+from ablate.models.transformer_parts import masked_pool
 
 DECODERS = ["gpt2", "llama"]
 INJECTIONS = ["memory", "embedding", "softmax"]

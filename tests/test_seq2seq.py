@@ -16,7 +16,8 @@ import torch
 from ablate.config import build_config
 from ablate.data.batching import EncodedSplit, encode_split, make_batch
 from ablate.data.synthetic import generate_synthetic
-from ablate.models.seq2seq import Seq2SeqConfig, Seq2SeqVAE, build_seq2seq_tokenizer, build_seq2seq_vae, masked_pool
+from ablate.models.seq2seq import Seq2SeqConfig, Seq2SeqVAE, build_seq2seq_tokenizer, build_seq2seq_vae
+from ablate.models.transformer_parts import masked_pool
 from ablate.models.subword import train_subword_tokenizer
 
 from conftest import SHARED_DATA, tiny_overrides

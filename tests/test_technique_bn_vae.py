@@ -90,7 +90,7 @@ def test_the_seq2seq_model_normalises_its_posterior_mean_too():
     """BN-VAE on the T5 VAE: encode applies the batch norm (batch statistics in training: the second moment of each
     dimension is γ²·v/(v+ε) + b², v the batch variance of the raw mean), and the shift is an encoder parameter."""
     from ablate.data.synthetic import generate_synthetic
-    from ablate.models.seq2seq import masked_pool
+    from ablate.models.transformer_parts import masked_pool
     from test_seq2seq import batch_of, tiny_model
 
     sentences = generate_synthetic(n_train=400, n_valid=10, n_test=10, seed=3).texts["train"]

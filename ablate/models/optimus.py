@@ -22,9 +22,8 @@ from torch import Tensor, nn
 
 from ablate.config import MAX_DIM, MAX_NZ, ConfigError, DataConfig, ModelSection, Strict
 from ablate.data.tokenize import HFTokenizer, PairTokenizer
-from ablate.models.base import TextVAE, decode_loop
 from ablate.models.registry import ModelFamily, register_family
-from ablate.models.seq2seq import _cache_argument, masked_pool
+from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
 
 
 class TinyArch(Strict):
@@ -152,13 +151,13 @@ def decoder_geometry(config) -> tuple[int, int, int]:
 # ---------------------------------------------------------------- the model
 
 
-class OptimusVAE(TextVAE):
+class OptimusVAE(PooledTransformerVAE):
     def __init__(self, encoder: nn.Module, lm: nn.Module, cfg: OptimusConfig, framing) -> None:
         super().__init__()
         self.encoder, self.lm, self.cfg, self.framing = encoder, lm, cfg, framing
         self.nz, self.pooling, self.injection = cfg.nz, cfg.pooling, cfg.injection
         self.layers, self.kv_heads, self.head_dim = decoder_geometry(lm.config)
-        self.cache_argument = _cache_argument(lm.base_model)  # `cache` in current transformers
+        self.cache_argument = cache_argument(lm.base_model)  # `cache` in current transformers
         width = lm.config.hidden_size
         self.to_posterior = nn.Linear(encoder.config.hidden_size, 2 * cfg.nz, bias=False)
         out = self.layers * 2 * self.kv_heads * self.head_dim if cfg.injection == "memory" else width
@@ -187,10 +186,7 @@ class OptimusVAE(TextVAE):
 
     def encode(self, batch) -> tuple[Tensor, Tensor]:
         hidden = self.encoder(input_ids=batch.enc_ids, attention_mask=batch.enc_mask.long()).last_hidden_state
-        pooled = masked_pool(hidden.float(), batch.enc_mask, self.pooling)
-        with torch.autocast(pooled.device.type, enabled=False):  # the posterior stays fp32 under bf16 training
-            mu, logvar = self.to_posterior(pooled).chunk(2, dim=-1)
-            return self.finish_posterior(mu, logvar)
+        return self.posterior(hidden, batch.enc_mask)
 
     # ------------------------------------------------------------ decoder
 
@@ -200,9 +196,7 @@ class OptimusVAE(TextVAE):
 
         if self.injection != "memory":
             return DynamicCache()
-        n = z.shape[0]
-        kv = self.z_to_decoder(z).view(n, self.layers, 2, self.kv_heads, 1, self.head_dim)  # batch first: no mixing
-        return DynamicCache([(kv[:, i, 0], kv[:, i, 1]) for i in range(self.layers)])
+        return DynamicCache(memory_slots(self.z_to_decoder(z), self.layers, self.kv_heads, self.head_dim))
 
     def decoder_hidden(self, dec_in: Tensor, z: Tensor, cache=None) -> tuple[Tensor, object]:
         """Last hidden states [N, T, d] of decoder inputs [N, T] given z, and the cache (incremental decoding when
@@ -228,15 +222,6 @@ class OptimusVAE(TextVAE):
     def decoder_logits(self, dec_in: Tensor, z: Tensor, cache=None) -> tuple[Tensor, object]:
         hidden, cache = self.decoder_hidden(dec_in, z, cache)
         return nn.functional.linear(hidden, *self.output_layer()), cache
-
-    @torch.no_grad()
-    def generate(self, z: Tensor, max_length: int, strategy: str = "greedy", top_k: int = 0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None, start_id: int | None = None,
-                 eos_id: int | None = None) -> list[list[int]]:
-        start_id = self.framing.dec_start if start_id is None else start_id
-        eos_id = self.framing.eos if eos_id is None else eos_id
-        return decode_loop(lambda tokens, cache: self.decoder_logits(tokens, z, cache), self.new_cache(z), z.shape[0],
-                           start_id, eos_id, max_length, strategy, top_k, top_p, generator, z.device)
 
 
 def _tokenizer_key(cfg: OptimusConfig) -> str:

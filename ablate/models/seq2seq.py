@@ -24,7 +24,6 @@ Mixed precision is the trainer's (`train.precision: bf16` autocasts training); l
 
 from __future__ import annotations
 
-import inspect
 from typing import Iterator, Literal
 
 import torch
@@ -34,8 +33,8 @@ from torch import Tensor, nn
 from ablate.config import MAX_DIM, MAX_NZ, ConfigError, ModelSection, Strict
 from ablate.data.batching import Batch
 from ablate.data.tokenize import Framing, HFTokenizer
-from ablate.models.base import TextVAE, decode_loop
 from ablate.models.registry import ModelFamily, register_family
+from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
 
 
 # ---------------------------------------------------------------- config
@@ -184,20 +183,6 @@ def build_seq2seq_vae(cfg: Seq2SeqConfig, tokenizer: HFTokenizer) -> "Seq2SeqVAE
 # ---------------------------------------------------------------- pieces
 
 
-def masked_pool(hidden: Tensor, mask: Tensor, how: str) -> Tensor:
-    """Pool [B, L, d] encoder states over the real tokens only (mask True): mean, max, or the first real token."""
-    mask = mask.bool()
-    if how == "mean":
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-    if how == "max":
-        return hidden.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
-    if how == "first":
-        first = mask.to(torch.int8).argmax(1)  # index of the first real token (0 for right padding)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
-    raise ValueError(f"unknown pooling {how!r}; expected mean, max or first")
-
-
 def decoder_geometry(config) -> tuple[int, int, int]:
     """(decoder layers, self-attention heads, head dim) of a transformers seq2seq config (T5, BART and kin)."""
     dec = config  # seq2seq configs are flat (get_text_config(decoder=True) rebuilds BART's with defaults)
@@ -209,7 +194,7 @@ def decoder_geometry(config) -> tuple[int, int, int]:
     return int(layers), int(heads), int(head_dim)
 
 
-class Seq2SeqVAE(TextVAE):
+class Seq2SeqVAE(PooledTransformerVAE):
     def __init__(self, net: nn.Module, cfg: Seq2SeqConfig, framing: Framing) -> None:
         super().__init__()
         self.net = net
@@ -218,7 +203,7 @@ class Seq2SeqVAE(TextVAE):
         self.pooling = cfg.pooling
         self.injection = cfg.injection
         self.framing = framing
-        self.cache_argument = _cache_argument(net.get_decoder())  # looked up once, not at every decoding step
+        self.cache_argument = cache_argument(net.get_decoder())  # looked up once, not at every decoding step
         d_model = net.config.d_model
         self.layers, self.heads, self.head_dim = decoder_geometry(net.config)
         self.to_posterior = nn.Linear(d_model, 2 * cfg.nz, bias=False)
@@ -272,10 +257,7 @@ class Seq2SeqVAE(TextVAE):
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
         hidden = self.net.get_encoder()(input_ids=batch.enc_ids, attention_mask=batch.enc_mask).last_hidden_state
-        pooled = masked_pool(hidden.float(), batch.enc_mask, self.pooling)
-        with torch.autocast(pooled.device.type, enabled=False):  # the posterior stays fp32 under bf16 training
-            mu, logvar = self.to_posterior(pooled).chunk(2, dim=-1)
-            return self.finish_posterior(mu, logvar)
+        return self.posterior(hidden, batch.enc_mask)
 
     # ------------------------------------------------------------ decoder
 
@@ -285,9 +267,7 @@ class Seq2SeqVAE(TextVAE):
 
         if self.injection != "memory":
             return EncoderDecoderCache(DynamicCache(), DynamicCache())
-        n = z.shape[0]
-        kv = self.z_to_decoder(z).view(n, self.layers, 2, self.heads, 1, self.head_dim)  # batch first: no mixing
-        layers = [(kv[:, i, 0], kv[:, i, 1]) for i in range(self.layers)]  # each [N, heads, 1, head_dim]
+        layers = memory_slots(self.z_to_decoder(z), self.layers, self.heads, self.head_dim)
         return EncoderDecoderCache(DynamicCache(layers), DynamicCache())
 
     def head_input(self, hidden: Tensor) -> Tensor:
@@ -341,21 +321,6 @@ class Seq2SeqVAE(TextVAE):
 
     def decoder_states(self, inputs: Tensor, z: Tensor) -> Tensor:
         return self.head_input(self.decoder_hidden(inputs, z)[0])
-
-    @torch.no_grad()
-    def generate(self, z: Tensor, max_length: int, strategy: str = "greedy", top_k: int = 0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None, start_id: int | None = None,
-                 eos_id: int | None = None) -> list[list[int]]:
-        start_id = self.framing.dec_start if start_id is None else start_id
-        eos_id = self.framing.eos if eos_id is None else eos_id
-        return decode_loop(lambda tokens, cache: self.decoder_logits(tokens, z, cache), self.new_cache(z), z.shape[0],
-                           start_id, eos_id, max_length, strategy, top_k, top_p, generator, z.device)
-
-
-def _cache_argument(decoder: nn.Module) -> str:
-    """The decoder's name for its key/value cache: `cache` in current transformers (`past_key_values` is deprecated
-    there and warns on every call), `past_key_values` in older releases."""
-    return "cache" if "cache" in inspect.signature(type(decoder).forward).parameters else "past_key_values"
 
 
 def _tokenizer_key(cfg: Seq2SeqConfig) -> str:
