@@ -18,6 +18,7 @@ from ablate.data.batching import EncodedSplit, encode_split, make_batch
 from ablate.data.synthetic import generate_synthetic
 from ablate.models.seq2seq import Seq2SeqConfig, Seq2SeqVAE, build_seq2seq_tokenizer, build_seq2seq_vae
 from ablate.models.transformer_parts import masked_pool
+from vae_checks import assert_incremental_decoding_matches_teacher_forcing, assert_per_sample_isolation
 from ablate.models.subword import train_subword_tokenizer
 
 from conftest import SHARED_DATA, tiny_overrides
@@ -224,51 +225,15 @@ def test_decoder_sees_the_sentence_only_through_z(family, injection, texts):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("injection", INJECTIONS)
 def test_per_sample_isolation(family, injection, texts):
-    """Perturbing the z of one sample changes that sample's logits and no other's (the released T5-VAE code
-    reshaped the memory projection without a transpose and fed sample b another sample's latent)."""
     model, tokenizer = tiny_model(family, texts, injection=injection)
-    batch = batch_of(tokenizer, texts[:5])
-    z = torch.randn(5, 6)
-    with torch.no_grad():
-        base, _ = model.decoder_logits(batch.dec_in, z)
-        for j in range(5):
-            moved = z.clone()
-            moved[j] += 2.0
-            logits, _ = model.decoder_logits(batch.dec_in, moved)
-            for b in range(5):
-                same = torch.allclose(logits[b], base[b], atol=1e-6)
-                assert same == (b != j), f"sample {b} after moving z of sample {j}"
-        # and through the [B, K, nz] path of log_likelihood
-        zk = torch.randn(5, 3, 6)
-        base_k = model.log_likelihood(batch, zk)
-        moved = zk.clone()
-        moved[2, 1] += 5.0
-        changed = (model.log_likelihood(batch, moved) - base_k).abs() > 1e-4
-    expected = torch.zeros(5, 3, dtype=torch.bool)
-    expected[2, 1] = True
-    assert torch.equal(changed, expected)
+    assert_per_sample_isolation(model, batch_of(tokenizer, texts[:5]), nz=6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("injection", INJECTIONS)
 def test_incremental_decoding_matches_teacher_forcing(family, injection, texts):
-    """Token-by-token decoding with the cache gives the logits of the one-pass forward (memory slot and causal
-    mask offsets are right), and the stepwise log-probs sum to log_likelihood."""
     model, tokenizer = tiny_model(family, texts, injection=injection)
-    batch = batch_of(tokenizer, texts[:3])
-    z = torch.randn(3, 6)
-    with torch.no_grad():
-        full, _ = model.decoder_logits(batch.dec_in, z)
-        cache = model.new_cache(z)
-        steps = []
-        for t in range(batch.dec_in.shape[1]):
-            logits, cache = model.decoder_logits(batch.dec_in[:, t: t + 1], z, cache)
-            steps.append(logits)
-        stepwise = torch.cat(steps, dim=1)
-        assert torch.allclose(stepwise, full, atol=1e-4)
-        logp = stepwise.log_softmax(-1).gather(-1, batch.dec_target.unsqueeze(-1)).squeeze(-1)
-        expected = (logp * batch.dec_mask).sum(-1)
-        assert torch.allclose(model.log_likelihood(batch, z), expected, atol=1e-4)
+    assert_incremental_decoding_matches_teacher_forcing(model, batch_of(tokenizer, texts[:3]), nz=6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
