@@ -29,6 +29,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ablate.report.schema import metric  # noqa: E402
+from ablate.report.tables import search_objectives, selection_metric  # noqa: E402
 
 RC = {
     "svg.hashsalt": "ablate-report",     # stable ids inside the SVG
@@ -283,9 +284,7 @@ def search_trials(trials: pd.DataFrame, arms: Sequence[str], palette: dict, stem
         axes = fig.subplots(1, len(present), squeeze=False)[0]
         for ax, arm in zip(axes, present):
             part = trials[trials["arm"] == arm]
-            objectives = [o for o in str(part["search_objectives"].dropna().iloc[0]).split(",") if o in part] \
-                if "search_objectives" in part and part["search_objectives"].notna().any() else []
-            objectives = objectives or [c for c in ("valid.nll", "valid.nelbo") if c in part][:1]
+            objectives = search_objectives(part, selection_metric(part))
             if not objectives:
                 continue
             for _, seed_part in part.groupby("seed", sort=True):

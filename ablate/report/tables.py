@@ -505,6 +505,14 @@ def pareto_front(frame: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
     return pd.Series(on_front, index=frame.index)
 
 
+def search_objectives(trials: pd.DataFrame, fallback: str | None) -> list[str]:
+    """The objectives a search's trials were told (column `search_objectives`), or [fallback] for rows that do not
+    record them; only columns the rows have."""
+    recorded = trials["search_objectives"].dropna() if "search_objectives" in trials else pd.Series(dtype=object)
+    names = str(recorded.iloc[0]).split(",") if not recorded.empty else [fallback] if fallback else []
+    return [o for o in names if o in trials]
+
+
 def best_search_trials(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SELECT
                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows of search arms (column `search`) reduced to each dataset × model × arm × seed's best trial, chosen on
@@ -518,9 +526,7 @@ def best_search_trials(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT
     column = selection_metric(trials, select)
     picks, fronts = [], []
     for _, part in trials.groupby(["dataset", "model", "arm", "seed"], sort=False):
-        objectives = [o for o in str(part["search_objectives"].dropna().iloc[0] if "search_objectives" in part
-                                      and part["search_objectives"].notna().any() else column).split(",")
-                      if o in part]
+        objectives = search_objectives(part, column)
         front = pareto_front(part, objectives) if objectives else pd.Series(True, index=part.index)
         fronts.append(front)
         candidates = part[front] if front.any() else part

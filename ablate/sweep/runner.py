@@ -327,10 +327,12 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
                         bar.write(f"worker {proc.pid} exited with status {proc.returncode}; its attempt is "
                                   "reclaimed and retried")
                     procs[slot] = None
-            with ledger.lock():
-                if died:
-                    ledger.reclaim(retry=not fail_fast)
-                search.step(ledger)  # tell finished search trials, ask the next ones
+            if died or study.searches:  # the ledger lock only when there is something to decide
+                with ledger.lock():
+                    if died:
+                        ledger.reclaim(retry=not fail_fast)
+                    if study.searches:
+                        search.step(ledger)  # tell finished search trials, ask the next ones
             trials = ledger.trials()
             counts = _counts_now(ledger, study, ok_at_start)
             bar.update(counts.done, counts.failed, counts.running)
