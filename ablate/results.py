@@ -195,6 +195,21 @@ def write_results_table(study_folder: str | Path) -> Path:
     return layout.results_table
 
 
+def single_runs(rows: pd.DataFrame) -> pd.Series:
+    """Which rows come from `ablate run` (no study): their `study` is empty."""
+    if "study" not in rows:
+        return pd.Series(True, index=rows.index)
+    return rows["study"].fillna("").astype(str) == ""
+
+
+def name_single_runs(rows: pd.DataFrame) -> pd.Series:
+    """Each row's arm, where an `ablate run` row (which has none) is named by its run id (`--name`)."""
+    arm = rows["arm"] if "arm" in rows else pd.Series("", index=rows.index, dtype=object)
+    if "run_id" not in rows:
+        return arm
+    return arm.where(~(single_runs(rows) & (arm.fillna("") == "")), rows["run_id"].astype(str))
+
+
 def read_results(path: str | Path) -> pd.DataFrame:
     """Every result row under `path` (a study folder, a results root, a rows/ folder, or a results.parquet) as
     one pandas DataFrame: one row per attempt (`status` ok or failed), stable column types. The notebook entry

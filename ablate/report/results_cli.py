@@ -37,14 +37,14 @@ def _folder(target: str, out: str) -> Path:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from ablate.config import ConfigError
-    from ablate.results import read_results
+    from ablate.results import name_single_runs, read_results, single_runs
 
     folder = _folder(args.study, args.results)
     rows = read_results(folder)
     if rows.empty:
         raise ConfigError(f"{folder}: no result rows yet; run `ablate sweep` (or `ablate run --out`) first")
-    single = rows["study"].fillna("").astype(str) == "" if "study" in rows else rows["arm"].isna()
-    rows["arm"] = rows["arm"].where(~(single & (rows["arm"].fillna("") == "")), rows["run_id"])  # run --name
+    single = single_runs(rows)
+    rows["arm"] = name_single_runs(rows)  # `ablate run` rows by their --name
     if not args.all:  # the latest ok attempt of each cell (of a study) or each run (of `ablate run`)
         key = rows["cell_id"].where(~single, rows["run_id"])
         rows = rows.assign(_key=key)[rows["status"] == "ok"].sort_values(["_key", "attempt"])

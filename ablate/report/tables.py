@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.metric_schema import SELECT, in_table
+from ablate.results import name_single_runs, single_runs
 from ablate.report.schema import COLLAPSE_KL, Metric, metric, metrics_in
 
 GROUP = ["dataset", "model", "arm", "setting"]
@@ -129,14 +130,13 @@ def attach_settings(rows: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.Dat
             if col not in rows:
                 rows[col] = pd.Series(dtype=object)
         return rows
+    single = single_runs(rows)
+    if "arm" in rows:  # `ablate run` rows: each run is its own arm, shown by its name (--name)
+        rows["arm"] = name_single_runs(rows)
     for col, default in (("arm", "run"), ("dataset", "?"), ("model", "?")):
         if col not in rows:
             rows[col] = default
         rows[col] = rows[col].fillna(default).astype(str)
-    single = (rows["study"].fillna("").astype(str) == "") if "study" in rows else pd.Series(True, index=rows.index)
-    if "run_id" in rows:  # `ablate run` rows: each run is its own arm, shown by its name (--name)
-        unnamed = single & (rows["arm"] == "")
-        rows.loc[unnamed, "arm"] = rows.loc[unnamed, "run_id"].astype(str)
     known = {}
     if manifest is not None and not manifest.empty:
         known = dict(zip(manifest["cell_id"], manifest["settings"]))
