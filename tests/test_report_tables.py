@@ -365,3 +365,21 @@ def test_single_runs_are_shown_by_name_with_the_settings_that_differ(tmp_path, c
     printed = json.loads(capsys.readouterr().out)  # one row per run, shown by its name
     assert sorted((r["arm"], r["config.train.lr"]) for r in printed) == [("fb", 0.001), ("fb_lr", 0.003),
                                                                         ("plain", 0.001)]
+
+
+def test_a_results_root_reports_its_own_runs_and_the_studies_inside(tmp_path, capsys):
+    """`ablate report results` on a root that holds single runs (rows/) and study folders reports them all, as
+    `ablate report` with no folder does (it used to stop at the root's own runs)."""
+    import shutil
+
+    from ablate.cli import main
+
+    root = tmp_path / "results"
+    study = write_study(root)
+    (root / "rows").mkdir()
+    shutil.copy(next((study / "rows").glob("*.parquet")), root / "rows" / "single.parquet")
+    assert main(["report", str(root), "--out", str(tmp_path / "a")]) == 0
+    given = capsys.readouterr().out
+    assert main(["report", "--results", str(root), "--out", str(tmp_path / "b")]) == 0
+    found = capsys.readouterr().out
+    assert f"(2 studies: {root}, {study})" in given and given.split("(", 1)[1] == found.split("(", 1)[1]

@@ -20,14 +20,12 @@ def cmd_report(args: argparse.Namespace) -> int:
             if not path.is_dir():
                 LOG.error(f"{given}: no such folder; give a study results folder such as results/full_grid")
                 return 2
-            if not is_study_folder(path):
-                inner = find_studies(path)
-                if not inner:
-                    LOG.error(f"{given}: neither a study folder (manifest.parquet or rows/) nor a folder of studies")
-                    return 2
-                folders += inner
-            else:
-                folders.append(path)
+            # the folder itself when it is a study (or holds single runs), and the studies inside it
+            found = ([path] if is_study_folder(path) else []) + [p for p in find_studies(path) if p != path]
+            if not found:
+                LOG.error(f"{given}: neither a study folder (manifest.parquet or rows/) nor a folder of studies")
+                return 2
+            folders += found
     else:
         folders = find_studies(args.results)
         if not folders:
