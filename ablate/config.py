@@ -106,6 +106,16 @@ class ModelSection(Strict):
         `from_pretrained` beyond `pretrained`/`tokenizer` (preflight checks they are here before a run starts)."""
         return []
 
+    def hugging_face_parts(self) -> dict[str, str]:
+        """{export subfolder: model attribute} of the Hugging Face networks `ablate export` writes with
+        save_pretrained (each reusable by transformers as it is)."""
+        return {}
+
+    def in_export(self, folder: Path) -> "ModelSection":
+        """This section as it rebuilds the model inside an export folder: its pretrained sources pointed at the
+        exported parts (so neither the hub nor the original folders are needed)."""
+        return self
+
 
 # Every model family's config class, by model.name: each family's own module registers it
 # (ablate.models.registry.register_family), found by discovery on first use.

@@ -5,6 +5,8 @@
     DIR/tokenizer/           the tokenizer (a word list, or the Hugging Face tokenizer's save_pretrained files)
     DIR/hf_model/            seq2seq models: the Hugging Face encoder-decoder (save_pretrained), reusable by
                              transformers as it is
+    DIR/hf_encoder/, hf_decoder/   optimus models: the finetuned encoder (AutoModel) and causal LM decoder
+                             (AutoModelForCausalLM), each save_pretrained
     DIR/result.json          the run's result row, when its parquet is beside the model file
     DIR/examples.txt         the first test sentences (what `ablate sample DIR` reconstructs without the corpus)
 
@@ -40,8 +42,8 @@ def export_run(run: str | Path, out: str | Path) -> Path:
     write_text_atomic(out / "config.json", json.dumps(config.model_dump(mode="json"), indent=1) + "\n")
     save_model(model, str(out / "model.safetensors"))
     prepared.tokenizer.save(out / "tokenizer")
-    if getattr(model, "net", None) is not None:  # the seq2seq family's Hugging Face model
-        model.net.save_pretrained(str(out / "hf_model"))
+    for folder, attribute in config.model.hugging_face_parts().items():  # e.g. seq2seq's hf_model, optimus' halves
+        getattr(model, attribute).save_pretrained(str(out / folder))
     row_path = RunFiles.of(model_file(run)).row
     if row_path.exists():
         row = pq.read_table(row_path).to_pylist()[0]
@@ -54,8 +56,8 @@ def export_run(run: str | Path, out: str | Path) -> Path:
 
 def cmd_export(args: argparse.Namespace) -> int:
     out = export_run(args.run, args.out)
-    print(f"wrote {out}: config.json, model.safetensors, tokenizer/"
-          + (", hf_model/" if (out / "hf_model").exists() else "")
+    parts = "".join(f", {p.name}/" for p in sorted(out.glob("hf_*")) if p.is_dir())
+    print(f"wrote {out}: config.json, model.safetensors, tokenizer/" + parts
           + (", result.json" if (out / "result.json").exists() else "") + ", examples.txt")
     return 0
 

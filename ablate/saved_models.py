@@ -78,10 +78,7 @@ def load_vae(folder: str | Path, device: str | torch.device = "cpu") -> tuple[An
                           "write one with `ablate export RUN --out DIR`")
     config = build_config(json.loads((folder / "config.json").read_text()), str(folder / "config.json"))
     tokenizer = load_tokenizer(folder / "tokenizer")
-    model_config = config.model
-    if getattr(model_config, "pretrained", None) is not None:  # the exported Hugging Face model, not the hub's
-        model_config = model_config.model_copy(update={"pretrained": str(folder / "hf_model")})
-    model = build_model(model_config, tokenizer)
+    model = build_model(config.model.in_export(folder), tokenizer)  # the exported Hugging Face parts, not the hub's
     for module in posterior_transforms(config.techniques, model.nz):
         model.add_posterior_transform(module)
     load_model(model, str(folder / "model.safetensors"))

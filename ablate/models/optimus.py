@@ -16,6 +16,7 @@ built from a small config.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
@@ -85,6 +86,17 @@ class OptimusConfig(ModelSection):
         if self.decoder is not None:
             out.append(("model.decoder", self.decoder, (self.decoder_gguf or "config.json",)))
         return out
+
+    def hugging_face_parts(self) -> dict[str, str]:
+        return {"hf_encoder": "encoder", "hf_decoder": "lm"}
+
+    def in_export(self, folder: Path) -> "OptimusConfig":
+        named = {"init": "pretrained", "decoder_gguf": None}
+        if self.encoder is not None:
+            named["encoder"] = str(folder / "hf_encoder")
+        if self.decoder is not None:
+            named["decoder"] = str(folder / "hf_decoder")
+        return self.model_copy(update=named)
 
 
 # ---------------------------------------------------------------- tokenizers and networks

@@ -24,6 +24,7 @@ Mixed precision is the trainer's (`train.precision: bf16` autocasts training); l
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator, Literal
 
 import torch
@@ -78,6 +79,12 @@ class Seq2SeqConfig(ModelSection):
         if (self.pretrained is None) == (self.config is None):
             raise ValueError("give exactly one of model.pretrained (name or folder) or model.config (family, sizes)")
         return self
+
+    def hugging_face_parts(self) -> dict[str, str]:
+        return {"hf_model": "net"}
+
+    def in_export(self, folder: Path) -> "Seq2SeqConfig":
+        return self if self.pretrained is None else self.model_copy(update={"pretrained": str(folder / "hf_model")})
 
 
 
