@@ -127,16 +127,13 @@ def _hub_reason(key: str, name: str, needs: tuple[str, ...]) -> str | None:
 
 def check_model(model: ModelSection) -> str | None:
     """Why a model's pretrained weights or tokenizer cannot be found here (None when they can)."""
+    sources = list(model.pretrained_sources())
     pretrained, tokenizer = getattr(model, "pretrained", None), getattr(model, "tokenizer", None)
     if pretrained:
-        reason = _hub_reason("model.pretrained", pretrained, ("config.json",))
-        if reason:
-            return reason
+        sources.insert(0, ("model.pretrained", pretrained, ("config.json",)))
     if tokenizer and tokenizer != "train":
-        reason = _hub_reason("model.tokenizer", tokenizer, TOKENIZER_FILES)
-        if reason:
-            return reason
-    for key, name, needs in model.pretrained_sources():
+        sources.append(("model.tokenizer", tokenizer, TOKENIZER_FILES))
+    for key, name, needs in sources:
         try:
             reason = _hub_reason(key, resolve_source(key, name), needs)
         except ConfigError as error:  # a `package:` source whose package is not installed

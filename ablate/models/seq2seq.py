@@ -36,6 +36,7 @@ from ablate.data.batching import Batch
 from ablate.data.tokenize import Framing, HFTokenizer
 from ablate.models.registry import ModelFamily, register_family
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
+from ablate.sources import resolve_source
 
 
 # ---------------------------------------------------------------- config
@@ -96,7 +97,7 @@ def _auto_config(name: str):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(name)
+        return AutoConfig.from_pretrained(resolve_source("model.pretrained", name))
     except (OSError, ValueError) as error:
         raise ConfigError(f"model.pretrained: cannot load the config of {name!r}: {str(error).splitlines()[0]}; "
                           "give a local folder written by save_pretrained, or use model.config") from None
@@ -125,7 +126,7 @@ def build_seq2seq_tokenizer(cfg: Seq2SeqConfig, train_texts: list[str]) -> HFTok
         tokenizer = train_subword_tokenizer(train_texts, cfg.tokenizer_vocab_size, _family(cfg))
     else:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(resolve_source("model.tokenizer", source))
         except (OSError, ValueError) as error:
             raise ConfigError(f"model.tokenizer: cannot load tokenizer {source!r}: {str(error).splitlines()[0]}; "
                               "give a local folder (save_pretrained) or set model.tokenizer: train") from None
@@ -172,7 +173,7 @@ def build_seq2seq_vae(cfg: Seq2SeqConfig, tokenizer: HFTokenizer) -> "Seq2SeqVAE
     hf_logging.set_verbosity_error()
     if cfg.pretrained is not None:
         try:
-            net = AutoModelForSeq2SeqLM.from_pretrained(cfg.pretrained)
+            net = AutoModelForSeq2SeqLM.from_pretrained(resolve_source("model.pretrained", cfg.pretrained))
         except (OSError, ValueError) as error:
             raise ConfigError(f"model.pretrained: cannot load {cfg.pretrained!r}: {str(error).splitlines()[0]}; "
                               "give a local folder written by save_pretrained, or use model.config") from None
