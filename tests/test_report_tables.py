@@ -124,6 +124,19 @@ def test_selection_on_validation_reported_on_test(study, raw):
     assert set(tables.select_settings(study.ok.drop(columns="valid.nll"))["select"]) == {"valid.nelbo"}
 
 
+def test_without_validation_metrics_an_arm_of_one_setting_is_its_own_choice(study, raw):
+    """Runs that evaluate only test (eval.splits: [test]): nothing chooses among several settings, so those arms
+    are left out; an arm of one setting is still reported, with its test means."""
+    only_test = study.ok.drop(columns=[c for c in study.ok.columns if c.startswith("valid.")])
+    chosen = tables.select_settings(only_test)
+    one = raw.groupby(["model", "arm"])["settings"].nunique()
+    assert sorted(zip(chosen["model"], chosen["arm"])) == sorted(one[one == 1].index)
+    assert chosen["select"].isna().all() and (chosen["n_settings"] == 1).all()
+    best = tables.best_per_technique(only_test, "vanilla", tables.DEFAULT_SELECT, "test").set_index(["model", "arm"])
+    vanilla = raw[(raw["model"] == "lstm") & (raw["arm"] == "vanilla")]
+    assert best.loc[("lstm", "vanilla"), "nll.mean"] == pytest.approx(vanilla["test.nll"].mean(), rel=1e-12)
+
+
 def _p_closed_form(t: float, df: int) -> float:
     """Two-sided Student-t p-values in closed form for df = 1 (Cauchy) and df = 2."""
     t = abs(t)

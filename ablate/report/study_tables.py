@@ -272,8 +272,10 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
             cells.append(Cell("–" if math.isnan(gain) else f"{gain:+.3f}", sort=gain))
         out_rows.append(cells)
         classes.append("best-choice" if r["best_choice"] else "collapsed" if k == n and n else "")
-    notes = [f"Each arm at its setting chosen on validation (“Best per technique” below); the {split} split, means "
-             "over seeds; sorted by MI (the information z carries), then AU."]
+    chosen = ("at its setting chosen on validation (“Best per technique” below)" if best["select"].notna().any()
+              else "at its one setting (no validation metrics: an arm of several settings is left out)")
+    notes = [f"Each arm {chosen}; the {split} split, means over seeds; sorted by MI (the information z carries), "
+             "then AU."]
     if not best.empty and not best["best_choice"].any():
         notes.append("No best choice: every arm collapsed in at least one seed.")
     noise = mi_noise(rows, split)

@@ -428,12 +428,16 @@ def selection_metric(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_S
 def select_settings(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SELECT,
                     arms: Sequence[str] | None = None) -> pd.DataFrame:
     """Per dataset × model × arm, the setting with the best mean (over seeds) of the validation column, by the
-    schema direction of its metric (ties: the first setting in value order). Columns: dataset, model, arm,
-    setting, settings, select (the column), select.mean, select.n, n_settings."""
+    schema direction of its metric (ties: the first setting in value order). Without a validation column (runs
+    that evaluate only test) an arm of one setting is its own choice and an arm of several is left out: nothing
+    can choose among them. Columns: dataset, model, arm, setting, settings, select (the column), select.mean,
+    select.n, n_settings."""
     cols = ["dataset", "model", "arm", "setting", "settings", "select", "select.mean", "select.n", "n_settings"]
     column = selection_metric(rows, select)
-    if rows.empty or column is None:
+    if rows.empty:
         return pd.DataFrame(columns=cols)
+    if column is None:
+        return _only_settings(rows, arms)[cols]
     m = metric(column.split(".", 1)[1])
     sign = -1.0 if m.direction == "max" else 1.0
     means = (rows.groupby(GROUP + ["settings"], sort=False)[column].agg(["mean", "count"]).reset_index())
@@ -446,6 +450,19 @@ def select_settings(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SE
                         "settings": pick["settings"], "select": column, "select.mean": pick["mean"],
                         "select.n": int(pick["count"]), "n_settings": len(part)})
     return _ordered(pd.DataFrame.from_records(records), arms or arm_order(rows))[cols]
+
+
+def _only_settings(rows: pd.DataFrame, arms: Sequence[str] | None) -> pd.DataFrame:
+    """select_settings without a validation column: each arm that has exactly one setting."""
+    records = []
+    for (dataset, model, arm), part in rows.groupby(["dataset", "model", "arm"], sort=False):
+        if part["settings"].nunique() == 1:
+            first = part.iloc[0]
+            records.append({"dataset": dataset, "model": model, "arm": arm, "setting": first["setting"],
+                            "settings": first["settings"], "select": None, "select.mean": float("nan"),
+                            "select.n": 0, "n_settings": 1})
+    cols = ["dataset", "model", "arm", "setting", "settings", "select", "select.mean", "select.n", "n_settings"]
+    return _ordered(pd.DataFrame.from_records(records, columns=cols), arms or arm_order(rows))
 
 
 def best_per_technique(rows: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
