@@ -82,25 +82,37 @@ def test_each_side_reads_its_own_pretrained_tokenizer(pretrained):
     assert tokenizer.decoder.tokenizer.convert_ids_to_tokens(dec)[:3] == ["the", "Ġold", "Ġman"]  # SmolLM2's BPE
     batch = _batch(prepared, 2)
     assert batch.enc_ids[0, 0] == 101 and 102 in batch.enc_ids[0].tolist()  # [CLS] ... [SEP]
-    assert batch.dec_in[0, 0] == 1 and 2 in batch.dec_out[0].tolist()  # <|im_start|> ... <|im_end|>
+    assert batch.dec_in[0, 0] == 1 and 2 in batch.dec_target[0].tolist()  # <|im_start|> ... <|im_end|>
     assert model.encoder.config.hidden_size == 384 and model.lm.config.num_hidden_layers == 30
+
+
+def _lm_nll_per_token(lm, batch) -> float:
+    """The decoder as a plain language model (no z): mean NLL per target token, computed from its logits."""
+    logp = lm(input_ids=batch.dec_in).logits.log_softmax(-1)
+    nll = -logp.gather(-1, batch.dec_target.unsqueeze(-1)).squeeze(-1)
+    return float((nll * batch.dec_mask).sum() / batch.dec_mask.sum())
 
 
 @needs_models
 def test_the_pretrained_decoder_knows_english_and_random_init_does_not(pretrained):
-    """Per-token NLL of real sentences given z = 0: the pretrained SmolLM2 far below log |V| (≈ 10.8 nats), the
-    same architecture with init: random near it. The weights came from the GGUF file, not from a config."""
+    """Per-token NLL of plain English sentences (</s> = <|im_end|> included): the pretrained SmolLM2 far below
+    log |V| = 10.8 nats, the same architecture with init: random (same size) at about log |V|. The weights came
+    from the GGUF file, not from a config. (The embedded corpus is grammatical but nonsensical, "the kind bus is
+    driving those visas": there even the pretrained LM needs ≈ 8.5 nats per token.)"""
     from ablate.run import build
 
+    from ablate.data.batching import encode_split, make_batch
+
     config, prepared, model = pretrained
-    batch = _batch(prepared, 4)
-    tokens = batch.dec_mask.sum()
+    english = ["the old man walked slowly to the station .", "she will write a long letter to her brother tomorrow .",
+               "i think we should go home now .", "the children are playing in the garden ."]
+    tokenizer = prepared.tokenizer
+    batch = make_batch(encode_split(english, tokenizer, 64), list(range(4)), tokenizer.framing)
+    random_cfg = config.model_copy(update={"model": config.model.model_copy(update={"init": "random"})})
+    fresh = build(random_cfg, prepared).eval()
     with torch.no_grad():
-        nll = -model.log_likelihood(batch, torch.zeros(4, model.nz)).sum() / tokens
-        random_cfg = config.model_copy(update={"model": config.model.model_copy(update={"init": "random"})})
-        fresh = build(random_cfg, prepared).eval()
-        nll_random = -fresh.log_likelihood(batch, torch.zeros(4, model.nz)).sum() / tokens
-    assert float(nll) < 7.0 < 10.0 < float(nll_random)
+        nll, nll_random = _lm_nll_per_token(model.lm, batch), _lm_nll_per_token(fresh.lm, batch)
+    assert nll < 7.5 and nll_random > 10.0, (nll, nll_random)
     assert sum(p.numel() for p in fresh.parameters()) == sum(p.numel() for p in model.parameters())
 
 
@@ -111,7 +123,8 @@ def test_isolation_and_incremental_decoding_on_the_real_models(pretrained):
     _, prepared, model = pretrained
     batch = _batch(prepared, 3)
     assert_per_sample_isolation(model, batch, nz=model.nz)
-    assert_incremental_decoding_matches_teacher_forcing(model, batch, nz=model.nz)
+    # logits reach ±33 through 30 fp32 layers: one pass and 13 cached steps round apart by ~1e-3 (float64: 1e-5)
+    assert_incremental_decoding_matches_teacher_forcing(model, batch, nz=model.nz, atol=5e-3)
 
 
 @needs_models

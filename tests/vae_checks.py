@@ -32,9 +32,10 @@ def assert_per_sample_isolation(model, batch, nz: int) -> None:
     assert torch.equal(changed, expected)
 
 
-def assert_incremental_decoding_matches_teacher_forcing(model, batch, nz: int) -> None:
+def assert_incremental_decoding_matches_teacher_forcing(model, batch, nz: int, atol: float = 1e-4) -> None:
     """Token-by-token decoding with the cache gives the logits of the one-pass forward (memory slot and causal mask
-    offsets are right), and the stepwise log-probs sum to log_likelihood."""
+    offsets are right), and the stepwise log-probs sum to log_likelihood. `atol`: fp32 rounding of a deep network
+    (a wrong position or mask offset moves logits by whole units)."""
     z = torch.randn(batch.size, nz)
     with torch.no_grad():
         full, _ = model.decoder_logits(batch.dec_in, z)
@@ -44,7 +45,7 @@ def assert_incremental_decoding_matches_teacher_forcing(model, batch, nz: int) -
             logits, cache = model.decoder_logits(batch.dec_in[:, t: t + 1], z, cache)
             steps.append(logits)
         stepwise = torch.cat(steps, dim=1)
-        assert torch.allclose(stepwise, full, atol=1e-4)
+        assert torch.allclose(stepwise, full, atol=atol)
         logp = stepwise.log_softmax(-1).gather(-1, batch.dec_target.unsqueeze(-1)).squeeze(-1)
         expected = (logp * batch.dec_mask).sum(-1)
-        assert torch.allclose(model.log_likelihood(batch, z), expected, atol=1e-4)
+        assert torch.allclose(model.log_likelihood(batch, z), expected, atol=10 * atol)

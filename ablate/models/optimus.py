@@ -150,7 +150,7 @@ def _decoder_net(cfg: OptimusConfig, tokenizer: HFTokenizer) -> nn.Module:
     if cfg.decoder is not None and cfg.init == "random":
         return AutoModelForCausalLM.from_config(_load("decoder", AutoConfig.from_pretrained, cfg.decoder, **gguf))
     if cfg.decoder is not None:
-        return _load("decoder", AutoModelForCausalLM.from_pretrained, cfg.decoder, **gguf)
+        return _dequantised(_load("decoder", AutoModelForCausalLM.from_pretrained, cfg.decoder, **gguf))
     a, ids = cfg.decoder_config, tokenizer.special_ids
     if a.family == "gpt2":
         config = GPT2Config(vocab_size=len(tokenizer), n_embd=a.d_model, n_layer=a.num_layers, n_head=a.num_heads,
@@ -162,6 +162,16 @@ def _decoder_net(cfg: OptimusConfig, tokenizer: HFTokenizer) -> nn.Module:
                              intermediate_size=a.d_ff, max_position_embeddings=1024, bos_token_id=ids.bos,
                              eos_token_id=ids.eos, pad_token_id=ids.pad, tie_word_embeddings=True)
     return AutoModelForCausalLM.from_config(config)
+
+
+def _dequantised(lm: nn.Module) -> nn.Module:
+    """transformers dequantises a GGUF file's weights to float tensors on load but still marks the model quantized,
+    which blocks save_pretrained (`ablate export`): a model whose weights are all float drops the marks."""
+    if getattr(lm, "hf_quantizer", None) is not None and all(p.is_floating_point() for p in lm.parameters()):
+        lm.hf_quantizer, lm.is_quantized = None, False
+        if hasattr(lm.config, "quantization_config"):
+            del lm.config.quantization_config
+    return lm
 
 
 def build_optimus_vae(cfg: OptimusConfig, tokenizer: PairTokenizer) -> "OptimusVAE":
