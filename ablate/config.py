@@ -166,7 +166,8 @@ class TrainConfig(Strict):
         "validation rec (for an autoencoder, whose KL grows without bound), or the last"
     )
     grad_accum: int = Field(1, ge=1, le=4096, description="batches per optimiser step, their gradients averaged "
-                            "(an effective batch of batch_size × grad_accum); steps and schedules count optimiser steps")
+                            "(an effective batch of batch_size × grad_accum); steps and schedules count optimiser "
+                            "steps")
     freeze: list[str] = Field(default_factory=list, description="parameters that do not train, by module path over "
                               "the model's parameter names: names, * or ranges a-b, e.g. lm.model.layers.0-23")
     precision: Literal["fp32", "bf16"] = Field(

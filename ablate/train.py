@@ -181,7 +181,6 @@ class Trainer:
         self.curves: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # the selected VAE-phase state (train.select_by)
         self.generator = torch.Generator().manual_seed(seed + 7919)  # corruptions
-        self.frozen = 0  # values train.freeze holds fixed
         self.start_phase()
         self.optimizer = make_optimizer(model, cfg)
         self.valid_batches = iterate_batches(valid_split, framing, eval_batch_size)
@@ -195,7 +194,7 @@ class Trainer:
         """The techniques' set-up of the current phase (they may freeze or unfreeze parts), then train.freeze."""
         for technique in self.techniques:
             technique.start_phase(self.state.phase, self.model)
-        self.frozen = freeze(self.model, self.cfg.freeze)
+        freeze(self.model, self.cfg.freeze)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
 
@@ -379,7 +378,8 @@ class Trainer:
 def merged(evaluated: list[Evaluated], weights: list[float]) -> Evaluated:
     """The batches of one accumulated step as one: their sentences' pieces side by side, the weighted loss."""
     parts = [e.parts for e in evaluated]
-    cat = {key: torch.cat([getattr(p, key).detach() for p in parts]) for key in ("rec", "kl_per_dim", "mu", "logvar", "z")}
+    cat = {key: torch.cat([getattr(p, key).detach() for p in parts])
+           for key in ("rec", "kl_per_dim", "mu", "logvar", "z")}
     last = evaluated[-1].objective
     loss = sum(w * e.objective.loss.detach() for w, e in zip(weights, evaluated))
     kl_term = sum(w * e.objective.kl_term.detach() for w, e in zip(weights, evaluated))

@@ -24,7 +24,8 @@ def test_a_pattern_names_the_modules_under_it():
     assert not matches("lm.model.layers.0-23", "lm.model.norm.weight")
     assert not matches("lm.mod", "lm.model.norm.weight")  # whole components only
     assert matches("*.lstm", "encoder.lstm.weight_ih_l0") and matches("*.lstm", "decoder.lstm.bias_hh_l0")
-    assert matches("decoder.out.weight", "decoder.out.weight") and not matches("decoder.out.weight.x", "decoder.out.weight")
+    assert matches("decoder.out.weight", "decoder.out.weight")
+    assert not matches("decoder.out.weight.x", "decoder.out.weight")
 
 
 def _tiny():

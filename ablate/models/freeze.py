@@ -15,6 +15,7 @@ from torch import nn
 from ablate.config import ConfigError
 from ablate.registry import did_you_mean
 
+
 def _component_matches(want: str, have: str) -> bool:
     if want == "*":
         return True
@@ -55,8 +56,9 @@ def freeze(model: nn.Module, patterns: list[str]) -> int:
         hits = [p for name, p in params.items() if matches(pattern, name)]
         if not hits:
             modules = module_overview(model)
-            raise ConfigError(f"train.freeze: {pattern!r} names no parameter of this model{did_you_mean(pattern, modules)}"
-                              f"; its modules: {', '.join(modules)}")
+            hint = did_you_mean(pattern, modules)
+            raise ConfigError(f"train.freeze: {pattern!r} names no parameter of this model{hint}; its modules: "
+                              f"{', '.join(modules)}")
         frozen.update({id(p): p for p in hits})
     for param in frozen.values():
         param.requires_grad_(False)

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from ablate.config import MAX_DIM, MAX_NZ, ConfigError, DataConfig, ModelSection, Strict
 from ablate.data.tokenize import HFTokenizer, PairTokenizer
 from ablate.models.registry import ModelFamily, register_family
-from ablate.sources import resolve_source
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
+from ablate.sources import resolve_source
 
 
 class TinyArch(Strict):

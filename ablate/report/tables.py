@@ -425,6 +425,9 @@ def selection_metric(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_S
     return None
 
 
+SELECTED_COLUMNS = ["dataset", "model", "arm", "setting", "settings", "select", "select.mean", "select.n", "n_settings"]
+
+
 def select_settings(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SELECT,
                     arms: Sequence[str] | None = None) -> pd.DataFrame:
     """Per dataset × model × arm, the setting with the best mean (over seeds) of the validation column, by the
@@ -432,7 +435,7 @@ def select_settings(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SE
     that evaluate only test) an arm of one setting is its own choice and an arm of several is left out: nothing
     can choose among them. Columns: dataset, model, arm, setting, settings, select (the column), select.mean,
     select.n, n_settings."""
-    cols = ["dataset", "model", "arm", "setting", "settings", "select", "select.mean", "select.n", "n_settings"]
+    cols = SELECTED_COLUMNS
     column = selection_metric(rows, select)
     if rows.empty:
         return pd.DataFrame(columns=cols)
@@ -461,7 +464,7 @@ def _only_settings(rows: pd.DataFrame, arms: Sequence[str] | None) -> pd.DataFra
             records.append({"dataset": dataset, "model": model, "arm": arm, "setting": first["setting"],
                             "settings": first["settings"], "select": None, "select.mean": float("nan"),
                             "select.n": 0, "n_settings": 1})
-    cols = ["dataset", "model", "arm", "setting", "settings", "select", "select.mean", "select.n", "n_settings"]
+    cols = SELECTED_COLUMNS
     return _ordered(pd.DataFrame.from_records(records, columns=cols), arms or arm_order(rows))
 
 
