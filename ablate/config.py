@@ -21,7 +21,7 @@ from pydantic_core import PydanticCustomError
 from ablate import safe_yaml
 from ablate.errors import shorten, validation_line
 from ablate.registry import Registry, did_you_mean
-from ablate.technique_configs import resolve_techniques, technique_versions
+from ablate.technique_configs import resolve_techniques, step_takers, technique_versions
 
 
 class ConfigError(ValueError):
@@ -265,6 +265,10 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _techniques_known(self) -> "RunConfig":
         self.__dict__["techniques"] = resolve_techniques(self.techniques)
+        takers = step_takers(self.techniques)
+        if takers and self.train.grad_accum > 1:
+            raise ValueError(f"train.grad_accum: {takers[0]} takes its own optimiser steps; use grad_accum 1 with it "
+                             "(or a larger train.batch_size)")
         return self
 
 

@@ -49,10 +49,15 @@ def resolve_techniques(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"techniques {' and '.join(replacing)} both replace the KL term; keep one of them "
             "(free bits thresholds the KL, the constraint targets a value C: they cannot both define it)"
         )
-    taking_over = [name for name in resolved if get(name).takes_over_step]
+    taking_over = step_takers(resolved)
     if len(taking_over) > 1:
         raise ValueError(f"techniques {' and '.join(taking_over)} both take over the optimiser step; keep one of them")
     return resolved
+
+
+def step_takers(resolved: dict[str, Any]) -> list[str]:
+    """The techniques among `resolved` that take over the optimiser step (He et al.'s aggressive training)."""
+    return [name for name in resolved if get(name).takes_over_step]
 
 
 def technique_versions(resolved: dict[str, dict[str, Any]]) -> dict[str, int]:

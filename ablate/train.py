@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ablate.config import ConfigError, TrainConfig
+from ablate.config import TrainConfig
 from ablate.data.batching import Batch, EncodedSplit, iterate_batches
 from ablate.data.tokenize import Framing
 from ablate.metrics import gaussian_kl_per_dim, sample_posterior
@@ -186,9 +186,6 @@ class Trainer:
         self.valid_batches = iterate_batches(valid_split, framing, eval_batch_size)
         self.pretrainers = [t for t in techniques if t.wants_pretraining()]
         self.taker = next((t for t in techniques if t.takes_over_step), None)
-        if self.taker is not None and cfg.grad_accum > 1:
-            raise ConfigError(f"train.grad_accum: {self.taker.name} takes its own optimiser steps; use grad_accum 1 "
-                              "with it (or a larger train.batch_size)")
 
     def start_phase(self) -> None:
         """The techniques' set-up of the current phase (they may freeze or unfreeze parts), then train.freeze."""

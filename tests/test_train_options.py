@@ -121,7 +121,6 @@ def test_grad_accum_counts_optimiser_steps(tmp_path):
                       save_model=False)
     batches = -(-300 // 32)
     assert outcome.row["train_steps"] == -(-batches // 3)
-    refused = execute(build_config(tiny_overrides(**{"train.grad_accum": 2, "techniques": {"aggressive": {}}})),
-                      tmp_path / "a", progress=False, save_model=False)
-    assert refused.row["status"] == "failed"
-    assert "train.grad_accum: aggressive takes its own optimiser steps" in refused.row["error_message"]
+    with pytest.raises(ConfigError, match=r"train.grad_accum: aggressive takes its own optimiser steps; use "
+                                          r"grad_accum 1"):  # refused when the config is read, before any run
+        build_config(tiny_overrides(**{"train.grad_accum": 2, "techniques": {"aggressive": {}}}))
