@@ -99,9 +99,8 @@ def test_the_pretrained_decoder_knows_english_and_random_init_does_not(pretraine
     log |V| = 10.8 nats, the same architecture with init: random (same size) at about log |V|. The weights came
     from the GGUF file, not from a config. (The embedded corpus is grammatical but nonsensical, "the kind bus is
     driving those visas": there even the pretrained LM needs ≈ 8.5 nats per token.)"""
-    from ablate.run import build
-
     from ablate.data.batching import encode_split, make_batch
+    from ablate.run import build
 
     config, prepared, model = pretrained
     english = ["the old man walked slowly to the station .", "she will write a long letter to her brother tomorrow .",
@@ -129,16 +128,19 @@ def test_isolation_and_incremental_decoding_on_the_real_models(pretrained):
 
 @needs_models
 def test_the_examples_freeze_leaves_the_top_six_layers_and_the_encoder_training(pretrained):
+    import copy
+
     from ablate.models.freeze import freeze
 
     config, _, model = pretrained
-    lm = model.lm.model
+    copied = copy.deepcopy(model)
+    lm = copied.lm.model
     per_layer = sum(p.numel() for p in lm.layers[0].parameters())
-    expected = lm.embed_tokens.weight.numel() + 24 * per_layer
-    import copy
-
-    held = freeze(copy.deepcopy(model), config.train.freeze)
-    assert held == expected
+    assert freeze(copied, config.train.freeze) == lm.embed_tokens.weight.numel() + 24 * per_layer
+    assert not copied.lm.lm_head.weight.requires_grad  # tied to the embeddings
+    assert all(p.requires_grad for layer in lm.layers[24:] for p in layer.parameters())
+    assert all(p.requires_grad for p in copied.encoder.parameters())
+    assert not any(p.requires_grad for layer in lm.layers[:24] for p in layer.parameters())
 
 
 @needs_models
