@@ -116,12 +116,20 @@ def test_the_pretrained_decoder_knows_english_and_random_init_does_not(pretraine
 
 
 @needs_models
-def test_isolation_and_incremental_decoding_on_the_real_models(pretrained):
-    from vae_checks import assert_incremental_decoding_matches_teacher_forcing, assert_per_sample_isolation
+def test_isolation_padding_and_incremental_decoding_on_the_real_models(pretrained):
+    from ablate.data.batching import make_batch
+    from vae_checks import (assert_incremental_decoding_matches_teacher_forcing,
+                            assert_padding_does_not_change_the_posterior, assert_per_sample_isolation)
 
-    _, prepared, model = pretrained
+    config, prepared, model = pretrained
     batch = _batch(prepared, 3)
     assert_per_sample_isolation(model, batch, nz=model.nz)
+    split, framing = prepared.splits["test"], prepared.tokenizer.framing
+    by_length = sorted(range(len(split)), key=lambda i: len(split.enc_tokens[i]))
+    assert_padding_does_not_change_the_posterior(
+        model, make_batch(split, by_length[:1], framing), make_batch(split, [by_length[0], by_length[-1]], framing),
+        config.model.pooling, lambda b: model.encoder(input_ids=b.enc_ids,
+                                                      attention_mask=b.enc_mask.long()).last_hidden_state)
     # logits reach ±33 through 30 fp32 layers: one pass and 13 cached steps round apart by ~1e-3 (float64: 1e-5)
     assert_incremental_decoding_matches_teacher_forcing(model, batch, nz=model.nz, atol=5e-3)
 

@@ -1,10 +1,12 @@
 """Checks every Transformer VAE family must pass (tests/test_seq2seq.py, tests/test_optimus.py), each against an
-independent computation: the same logits with one sample's z moved, and the one-pass forward against token-by-token
-decoding with the cache."""
+independent computation: the same logits with one sample's z moved, the one-pass forward against token-by-token
+decoding with the cache, and a sentence's posterior alone against the same sentence padded beside a longer one."""
 
 from __future__ import annotations
 
 import torch
+
+from ablate.models.transformer_parts import masked_pool
 
 
 def assert_per_sample_isolation(model, batch, nz: int) -> None:
@@ -49,3 +51,20 @@ def assert_incremental_decoding_matches_teacher_forcing(model, batch, nz: int, a
         logp = stepwise.log_softmax(-1).gather(-1, batch.dec_target.unsqueeze(-1)).squeeze(-1)
         expected = (logp * batch.dec_mask).sum(-1)
         assert torch.allclose(model.log_likelihood(batch, z), expected, atol=10 * atol)
+
+
+def assert_padding_does_not_change_the_posterior(model, alone, padded, pooling: str, encoder_hidden) -> None:
+    """The first sentence of `padded` (the sentence of `alone`, padded beside a longer one) gets the same mu, logvar.
+    For mean and max pooling, pooling over the padding too (the released T5-VAE code's defect) would move it: the
+    check shows that it can see that defect. `encoder_hidden(batch)` is the family's encoder's last hidden states."""
+    assert padded.enc_ids.shape[1] > alone.enc_ids.shape[1] + 3
+    with torch.no_grad():
+        mu_alone, lv_alone = model.encode(alone)
+        mu_padded, lv_padded = model.encode(padded)
+    assert torch.allclose(mu_alone[0], mu_padded[0], atol=1e-5)
+    assert torch.allclose(lv_alone[0], lv_padded[0], atol=1e-5)
+    if pooling != "first":
+        with torch.no_grad():
+            pooled = masked_pool(encoder_hidden(padded), torch.ones_like(padded.enc_mask), pooling)
+            mu_unmasked = model.to_posterior(pooled).chunk(2, -1)[0]
+        assert not torch.allclose(mu_unmasked[0], mu_alone[0], atol=1e-3)
