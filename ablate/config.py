@@ -222,9 +222,10 @@ class EvalConfig(Strict):
     probe: bool = Field(True, description="linear probes of ground-truth factors from a posterior sample z "
                                           "(embedded corpus)")
 
-    mi_pool_order: Literal["split", "length"] = Field(
-        "split", description="blocks of M (mi_pool: M) are consecutive sentences in split order, or in length "
-        "order (He et al. 2019's calc_mi pools within their batches, each of one sentence length)")
+    mi_pool_order: Literal["split", "length", "length_batches"] = Field(
+        "split", description="blocks of M (mi_pool: M): consecutive sentences in split order; in length order (blocks "
+        "cross length boundaries); or length_batches, He et al. 2019's calc_mi over their create_data_batch "
+        "batches: at most M sentences of one length each")
 
     @field_validator("mi_pool")
     @classmethod
@@ -265,6 +266,9 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _techniques_known(self) -> "RunConfig":
         self.__dict__["techniques"] = resolve_techniques(self.techniques)
+        if getattr(self.model, "nz", 1) == 0 and self.techniques:
+            raise ValueError(f"techniques: model.nz 0 is a language model (no latent), so {sorted(self.techniques)[0]} "
+                             "has nothing to act on; drop the techniques or give model.nz ≥ 1")
         takers = step_takers(self.techniques)
         if takers and self.train.grad_accum > 1:
             raise ValueError(f"train.grad_accum: {takers[0]} takes its own optimiser steps; use grad_accum 1 with it "

@@ -18,7 +18,7 @@ from ablate.config import EvalConfig
 from ablate.data.batching import Batch, EncodedSplit, iterate_batches, select_rows
 from ablate.data.tokenize import Framing
 from ablate.metrics import (active_units, gaussian_kl, iw_log_marginal, linear_probe_accuracy, log_normal_diag,
-                            log_standard_normal, majority_baseline, mutual_information,
+                            length_batches, log_standard_normal, majority_baseline, mutual_information,
                             sample_posterior)
 from ablate.metric_schema import SplitStats, emitted
 from ablate.models.base import TextVAE, output_block
@@ -94,6 +94,7 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
     sums = {"kl": 0.0, "rec": 0.0, "nll": 0.0}
     n_tokens = n_words = 0
     block = output_block(vocab_size, cfg.iw_max_elements)
+    iw_samples = cfg.iw_samples if model.nz > 0 else 1  # no latent (a language model): log p(x) is exact at K = 1
     if progress is not None:
         progress.begin(desc)
     for batch in iterate_batches(split, framing, cfg.batch_size):
@@ -105,25 +106,30 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
         z = sample_posterior(mu, logvar, generator=generator)
         sums["kl"] += float(gaussian_kl(mu, logvar).sum())
         sums["rec"] += float(-model.log_likelihood(batch, z, block=block).sum())
-        sums["nll"] += float(iw_nll(model, batch, mu, logvar, cfg.iw_samples, block, generator).sum())
+        sums["nll"] += float(iw_nll(model, batch, mu, logvar, iw_samples, block, generator).sum())
         mu_all[batch.index.cpu()] = mu.double().cpu()
         logvar_all[batch.index.cpu()] = logvar.double().cpu()
         if progress is not None:
             progress.evaluated(batch.size)
 
     pool = None if cfg.mi_pool == "dataset" else int(cfg.mi_pool)
-    mi_mu, mi_logvar = mu_all, logvar_all
-    if pool is not None and cfg.mi_pool_order == "length":  # He et al.: blocks of sentences of (near) one length
+    mi_mu, mi_logvar, block_sizes = mu_all, logvar_all, None
+    if pool is not None and cfg.mi_pool_order == "length":  # blocks of M in length order (they cross lengths)
         order = torch.tensor(sorted(range(n), key=lambda i: (len(split.tokens[i]), i)), dtype=torch.long)
         mi_mu, mi_logvar = mu_all[order], logvar_all[order]
+    elif pool is not None and cfg.mi_pool_order == "length_batches":  # He et al.'s batches: one length each
+        batch_order, block_sizes = length_batches([len(t) for t in split.tokens], pool)
+        order = torch.tensor(batch_order, dtype=torch.long)
+        mi_mu, mi_logvar = mu_all[order], logvar_all[order]
     cpu_generator = torch.Generator().manual_seed(seed + 1)
-    mi, pool_used = mutual_information(mi_mu, mi_logvar, pool_size=pool, generator=cpu_generator)
+    mi, pool_used = mutual_information(mi_mu, mi_logvar, pool_size=pool, generator=cpu_generator,
+                                       block_sizes=block_sizes)
     au, _ = active_units(mu_all, cfg.au_delta)
     stats = SplitStats(sentences=n, tokens=n_tokens, words=n_words, truncated=split.n_truncated,
                        kl_sum=sums["kl"], rec_sum=sums["rec"], nll_sum=sums["nll"], mi=mi, mi_pool=pool_used,
                        au=int(au))
     metrics = emitted(stats)  # every declared metric (ablate.metric_schema), nothing else
-    conventions = {"iw_samples": cfg.iw_samples, "mi_pool": pool_used, "au_delta": cfg.au_delta,
+    conventions = {"iw_samples": iw_samples, "mi_pool": pool_used, "au_delta": cfg.au_delta,
                    "token_unit": token_unit, "ppl_counts_eos": True, "ppl_counts_bos": False}
     return SplitEvaluation(metrics=metrics, mu=mu_all, logvar=logvar_all, conventions=conventions)
 

@@ -181,6 +181,7 @@ def mutual_information(
     pool_size: int | None = None,
     generator: torch.Generator | None = None,
     chunk_size: int = 1024,
+    block_sizes: list[int] | None = None,
 ) -> tuple[float, int]:
     """I_q(x; z) estimate in nats (Hoffman & Johnson 2016; He et al. 2019 eq. 5, `calc_mi` of vae-lagging-encoder).
 
@@ -195,6 +196,10 @@ def mutual_information(
     (estimator noise near collapse) are not clipped. Because the first term is analytic and the second sampled,
     a single estimate can exceed log M by 1/2 mean_i sum_j (eps_ij^2 - 1) (sampling noise of order
     sqrt(nz / (2N))).
+
+    block_sizes=[n_1, n_2, ...] (summing to N): consecutive blocks of those sizes instead of equal ones — He et al.'s
+    `create_data_batch` batches, each of at most 32 sentences of one length, come out this way (see
+    `length_batches`); pool_size is then the largest block.
 
     Returns (estimate, M): M = N for the whole-set variant, min(pool_size, N) for the block variant.
     With N = 1 the aggregate is the posterior itself (M = 1) and the estimate is pure sampling noise around 0.
@@ -219,7 +224,17 @@ def mutual_information(
     z64 = z.detach().to(torch.float64)
 
     neg_entropy = -0.5 * nz * LOG_2PI - 0.5 * (1.0 + lv64).sum(-1)  # [N]
-    if pool_size is None:
+    if block_sizes is not None:
+        if sum(block_sizes) != n or min(block_sizes) < 1:
+            raise ValueError(f"block_sizes must be positive and sum to {n}, got {sum(block_sizes)}")
+        log_qz = torch.empty(n, dtype=torch.float64, device=mu.device)
+        start = 0
+        for size in block_sizes:
+            sl = slice(start, start + size)
+            log_qz[sl] = _log_aggregate_density(z64[sl], mu64[sl], lv64[sl], chunk_size)
+            start += size
+        m_used = max(block_sizes)
+    elif pool_size is None:
         log_qz = _log_aggregate_density(z64, mu64, lv64, chunk_size)
         m_used = n
     else:
@@ -230,6 +245,23 @@ def mutual_information(
         m_used = min(pool_size, n)
     # Mean over items == block-size-weighted mean of the per-block estimates.
     return float((neg_entropy - log_qz).mean().item()), m_used
+
+
+def length_batches(lengths: list[int], batch_size: int) -> tuple[list[int], list[int]]:
+    """He et al. 2019's evaluation batches (vae-lagging-encoder `data/text_data.py: create_data_batch`): the items
+    sorted by length, each run of one length cut into batches of at most `batch_size`. Returns (order, sizes): the
+    item indices in batch order and each batch's size. Ties keep their split order (He et al.'s `np.argsort` does
+    not promise one; which sentences of one length share a batch does not change the estimator's expectation)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    sizes: list[int] = []
+    run = 0
+    for position, index in enumerate(order):
+        run += 1
+        last_of_length = position + 1 == len(order) or lengths[order[position + 1]] != lengths[index]
+        if run == batch_size or last_of_length:
+            sizes.append(run)
+            run = 0
+    return order, sizes
 
 
 def active_units(mu: Tensor, delta: float = 0.01) -> tuple[int, Tensor]:

@@ -4,7 +4,7 @@
       - arm: vanilla                      # the study's arm it stands beside
         dataset: yahoo                    # optional: only that dataset / model label of the study
         source: "He et al. 2019, Table 2"
-        conventions: {iw_samples: 500, mi_pool: 32, mi_pool_kind: length_block, token_unit: word, nll: iw}
+        conventions: {iw_samples: 500, mi_pool: 32, mi_pool_kind: length_batch, token_unit: word, nll: iw}
         values: {nll: 328.6, kl: 0.0, mi: 0.0, au: 0}   # metric names of the result rows; split: test
 
 `conventions` say how the published numbers were measured, so the report can mark a comparison whose
@@ -24,10 +24,11 @@ class ReferenceConventions(BaseModel):
 
     iw_samples: int | None = Field(None, ge=1, description="K of the published IW NLL")
     mi_pool: Union[int, Literal["dataset"], None] = Field(None, description="M of the MI estimator, or 'dataset'")
-    mi_pool_kind: Literal["dataset", "block", "length_block"] | None = Field(
+    mi_pool_kind: Literal["dataset", "block", "length_block", "length_batch"] | None = Field(
         None, description="how the MI pools were formed (eval.mi_pool_kind)")
     token_unit: Literal["word", "subword"] | None = None
-    nll: Literal["iw", "elbo"] | None = Field(None, description="importance-weighted NLL, or the −ELBO bound")
+    nll: Literal["iw", "elbo", "exact"] | None = Field(
+        None, description="importance-weighted NLL, the −ELBO bound, or exact (a language model's log p(x))")
 
 
 class Reference(BaseModel):

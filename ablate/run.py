@@ -223,10 +223,11 @@ def _both(first: Callable[[dict[str, Any]], None] | None, second: Callable[[dict
 
 
 def mi_pool_kind(cfg: EvalConfig) -> str:
-    """dataset (one pool of the whole split), block (M consecutive in split order) or length_block (He et al.)."""
+    """dataset (one pool of the whole split), block (M consecutive in split order), length_block (M consecutive in
+    length order) or length_batch (He et al. 2019's batches of at most M sentences of one length)."""
     if cfg.mi_pool == "dataset":
         return "dataset"
-    return "length_block" if cfg.mi_pool_order == "length" else "block"
+    return {"length": "length_block", "length_batches": "length_batch"}.get(cfg.mi_pool_order, "block")
 
 
 def eval_sentences(config: RunConfig, prepared: Prepared) -> int:

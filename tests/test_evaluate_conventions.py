@@ -24,3 +24,85 @@ def test_length_ordered_mi_pools_are_blocks_of_the_length_sorted_split():
     assert in_split_order != expected  # the grouping matters (the sentences here are of mixed lengths)
     assert mi_pool_kind(cfg) == "length_block"
     assert mi_pool_kind(EvalConfig(mi_pool=3)) == "block" and mi_pool_kind(EvalConfig()) == "dataset"
+
+
+# --- He et al. 2019's MI over their batches: a transcription of vae-lagging-encoder (commit cdc4eb9) -------------
+
+def _he_create_data_batch(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """data/text_data.py create_data_batch: sort by length, cut at every change of length and every batch_size
+    items (their np.argsort, made stable here so that ties fall as ours do)."""
+    import numpy as np
+
+    sents_len = np.array(lengths)
+    sort_idx = np.argsort(sents_len, kind="stable")
+    sort_len = sents_len[sort_idx]
+    change_loc = [i for i in range(1, len(sort_len)) if sort_len[i] != sort_len[i - 1]] + [len(sort_len)]
+    batches, curr = [], 0
+    for idx in change_loc:
+        while curr < idx:
+            nxt = min(curr + batch_size, idx)
+            batches.append([int(sort_idx[i]) for i in range(curr, nxt)])
+            curr = nxt
+    return batches
+
+
+def _he_calc_mi(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor, batches: list[list[int]]) -> float:
+    """text.py calc_mi (batch-size-weighted mean) over modules/encoders/encoder.py calc_mi (one batch)."""
+    import math
+
+    mi, num_examples = 0.0, 0
+    for batch in batches:
+        m, lv, zs = mu[batch], logvar[batch], z[batch].unsqueeze(1)  # z_samples [x_batch, 1, nz]
+        x_batch, nz = m.size()
+        neg_entropy = (-0.5 * nz * math.log(2 * math.pi) - 0.5 * (1 + lv).sum(-1)).mean()
+        m, lv = m.unsqueeze(0), lv.unsqueeze(0)
+        dev = zs - m
+        log_density = -0.5 * ((dev ** 2) / lv.exp()).sum(dim=-1) - 0.5 * (nz * math.log(2 * math.pi) + lv.sum(-1))
+        log_qz = torch.logsumexp(log_density, dim=1) - math.log(x_batch)
+        mi += (neg_entropy - log_qz.mean(-1)).item() * x_batch
+        num_examples += x_batch
+    return mi / num_examples
+
+
+def test_length_batches_are_he_et_al_s_batches():
+    from ablate.metrics import length_batches
+
+    order, sizes = length_batches([3, 1, 3, 2, 3, 3], 2)  # hand-worked: lengths 1 | 2 | 3 3 | 3 3
+    assert order == [1, 3, 0, 2, 4, 5] and sizes == [1, 1, 2, 2]
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 15, (300,), generator=gen).tolist()
+    order, sizes = length_batches(lengths, 32)
+    batches = _he_create_data_batch(lengths, 32)
+    assert [len(b) for b in batches] == sizes and [i for b in batches for i in b] == order
+
+
+def test_mi_by_length_batches_matches_he_et_al_s_calc_mi():
+    from ablate.metrics import length_batches
+
+    gen = torch.Generator().manual_seed(1)
+    n, nz = 300, 8
+    lengths = torch.randint(1, 15, (n,), generator=gen).tolist()
+    # an informative posterior: the means spread far beyond the posterior widths (MI well above zero)
+    mu = (2.0 * torch.randn(n, nz, generator=gen)).double()
+    logvar = (torch.randn(n, nz, generator=gen) * 0.3 - 2.0).double()
+    z = mu + (0.5 * logvar).exp() * torch.randn(n, nz, generator=gen).double()
+    order, sizes = length_batches(lengths, 32)
+    ours, m = mutual_information(mu[order], logvar[order], z=z[order], block_sizes=sizes)
+    theirs = _he_calc_mi(mu, logvar, z, _he_create_data_batch(lengths, 32))
+    assert abs(ours - theirs) < 1e-9 and m == max(sizes)
+    # the old length_block pools (blocks of 32 across length boundaries) give a different number on the same draws
+    blocks, _ = mutual_information(mu[order], logvar[order], z=z[order], pool_size=32)
+    assert abs(blocks - theirs) > 0.1
+
+
+def test_evaluation_with_length_batches_uses_he_et_al_s_batches():
+    from ablate.metrics import length_batches
+
+    vocab, model, split = setup()
+    cfg = EvalConfig(iw_samples=2, mi_pool=3, mi_pool_order="length_batches", batch_size=4)
+    ev = evaluate_split(model, split, vocab.framing, len(vocab), cfg, torch.device("cpu"), seed=5, token_unit="word")
+    order, sizes = length_batches([len(t) for t in split.tokens], 3)
+    expected, _ = mutual_information(ev.mu[order], ev.logvar[order], pool_size=3, block_sizes=sizes,
+                                     generator=torch.Generator().manual_seed(6))
+    assert ev.metrics["mi"] == expected
+    assert mi_pool_kind(cfg) == "length_batch"

@@ -107,3 +107,51 @@ def test_kl_of_the_posterior_is_analytic():
     mu, logvar = model.encode(make_batch(split, [0, 1], vocab.framing))
     manual = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(-1)
     assert torch.allclose(gaussian_kl(mu, logvar), manual, atol=1e-6)
+
+
+# --- nz 0: He et al.'s LSTM language model (vae-lagging-encoder modules/lm/lm_lstm.py) ---------------------------
+
+def _he_lm_log_likelihood(model: LSTMVAE, ids: torch.Tensor) -> torch.Tensor:
+    """A transcription of LSTM_LM.decode + reconstruct_error on one unpadded sentence [1, L] (<s> … </s>), with
+    our decoder's weights: h_0 = c_0 = 0, embeddings only as inputs, pred_linear without bias; log p(x)."""
+    dec = model.decoder
+    emb = dec.embed(ids[:, :-1])
+    zeros = emb.new_zeros(1, 1, dec.lstm.hidden_size)
+    output, _ = dec.lstm(emb, (zeros, zeros))
+    logits = torch.nn.functional.linear(output, dec.out.weight)  # no bias
+    return -torch.nn.functional.cross_entropy(logits[0], ids[0, 1:], reduction="sum")
+
+
+def test_nz_0_is_he_et_al_s_language_model_and_its_nll_is_exact():
+    torch.manual_seed(0)
+    vocab = WordVocab.build(TEXTS)
+    cfg = LSTMConfig(emb_dim=8, enc_hidden=12, dec_hidden=10, nz=0, dec_dropout_in=0.0, dec_dropout_out=0.0,
+                     init_uniform=0.3, emb_init_uniform=0.5, output_bias=False)
+    model = LSTMVAE(len(vocab), cfg).eval()
+    assert model.encoder is None and model.decoder.out.bias is None and not list(model.encoder_parameters())
+    split = encode_split(TEXTS, vocab, max_length=50)
+    batch = make_batch(split, [0, 1, 2, 3], vocab.framing)
+    mu, logvar = model.encode(batch)
+    assert mu.shape == (4, 0) and float(gaussian_kl(mu, logvar).abs().sum()) == 0.0
+    with torch.no_grad():
+        ours = model.log_likelihood(batch, mu)
+        for i, tokens in enumerate(split.tokens):
+            theirs = _he_lm_log_likelihood(model, torch.tensor([[1] + tokens + [2]]))
+            assert abs(float(ours[i]) - float(theirs)) < 1e-5
+    from ablate.config import EvalConfig
+    from ablate.evaluate import evaluate_split
+
+    ev = evaluate_split(model, split, vocab.framing, len(vocab), EvalConfig(iw_samples=500, batch_size=4),
+                        torch.device("cpu"), seed=0, token_unit="word")
+    assert ev.conventions["iw_samples"] == 1  # exact: no latent to sample
+    assert abs(ev.metrics["nll"] - ev.metrics["rec"]) < 1e-9 and ev.metrics["kl"] == 0.0
+    assert abs(ev.metrics["nll"] - float(-ours.mean())) < 1e-4
+
+
+def test_a_language_model_takes_no_technique():
+    import pytest
+
+    from ablate.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="language model"):
+        build_config({"model": {"name": "lstm", "nz": 0}, "techniques": {"free_bits": {"target_total": 8}}}, "x.yaml")

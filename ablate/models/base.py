@@ -61,7 +61,7 @@ class TextVAE(nn.Module):
         """
         per_sample = z.dim() == 3
         k = z.shape[1] if per_sample else 1
-        flat_z = z.reshape(-1, self.nz)  # [B*K, nz], row b*K + k is sample k of sentence b
+        flat_z = z.reshape(z.shape[0] * k, self.nz)  # [B*K, nz], row b*K + k is sample k of sentence b
         mask = expand_for_samples(batch.dec_mask, k)
         targets = expand_for_samples(batch.dec_target, k)
         states = self.decoder_states(expand_for_samples(batch.dec_in, k), flat_z)

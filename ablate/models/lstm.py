@@ -4,8 +4,10 @@ encoder:  e_t = Emb(x_t);  h_T = LSTM(e_1..e_T) at the sentence's last real toke
           (the LSTM runs over the padded batch — PyTorch's fused kernel, which packed sequences skip — and each
           sentence's state is read at its own last token: one direction, so padding after it never reaches it)
 decoder:  c_0 = W_z z,  h_0 = tanh(c_0);  h_t = LSTM([Drop(Emb'(y_{t-1})); z], h_{t-1});
-          p(y_t | y_<t, z) = softmax(V Drop(h_t) + b)
+          p(y_t | y_<t, z) = softmax(V Drop(h_t) [+ b])   (He et al.'s pred_linear has no bias: output_bias false)
 Init (He et al.): weights U(-0.01, 0.01), embeddings U(-0.1, 0.1).
+nz 0: no latent and no encoder — the decoder alone is He et al.'s LSTM language model (modules/lm/lm_lstm.py:
+h_0 = c_0 = 0, inputs the embeddings only); KL = 0 and every importance-weighted estimate is the exact log p(x).
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ class LSTMConfig(ModelSection):
     emb_dim: int = Field(64, ge=1, le=MAX_DIM)
     enc_hidden: int = Field(128, ge=1, le=MAX_DIM)
     dec_hidden: int = Field(128, ge=1, le=MAX_DIM)
-    nz: int = Field(16, ge=1, le=MAX_NZ)
+    nz: int = Field(16, ge=0, le=MAX_NZ, description="latent dimensions; 0: no latent, an LSTM language model "
+                    "(He et al.'s lm_lstm.py, the LSTM-LM rows of their tables)")
     dec_dropout_in: float = Field(0.5, ge=0.0, lt=1.0)
     dec_dropout_out: float = Field(0.5, ge=0.0, lt=1.0)
     init_uniform: float = Field(0.01, ge=0.0, description="U(-a, a) init of weights (He et al.)")
     emb_init_uniform: float = Field(0.1, ge=0.0, description="U(-a, a) init of embeddings (He et al.)")
+    output_bias: bool = Field(True, description="a bias in the output layer (He et al.'s and Li et al.'s code: "
+                              "none, pred_linear bias=False)")
 
 
 class LSTMEncoder(nn.Module):
@@ -59,11 +64,14 @@ class LSTMDecoder(nn.Module):
         self.embed = nn.Embedding(vocab_size, cfg.emb_dim)
         self.drop_in = nn.Dropout(cfg.dec_dropout_in)
         self.lstm = nn.LSTM(cfg.emb_dim + cfg.nz, cfg.dec_hidden, batch_first=True)
-        self.z_to_cell = nn.Linear(cfg.nz, cfg.dec_hidden, bias=False)
+        self.z_to_cell = nn.Linear(cfg.nz, cfg.dec_hidden, bias=False) if cfg.nz > 0 else None
         self.drop_out = nn.Dropout(cfg.dec_dropout_out)
-        self.out = nn.Linear(cfg.dec_hidden, vocab_size)
+        self.out = nn.Linear(cfg.dec_hidden, vocab_size, bias=cfg.output_bias)
 
     def initial_state(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if self.z_to_cell is None:  # a language model: h_0 = c_0 = 0 (He et al.'s lm_lstm.py)
+            c0 = z.new_zeros(1, z.shape[0], self.lstm.hidden_size)
+            return c0, c0
         c0 = self.z_to_cell(z).unsqueeze(0)
         return torch.tanh(c0), c0
 
@@ -89,9 +97,10 @@ class LSTMVAE(TextVAE):
         self.cfg = cfg
         self.nz = cfg.nz
         self.pad_id = pad_id
-        self.encoder = LSTMEncoder(vocab_size, cfg)
+        self.encoder = LSTMEncoder(vocab_size, cfg) if cfg.nz > 0 else None  # nz 0: a language model
         self.decoder = LSTMDecoder(vocab_size, cfg)
-        self.reset_parameters(self.encoder)
+        if self.encoder is not None:
+            self.reset_parameters(self.encoder)
         self.reset_parameters(self.decoder)
 
     def reset_parameters(self, module: nn.Module) -> None:
@@ -101,6 +110,9 @@ class LSTMVAE(TextVAE):
             nn.init.uniform_(param, -bound, bound)
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        if self.encoder is None:  # a language model: the posterior over R^0
+            empty = self.decoder.out.weight.new_zeros(batch.enc_ids.shape[0], 0)
+            return empty, empty
         return self.finish_posterior(*self.encoder(batch.enc_ids, batch.enc_mask))
 
     def decoder_states(self, inputs: Tensor, z: Tensor) -> Tensor:
@@ -111,7 +123,8 @@ class LSTMVAE(TextVAE):
 
     def encoder_parameters(self) -> Iterator[nn.Parameter]:
         transforms = getattr(self, "posterior_transforms", None)
-        return itertools.chain(self.encoder.parameters(), transforms.parameters() if transforms is not None else ())
+        own = self.encoder.parameters() if self.encoder is not None else ()
+        return itertools.chain(own, transforms.parameters() if transforms is not None else ())
 
     def decoder_parameters(self) -> Iterator[nn.Parameter]:
         return self.decoder.parameters()
