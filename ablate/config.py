@@ -283,9 +283,27 @@ def canonical_dict(config: RunConfig) -> dict[str, Any]:
     return data
 
 
+# A field added to a config section after studies have committed results is declared with
+# `json_schema_extra=NEW_FIELD`: at its default it is left out of the config hash, so the committed cells keep their
+# ids (and a sweep resumes them) while a config that sets it gets a new id.
+NEW_FIELD = {"hash_omits_default": True}
+
+
+def _without_new_defaults(model: BaseModel, data: dict[str, Any]) -> dict[str, Any]:
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name, None)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("hash_omits_default") and name in data and value == info.default:
+            del data[name]
+        elif isinstance(value, BaseModel) and isinstance(data.get(name), dict):
+            _without_new_defaults(value, data[name])
+    return data
+
+
 def config_hash(config: RunConfig) -> str:
-    """A stable id of a config: sha256 of its canonical JSON (sorted keys), first 12 hex digits."""
-    text = json.dumps(canonical_dict(config), sort_keys=True, separators=(",", ":"))
+    """A stable id of a config: sha256 of its canonical JSON (sorted keys; fields declared NEW_FIELD left out at
+    their default), first 12 hex digits."""
+    text = json.dumps(_without_new_defaults(config, canonical_dict(config)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -39,6 +39,9 @@ class Reference(BaseModel):
     model: str | None = None
     split: Literal["valid", "test"] = "test"
     source: str = Field(..., min_length=1, description="paper and table")
+    quoted_in: str | None = Field(None, min_length=1, description="where the number is quoted from, when it is not "
+                                  "the source itself (e.g. another paper's table)")
+    uncertain: str | None = Field(None, min_length=1, description="why the number is uncertain (sources disagree)")
     conventions: ReferenceConventions = ReferenceConventions()
     values: dict[str, float] = Field(..., min_length=1)
     note: str = ""

@@ -42,7 +42,16 @@ references:
   - arm: li2019
     model: lstm
     source: "a hand-made value with our conventions"
+    quoted_in: "a hand-made survey"
+    uncertain: "two hand-made sources disagree"
     values: {kl: 7.0}
+protocol:
+  paper: "A hand-made paper"
+  code: "hand/made @ 0000000"
+  settings:
+    - {topic: learning_rate, paper: "1e-3", expect: {train.lr: 0.001}, source: "made.py:12"}
+    - {topic: batch, arms: [vanilla], paper: "64", expect: {train.batch_size: 64}, source: "made.py:13",
+       reduced: "a smaller machine"}
 """
 
 # (model, arm, settings, seeds); the order of the study file

@@ -96,6 +96,22 @@ def test_published_numbers_stand_beside_ours_with_convention_mismatches_marked(r
     li = rows[("li2019", "test.kl")]
     assert li["conventions_differ"] == "" and abs(li["ours"] - ok.loc[ok["arm"] == "li2019", "test.kl"].mean()) < 1e-9
     assert "differs: K 500 vs ours 100" in page and "same as ours" in page
+    assert li["quoted_in"] == "a hand-made survey" and li["uncertain"] == "two hand-made sources disagree"
+    assert "(quoted in a hand-made survey) — uncertain: two hand-made sources disagree" in page
+
+
+def test_the_protocol_card_stands_beside_the_published_numbers(report):
+    _, out = report
+    page = (out / "index.html").read_text()
+    published = page.index("Published numbers beside ours — synthetic × lstm")
+    card = page.index("Protocol card")
+    assert published < card < page.index("<h4>Plots</h4>", published) and page.count("Protocol card") == 1
+    data = json.loads((out / "handmade" / "tables" / "handmade-protocol.json").read_text())
+    rows = {r["topic"]: r for r in data["rows"]}
+    assert rows["learning_rate"] == {"topic": "learning_rate", "arms": "all", "paper": "1e-3",
+                                     "ours": "as the paper", "checked": "train.lr = 0.001", "source": "made.py:12"}
+    assert rows["batch"]["ours"] == "reduced: a smaller machine" and rows["batch"]["arms"] == "vanilla"
+    assert "Paper: A hand-made paper. Code: hand/made @ 0000000." in page
 
 
 def test_report_is_a_pure_function_of_the_results(report):

@@ -10,6 +10,7 @@ import pytest
 
 from ablate.cli import main
 from ablate.config import ConfigError, build_config, config_hash
+from ablate.protocol import TOPICS
 from ablate.sweep.study import load_study
 
 BASE = """\
@@ -195,11 +196,60 @@ def test_shipped_studies_validate(name):
 def test_reproduction_studies_carry_their_published_numbers():
     he = load_study(STUDIES / "reproduce" / "he2019_yahoo.yaml")
     by_arm = {r.arm: r for r in he.references}
-    assert by_arm["vae_anneal"].values == {"nll": 328.6, "kl": 0.0, "mi": 0.0}
-    assert by_arm["aggressive_anneal"].conventions.mi_pool_kind == "length_block"
-    assert {c.config.eval.mi_pool_order for c in he.cells} == {"length"}
-    li = load_study(STUDIES / "reproduce" / "li2019_ptb_reduced.yaml")
-    assert {r.conventions.nll for r in li.references} == {"elbo"}
+    assert by_arm["vae_anneal"].values == {"nll": 328.6, "kl": 0.0, "mi": 0.0, "au": 0.0}
+    assert by_arm["aggressive_anneal"].values["nll"] == 326.7  # the camera-ready row, not the submission's 326.6
+    assert by_arm["lstm_lm"].conventions.nll == "exact" and by_arm["vae_anneal"].quoted_in
+    assert by_arm["aggressive_anneal"].conventions.mi_pool_kind == "length_batch"
+    assert {c.config.eval.mi_pool_order for c in he.cells} == {"length_batches"}
+    li = load_study(STUDIES / "reproduce" / "li2019_ptb.yaml")
+    assert {r.conventions.nll for r in li.references} == {"iw", "exact"}
+    assert li.protocol is not None and {s.topic for s in li.protocol.settings} == set(TOPICS)
+
+
+def _card(entries: str = "") -> str:
+    """A protocol card covering every topic (one line each), plus `entries` (YAML list items)."""
+    lines = [f"    - {{topic: {t}, paper: x, source: 'f.py:1'}}" for t in TOPICS]
+    return "protocol:\n  paper: P\n  settings:\n" + "\n".join(lines) + "\n" + entries
+
+
+REF = "references:\n  - {arm: vae, source: T, values: {nll: 1.0}}\n"
+
+
+def test_a_study_with_published_numbers_needs_its_protocol_card(tmp_path):
+    arms = "- name: vae\n  techniques: {}\n"
+    with pytest.raises(ConfigError, match=r"references: a study with published numbers needs its protocol card"):
+        load_study(write(tmp_path, study_text(arms, extra=REF)))
+    study = load_study(write(tmp_path, study_text(arms, extra=REF + _card())))
+    assert len(study.protocol.settings) == len(TOPICS)
+    lacking = _card().replace("    - {topic: au, paper: x, source: 'f.py:1'}\n", "")
+    with pytest.raises(ConfigError, match=r"protocol.settings: the card says nothing about au;"):
+        load_study(write(tmp_path, study_text(arms, extra=REF + lacking)))
+    with pytest.raises(ConfigError, match=r"no protocol topic 'learning_rat'; did you mean 'learning_rate'"):
+        load_study(write(tmp_path, study_text(arms, extra=REF + _card("    - {topic: learning_rat, paper: x, "
+                                                                        "source: y}\n"))))
+    with pytest.raises(ConfigError, match=r"settings\[16\].source: Field required"):
+        load_study(write(tmp_path, study_text(arms, extra=REF + _card("    - {topic: batch, paper: x}\n"))))
+
+
+def test_the_card_is_checked_against_every_cell_it_covers(tmp_path):
+    arms = "- name: vae\n  techniques: {}\n- name: fast\n  train: {lr: [0.001, 0.01], kl_weight: 0.5}\n"
+    lr = "    - {topic: learning_rate, paper: 0.001, source: 'run.py:7', expect: {train.lr: 0.001}%s}\n"
+    with pytest.raises(ConfigError, match=r"line \d+: protocol.settings\[16\].expect.train.lr: arm 'fast' has "
+                                          r"train.lr = 0.01, the paper 0.001 \(run.py:7\); set it, or say why this "
+                                          r"study differs with reduced: <reason>"):
+        load_study(write(tmp_path, study_text(arms, extra=REF + _card(lr % ""))))
+    only_vae = lr % ", arms: [vae]"
+    assert load_study(write(tmp_path, study_text(arms, extra=REF + _card(only_vae)))).protocol
+    reduced = lr % ", reduced: 'a CPU budget'"
+    card = load_study(write(tmp_path, study_text(arms, extra=REF + _card(reduced)))).protocol
+    assert card.settings[-1].reduced == "a CPU budget"
+    free_bits = "    - {topic: free_bits, paper: none, source: s, expect: {techniques.free_bits: null}}\n"
+    assert load_study(write(tmp_path, study_text(arms, extra=REF + _card(free_bits)))).protocol
+    with pytest.raises(ConfigError, match=r"no config key 'train.lrr' in arm 'vae'"):
+        load_study(write(tmp_path, study_text(arms, extra=REF + _card(lr.replace("train.lr:", "train.lrr:") % ""))))
+    with pytest.raises(ConfigError, match=r"protocol.settings\[16\].arms: no arm 'vea' in this study; did you mean "
+                                          r"'vae'"):
+        load_study(write(tmp_path, study_text(arms, extra=REF + _card(lr % ", arms: [vea]"))))
 
 
 def test_full_grid_runs_both_model_families():

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ablate.config import MAX_DIM, MAX_NZ, DataConfig, ModelSection
+from ablate.config import MAX_DIM, MAX_NZ, NEW_FIELD, DataConfig, ModelSection
 from ablate.data.batching import Batch
 from ablate.data.tokenize import WordVocab
 from ablate.models.base import TextVAE, decode_loop
@@ -40,7 +40,11 @@ class LSTMConfig(ModelSection):
     init_uniform: float = Field(0.01, ge=0.0, description="U(-a, a) init of weights (He et al.)")
     emb_init_uniform: float = Field(0.1, ge=0.0, description="U(-a, a) init of embeddings (He et al.)")
     output_bias: bool = Field(True, description="a bias in the output layer (He et al.'s and Li et al.'s code: "
-                              "none, pred_linear bias=False)")
+                              "none, pred_linear bias=False)", json_schema_extra=NEW_FIELD)
+    encoder_init: Literal["uniform", "pytorch"] = Field(
+        "uniform", description="the encoder's init: init_uniform / emb_init_uniform as the decoder, or PyTorch's "
+        "defaults (Zhu et al.'s BN-VAE code leaves its encoder there: valdersoul/bn-vae enc_lstm.py:180-184)",
+        json_schema_extra=NEW_FIELD)
 
 
 class LSTMEncoder(nn.Module):
@@ -99,7 +103,7 @@ class LSTMVAE(TextVAE):
         self.pad_id = pad_id
         self.encoder = LSTMEncoder(vocab_size, cfg) if cfg.nz > 0 else None  # nz 0: a language model
         self.decoder = LSTMDecoder(vocab_size, cfg)
-        if self.encoder is not None:
+        if self.encoder is not None and cfg.encoder_init == "uniform":
             self.reset_parameters(self.encoder)
         self.reset_parameters(self.decoder)
 

@@ -23,13 +23,14 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ablate.metric_schema import SELECT
 from ablate.outputs import write_text_atomic
+from ablate.protocol import load_protocol
 from ablate.references import load_references
 from ablate.report import plots, tables
 from ablate.report.header import conventions, header, probe_baselines  # noqa: F401 - re-exported
 from ablate.report.inputs import StudyInput, find_studies, is_study_folder, load_study  # noqa: F401 - re-exported
 from ablate.report.schema import COLLAPSE_KL, Metric, in_table, main_metrics, metric, metrics_in
 from ablate.report.study_tables import (best_table, coverage_table, failures_table, main_table, missing_table,
-                                        published_table, settings_table, verdict_table)
+                                        protocol_table, published_table, settings_table, verdict_table)
 from ablate.report.table_model import latex_escape, write_table  # noqa: F401 - re-exported
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -60,6 +61,12 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
     ok, searched = tables.best_search_trials(ok, options.select)  # a search arm: its best trial per seed
     context: dict[str, Any] = {"slug": slug, "header": header(study), "panels": [], "summary": []}
     references, context["reference_notes"] = load_references(study.study_text)
+    card, card_notes = load_protocol(study.study_text)
+    context["reference_notes"] += card_notes
+    protocol = protocol_table(card, f"{slug}-protocol")
+    if protocol:
+        write_table(protocol, table_dir, f"{slug}/tables")
+    context["protocol"] = protocol  # shown beside the first published-vs-ours table, else after the coverage
 
     cov = coverage_table(study, f"{slug}-coverage", arms)
     write_table(cov, table_dir, f"{slug}/tables")
@@ -91,6 +98,8 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
         published = published_table(references, rows, (dataset, model), arms, f"{slug}-published-{pslug}")
         if published:
             write_table(published, table_dir, f"{slug}/tables")
+        card_here = published is not None and context["protocol"] is not None and \
+            not any(p["protocol"] for p in context["panels"])
 
         # rows of each arm's chosen setting (for MI/AU and training curves)
         chosen = best_frame[["arm", "settings"]] if not best_frame.empty else pd.DataFrame(columns=["arm", "settings"])
@@ -119,7 +128,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
                     sens.append(fig)
         context["panels"].append({
             "dataset": dataset, "model": model, "id": f"{slug}-{pslug}", "main": main, "best": best, "runs": runs,
-            "published": published,
+            "published": published, "protocol": context["protocol"] if card_here else None,
             "figures": [_fig(f, out) for f in figures if f],
             "sensitivity": [_fig(f, out) for f in sens],
         })

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from ablate.protocol import Protocol, card_rows
 from ablate.references import Reference, convention_mismatches
 from ablate.report import tables
 from ablate.report.schema import COLLAPSE_KL, Metric, in_table, metric, metrics_in
@@ -336,17 +337,44 @@ def published_table(refs: Sequence[Reference], rows: pd.DataFrame, panel: tuple[
                                  Cell(f"{m.label} ({split})", title=f"{split}.{name}: {m.definition}"),
                                  Cell(text, sort=ours), Cell(m.fmt(value), sort=value),
                                  Cell(m.fmt(delta) if not math.isnan(delta) else "–", sort=delta),
-                                 Cell(ref.source, title=ref.note),
+                                 Cell(_source_text(ref), title=ref.note, cls="flag" if ref.uncertain else ""),
                                  Cell(conv, cls="flag" if mismatch else "")])
-                classes.append("mismatch" if mismatch else "")
+                classes.append("mismatch" if mismatch or ref.uncertain else "")
                 records.append({"arm": ref.arm, "setting": r["setting"] if r is not None else "",
                                 "metric": f"{split}.{name}", "ours": ours, "published": value, "delta": delta,
-                                "source": ref.source, "conventions_differ": "; ".join(mismatch)})
+                                "source": ref.source, "quoted_in": ref.quoted_in or "",
+                                "uncertain": ref.uncertain or "", "conventions_differ": "; ".join(mismatch)})
     notes = ["Published numbers from the study's references. Δ = ours − published. A row whose conventions differ "
              "from ours (K, MI pool, token unit, IW NLL vs −ELBO) is marked: its Δ mixes the method with the "
-             "measurement."]
+             "measurement. 'quoted in' names the paper a number was taken from when it is not the source itself; "
+             "'uncertain' marks a number the sources disagree on."]
     return Table(tid, f"Published numbers beside ours — {dataset} × {model}", cols, out_rows,
                  pd.DataFrame(records), notes, classes)
+
+
+def _source_text(ref: Reference) -> str:
+    text = ref.source + (f" (quoted in {ref.quoted_in})" if ref.quoted_in else "")
+    return text + (f" — uncertain: {ref.uncertain}" if ref.uncertain else "")
+
+
+def protocol_table(card: Protocol | None, tid: str) -> Table | None:
+    """The reproduction's protocol card (ablate.protocol): each setting the paper or its code fixes, with its
+    source, and where this study differs, why (flagged)."""
+    if card is None:
+        return None
+    rows = card_rows(card)
+    cols = [Col("topic"), Col("arms", "the arms this entry covers"), Col("paper", "the setting as the paper or its "
+            "code fixes it"), Col("ours", "as the paper (every covered cell checked when the study was loaded), or "
+            "reduced: why this study differs"), Col("checked", "the resolved-config keys ablate validate checks"),
+            Col("source", "the paper's words with section, or the authors' file and line")]
+    out = [[Cell(r["topic"]), Cell(r["arms"]), Cell(r["paper"]),
+            Cell(r["ours"], cls="flag" if r["ours"].startswith("reduced") else ""),
+            Cell(r["checked"], cls="mono"), Cell(r["source"])] for r in rows]
+    notes = [f"Paper: {card.paper}." + (f" Code: {card.code}." if card.code else ""),
+             "Every 'checked' key was compared with every covered cell's resolved config when the study was "
+             "loaded (ablate validate refuses a mismatch that is not marked reduced)."]
+    return Table(tid, "Protocol card", cols, out, pd.DataFrame(rows), notes,
+                 ["reduced" if r["ours"].startswith("reduced") else "" for r in rows])
 
 
 def failures_table(study: StudyInput, tid: str) -> Table | None:

@@ -54,11 +54,12 @@ from pydantic import BaseModel, ValidationError
 from ablate.config import (ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, apply_overrides, canonical_dict,
                            config_hash, explain, flatten, model_config_class, model_name, parse_override,
                            read_yaml_file, set_path, shorten, suggest)
+from ablate.protocol import TOPICS, Protocol, Setting, config_value, same_value
 from ablate.references import Reference, ReferenceConventions
 from ablate.sweep.search_space import SearchError, SearchSpec, parse_search
 
 STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude", "references",
-              "storage"]
+              "protocol", "storage"]
 ARM_KEYS = ["name", "description", "techniques", "zip", "exclude", "data", "model", "train", "eval", "search"]
 LABEL_KEYS = ["arm", "dataset", "model", "seed"]
 MODEL_ENTRY_KEYS = ["label", "model", "train", "eval"]  # the long form of a models entry
@@ -99,6 +100,7 @@ class Study:
     warnings: list[str] = field(default_factory=list)
     excluded: int = 0
     references: list[Reference] = field(default_factory=list)
+    protocol: Protocol | None = None  # a reproduction's card (ablate.protocol), required beside references
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE applied to every cell
     storage: str | None = None  # the study's own storage URL (--storage and $ABLATE_STORAGE override it)
     searches: list[SearchSpec] = field(default_factory=list)  # search arms: one per dataset × model × seed
@@ -663,6 +665,7 @@ class _Loader:
         if not cells and not searches:
             raise self.error(("exclude",) if study_excludes else ("arms",), "no cells left after exclusions")
         references = self.references(arm_names, [d for d, _, _ in datasets], [m for m, _, _, _ in models])
+        protocol = self.protocol(cells, arm_names, bool(references))
         storage = self.data.get("storage")
         if storage is not None:
             self.expect(storage, str, ("storage",), "storage must be a storage URL, e.g. "
@@ -675,7 +678,60 @@ class _Loader:
                      arms=arm_names,
                      datasets=[d for d, _, _ in datasets], models=[m for m, _, _, _ in models], seeds=seeds,
                      settings_per_arm=settings_per_arm, warnings=warnings,
-                     excluded=len(candidates) - len(cells) + pre_excluded, references=references)
+                     excluded=len(candidates) - len(cells) + pre_excluded, references=references,
+                     protocol=protocol)
+
+    def protocol(self, cells: list[Cell], arms: list[str], has_references: bool) -> Protocol | None:
+        """The study's protocol card (ablate.protocol): required beside published numbers; every topic covered;
+        each `expect` holds in every cell of the arms it covers, unless the entry says why not (`reduced:`)."""
+        raw = self.data.get("protocol")
+        if raw is None:
+            if has_references:
+                raise self.error(("references",), "a study with published numbers needs its protocol card: add "
+                                 "protocol: {paper, code, settings: [{topic, paper, source, expect}, ...]}, every "
+                                 "setting the paper or its code fixes with its source (see ablate/protocol.py and "
+                                 "studies/reproduce/li2019_ptb.yaml)")
+            return None
+        at: Path_ = ("protocol",)
+        self.expect(raw, dict, at, "protocol must be a mapping {paper, code, settings}")
+        try:
+            card = Protocol.model_validate(raw)
+        except ValidationError as error:
+            first = error.errors()[0]
+            loc = tuple(first["loc"])
+            if first["type"] == "extra_forbidden":
+                allowed = list((Setting if loc[:1] == ("settings",) else Protocol).model_fields)
+                hint = suggest(str(loc[-1]), allowed) or f"; allowed: {', '.join(allowed)}"
+                raise self.error(at + loc, f"unknown protocol key '{loc[-1]}'{hint}", at) from None
+            raise self.error(at + loc, f"{first['msg']} (got {first.get('input')!r})", at) from None
+        dumped = {id(c): c.config.model_dump(mode="json") for c in cells}
+        for i, setting in enumerate(card.settings):
+            where: Path_ = ("protocol", "settings", i)
+            if setting.topic not in TOPICS:
+                hint = suggest(setting.topic, list(TOPICS)) or f"; the topics: {', '.join(TOPICS)}"
+                raise self.error(where + ("topic",), f"no protocol topic '{setting.topic}'{hint}", where)
+            for arm in setting.arms or []:
+                if arm not in arms:
+                    hint = suggest(arm, arms) or f"; the study's: {', '.join(arms)}"
+                    raise self.error(where + ("arms",), f"no arm '{arm}' in this study{hint}", where)
+            covered = [c for c in cells if setting.arms is None or c.arm in setting.arms]
+            for key, paper in setting.expect.items():
+                for cell in covered:
+                    found, ours = config_value(dumped[id(cell)], key)
+                    if not found:
+                        raise self.error(where + ("expect", key), f"no config key '{key}' in arm '{cell.arm}' "
+                                         "(a dotted key of the resolved config, see ablate run --print-config)",
+                                         where)
+                    if not same_value(ours, paper) and setting.reduced is None:
+                        raise self.error(where + ("expect", key), f"arm '{cell.arm}' has {key} = {ours!r}, the "
+                                         f"paper {paper!r} ({setting.source}); set it, or say why this study "
+                                         "differs with reduced: <reason>", where)
+        missing = [t for t in TOPICS if t not in {s.topic for s in card.settings}]
+        if missing:
+            raise self.error(at + ("settings",), f"the card says nothing about {', '.join(missing)}; add an entry "
+                             "for each (topic, paper, source; a setting the paper leaves open says so, with where "
+                             "that was checked)", at)
+        return card
 
     def search_spec(self, arm: str, dataset: str, model: str, seed: int, raw: dict[str, Any],
                     search: dict[str, Any], sources: "_Sources") -> SearchSpec:
