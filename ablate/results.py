@@ -43,7 +43,7 @@ IDENTITY_SCHEMA = pa.schema([
 CURVES_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("step", pa.int64()), ("epoch", pa.int64()), ("phase", pa.string()),
     ("split", pa.string()), ("beta", pa.float64()), ("kl", pa.float64()), ("rec", pa.float64()),
-    ("loss", pa.float64()),
+    ("loss", pa.float64()), ("mu_var", pa.float64()), ("au", pa.float64()),  # mu_var, au: validation points only
 ])
 
 

@@ -133,17 +133,24 @@ class CurveBuffer:
 
 @torch.no_grad()
 def validate(model: TextVAE, batches: list[Batch], device: torch.device) -> dict[str, float]:
-    """Mean single-sample rec, KL and −ELBO per sentence over a split."""
+    """Mean single-sample rec, KL and −ELBO per sentence over a split, and the encoder's spread: mu_var, the mean
+    over dimensions of Var_x E[z_j] (unbiased), and au, the dimensions with Var_x E[z_j] ≥ 0.01 (Burda et al. 2016)."""
     model.eval()
     rec = kl = 0.0
     count = 0
+    mus = []
     for batch in batches:
         parts = forward_parts(model, batch.to(device))
         rec += float(parts.rec.sum())
         kl += float(parts.kl.sum())
         count += batch.size
+        mus.append(parts.mu.double().cpu())
     model.train()
-    return {"rec": rec / count, "kl": kl / count, "nelbo": (rec + kl) / count}
+    mu = torch.cat(mus) if mus else torch.zeros(0, 0, dtype=torch.float64)
+    var = mu.var(0, unbiased=True) if mu.shape[0] > 1 and mu.shape[1] > 0 else None
+    return {"rec": rec / count, "kl": kl / count, "nelbo": (rec + kl) / count,
+            "mu_var": float(var.mean()) if var is not None else float("nan"),
+            "au": float((var >= 0.01).sum()) if var is not None else float("nan")}
 
 
 def make_optimizer(model: TextVAE, cfg: TrainConfig, lr_scale: float = 1.0) -> torch.optim.Optimizer:
@@ -348,7 +355,8 @@ class Trainer:
             technique.end_epoch(model, self.valid_batches)
         model.train()
         self.curves.append({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "valid",
-                            "beta": float("nan"), "kl": valid["kl"], "rec": valid["rec"], "loss": valid["nelbo"]})
+                            "beta": float("nan"), "kl": valid["kl"], "rec": valid["rec"], "loss": valid["nelbo"],
+                            "mu_var": valid["mu_var"], "au": valid["au"]})
         state.epoch += 1
         state.epochs_in_phase += 1
         pretraining_over = False

@@ -21,7 +21,7 @@ LAYERS = [
     ["ablate.sources"],
     ["ablate.config_columns"],
     ["ablate.outputs", "ablate.layout", "ablate.metrics", "ablate.metric_schema", "ablate.references",
-     "ablate.run_progress"],
+     "ablate.protocol", "ablate.run_progress"],
     ["ablate.data"],
     ["ablate.models"],
     ["ablate.techniques"],
