@@ -48,6 +48,7 @@ class TrainState:
     epochs_in_phase: int = 0
     valid_rec: list[float] = field(default_factory=list)  # of the pretraining phase
     best_score: float = math.inf  # validation value of train.select_by
+    best_pretrain_rec: float = math.inf  # a decaying pretraining phase: its best validation rec
     best_epoch: int = -1
     train_tokens: int = 0
     inner_steps: int = 0  # extra updates a technique made inside outer steps (aggressive), not in the budget
@@ -166,10 +167,11 @@ def make_optimizer(model: TextVAE, cfg: TrainConfig, lr_scale: float = 1.0) -> t
 
 def _save_checkpoint(path: Path, model: TextVAE, optimizer: torch.optim.Optimizer, techniques: list[Technique],
                      state: TrainState, best: dict[str, Any] | None, curves: list[dict[str, Any]],
-                     generator: torch.Generator) -> None:
+                     generator: torch.Generator, best_pretrain: dict[str, Any] | None = None) -> None:
     """Atomic: write a temporary file in the same folder, then rename."""
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                "techniques": [t.state_dict() for t in techniques], "state": asdict(state), "best": best,
+               "best_pretrain": best_pretrain,
                "curves": curves, "torch_rng": torch.get_rng_state(), "corrupt_rng": generator.get_state()}
     with atomic_target(path) as tmp:
         torch.save(payload, tmp)
@@ -187,11 +189,13 @@ class Trainer:
         self.state = TrainState(phase="pretrain" if any(t.wants_pretraining() for t in techniques) else "vae")
         self.curves: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # the selected VAE-phase state (train.select_by)
+        self.best_pretrain: dict[str, Any] | None = None  # a decaying pretraining phase's best state (valid rec)
         self.generator = torch.Generator().manual_seed(seed + 7919)  # corruptions
         self.start_phase()
         self.optimizer = make_optimizer(model, cfg)
         self.valid_batches = iterate_batches(valid_split, framing, eval_batch_size)
         self.pretrainers = [t for t in techniques if t.wants_pretraining()]
+        self.pretrain_decays = cfg.lr_decay is not None and any(t.pretraining_decays() for t in self.pretrainers)
         self.taker = next((t for t in techniques if t.takes_over_step), None)
 
     def start_phase(self) -> None:
@@ -215,13 +219,14 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, self.cfg, self.state.lr_scale)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.best, self.curves = saved["best"], saved["curves"]
+        self.best_pretrain = saved.get("best_pretrain")
         torch.set_rng_state(saved["torch_rng"])
         self.generator.set_state(saved["corrupt_rng"])
 
     def save(self, checkpoint: Path | None) -> None:
         if checkpoint is not None and self.cfg.checkpoint_every_epoch:
             _save_checkpoint(checkpoint, self.model, self.optimizer, self.techniques, self.state, self.best,
-                             self.curves, self.generator)
+                             self.curves, self.generator, self.best_pretrain)
 
     # -- one optimiser step ----------------------------------------------------------------------------------
 
@@ -363,6 +368,14 @@ class Trainer:
         if state.phase == "pretrain":
             state.valid_rec.append(valid["rec"])
             pretraining_over = self.phase_done()
+            if self.pretrain_decays:  # Li et al.'s text_beta.py: best AE kept, He et al.'s rule on the valid rec
+                if valid["rec"] < state.best_pretrain_rec:
+                    state.best_pretrain_rec = valid["rec"]
+                    self.best_pretrain = copy.deepcopy(model.state_dict())
+                if decay_on_plateau(state, cfg, valid["rec"]):
+                    model.load_state_dict(self.best_pretrain)
+                    self.optimizer = make_optimizer(model, cfg, state.lr_scale)
+                pretraining_over |= state.decays >= cfg.lr_decay.max_decays
         else:
             if cfg.select_by == "last" or valid[cfg.select_by] < state.best_score:
                 state.best_score, state.best_epoch = valid[cfg.select_by], state.epoch
@@ -375,7 +388,12 @@ class Trainer:
         return pretraining_over
 
     def start_vae_phase(self) -> None:
-        self.state.phase, self.state.phase_step, self.state.epochs_in_phase = "vae", 0, 0
+        state = self.state
+        state.phase, state.phase_step, state.epochs_in_phase = "vae", 0, 0
+        if self.pretrain_decays:  # the VAE phase starts from the best autoencoder with a fresh decay rule
+            if self.best_pretrain is not None:
+                self.model.load_state_dict(self.best_pretrain)
+            state.lr_scale, state.decay_ref, state.not_improved, state.decays = 1.0, math.inf, 0, 0
         self.start_phase()
         self.optimizer = make_optimizer(self.model, self.cfg, self.state.lr_scale)
 

@@ -116,6 +116,11 @@ class Technique:
         """True if this technique runs a first phase ('pretrain') before the VAE phase."""
         return False
 
+    def pretraining_decays(self) -> bool:
+        """True if its pretraining phase follows train.lr_decay on the validation rec and hands its best state on
+        (Li et al. 2019's autoencoder, trained by text_beta.py with He et al.'s rule)."""
+        return False
+
     def start_phase(self, phase: str, model: torch.nn.Module) -> None:
         """Called when a phase begins (freeze or reset parameters here)."""
 

@@ -3,7 +3,9 @@
 Phase "pretrain": loss = mean_i rec_i with β forced to 0 whatever the other techniques say (z is still sampled
 from q(z|x), so the encoder learns a posterior the decoder uses). It ends after `epochs` epochs, after `steps`
 optimiser steps, or when the validation reconstruction has not improved (by more than `min_delta`) for
-`patience` epochs — whichever comes first. Phase "vae": the configured VAE objective with the other techniques,
+`patience` epochs — whichever comes first; with `lr_decay: true` the phase also follows `train.lr_decay` on the
+validation rec (decay, back to the best state, a fresh optimiser; the phase ends at the last decay) and the VAE phase
+starts from the phase's best state, as Li et al.'s text_beta.py trains and saves the autoencoder. Phase "vae": the configured VAE objective with the other techniques,
 whose step counters restart at 0.
 
 - Li et al. 2019 ("A Surprisingly Effective Fix for Deep Latent Variable Modeling of Text"): pretrain an
@@ -32,6 +34,8 @@ class EncoderPretrainingConfig(TechniqueConfig):
                                                     "(Lee & Park 2021 phase 1)")
     reset_decoder: bool = Field(False, description="re-initialise the decoder when the VAE phase starts "
                                                    "(Li et al. 2019)")
+    lr_decay: bool = Field(False, description="the phase follows train.lr_decay on the validation rec and ends at its "
+                           "last decay; the VAE phase starts from the phase's best state (Li et al.'s text_beta.py)")
 
     @model_validator(mode="after")
     def _has_an_end(self) -> "EncoderPretrainingConfig":
@@ -64,6 +68,9 @@ class EncoderPretraining(Technique):
 
     def wants_pretraining(self) -> bool:
         return True
+
+    def pretraining_decays(self) -> bool:
+        return self.config.lr_decay
 
     def start_phase(self, phase: str, model: nn.Module) -> None:
         """pretrain: freeze the decoder if asked. vae: unfreeze it, and re-initialise it if asked.
