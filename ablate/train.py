@@ -135,7 +135,8 @@ class CurveBuffer:
 @torch.no_grad()
 def validate(model: TextVAE, batches: list[Batch], device: torch.device) -> dict[str, float]:
     """Mean single-sample rec, KL and −ELBO per sentence over a split, and the encoder's spread: mu_var, the mean
-    over dimensions of Var_x E[z_j] (unbiased), and au, the dimensions with Var_x E[z_j] ≥ 0.01 (Burda et al. 2016)."""
+    over dimensions of Var_x E[z_j] (unbiased), and au, the dimensions with Var_x E[z_j] ≥ 0.01 (Burda et al.
+    2016)."""
     model.eval()
     rec = kl = 0.0
     count = 0

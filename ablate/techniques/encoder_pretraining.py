@@ -4,9 +4,9 @@ Phase "pretrain": loss = mean_i rec_i with β forced to 0 whatever the other tec
 from q(z|x), so the encoder learns a posterior the decoder uses). It ends after `epochs` epochs, after `steps`
 optimiser steps, or when the validation reconstruction has not improved (by more than `min_delta`) for
 `patience` epochs — whichever comes first; with `lr_decay: true` the phase also follows `train.lr_decay` on the
-validation rec (decay, back to the best state, a fresh optimiser; the phase ends at the last decay) and the VAE phase
-starts from the phase's best state, as Li et al.'s text_beta.py trains and saves the autoencoder. Phase "vae": the configured VAE objective with the other techniques,
-whose step counters restart at 0.
+validation rec (decay, back to the best state, a fresh optimiser; the phase ends at the last decay) and the VAE
+phase starts from the phase's best state, as Li et al.'s text_beta.py trains and saves the autoencoder.
+Phase "vae": the configured VAE objective with the other techniques, whose step counters restart at 0.
 
 - Li et al. 2019 ("A Surprisingly Effective Fix for Deep Latent Variable Modeling of Text"): pretrain an
   autoencoder, then re-initialise the decoder (`reset_decoder: true`) and train the VAE with annealing 0 → 1 over
