@@ -32,6 +32,11 @@ SEED_MAX = 2**31 - 1  # numpy's and every generator's range, with room for the d
 MAX_DIM = 16_384  # widths (embedding, hidden, d_model): the literature's largest is 1024-4096
 MAX_NZ = 4_096
 
+# A field added to a config section after studies have committed results is declared with
+# `json_schema_extra=NEW_FIELD`: at its default it is left out of the config hash, so the committed cells keep their
+# ids (and a sweep resumes them) while a config that sets it gets a new id.
+NEW_FIELD = {"hash_omits_default": True}
+
 
 class Strict(BaseModel):
     """Unknown keys are errors; numbers must be finite (`.inf`/`.nan` are refused: a run could only diverge)."""
@@ -159,6 +164,11 @@ class TrainConfig(Strict):
     max_steps: int | None = Field(None, ge=1, le=10**10,
                                   description="stop after this many optimiser steps (overrides epochs)")
     grad_clip: float | None = Field(5.0, gt=0)
+    batching: Literal["bucketed", "one_length"] = Field(
+        "bucketed", description="training batches: of similar length, padded (bucketed), or of exactly one length "
+        "each, the same every epoch in a shuffled order (one_length: He et al.'s create_data_batch; more batches, "
+        "some small; schedules still count train sentences / batch_size steps per epoch, as their annealing does)",
+        json_schema_extra=NEW_FIELD)
     lr_decay: LRDecayConfig | None = Field(None, description="He et al.'s decay-on-plateau rule (None: constant lr)")
     kl_weight: float = Field(1.0, ge=0, description="base KL weight; techniques multiply it (0 = autoencoder)")
     select_by: Literal["nelbo", "rec", "last"] = Field(
@@ -281,12 +291,6 @@ def canonical_dict(config: RunConfig) -> dict[str, Any]:
     data = config.model_dump(mode="json")
     data["technique_versions"] = technique_versions(config.techniques)
     return data
-
-
-# A field added to a config section after studies have committed results is declared with
-# `json_schema_extra=NEW_FIELD`: at its default it is left out of the config hash, so the committed cells keep their
-# ids (and a sweep resumes them) while a config that sets it gets a new id.
-NEW_FIELD = {"hash_omits_default": True}
 
 
 def _without_new_defaults(model: BaseModel, data: dict[str, Any]) -> dict[str, Any]:

@@ -320,7 +320,8 @@ class Trainer:
         whether pretraining ended during the pass."""
         state, cfg = self.state, self.cfg
         batches = iterate_batches(self.train_split, self.framing, cfg.batch_size,
-                                  random.Random(self.seed * 100_003 + state.epoch))
+                                  random.Random(self.seed * 100_003 + state.epoch),
+                                  one_length=cfg.batching == "one_length")
         groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
         started = time.perf_counter()
         planned = f"/{state.epoch - state.epochs_in_phase + cfg.epochs}" \

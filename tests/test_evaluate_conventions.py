@@ -106,3 +106,17 @@ def test_evaluation_with_length_batches_uses_he_et_al_s_batches():
                                      generator=torch.Generator().manual_seed(6))
     assert ev.metrics["mi"] == expected
     assert mi_pool_kind(cfg) == "length_batch"
+
+
+def test_one_length_training_batches_are_he_et_al_s_batches():
+    import random
+
+    from ablate.data.batching import one_length_order
+
+    gen = torch.Generator().manual_seed(2)
+    lengths = torch.randint(1, 20, (500,), generator=gen).tolist()
+    fixed = one_length_order(lengths, 32, None)
+    assert fixed == _he_create_data_batch(lengths, 32)
+    shuffled = one_length_order(lengths, 32, random.Random(0))
+    assert shuffled != fixed and sorted(map(tuple, shuffled)) == sorted(map(tuple, fixed))
+    assert all(len({lengths[i] for i in batch}) == 1 and 1 <= len(batch) <= 32 for batch in shuffled)

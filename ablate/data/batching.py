@@ -135,8 +135,25 @@ def bucketed_order(lengths: list[int], batch_size: int, rng: random.Random | Non
     return batches
 
 
+def one_length_order(lengths: list[int], batch_size: int, rng: random.Random | None) -> list[list[int]]:
+    """He et al. 2019's batches (vae-lagging-encoder data/text_data.py `create_data_batch`): the items sorted by
+    length, each run of one length cut into batches of at most `batch_size` (no padding, some batches smaller);
+    the same batches every epoch, in a shuffled order when rng is given (their `np.random.permutation`)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    for position, index in enumerate(order):
+        if not batches or len(batches[-1]) == batch_size or lengths[batches[-1][0]] != lengths[index]:
+            batches.append([])
+        batches[-1].append(index)
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
 def iterate_batches(split: EncodedSplit, framing: Framing, batch_size: int,
-                    rng: random.Random | None = None) -> list[Batch]:
-    """All batches of a split, bucketed by length (shuffled when rng is given)."""
+                    rng: random.Random | None = None, one_length: bool = False) -> list[Batch]:
+    """All batches of a split, bucketed by length (shuffled when rng is given); one_length: He et al.'s batches
+    of exactly one length each (one_length_order)."""
     lengths = [len(t) for t in split.tokens]
-    return [make_batch(split, idx, framing) for idx in bucketed_order(lengths, batch_size, rng)]
+    order = one_length_order if one_length else bucketed_order
+    return [make_batch(split, idx, framing) for idx in order(lengths, batch_size, rng)]
