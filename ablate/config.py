@@ -232,6 +232,9 @@ class EvalConfig(Strict):
     probe: bool = Field(True, description="linear probes of ground-truth factors from a posterior sample z "
                                           "(embedded corpus)")
 
+    mi_samples: int = Field(8, ge=1, le=1024, description="S: draws per sentence of the paired MI estimate (metric "
+                            "mi_paired: both terms at the same draws; ablate.metrics.mutual_information_paired)",
+                            json_schema_extra=NEW_FIELD)
     mi_pool_order: Literal["split", "length", "length_batches"] = Field(
         "split", description="blocks of M (mi_pool: M): consecutive sentences in split order; in length order (blocks "
         "cross length boundaries); or length_batches, He et al. 2019's calc_mi over their create_data_batch "

@@ -19,6 +19,7 @@ from ablate.data.batching import Batch, EncodedSplit, iterate_batches, select_ro
 from ablate.data.tokenize import Framing
 from ablate.metrics import (active_units, gaussian_kl, iw_log_marginal, linear_probe_accuracy, log_normal_diag,
                             length_batches, log_standard_normal, majority_baseline, mutual_information,
+                            mutual_information_paired,
                             sample_posterior)
 from ablate.metric_schema import SplitStats, emitted
 from ablate.models.base import TextVAE, output_block
@@ -124,9 +125,14 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
     cpu_generator = torch.Generator().manual_seed(seed + 1)
     mi, pool_used = mutual_information(mi_mu, mi_logvar, pool_size=pool, generator=cpu_generator,
                                        block_sizes=block_sizes)
+    if pool is not None and block_sizes is None:  # blocks of M (the last one shorter)
+        block_sizes = [min(pool, n - start) for start in range(0, n, pool)]
+    mi_paired, _ = mutual_information_paired(mi_mu, mi_logvar, cfg.mi_samples,
+                                             torch.Generator().manual_seed(seed + 2), block_sizes=block_sizes)
     au, _ = active_units(mu_all, cfg.au_delta)
     stats = SplitStats(sentences=n, tokens=n_tokens, words=n_words, truncated=split.n_truncated,
-                       kl_sum=sums["kl"], rec_sum=sums["rec"], nll_sum=sums["nll"], mi=mi, mi_pool=pool_used,
+                       kl_sum=sums["kl"], rec_sum=sums["rec"], nll_sum=sums["nll"], mi=mi, mi_paired=mi_paired,
+                       mi_pool=pool_used,
                        au=int(au))
     metrics = emitted(stats)  # every declared metric (ablate.metric_schema), nothing else
     conventions = {"iw_samples": iw_samples, "mi_pool": pool_used, "au_delta": cfg.au_delta,

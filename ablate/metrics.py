@@ -247,6 +247,50 @@ def mutual_information(
     return float((neg_entropy - log_qz).mean().item()), m_used
 
 
+def mutual_information_paired(
+    mu: Tensor,
+    logvar: Tensor,
+    samples: int = 16,
+    generator: torch.Generator | None = None,
+    chunk_size: int = 1024,
+    block_sizes: list[int] | None = None,
+) -> tuple[float, int]:
+    """A low-variance I_q(x; z) estimate: both terms at the same S draws per item (paired).
+
+    I = E_x E_q(z|x)[log q(z|x) − log q(z)] (Hoffman & Johnson 2016), estimated as the mean over items i and draws
+    z_is ~ q(z|x_i), s = 1..S, of log q(z_is|x_i) − log q(z_is), with q(z) = (1/M) Σ_m q(z|x_m) over the whole set
+    (or each of `block_sizes`' consecutive blocks). He et al.'s estimator (`mutual_information`) takes the first
+    term analytically and the second from one draw, so the draw's noise, ½·mean_i Σ_j (ε_ij² − 1), of standard
+    deviation √(nz / 2N), stays in the estimate: ±0.13 nats at nz 32, N 1000, and its mean at collapse is 0 only
+    in expectation. Here the two terms share the draw and the noise largely cancels: on a collapsed posterior
+    (every q(z|x_m) alike) each term is exactly 0, and S draws average the rest. Like He et al.'s, the estimate is
+    ≤ log M (each log-ratio is, since q(z_is) ≥ q(z_is|x_i) / M).
+
+    Returns (estimate, M).
+    """
+    if mu.dim() != 2 or mu.shape != logvar.shape:
+        raise ValueError(f"expected mu, logvar of shape [N, nz], got {tuple(mu.shape)} and {tuple(logvar.shape)}")
+    n, nz = mu.shape
+    if n == 0 or samples < 1:
+        raise ValueError("mutual_information_paired needs at least one item and one sample")
+    sizes = block_sizes if block_sizes is not None else [n]
+    if sum(sizes) != n or min(sizes) < 1:
+        raise ValueError(f"block_sizes must be positive and sum to {n}, got {sum(sizes)}")
+    mu64, lv64 = mu.detach().to(torch.float64), logvar.detach().to(torch.float64)
+    eps = torch.randn((n, samples, nz), generator=generator, dtype=torch.float64, device=mu.device)
+    z = mu64.unsqueeze(1) + torch.exp(0.5 * lv64).unsqueeze(1) * eps  # [N, S, nz]
+    # log q(z_is | x_i) at its own posterior: −nz/2 log 2π − ½ Σ_j (log σ²_ij + ε²_ijs)
+    log_own = -0.5 * (nz * LOG_2PI + lv64.sum(-1, keepdim=True) + eps.square().sum(-1))  # [N, S]
+    total, start = 0.0, 0
+    for size in sizes:
+        block = slice(start, start + size)
+        queries = z[block].reshape(-1, nz)  # [size·S, nz], row i·S + s
+        log_agg = _log_aggregate_density(queries, mu64[block], lv64[block], chunk_size).view(size, samples)
+        total += float((log_own[block] - log_agg).sum())
+        start += size
+    return total / (n * samples), max(sizes)
+
+
 def length_batches(lengths: list[int], batch_size: int) -> tuple[list[int], list[int]]:
     """He et al. 2019's evaluation batches (vae-lagging-encoder `data/text_data.py: create_data_batch`): the items
     sorted by length, each run of one length cut into batches of at most `batch_size`. Returns (order, sizes): the
