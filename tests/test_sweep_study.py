@@ -321,3 +321,14 @@ def test_label_only_exclusion_counts_every_setting_and_long_form_needs_a_model_m
     bad = body.replace("{label: wide, model: {nz: 8}}", "{label: wide, model: 8}")
     with pytest.raises(ConfigError, match=r"line \d+: .*model must be a model section"):
         load_study(write(tmp_path, bad))
+
+
+def test_a_study_names_its_baseline_arm_for_the_report(tmp_path):
+    from ablate.report.build import study_baseline
+
+    arms = "- name: vae\n  techniques: {}\n- name: anneal\n  train: {kl_weight: 0.5}\n"
+    text = study_text(arms, extra="baseline: anneal\n")
+    assert load_study(write(tmp_path, text)) and study_baseline(text) == "anneal"
+    with pytest.raises(ConfigError, match=r"line \d+: baseline: no arm 'aneal' in this study; did you mean 'anneal'"):
+        load_study(write(tmp_path, study_text(arms, extra="baseline: aneal\n")))
+    assert study_baseline(study_text(arms)) is None and study_baseline("{{bad") is None

@@ -42,7 +42,7 @@ WRITTEN_LIST = ".ablate-report-files.json"  # what the last build wrote, relativ
 
 @dataclass
 class Options:
-    baseline: str = tables.DEFAULT_BASELINE
+    baseline: str | None = None  # None: the study's `baseline:`, else tables.DEFAULT_BASELINE
     select: tuple[str, ...] = SELECT
     split: str = "test"
     deltas: tuple[str, ...] = field(default_factory=lambda: tuple(in_table("delta")))
@@ -52,7 +52,8 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
     """Write the tables and plots of one study under out/<slug>/ and return the template's context."""
     table_dir, plot_dir = out / slug / "tables", out / slug / "plots"
     split = options.split
-    arms = tables.arm_order(study.manifest, study.ok, study.failed, baseline=options.baseline)
+    baseline = options.baseline or study_baseline(study.study_text) or tables.DEFAULT_BASELINE
+    arms = tables.arm_order(study.manifest, study.ok, study.failed, baseline=baseline)
     palette = plots.arm_palette(arms)
     ok = study.ok
     if study.manifest is not None and not study.manifest.empty and "cell_id" in ok:
@@ -87,10 +88,10 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
                 write_table(runs, table_dir, f"{slug}/tables")
         main = main_table(rows, (dataset, model), split, arms, f"{slug}-main-{pslug}")
         write_table(main, table_dir, f"{slug}/tables")
-        best, best_frame = best_table(rows, (dataset, model), split, options.baseline, options.select,
+        best, best_frame = best_table(rows, (dataset, model), split, baseline, options.select,
                                       options.deltas, arms, f"{slug}-best-{pslug}")
         write_table(best, table_dir, f"{slug}/tables")
-        verdicts = verdict_table(rows, (dataset, model), split, options.baseline, options.select, arms,
+        verdicts = verdict_table(rows, (dataset, model), split, baseline, options.select, arms,
                                  f"{slug}-verdict-{pslug}")
         write_table(verdicts, table_dir, f"{slug}/tables")
         context["summary"].append({**summary(dataset, model, best_frame, arms), "verdict": verdicts,
@@ -137,6 +138,18 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
         write_table(fails, table_dir, f"{slug}/tables")
     context["failures"] = fails
     return context
+
+
+def study_baseline(study_text: str | None) -> str | None:
+    """The arm a study file names as its `baseline:` (None when it names none or cannot be read)."""
+    from ablate import safe_yaml
+
+    try:
+        data, _ = safe_yaml.parse(study_text or "")
+    except safe_yaml.YAMLRefused:
+        return None
+    value = data.get("baseline") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _fig(fig: plots.Figure_, out: Path) -> dict[str, str]:

@@ -52,8 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="study results folders (default: every study under --results)")
     p.add_argument("--out", default="reports", help="output folder (default reports/)")
     p.add_argument("--results", default="results", help="results root searched when no STUDY_DIR is given")
-    p.add_argument("--baseline", default="vanilla",
-                   help="arm the paired differences are taken against (default: vanilla, the plain VAE)")
+    p.add_argument("--baseline", default=None,
+                   help="arm the paired differences are taken against (default: the study's `baseline:`, else "
+                        "vanilla, the plain VAE)")
     p.add_argument("--select", default="valid.nll,valid.nelbo", metavar="COLUMN[,COLUMN]",
                    help="validation column choosing each arm's setting; the first present is used "
                         "(default valid.nll, then valid.nelbo)")

@@ -59,7 +59,7 @@ from ablate.references import Reference, ReferenceConventions
 from ablate.sweep.search_space import SearchError, SearchSpec, parse_search
 
 STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude", "references",
-              "protocol", "storage"]
+              "protocol", "baseline", "storage"]
 ARM_KEYS = ["name", "description", "techniques", "zip", "exclude", "data", "model", "train", "eval", "search"]
 LABEL_KEYS = ["arm", "dataset", "model", "seed"]
 MODEL_ENTRY_KEYS = ["label", "model", "train", "eval"]  # the long form of a models entry
@@ -666,6 +666,11 @@ class _Loader:
             raise self.error(("exclude",) if study_excludes else ("arms",), "no cells left after exclusions")
         references = self.references(arm_names, [d for d, _, _ in datasets], [m for m, _, _, _ in models])
         protocol = self.protocol(cells, arm_names, bool(references))
+        baseline = self.data.get("baseline")
+        if baseline is not None and baseline not in arm_names:
+            hint = suggest(str(baseline), arm_names) or f"; the study's: {', '.join(arm_names)}"
+            raise self.error(("baseline",), f"no arm '{baseline}' in this study{hint} (baseline: the arm the report "
+                             "takes paired differences against)")
         storage = self.data.get("storage")
         if storage is not None:
             self.expect(storage, str, ("storage",), "storage must be a storage URL, e.g. "
