@@ -235,6 +235,8 @@ class EvalConfig(Strict):
     mi_samples: int = Field(8, ge=1, le=1024, description="S: draws per sentence of the paired MI estimate (metric "
                             "mi_paired: both terms at the same draws; ablate.metrics.mutual_information_paired)",
                             json_schema_extra=NEW_FIELD)
+    bootstrap: int = Field(100, ge=0, le=100_000, description="resamples of the bootstrap over sentences behind the "
+                           "standard errors of MI and AU (0: none; ablate.uncertainty)", json_schema_extra=NEW_FIELD)
     mi_pool_order: Literal["split", "length", "length_batches"] = Field(
         "split", description="blocks of M (mi_pool: M): consecutive sentences in split order; in length order (blocks "
         "cross length boundaries); or length_batches, He et al. 2019's calc_mi over their create_data_batch "

@@ -17,11 +17,11 @@ from torch import Tensor
 from ablate.config import EvalConfig
 from ablate.data.batching import Batch, EncodedSplit, iterate_batches, select_rows
 from ablate.data.tokenize import Framing
-from ablate.metrics import (active_units, gaussian_kl, iw_log_marginal, linear_probe_accuracy, log_normal_diag,
-                            length_batches, log_standard_normal, majority_baseline, mutual_information,
-                            mutual_information_paired,
-                            sample_posterior)
+from ablate.metrics import (LOG_2PI, active_units, gaussian_kl, iw_log_marginal, length_batches,
+                            linear_probe_accuracy, log_normal_diag, log_standard_normal, majority_baseline,
+                            mutual_information, mutual_information_paired, paired_draws, sample_posterior)
 from ablate.metric_schema import SplitStats, emitted
+from ablate.uncertainty import bootstrap_au, bootstrap_indices, bootstrap_mi
 from ablate.models.base import TextVAE, output_block
 from ablate.run_progress import RunProgress
 
@@ -32,6 +32,7 @@ class SplitEvaluation:
     mu: Tensor  # [N, nz] in split order (for probes)
     logvar: Tensor  # [N, nz]
     conventions: dict[str, object]
+    per_sentence: dict[str, Tensor] | None = None  # kl, rec, nll, tokens, words in split order
 
 
 IW_PAIRS_PER_CHUNK = 512  # (sentence, sample) pairs per decoder pass of the importance-weighted NLL
@@ -93,6 +94,7 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
     mu_all = torch.zeros(n, model.nz, dtype=torch.float64)
     logvar_all = torch.zeros_like(mu_all)
     sums = {"kl": 0.0, "rec": 0.0, "nll": 0.0}
+    per_sentence = {k: torch.zeros(n, dtype=torch.float64) for k in ("kl", "rec", "nll", "tokens", "words")}
     n_tokens = n_words = 0
     block = output_block(vocab_size, cfg.iw_max_elements)
     iw_samples = cfg.iw_samples if model.nz > 0 else 1  # no latent (a language model): log p(x) is exact at K = 1
@@ -105,9 +107,14 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
         mu, logvar = model.encode(batch)
         mu, logvar = mu.float(), logvar.float()
         z = sample_posterior(mu, logvar, generator=generator)
-        sums["kl"] += float(gaussian_kl(mu, logvar).sum())
-        sums["rec"] += float(-model.log_likelihood(batch, z, block=block).sum())
-        sums["nll"] += float(iw_nll(model, batch, mu, logvar, iw_samples, block, generator).sum())
+        values = {"kl": gaussian_kl(mu, logvar), "rec": -model.log_likelihood(batch, z, block=block),
+                  "nll": iw_nll(model, batch, mu, logvar, iw_samples, block, generator)}
+        rows = batch.index.cpu()
+        for key, value in values.items():
+            sums[key] += float(value.sum())
+            per_sentence[key][rows] = value.double().cpu()
+        per_sentence["tokens"][rows] = batch.dec_mask.sum(1).double().cpu()
+        per_sentence["words"][rows] = batch.n_words.double().cpu()
         mu_all[batch.index.cpu()] = mu.double().cpu()
         logvar_all[batch.index.cpu()] = logvar.double().cpu()
         if progress is not None:
@@ -122,22 +129,33 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
         batch_order, block_sizes = length_batches([len(t) for t in split.tokens], pool)
         order = torch.tensor(batch_order, dtype=torch.long)
         mi_mu, mi_logvar = mu_all[order], logvar_all[order]
-    cpu_generator = torch.Generator().manual_seed(seed + 1)
-    mi, pool_used = mutual_information(mi_mu, mi_logvar, pool_size=pool, generator=cpu_generator,
-                                       block_sizes=block_sizes)
+    z_he = sample_posterior(mi_mu, mi_logvar, generator=torch.Generator().manual_seed(seed + 1))
+    mi, pool_used = mutual_information(mi_mu, mi_logvar, z=z_he, pool_size=pool, block_sizes=block_sizes)
     if pool is not None and block_sizes is None:  # blocks of M (the last one shorter)
         block_sizes = [min(pool, n - start) for start in range(0, n, pool)]
+    z_paired, own_paired = paired_draws(mi_mu, mi_logvar, cfg.mi_samples, torch.Generator().manual_seed(seed + 2))
     mi_paired, _ = mutual_information_paired(mi_mu, mi_logvar, cfg.mi_samples,
                                              torch.Generator().manual_seed(seed + 2), block_sizes=block_sizes)
     au, _ = active_units(mu_all, cfg.au_delta)
+    bootstrap = {}
+    if cfg.bootstrap > 0 and n > 1:  # standard errors of MI and AU: a bootstrap over sentences (ablate.uncertainty)
+        nz = mi_mu.shape[1]
+        neg_entropy = (-0.5 * nz * LOG_2PI - 0.5 * (1.0 + mi_logvar).sum(-1)).unsqueeze(1)
+        for name, draws, own, offset in (("mi", z_he.unsqueeze(1), neg_entropy, 4),
+                                         ("mi_paired", z_paired, own_paired, 5)):
+            values = bootstrap_mi(mi_mu, mi_logvar, draws, own, cfg.bootstrap,
+                                  torch.Generator().manual_seed(seed + offset), block_sizes=block_sizes)
+            bootstrap[name] = float(values.std(unbiased=True))
+        indices = bootstrap_indices(n, cfg.bootstrap, torch.Generator().manual_seed(seed + 6))
+        bootstrap["au"] = float(bootstrap_au(mu_all, indices, cfg.au_delta).std(unbiased=True))
     stats = SplitStats(sentences=n, tokens=n_tokens, words=n_words, truncated=split.n_truncated,
                        kl_sum=sums["kl"], rec_sum=sums["rec"], nll_sum=sums["nll"], mi=mi, mi_paired=mi_paired,
-                       mi_pool=pool_used,
-                       au=int(au))
+                       mi_pool=pool_used, au=int(au), per_sentence=per_sentence, bootstrap_se=bootstrap)
     metrics = emitted(stats)  # every declared metric (ablate.metric_schema), nothing else
     conventions = {"iw_samples": iw_samples, "mi_pool": pool_used, "au_delta": cfg.au_delta,
                    "token_unit": token_unit, "ppl_counts_eos": True, "ppl_counts_bos": False}
-    return SplitEvaluation(metrics=metrics, mu=mu_all, logvar=logvar_all, conventions=conventions)
+    return SplitEvaluation(metrics=metrics, mu=mu_all, logvar=logvar_all, conventions=conventions,
+                           per_sentence=per_sentence)
 
 
 def probe_features(mu: Tensor, logvar: Tensor, seed: int) -> Tensor:

@@ -140,8 +140,8 @@ def perplexity(total_nll: float, total_tokens: int) -> float:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _log_aggregate_density(z: Tensor, mu: Tensor, logvar: Tensor, chunk_size: int) -> Tensor:
-    """log q(z_i) = logsumexp_m log N(z_i; mu_m, diag exp(logvar_m)) - log M for each row of z (float64).
+def log_density_blocks(z: Tensor, mu: Tensor, logvar: Tensor, chunk_size: int):
+    """Yield (start, log N(z_i; mu_m, diag exp(logvar_m)) for the rows i of z from `start`, as [c, M]) (float64).
 
     Uses the expanded quadratic form sum_j (z_j - mu_j)^2 / v_j = z^2 . (1/v) - 2 z . (mu/v) + mu^2 . (1/v), so
     memory is O(chunk_size * M) rather than O(chunk_size * M * nz). Inputs are centred on the mean of mu first to
@@ -156,7 +156,6 @@ def _log_aggregate_density(z: Tensor, mu: Tensor, logvar: Tensor, chunk_size: in
     mu_prec_t = (muc * prec).t().contiguous()  # [nz, M]
     mu_sq = (muc.square() * prec).sum(-1)  # [M]
     log_norm = -0.5 * (nz * LOG_2PI + logvar.sum(-1))  # [M]
-    out = torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
     for start in range(0, z.shape[0], chunk_size):
         zq = zc[start : start + chunk_size]  # [c, nz]
         quad = zq.square() @ prec_t
@@ -170,8 +169,15 @@ def _log_aggregate_density(z: Tensor, mu: Tensor, logvar: Tensor, chunk_size: in
         idx = top.squeeze(1)
         exact_quad = ((zq - muc[idx]).square() * prec[idx]).sum(-1, keepdim=True)
         log_dens.scatter_(1, top, log_norm[idx].unsqueeze(1) - 0.5 * exact_quad)
-        out[start : start + chunk_size] = torch.logsumexp(log_dens, dim=1)
-    return out - math.log(m)
+        yield start, log_dens
+
+
+def _log_aggregate_density(z: Tensor, mu: Tensor, logvar: Tensor, chunk_size: int) -> Tensor:
+    """log q(z_i) = logsumexp_m log N(z_i; mu_m, diag exp(logvar_m)) - log M for each row of z (float64)."""
+    out = torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
+    for start, log_dens in log_density_blocks(z, mu, logvar, chunk_size):
+        out[start : start + log_dens.shape[0]] = torch.logsumexp(log_dens, dim=1)
+    return out - math.log(mu.shape[0])
 
 
 def mutual_information(
@@ -247,6 +253,16 @@ def mutual_information(
     return float((neg_entropy - log_qz).mean().item()), m_used
 
 
+def paired_draws(mu: Tensor, logvar: Tensor, samples: int, generator: torch.Generator | None = None
+                 ) -> tuple[Tensor, Tensor]:
+    """The paired MI estimate's draws z_is ~ q(z|x_i) [N, S, nz] and log q(z_is|x_i) [N, S] (float64)."""
+    n, nz = mu.shape
+    eps = torch.randn((n, samples, nz), generator=generator, dtype=torch.float64, device=mu.device)
+    z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps
+    # log q(z_is | x_i) at its own posterior: −nz/2 log 2π − ½ Σ_j (log σ²_ij + ε²_ijs)
+    return z, -0.5 * (nz * LOG_2PI + logvar.sum(-1, keepdim=True) + eps.square().sum(-1))
+
+
 def mutual_information_paired(
     mu: Tensor,
     logvar: Tensor,
@@ -277,10 +293,7 @@ def mutual_information_paired(
     if sum(sizes) != n or min(sizes) < 1:
         raise ValueError(f"block_sizes must be positive and sum to {n}, got {sum(sizes)}")
     mu64, lv64 = mu.detach().to(torch.float64), logvar.detach().to(torch.float64)
-    eps = torch.randn((n, samples, nz), generator=generator, dtype=torch.float64, device=mu.device)
-    z = mu64.unsqueeze(1) + torch.exp(0.5 * lv64).unsqueeze(1) * eps  # [N, S, nz]
-    # log q(z_is | x_i) at its own posterior: −nz/2 log 2π − ½ Σ_j (log σ²_ij + ε²_ijs)
-    log_own = -0.5 * (nz * LOG_2PI + lv64.sum(-1, keepdim=True) + eps.square().sum(-1))  # [N, S]
+    z, log_own = paired_draws(mu64, lv64, samples, generator)
     total, start = 0.0, 0
     for size in sizes:
         block = slice(start, start + size)

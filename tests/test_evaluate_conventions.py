@@ -1,6 +1,9 @@
-"""Evaluation conventions recorded in each row: He et al.'s MI pools (blocks of sentences in length order)."""
+"""Evaluation conventions recorded in each row: He et al.'s MI pools and batches (against a transcription of their
+code), and every metric's standard error."""
 
 from __future__ import annotations
+
+import statistics
 
 import torch
 
@@ -120,3 +123,27 @@ def test_one_length_training_batches_are_he_et_al_s_batches():
     shuffled = one_length_order(lengths, 32, random.Random(0))
     assert shuffled != fixed and sorted(map(tuple, shuffled)) == sorted(map(tuple, fixed))
     assert all(len({lengths[i] for i in batch}) == 1 and 1 <= len(batch) <= 32 for batch in shuffled)
+
+
+def test_every_metric_carries_its_standard_error():
+    import math
+
+    from ablate.uncertainty import bootstrap_au, bootstrap_indices, exp_ratio_se
+
+    vocab, model, split = setup()
+    cfg = EvalConfig(iw_samples=3, batch_size=4, bootstrap=30)
+    ev = evaluate_split(model, split, vocab.framing, len(vocab), cfg, torch.device("cpu"), seed=5, token_unit="word")
+    per, m, n = ev.per_sentence, ev.metrics, len(split)
+    for name, values in (("nll", per["nll"]), ("rec", per["rec"]), ("kl", per["kl"]),
+                         ("nelbo", per["rec"] + per["kl"])):
+        assert abs(float(values.mean()) - m[name]) < 1e-5  # the metric sums float32 batches
+        assert abs(m[f"{name}_se"] - statistics.stdev(values.tolist()) / math.sqrt(n)) < 1e-9
+    assert per["tokens"].sum() == m["n_tokens"] and per["words"].sum() == m["n_words"]
+    assert m["ppl_se"] == exp_ratio_se(per["nll"], per["tokens"])
+    assert m["ppl_word_se"] == exp_ratio_se(per["nll"], per["words"])
+    indices = bootstrap_indices(n, 30, torch.Generator().manual_seed(5 + 6))
+    assert m["au_se"] == float(bootstrap_au(ev.mu, indices, cfg.au_delta).std())
+    assert m["mi_se"] > 0 and m["mi_paired_se"] > 0
+    none = evaluate_split(model, split, vocab.framing, len(vocab), EvalConfig(iw_samples=3, bootstrap=0),
+                          torch.device("cpu"), seed=5, token_unit="word").metrics
+    assert math.isnan(none["mi_se"]) and math.isnan(none["au_se"]) and none["nll_se"] > 0

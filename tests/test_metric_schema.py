@@ -28,7 +28,9 @@ def test_every_emitted_metric_is_declared_and_typed():
     stats = SplitStats(sentences=4, tokens=40, words=30, truncated=1, kl_sum=2.0, rec_sum=100.0, nll_sum=90.0,
                        mi=0.5, mi_pool=4, au=3)
     values = emitted(stats)
-    assert set(values) == {n for n, m in METRICS.all().items() if m.emit is not None}
+    assert set(values) == {n for n, m in METRICS.all().items() if m.emit is not None} | \
+        {n + "_se" for n, m in METRICS.all().items() if m.se is not None}
+    assert math.isnan(values["nll_se"]) and math.isnan(values["mi_se"])  # no per-sentence values, no bootstrap
     assert values["nelbo"] == pytest.approx(25.5) and values["nll"] == pytest.approx(22.5)
     assert values["ppl"] == pytest.approx(math.exp(90.0 / 40)) and values["ppl_word"] == pytest.approx(math.exp(3))
     schema = row_schema({f"valid.{k}": v for k, v in values.items()})
