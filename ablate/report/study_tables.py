@@ -236,14 +236,23 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
         best = best.sort_values(["mi.mean", "au.mean"], ascending=False, kind="stable", na_position="last")
         best = best.reset_index(drop=True)
         clean = best[(best["collapsed_seeds"] == 0) & (best["seeds"].map(len) > 0) & best["nll.mean"].notna()]
-        best["best_choice"] = best.index == (clean["nll.mean"].idxmin() if not clean.empty else -1)
+        top = clean["nll.mean"].idxmin() if not clean.empty else -1
+        best["best_choice"] = best.index == top
+        if top != -1:  # arms whose NLL cannot be told from the lowest share the mark: no winner within noise
+            for i, r in clean.iterrows():
+                gap_se = math.hypot(_num(r["nll.se"]), _num(best.loc[top, "nll.se"]))
+                if i != top and tables.within_noise(r["nll.mean"] - best.loc[top, "nll.mean"], gap_se):
+                    best.loc[i, "best_choice"] = True
     has_probes = not best.empty and best["probe_gain"].notna().any()
-    cols = [Col("arm", "★: the best choice — no collapsed seed, and the lowest mean NLL among such arms"),
+    cols = [Col("arm", "★: the best choice — no collapsed seed, and the lowest mean NLL among such arms; every such "
+                "arm whose NLL is within noise of it (2 combined standard errors) shares the ★"),
             Col("collapsed", f"seeds whose {split} AU = 0 or KL < {COLLAPSE_KL} nats, of the seeds run", True)]
     cols += [Col(f"Δ{metric(n).label} (cost)",
                  f"Paired difference {split}.{n}: arm − {baseline} (each at its chosen "
-                 f"setting) over the seeds both have: mean ± std; * p < 0.05, ** p < 0.01, *** p < 0.001 (two-sided "
-                 f"paired t-test; hover a cell for t, p and n). Positive: worse than {baseline}.", True)
+                 f"setting) over the seeds both have: mean ± std; ≈: within noise (|Δ| < 2 standard errors, combining "
+                 f"the seed spread and the rows' measurement errors); otherwise * p < 0.05, ** p < 0.01, *** p < "
+                 f"0.001 (two-sided paired t-test; hover a cell for SE, t, p and n). Positive: worse than {baseline}.",
+                 True)
              for n in VERDICT_COSTS]
     cols += [_metric_col(metric(n), split) for n in ("kl", "mi", "au")]
     if has_probes:
@@ -263,11 +272,16 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
             m = metric(name)
             text = "–" if math.isnan(mean) else (("+" if mean > 0 else "") + m.fmt(mean)
                                                  + ("" if math.isnan(std) else f" ± {m.fmt(std)}"))
+            se = _num(r.get(f"d.{name}.se", math.nan))
             cells.append(Cell(f"{text} {r[f'd.{name}.marker']}".strip(), sort=mean,
-                              title=f"n = {int(r[f'd.{name}.n'])}" + ("" if math.isnan(p) else
-                                    f", t = {_num(r[f'd.{name}.t']):.3g}, p = {p:.3g}")))
+                              cls="within-noise" if r.get(f"d.{name}.within_noise") else "",
+                              title=f"n = {int(r[f'd.{name}.n'])}" + ("" if math.isnan(se) else f", SE = {se:.3g}")
+                              + ("" if math.isnan(p) else f", t = {_num(r[f'd.{name}.t']):.3g}, p = {p:.3g}")))
         for name in ("kl", "mi", "au"):
-            cells.append(Cell(metric(name).fmt(_num(r[f"{name}.mean"])), sort=_num(r[f"{name}.mean"])))
+            mean, se = _num(r[f"{name}.mean"]), _num(r.get(f"{name}.se", math.nan))
+            interval = "" if math.isnan(se) or math.isnan(mean) else f" ± {metric(name).fmt(2 * se)}"
+            cells.append(Cell(metric(name).fmt(mean) + interval, sort=mean,
+                              title="" if not interval else "± 2 standard errors (seed spread and measurement)"))
         if has_probes:
             gain = _num(r["probe_gain"])
             cells.append(Cell("–" if math.isnan(gain) else f"{gain:+.3f}", sort=gain))
@@ -276,7 +290,8 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
     chosen = ("at its setting chosen on validation (“Best per technique” below)" if best["select"].notna().any()
               else "at its one setting (no validation metrics: an arm of several settings is left out)")
     notes = [f"Each arm {chosen}; the {split} split, means over seeds; sorted by MI (the information z carries), "
-             "then AU."]
+             "then AU. KL, MI and AU carry ± 2 standard errors where the rows record them (the seed spread and each "
+             "row's measurement error: over sentences, MI and AU by a bootstrap; ablate.uncertainty)."]
     if not best.empty and not best["best_choice"].any():
         notes.append("No best choice: every arm collapsed in at least one seed.")
     noise = mi_noise(rows, split)

@@ -491,6 +491,7 @@ def best_per_technique(rows: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
             rec[f"{m.name}.mean"] = values.mean() if len(values) else math.nan
             rec[f"{m.name}.std"] = values.std(ddof=1) if len(values) > 1 else math.nan
             rec[f"{m.name}.n"] = int(len(values))
+            rec[f"{m.name}.se"] = combined_se(values, _measurement_se(mine, split, m.name))
         flags = [collapsed(r.get(f"{split}.au"), r.get(f"{split}.kl")) for _, r in mine.iterrows()]
         rec["collapsed_seeds"] = int(sum(flags))
         rec["collapsed"] = collapsed(rec.get("au.mean"), rec.get("kl.mean"))
@@ -506,11 +507,48 @@ def best_per_technique(rows: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
                 b = base.drop_duplicates("seed").set_index("seed")[f"{split}.{name}"].astype(float)
                 shared = sorted(set(a.dropna().index) & set(b.dropna().index))
                 res = paired_t_test(a.loc[shared].to_numpy(), b.loc[shared].to_numpy())
+                se_a = _measurement_se(mine.drop_duplicates("seed").set_index("seed").loc[shared], split, name)
+                se_b = _measurement_se(base.drop_duplicates("seed").set_index("seed").loc[shared], split, name)
+                res["se"] = combined_se(a.loc[shared] - b.loc[shared], np.hypot(se_a, se_b))
+            se = res.get("se", math.nan)
             for key in ("mean", "std", "n", "t", "p"):
                 rec[f"d.{name}.{key}"] = res[key]
-            rec[f"d.{name}.marker"] = significance_marker(res["p"])
+            rec[f"d.{name}.se"] = se
+            rec[f"d.{name}.within_noise"] = within_noise(res["mean"], se)
+            rec[f"d.{name}.marker"] = "≈" if rec[f"d.{name}.within_noise"] else significance_marker(res["p"])
         records.append(rec)
     return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=list(chosen.columns))
+
+
+NOISE_Z = 2.0  # a difference within NOISE_Z combined standard errors of 0 is "within noise" (≈ 95 %)
+
+
+def _measurement_se(rows: pd.DataFrame, split: str, name: str) -> np.ndarray:
+    """Each row's measurement standard error of {split}.{name} ({split}.{name}_se; NaN where not recorded)."""
+    column = f"{split}.{name}_se"
+    return rows[column].astype(float).to_numpy() if column in rows.columns else np.full(len(rows), math.nan)
+
+
+def combined_se(values: Sequence[float] | pd.Series, measurement_se: np.ndarray) -> float:
+    """The standard error of a mean over seeds with both sources of noise: the seed spread (std / √n, n ≥ 2) and
+    the rows' measurement standard errors (√(mean se²) / √n). Added, so conservative: the seed spread already holds
+    part of the measurement noise. NaN when neither is known."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    n = len(values)
+    if n == 0:
+        return math.nan
+    seed = float(values.std(ddof=1)) ** 2 / n if n > 1 else math.nan
+    se = np.asarray(measurement_se, dtype=float)
+    se = se[~np.isnan(se)]
+    meas = float(np.mean(se ** 2)) / n if len(se) else math.nan
+    parts = [p for p in (seed, meas) if not math.isnan(p)]
+    return math.sqrt(sum(parts)) if parts else math.nan
+
+
+def within_noise(difference: float, se: float) -> bool:
+    """Whether a difference cannot be told from 0: |difference| < NOISE_Z · se (False when se is unknown)."""
+    return not math.isnan(se) and not math.isnan(difference) and abs(difference) < NOISE_Z * se
 
 
 def pareto_front(frame: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
