@@ -114,6 +114,27 @@ def test_the_protocol_card_stands_beside_the_published_numbers(report):
     assert "Paper: A hand-made paper. Code: hand/made @ 0000000." in page
 
 
+def test_the_matched_rate_table_interpolates_every_cell_of_each_arm(report):
+    import pandas as pd
+
+    from ablate.report import tables
+
+    study, out = report
+    data = json.loads((out / "handmade" / "tables" / "handmade-matched-synthetic__lstm.json").read_text())
+    ok = pd.concat([pd.read_parquet(p) for p in (study / "rows").glob("*.a*.parquet")])
+    ok = ok[(ok["status"] == "ok") & (ok["model"] == "lstm")].sort_values("attempt").drop_duplicates("cell_id",
+                                                                                                   keep="last")
+    ok = tables.attach_settings(ok, pd.read_parquet(study / "manifest.parquet"))
+    expected = tables.matched_rate(ok, "test", names=("rec", "nll", "mi", "au")).set_index(["arm", "kl"])
+    assert len(data["rows"]) == len(expected) == 4 * len(tables.MATCHED_RATES)
+    for row in data["rows"]:
+        want = expected.loc[(row["arm"], row["kl"])]
+        assert row["status"] == want["status"]
+        if row["status"] == "front":
+            assert abs(row["rec"] - want["rec"]) < 1e-9 and abs(row["au"] - want["au"]) < 1e-9
+    assert {r["status"] for r in data["rows"] if r["arm"] == "vanilla"} == {"not reached"}  # collapsed: KL ≈ 0
+
+
 def test_report_is_a_pure_function_of_the_results(report):
     study, out = report
     before = _digests(out)
@@ -252,6 +273,7 @@ def test_report_in_headless_chromium(report, tmp_path):
     found = re.search(r'data-check="([^"]*)"', result.stdout)
     assert found, f"the probe script did not run; chromium said:\n{result.stderr[-3000:]}"
     state = json.loads(html.unescape(found.group(1)))
+    assert "Remedies at equal rate — synthetic × lstm" in source  # the matched-rate table is on the rendered page
     expected_images = source.count("<img ")
     assert state["images"] == expected_images >= 10
     assert state["loaded"] == state["images"], f"images that did not load: {state['broken']}"

@@ -435,3 +435,21 @@ def test_a_difference_within_noise_is_shown_as_such_and_decides_nothing(nll_b, s
     table = verdict_table(rows, ("d", "m"), "test", "vanilla", ("valid.nll",), ["vanilla", "remedy"], "v")
     marked = table.data.set_index("arm")["best_choice"]
     assert bool(marked["vanilla"]) and bool(marked["remedy"]) is noise  # a tie within noise shares the ★
+
+
+def test_remedies_at_equal_rate_by_hand():
+    """Arm a: settings at KL 0.1 / 3 / 6 / 12 with Rec 100 / 98 / 97.5 / 99 — the KL 12 setting is beaten by the
+    KL 6 one on both axes, so the front is the first three; at KL 2 Rec is 100 + (2 − 0.1)/(3 − 0.1)·(98 − 100);
+    KL 10 lies past the front but within the settings' range. Arm b: KL 1 and 4."""
+    rows = pd.DataFrame({"dataset": "d", "model": "m", "arm": ["a"] * 4 + ["b"] * 2,
+                         "settings": ["1", "2", "3", "4", "1", "2"], "seed": 0,
+                         "test.kl": [0.1, 3, 6, 12, 1, 4], "test.rec": [100, 98, 97.5, 99, 100, 96],
+                         "test.nll": [100, 99, 99, 100, 100, 98], "test.au": [0, 4, 8, 16, 2, 6],
+                         "test.rec_se": [0.5] * 6})
+    out = tables.matched_rate(rows, "test", names=("rec", "nll", "au")).set_index(["arm", "kl"])
+    assert out.at[("a", 2.0), "rec"] == pytest.approx(100 + (2 - 0.1) / (3 - 0.1) * (98 - 100))
+    assert out.at[("a", 5.0), "au"] == pytest.approx(4 + (5 - 3) / 3 * 4)
+    assert out.at[("a", 2.0), "rec.se"] == pytest.approx(0.5)  # one seed: the measurement error
+    assert out.at[("a", 10.0), "status"] == "beyond front" and math.isnan(out.at[("a", 10.0), "rec"])
+    assert out.at[("b", 2.0), "rec"] == pytest.approx(100 + (2 - 1) / 3 * (96 - 100))
+    assert out.at[("b", 5.0), "status"] == "not reached" and out.at[("a", 5.0), "status"] == "front"

@@ -30,7 +30,8 @@ from ablate.report.header import conventions, header, probe_baselines  # noqa: F
 from ablate.report.inputs import StudyInput, find_studies, is_study_folder, load_study  # noqa: F401 - re-exported
 from ablate.report.schema import COLLAPSE_KL, Metric, in_table, main_metrics, metric, metrics_in
 from ablate.report.study_tables import (best_table, coverage_table, failures_table, main_table, missing_table,
-                                        protocol_table, published_table, settings_table, verdict_table)
+                                        matched_rate_table, protocol_table, published_table, settings_table,
+                                        verdict_table)
 from ablate.report.table_model import latex_escape, write_table  # noqa: F401 - re-exported
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -43,6 +44,7 @@ WRITTEN_LIST = ".ablate-report-files.json"  # what the last build wrote, relativ
 @dataclass
 class Options:
     baseline: str | None = None  # None: the study's `baseline:`, else tables.DEFAULT_BASELINE
+    rates: tuple[float, ...] = tables.MATCHED_RATES  # KL values of the matched-rate table
     select: tuple[str, ...] = SELECT
     split: str = "test"
     deltas: tuple[str, ...] = field(default_factory=lambda: tuple(in_table("delta")))
@@ -96,6 +98,15 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
         write_table(verdicts, table_dir, f"{slug}/tables")
         context["summary"].append({**summary(dataset, model, best_frame, arms), "verdict": verdicts,
                                    "id": f"{slug}-{pslug}"})
+        every_cell = rows  # for the rate–distortion plane: a search arm's every trial, not only its best
+        if not searched.empty:
+            is_trial = rows["search"].fillna("").astype(bool)
+            every_cell = pd.concat([rows[~is_trial], searched[(searched["dataset"] == dataset)
+                                                              & (searched["model"] == model)]])
+        matched = matched_rate_table(every_cell, (dataset, model), split, arms, f"{slug}-matched-{pslug}",
+                                     options.rates)
+        if matched:
+            write_table(matched, table_dir, f"{slug}/tables")
         published = published_table(references, rows, (dataset, model), arms, f"{slug}-published-{pslug}")
         if published:
             write_table(published, table_dir, f"{slug}/tables")
@@ -107,7 +118,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
         picked = rows.merge(chosen, on=["arm", "settings"], how="inner")
         title = f"{study.name}: {dataset} × {model}"
         figures = [
-            plots.rate_distortion(rows, arms, palette, plot_dir / f"rate_distortion__{pslug}", title, split),
+            plots.rate_distortion(every_cell, arms, palette, plot_dir / f"rate_distortion__{pslug}", title, split),
             plots.kl_vs_ppl(rows, arms, palette, plot_dir / f"kl_vs_ppl__{pslug}", title, split),
             plots.mi_au(picked, arms, palette, plot_dir / f"mi_au__{pslug}", title, split),
             plots.training_curves(picked, study.curves, arms, palette, plot_dir / f"training_curves__{pslug}",
@@ -129,7 +140,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
                     sens.append(fig)
         context["panels"].append({
             "dataset": dataset, "model": model, "id": f"{slug}-{pslug}", "main": main, "best": best, "runs": runs,
-            "published": published, "protocol": context["protocol"] if card_here else None,
+            "published": published, "protocol": context["protocol"] if card_here else None, "matched": matched,
             "figures": [_fig(f, out) for f in figures if f],
             "sensitivity": [_fig(f, out) for f in sens],
         })

@@ -33,7 +33,14 @@ def cmd_report(args: argparse.Namespace) -> int:
                       "`ablate sweep STUDY.yaml` first or name a folder")
             return 2
     select = tuple(s.strip() for s in args.select.split(",") if s.strip())
-    options = Options(baseline=args.baseline, select=select, split=args.split)
+    try:
+        rates = tuple(float(r) for r in args.rates.split(",") if r.strip())
+    except ValueError:
+        rates = ()
+    if not rates or any(not r >= 0 for r in rates):
+        LOG.error(f"--rates {args.rates!r}: give KL values in nats, comma-separated, e.g. --rates 2,5,10")
+        return 2
+    options = Options(baseline=args.baseline, select=select, split=args.split, rates=rates)
     check_writable(args.out, "--out")
     unreadable: list[Path] = []
     index = build_report(folders, args.out, options, unreadable=unreadable)
@@ -59,4 +66,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="validation column choosing each arm's setting; the first present is used "
                         "(default valid.nll, then valid.nelbo)")
     p.add_argument("--split", default="test", choices=["test", "valid"], help="split the tables report")
+    p.add_argument("--rates", default="2,5,10", metavar="KL[,KL]",
+                   help="KL values (nats) at which the remedies are compared at equal rate (default 2,5,10)")
     p.set_defaults(func=cmd_report)

@@ -29,7 +29,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from ablate.report.schema import metric  # noqa: E402
-from ablate.report.tables import search_objectives, selection_metric  # noqa: E402
+from ablate.report.tables import rate_front, search_objectives, selection_metric, setting_points  # noqa: E402
 
 RC = {
     "svg.hashsalt": "ablate-report",     # stable ids inside the SVG
@@ -126,6 +126,11 @@ def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem
         fig = _new_figure(7.5, 4.6)
         ax = fig.add_subplot()
         _scatter_runs_and_means(ax, data, present, palette, kl, rec)
+        points = setting_points(data, split, ["rec"])
+        for arm in present:  # each arm's front: its settings not beaten on both KL and Rec
+            front = rate_front(points[points["arm"] == arm])
+            if len(front) > 1:
+                ax.plot(front["kl"], front["rec"], color=palette[arm], linewidth=1.4, alpha=0.9, zorder=2)
         wide = _wide_range(data[kl])
         if wide:   # e.g. an autoencoder arm far to the right: a linear scale near 0, logarithmic beyond 1 nat
             ax.set_xscale("symlog", linthresh=1.0, linscale=0.6)
@@ -161,9 +166,10 @@ def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem
         _legend(fig, ax, present, palette)
     png, svg = _save(fig, stem)
     return Figure_("rate_distortion", f"Rate–distortion ({split})", png, svg,
-                   f"{split.capitalize()} KL against Rec: small points are runs (one per seed), ringed points the "
-                   f"mean of each setting. Dashed lines are iso-ELBO lines KL + Rec = const; lower-left is better, "
-                   f"points on the Rec axis (KL ≈ 0) have collapsed.")
+                   f"{split.capitalize()} KL against Rec: small points are runs (one per seed; every search trial "
+                   f"too), ringed points the mean of each setting, solid lines each arm's front (its settings not "
+                   f"beaten on both KL and Rec: the remedies at equal rate, table above). Dashed lines are iso-ELBO "
+                   f"lines KL + Rec = const; lower-left is better, points on the Rec axis (KL ≈ 0) have collapsed.")
 
 
 def _wide_range(kl: pd.Series) -> bool:

@@ -367,6 +367,49 @@ def published_table(refs: Sequence[Reference], rows: pd.DataFrame, panel: tuple[
                  pd.DataFrame(records), notes, classes)
 
 
+def matched_rate_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, arms: Sequence[str],
+                       tid: str, rates: Sequence[float] = tables.MATCHED_RATES) -> Table | None:
+    """Remedies compared at equal rate (Alemi et al. 2018, "Fixing a Broken ELBO"): each arm's Rec, NLL, MI and AU
+    interpolated along its rate–distortion front (every setting, search trial and seed of the arm) at common KL
+    values; the lowest Rec at each KL in bold, with every arm within noise of it."""
+    mi_name = "mi_paired" if f"{split}.mi_paired" in rows and rows[f"{split}.mi_paired"].notna().any() else "mi"
+    names = ["rec", "nll", mi_name, "au"]
+    data = tables.matched_rate(rows, split, rates, names=names)
+    if data.empty:
+        return None
+    order = {a: i for i, a in enumerate(arms)}
+    data = data.sort_values(["kl", "arm"], key=lambda c: c.map(order) if c.name == "arm" else c, kind="stable")
+    cols = [Col("KL", "the rate at which the arms are compared (nats per sentence)", True), Col("arm"),
+            Col("front", "settings on the arm's rate–distortion front (not beaten on both KL and Rec)", True)]
+    cols += [Col(metric(n).label, f"{metric(n).definition} Interpolated linearly in KL between the two front "
+                 f"settings around this KL; ± 2 standard errors (seed spread and measurement), interpolated alike.",
+                 True) for n in names]
+    out_rows, classes = [], []
+    for rate, part in data.groupby("kl", sort=False):
+        reached = part[part["status"] == "front"]
+        best = reached["rec"].idxmin() if not reached.empty else None
+        for i, r in part.iterrows():
+            ties = best is not None and r["status"] == "front" and (i == best or tables.within_noise(
+                r["rec"] - reached.at[best, "rec"], math.hypot(_num(r["rec.se"]), _num(reached.at[best, "rec.se"]))))
+            cells = [Cell(f"{rate:g}", sort=rate), Cell(r["arm"], bold=bool(ties)), Cell(str(int(r["points"])),
+                                                                                           sort=r["points"])]
+            for n in names:
+                value, se = _num(r[n]), _num(r[f"{n}.se"])
+                if r["status"] != "front":
+                    cells.append(Cell(r["status"], sort=math.nan, cls="within-noise"))
+                    continue
+                text = metric(n).fmt(value) + ("" if math.isnan(se) else f" ± {metric(n).fmt(2 * se)}")
+                cells.append(Cell(text, sort=value, bold=bool(ties) and n == "rec"))
+            out_rows.append(cells)
+            classes.append("best-choice" if ties else "")
+    notes = [f"Every {split} row of each arm (all settings, search trials and seeds; seeds averaged per setting) "
+             "placed in the rate–distortion plane; an arm's front keeps the settings no other setting of it beats "
+             "on both KL and Rec. 'not reached': no setting of the arm got to that KL; 'beyond front': some did, "
+             "but with more distortion than the front's last point. Bold: the lowest Rec at that KL and every arm "
+             "within noise of it (2 combined standard errors)."]
+    return Table(tid, f"Remedies at equal rate — {panel[0]} × {panel[1]}", cols, out_rows, data, notes, classes)
+
+
 def _source_text(ref: Reference) -> str:
     text = ref.source + (f" (quoted in {ref.quoted_in})" if ref.quoted_in else "")
     return text + (f" — uncertain: {ref.uncertain}" if ref.uncertain else "")

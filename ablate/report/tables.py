@@ -627,3 +627,67 @@ def value_counts(rows: pd.DataFrame, column: str) -> list[tuple[str, int]]:
         return []
     counts = rows[column].fillna("").astype(str).value_counts()
     return sorted(((str(k), int(v)) for k, v in counts.items() if k != ""), key=lambda kv: kv[0])
+
+
+# ----------------------------------------------------------------------------- remedies at equal rate
+MATCHED_RATES = (2.0, 5.0, 10.0)  # KL values (nats) where the matched-rate table compares the remedies
+
+
+def setting_points(rows: pd.DataFrame, split: str, names: Sequence[str]) -> pd.DataFrame:
+    """One point per dataset × model × arm × setting (a search trial is a setting of its own): the mean over seeds
+    of `kl` and each of `names`, and each one's combined standard error `<name>.se` (seed spread and the rows'
+    measurement errors)."""
+    keys = ["dataset", "model", "arm", "settings"]
+    records = []
+    for key, part in rows.groupby(keys, sort=False):
+        rec: dict[str, Any] = dict(zip(keys, key))
+        for name in ["kl", *names]:
+            column = f"{split}.{name}"
+            values = part[column].astype(float) if column in part else pd.Series(dtype=float)
+            rec[name] = values.mean() if values.notna().any() else math.nan
+            rec[f"{name}.se"] = combined_se(values, _measurement_se(part, split, name))
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def rate_front(points: pd.DataFrame) -> pd.DataFrame:
+    """The lower-left front in the rate–distortion plane (Alemi et al. 2018): the points, by increasing KL, whose
+    Rec is below that of every point of smaller KL — for each rate, the best reconstruction this arm reached."""
+    ordered = points.dropna(subset=["kl", "rec"]).sort_values(["kl", "rec"], kind="stable")
+    keep, best = [], math.inf
+    for index, rec in zip(ordered.index, ordered["rec"]):
+        if rec < best:
+            keep.append(index)
+            best = rec
+    return ordered.loc[keep]
+
+
+def matched_rate(rows: pd.DataFrame, split: str, rates: Sequence[float] = MATCHED_RATES,
+                 names: Sequence[str] = ("rec", "nll", "mi", "au")) -> pd.DataFrame:
+    """Each arm's values interpolated (linearly in KL) along its rate front at each of `rates`, with their standard
+    errors interpolated alike, where the front covers that KL (no extrapolation). `status`: "front" (interpolated),
+    "not reached" (no setting of the arm got to that KL, or all went past it), "beyond front" (settings went past
+    it, but with a worse Rec than the front's last point: more rate for more distortion). Columns: dataset, model,
+    kl (the target), arm, status, points (settings on the front), <name>, <name>.se."""
+    present = [n for n in names if f"{split}.{n}" in rows.columns]
+    points = setting_points(rows, split, [n for n in present if n != "kl"])
+    records = []
+    for (dataset, model, arm), part in points.groupby(["dataset", "model", "arm"], sort=False):
+        front = rate_front(part)
+        for rate in rates:
+            rec: dict[str, Any] = {"dataset": dataset, "model": model, "kl": rate, "arm": arm,
+                                   "points": len(front)}
+            inside = len(front) > 0 and front["kl"].iloc[0] <= rate <= front["kl"].iloc[-1]
+            spanned = part["kl"].notna().any() and part["kl"].min() <= rate <= part["kl"].max()
+            rec["status"] = "front" if inside else "beyond front" if spanned else "not reached"
+            for name in present:
+                for suffix in ("", ".se"):
+                    column = name + suffix
+                    if not inside:
+                        rec[column] = math.nan
+                    elif len(front) == 1:
+                        rec[column] = float(front[column].iloc[0])
+                    else:
+                        rec[column] = float(np.interp(rate, front["kl"].to_numpy(), front[column].to_numpy()))
+            records.append(rec)
+    return pd.DataFrame.from_records(records)
