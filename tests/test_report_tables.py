@@ -453,3 +453,23 @@ def test_remedies_at_equal_rate_by_hand():
     assert out.at[("a", 10.0), "status"] == "beyond front" and math.isnan(out.at[("a", 10.0), "rec"])
     assert out.at[("b", 2.0), "rec"] == pytest.approx(100 + (2 - 1) / 3 * (96 - 100))
     assert out.at[("b", 5.0), "status"] == "not reached" and out.at[("a", 5.0), "status"] == "front"
+
+
+def test_a_selection_constraint_changes_the_setting_and_the_trial_picked():
+    from ablate.report.build import study_selection
+    from ablate.selection import Condition
+
+    base = {"dataset": "d", "model": "m", "arm": "fb", "seed": 0, "test.nll": 1.0}
+    rows = pd.DataFrame([{**base, "settings": '{"l": 0.1}', "setting": "l=0.1", "valid.nll": 100.0, "valid.au": 2},
+                         {**base, "settings": '{"l": 1.0}', "setting": "l=1", "valid.nll": 101.0, "valid.au": 10}])
+    where = (Condition("valid.au", ">=", 8.0),)
+    assert tables.select_settings(rows, ("valid.nll",))["setting"].tolist() == ["l=0.1"]  # NLL alone: the weak one
+    assert tables.select_settings(rows, ("valid.nll",), where=where)["setting"].tolist() == ["l=1"]
+    assert tables.select_settings(rows, ("valid.nll",), where=(Condition("valid.au", ">", 50.0),)).empty
+    trials = rows.assign(search="fb/d/m/seed0", cell_id=["t1", "t2"])
+    picked, _ = tables.best_search_trials(trials, ("valid.nll",))
+    constrained, _ = tables.best_search_trials(trials, ("valid.nll",), where)
+    assert picked["cell_id"].tolist() == ["t1"] and constrained["cell_id"].tolist() == ["t2"]
+    by, parsed = study_selection('study: s\nselect: {by: valid.nll, where: "valid.au >= 8"}\n')
+    assert by == ("valid.nll",) and parsed == where
+    assert study_selection("study: s\n") == (None, ())

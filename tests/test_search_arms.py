@@ -168,3 +168,21 @@ def test_optunas_own_cli_reads_the_study(tmp_path, monkeypatch):
 
     loaded = optuna.load_study(study_name="budget", storage=url)
     assert loaded.metric_names == ["valid.nll"] and all(t.intermediate_values for t in loaded.trials)
+
+
+def test_a_study_constraint_reaches_the_search_as_optuna_constraints(tmp_path, monkeypatch):
+    """select: {where: ...} — each finished trial of a TPE search records its violations (≤ 0: met), which the
+    sampler reads; the values are the conditions' shortfalls on the trial's own validation row."""
+    monkeypatch.delenv("ABLATE_STORAGE", raising=False)
+    study = tmp_path / "s.yaml"
+    text = STUDY.split("  - name: kl_constraint")[0].replace("trials: 4", "trials: 3")
+    study.write_text(text + 'select: {by: valid.nll, where: "valid.kl >= 1.0"}\n')
+    assert main(["sweep", str(study), "--out", str(tmp_path), "-q"]) == 0
+    ledger = Ledger.open_existing("budget", tmp_path / "budget")
+    search = optuna.load_study(study_name="budget:search:free_bits/synthetic/lstm/seed0", storage=ledger.storage)
+    rows = pd.read_parquet(tmp_path / "budget" / "rows")
+    assert len(search.trials) == 3
+    for trial in search.trials:
+        row = rows[rows["cell_id"] == trial.user_attrs["cell_id"]].iloc[0]
+        expected = 0.0 if row["valid.kl"] >= 1.0 else 1.0 - row["valid.kl"]
+        assert trial.user_attrs["constraints"] == [pytest.approx(expected)]

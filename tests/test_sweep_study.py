@@ -332,3 +332,22 @@ def test_a_study_names_its_baseline_arm_for_the_report(tmp_path):
     with pytest.raises(ConfigError, match=r"line \d+: baseline: no arm 'aneal' in this study; did you mean 'anneal'"):
         load_study(write(tmp_path, study_text(arms, extra="baseline: aneal\n")))
     assert study_baseline(study_text(arms)) is None and study_baseline("{{bad") is None
+
+
+def test_a_study_declares_its_selection_rule_with_a_constraint(tmp_path):
+    arms = "- name: vae\n  techniques: {}\n"
+    study = load_study(write(tmp_path, study_text(arms, extra='select: {by: valid.nll, where: "valid.au >= 8 and '
+                                                              'valid.kl > 1.5"}\n')))
+    assert study.select_by == ("valid.nll",)
+    assert [(c.column, c.op, c.value) for c in study.select_where] == [("valid.au", ">=", 8.0), ("valid.kl", ">", 1.5)]
+    for extra, message in [
+        ('select: {by: test.nll}\n', r"select.by: 'test.nll' is not a validation metric column"),
+        ('select: {by: valid.nll, where: "valid.au >= eight"}\n', r"select.where: 'valid.au >= eight' is not a "
+                                                                 r"condition: write <valid column> <op> <number>"),
+        ('select: {by: valid.nll, where: "valid.auu >= 8"}\n', r"select.where: 'valid.auu' is not a validation "
+                                                              r"metric"),
+        ('select: {by: valid.nll, wher: "valid.au >= 8"}\n', r"select.wher: unknown select key 'wher'; did you "
+                                                           r"mean 'where'"),
+    ]:
+        with pytest.raises(ConfigError, match=r"line \d+: " + message):
+            load_study(write(tmp_path, study_text(arms, extra=extra)))

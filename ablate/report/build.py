@@ -21,9 +21,10 @@ from typing import Any, Sequence
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from ablate.metric_schema import SELECT
+from ablate.metric_schema import SELECT, is_metric_column
 from ablate.outputs import write_text_atomic
 from ablate.protocol import load_protocol
+from ablate.selection import Condition, parse_where
 from ablate.references import load_references
 from ablate.report import plots, tables
 from ablate.report.header import conventions, header, probe_baselines  # noqa: F401 - re-exported
@@ -45,7 +46,7 @@ WRITTEN_LIST = ".ablate-report-files.json"  # what the last build wrote, relativ
 class Options:
     baseline: str | None = None  # None: the study's `baseline:`, else tables.DEFAULT_BASELINE
     rates: tuple[float, ...] = tables.MATCHED_RATES  # KL values of the matched-rate table
-    select: tuple[str, ...] = SELECT
+    select: tuple[str, ...] | None = None  # None: the study's `select: {by}`, else metric_schema.SELECT
     split: str = "test"
     deltas: tuple[str, ...] = field(default_factory=lambda: tuple(in_table("delta")))
 
@@ -55,13 +56,15 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
     table_dir, plot_dir = out / slug / "tables", out / slug / "plots"
     split = options.split
     baseline = options.baseline or study_baseline(study.study_text) or tables.DEFAULT_BASELINE
+    study_by, where = study_selection(study.study_text)
+    select = options.select or study_by or SELECT
     arms = tables.arm_order(study.manifest, study.ok, study.failed, baseline=baseline)
     palette = plots.arm_palette(arms)
     ok = study.ok
     if study.manifest is not None and not study.manifest.empty and "cell_id" in ok:
         # cells no longer in the study (it changed since they ran) count as "extra" in coverage, not in comparisons
         ok = ok[ok["cell_id"].isin(study.manifest["cell_id"])]
-    ok, searched = tables.best_search_trials(ok, options.select)  # a search arm: its best trial per seed
+    ok, searched = tables.best_search_trials(ok, select, where)  # a search arm: its best trial per seed
     context: dict[str, Any] = {"slug": slug, "header": header(study), "panels": [], "summary": []}
     references, context["reference_notes"] = load_references(study.study_text)
     card, card_notes = load_protocol(study.study_text)
@@ -90,11 +93,11 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
                 write_table(runs, table_dir, f"{slug}/tables")
         main = main_table(rows, (dataset, model), split, arms, f"{slug}-main-{pslug}")
         write_table(main, table_dir, f"{slug}/tables")
-        best, best_frame = best_table(rows, (dataset, model), split, baseline, options.select,
-                                      options.deltas, arms, f"{slug}-best-{pslug}")
+        best, best_frame = best_table(rows, (dataset, model), split, baseline, select,
+                                      options.deltas, arms, f"{slug}-best-{pslug}", where)
         write_table(best, table_dir, f"{slug}/tables")
-        verdicts = verdict_table(rows, (dataset, model), split, baseline, options.select, arms,
-                                 f"{slug}-verdict-{pslug}")
+        verdicts = verdict_table(rows, (dataset, model), split, baseline, select, arms,
+                                 f"{slug}-verdict-{pslug}", where)
         write_table(verdicts, table_dir, f"{slug}/tables")
         context["summary"].append({**summary(dataset, model, best_frame, arms), "verdict": verdicts,
                                    "id": f"{slug}-{pslug}"})
@@ -149,6 +152,28 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
         write_table(fails, table_dir, f"{slug}/tables")
     context["failures"] = fails
     return context
+
+
+def study_selection(study_text: str | None) -> tuple[tuple[str, ...] | None, tuple[Condition, ...]]:
+    """The study file's `select:` rule (ablate.selection): its `by` columns (None when unset) and its `where`
+    constraint (() when unset or no longer readable: the sweep validated it)."""
+    from ablate import safe_yaml
+
+    try:
+        data, _ = safe_yaml.parse(study_text or "")
+    except safe_yaml.YAMLRefused:
+        return None, ()
+    raw = data.get("select") if isinstance(data, dict) else None
+    raw = {"by": raw} if isinstance(raw, str) else raw
+    if not isinstance(raw, dict):
+        return None, ()
+    by = raw.get("by")
+    by = (by,) if isinstance(by, str) else tuple(b for b in by if isinstance(b, str)) if isinstance(by, list) else None
+    try:
+        where = parse_where(raw["where"], lambda c: is_metric_column(c)) if "where" in raw else ()
+    except ValueError:
+        where = ()
+    return by or None, where
 
 
 def study_baseline(study_text: str | None) -> str | None:

@@ -32,7 +32,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             LOG.error(f"{args.results}: no study folders (with manifest.parquet or rows/) found; run "
                       "`ablate sweep STUDY.yaml` first or name a folder")
             return 2
-    select = tuple(s.strip() for s in args.select.split(",") if s.strip())
+    select = tuple(s.strip() for s in args.select.split(",") if s.strip()) if args.select else None
     try:
         rates = tuple(float(r) for r in args.rates.split(",") if r.strip())
     except ValueError:
@@ -62,9 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", default=None,
                    help="arm the paired differences are taken against (default: the study's `baseline:`, else "
                         "vanilla, the plain VAE)")
-    p.add_argument("--select", default="valid.nll,valid.nelbo", metavar="COLUMN[,COLUMN]",
-                   help="validation column choosing each arm's setting; the first present is used "
-                        "(default valid.nll, then valid.nelbo)")
+    p.add_argument("--select", default=None, metavar="COLUMN[,COLUMN]",
+                   help="validation column choosing each arm's setting; the first present is used (default: the "
+                        "study's select: by, else valid.nll, then valid.nelbo); the study's where constraint stays")
     p.add_argument("--split", default="test", choices=["test", "valid"], help="split the tables report")
     p.add_argument("--rates", default="2,5,10", metavar="KL[,KL]",
                    help="KL values (nats) at which the remedies are compared at equal rate (default 2,5,10)")

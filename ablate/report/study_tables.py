@@ -10,6 +10,7 @@ from typing import Sequence
 import pandas as pd
 
 from ablate.protocol import Protocol, card_rows
+from ablate.selection import Condition, where_text
 from ablate.references import Reference, convention_mismatches
 from ablate.report import tables
 from ablate.report.schema import COLLAPSE_KL, Metric, in_table, metric, metrics_in
@@ -101,10 +102,11 @@ def main_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, arms: Seq
 
 
 def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline: str, select: Sequence[str],
-               deltas: Sequence[str], arms: Sequence[str], tid: str) -> tuple[Table, pd.DataFrame]:
+               deltas: Sequence[str], arms: Sequence[str], tid: str, where: Sequence[Condition] = ()
+               ) -> tuple[Table, pd.DataFrame]:
     best_names = in_table("best")  # + probes; the main table has every metric
     metrics = [m for m in metrics_in(rows.columns, split) if m.name in best_names or m.name.startswith("probe.")]
-    best = tables.best_per_technique(rows, baseline, select, split, [m.name for m in metrics], deltas, arms)
+    best = tables.best_per_technique(rows, baseline, select, split, [m.name for m in metrics], deltas, arms, where)
     select_col = best["select"].iloc[0] if not best.empty else None
     delta_names = [d for d in deltas if f"d.{d}.mean" in best]
     sel_metric = metric(select_col.split(".", 1)[1]) if select_col else None
@@ -169,6 +171,11 @@ def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline:
                      f"seeds (hover a cell for t and p). With 3 seeds only large effects can reach significance.")
     else:
         notes.append(f"No baseline arm '{baseline}' in this panel: no paired differences (set --baseline).")
+    if where:
+        left_out = sorted(set(rows["arm"]) - set(best["arm"])) if not best.empty else sorted(set(rows["arm"]))
+        notes.append(f"The study's selection constraint: only settings with {where_text(where)} (seed means) are "
+                     "candidates" + (f"; no setting of {', '.join(left_out)} meets it (left out)." if left_out
+                                     else "."))
     notes += ["Conventions: " + "; ".join(conventions(rows, split)) + "."] if conventions(rows, split) else []
     notes += [n for n in [probe_baselines(rows, split)] if n]
     data = best.copy()
@@ -224,11 +231,12 @@ def mi_noise(rows: pd.DataFrame, split: str) -> float | None:
 
 
 def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline: str, select: Sequence[str],
-                  arms: Sequence[str], tid: str) -> Table:
+                  arms: Sequence[str], tid: str, where: Sequence[Condition] = ()) -> Table:
     """The page's first answer, one row per arm at its chosen setting: the verdict (collapsed in n of N seeds), the
     cost (ΔNLL and Δ−ELBO against the baseline, paired t-test) and the gain (KL, MI, AU, probe accuracy above the
     majority class), sorted by MI; the best choice (no collapsed seed, lowest NLL) marked."""
-    best = tables.best_per_technique(rows, baseline, select, split, list(VERDICT_VALUES), list(VERDICT_COSTS), arms)
+    best = tables.best_per_technique(rows, baseline, select, split, list(VERDICT_VALUES), list(VERDICT_COSTS), arms,
+                                     where)
     gains = probe_gain(rows, split)
     if not best.empty:
         chosen = rows.assign(_gain=gains).merge(best[["arm", "settings"]], on=["arm", "settings"])

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.metric_schema import SELECT, in_table
+from ablate.selection import Condition, admits
 from ablate.results import name_single_runs, single_runs
 from ablate.report.schema import COLLAPSE_KL, Metric, metric, metrics_in
 
@@ -429,12 +430,13 @@ SELECTED_COLUMNS = ["dataset", "model", "arm", "setting", "settings", "select", 
 
 
 def select_settings(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SELECT,
-                    arms: Sequence[str] | None = None) -> pd.DataFrame:
+                    arms: Sequence[str] | None = None, where: Sequence[Condition] = ()) -> pd.DataFrame:
     """Per dataset × model × arm, the setting with the best mean (over seeds) of the validation column, by the
     schema direction of its metric (ties: the first setting in value order). Without a validation column (runs
     that evaluate only test) an arm of one setting is its own choice and an arm of several is left out: nothing
-    can choose among them. Columns: dataset, model, arm, setting, settings, select (the column), select.mean,
-    select.n, n_settings."""
+    can choose among them. `where` (the study's select constraint, ablate.selection): only settings whose mean
+    over seeds meets it are candidates; an arm with none is left out. Columns: dataset, model, arm, setting,
+    settings, select (the column), select.mean, select.n, n_settings."""
     cols = SELECTED_COLUMNS
     column = selection_metric(rows, select)
     if rows.empty:
@@ -444,14 +446,25 @@ def select_settings(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SE
     m = metric(column.split(".", 1)[1])
     sign = -1.0 if m.direction == "max" else 1.0
     means = (rows.groupby(GROUP + ["settings"], sort=False)[column].agg(["mean", "count"]).reset_index())
+    if where:  # each setting's seed-mean of the constrained columns
+        present = [c.column for c in where if c.column in rows.columns]
+        constrained = rows.groupby(GROUP + ["settings"], sort=False)[present].mean().reset_index()
+        means["_ok"] = [admits(where, r) for r in constrained.to_dict("records")]
     records = []
     for (dataset, model, arm), part in means.groupby(["dataset", "model", "arm"], sort=False):
+        n_settings = len(part)
+        if where:
+            part = part[part["_ok"]]
+            if part.empty:
+                continue  # no setting of this arm meets the constraint
         part = part.assign(_o=part["settings"].map(settings_sort_key)).sort_values("_o", kind="stable")
         scored = part.dropna(subset=["mean"])
         pick = scored.loc[(sign * scored["mean"]).idxmin()] if not scored.empty else part.iloc[0]
         records.append({"dataset": dataset, "model": model, "arm": arm, "setting": pick["setting"],
                         "settings": pick["settings"], "select": column, "select.mean": pick["mean"],
-                        "select.n": int(pick["count"]), "n_settings": len(part)})
+                        "select.n": int(pick["count"]), "n_settings": n_settings})
+    if not records:
+        return pd.DataFrame(columns=cols)
     return _ordered(pd.DataFrame.from_records(records), arms or arm_order(rows))[cols]
 
 
@@ -471,12 +484,12 @@ def _only_settings(rows: pd.DataFrame, arms: Sequence[str] | None) -> pd.DataFra
 def best_per_technique(rows: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
                        select: str | Sequence[str] = DEFAULT_SELECT, split: str = "test",
                        names: Sequence[str] | None = None, deltas: Sequence[str] | None = None,
-                       arms: Sequence[str] | None = None) -> pd.DataFrame:
+                       arms: Sequence[str] | None = None, where: Sequence[Condition] = ()) -> pd.DataFrame:
     """Per dataset × model × arm: the setting chosen on validation (`select_settings`), its `split` metrics
     (mean/std/n over seeds), the per-seed collapse count, and for each metric in `deltas` the paired difference
     arm − baseline over the seeds both have (the baseline at its own chosen setting): `d.<m>.mean`, `.std`,
     `.n`, `.t`, `.p`, `.marker` (empty for the baseline itself, or when the baseline is absent)."""
-    chosen = select_settings(rows, select, arms)
+    chosen = select_settings(rows, select, arms, where)
     metrics = metric_columns(rows, split, names)
     deltas = in_table("delta") if deltas is None else deltas
     delta_names = [d for d in deltas if f"{split}.{d}" in rows.columns]
@@ -571,11 +584,12 @@ def search_objectives(trials: pd.DataFrame, fallback: str | None) -> list[str]:
     return [o for o in names if o in trials]
 
 
-def best_search_trials(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SELECT
-                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def best_search_trials(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SELECT,
+                       where: Sequence[Condition] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows of search arms (column `search`) reduced to each dataset × model × arm × seed's best trial, chosen on
     validation: on the Pareto front of the search's objectives, the best by the selection rule. Its settings become
-    one shared label ('best of N trials') so the seeds aggregate like a grid cell's. Returns (rows for the tables,
+    one shared label ('best of N trials') so the seeds aggregate like a grid cell's; with `where` (the study's
+    select constraint) only trials that meet it are candidates, when any does. Returns (rows for the tables,
     every search trial with `pareto` marked, for the search plots)."""
     if rows.empty or "search" not in rows or not rows["search"].fillna("").astype(bool).any():
         return rows, rows.iloc[0:0]
@@ -587,6 +601,11 @@ def best_search_trials(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT
         objectives = search_objectives(part, column)
         front = pareto_front(part, objectives) if objectives else pd.Series(True, index=part.index)
         fronts.append(front)
+        if where:
+            feasible = pd.Series([admits(where, r) for r in part.to_dict("records")], index=part.index)
+            if feasible.any():
+                part, front = part[feasible], pareto_front(part[feasible], objectives) if objectives else \
+                    pd.Series(True, index=part[feasible].index)
         candidates = part[front] if front.any() else part
         sign = -1.0 if column and metric(column.split(".", 1)[1]).direction == "max" else 1.0
         scored = candidates.dropna(subset=[column]) if column else candidates

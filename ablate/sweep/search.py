@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from ablate.config import ConfigError, build_config, config_hash
 from ablate.log import LOG
+from ablate.selection import conditions_from_json
 from ablate.sweep.folder import append_manifest
 from ablate.sweep.ledger import Ledger, ResultIndex, _read_row, quiet_optuna
 from ablate.sweep.search_space import SearchSpec, distributions
@@ -63,9 +64,21 @@ def searches(ledger: Ledger) -> list[tuple[SearchSpec, optuna.Study, int]]:
     return out
 
 
+CONSTRAINTS_ATTR = "constraints"  # a trial's violations of the study's select constraint (≤ 0: met)
+
+
+def trial_constraints(trial: Any) -> list[float]:
+    """Optuna's constraints of a trial (ablate.selection), as the sweep recorded them when it told the result."""
+    return list(trial.user_attrs.get(CONSTRAINTS_ATTR, []))
+
+
 def _sampler(spec: SearchSpec, number: int) -> optuna.samplers.BaseSampler:
     seed = (spec.sampler_seed * 1_000_003 + spec.seed * 10_007 + number) % 2**32
-    return optuna.samplers.TPESampler(seed=seed) if spec.sampler == "tpe" else optuna.samplers.RandomSampler(seed)
+    if spec.sampler != "tpe":
+        return optuna.samplers.RandomSampler(seed)
+    if spec.where:  # the study's select constraint: TPE learns which region of the space meets it
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=trial_constraints)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def _outcome(ledger: Ledger, results: ResultIndex, trials: list[Any], cell_id: str
@@ -105,6 +118,9 @@ def step(ledger: Ledger) -> int:
             state, row = _outcome(ledger, results, by_cell.get(cell_id, []), cell_id)
             if state == "ok":
                 values = [float((row or {}).get(o, math.nan)) for o in spec.objectives]
+                if spec.where:  # recorded before tell: the sampler reads them when the trial completes
+                    ledger.storage.set_trial_user_attr(ledger.trial_id(trial), CONSTRAINTS_ATTR, [
+                        c.violation(row or {}) for c in conditions_from_json(spec.where)])
                 if all(math.isfinite(v) for v in values):
                     search.tell(trial.number, values)
                 else:

@@ -53,6 +53,7 @@ class SearchSpec:
     objectives: list[str]
     space: dict[str, dict[str, Any]]
     base: dict[str, Any] = field(default_factory=dict)  # the arm's raw run config (seed set), before the trial's values
+    where: list[list[Any]] = field(default_factory=list)  # the study's select constraint: [[column, op, value], ...]
 
     @property
     def key(self) -> str:

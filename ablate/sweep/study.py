@@ -54,12 +54,14 @@ from pydantic import BaseModel, ValidationError
 from ablate.config import (ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, apply_overrides, canonical_dict,
                            config_hash, explain, flatten, model_config_class, model_name, parse_override,
                            read_yaml_file, set_path, shorten, suggest)
+from ablate.metric_schema import SELECT, is_metric_column
 from ablate.protocol import TOPICS, Protocol, Setting, config_value, same_value
+from ablate.selection import Condition, parse_where
 from ablate.references import Reference, ReferenceConventions
 from ablate.sweep.search_space import SearchError, SearchSpec, parse_search
 
 STUDY_KEYS = ["study", "description", "base", "datasets", "models", "seeds", "arms", "exclude", "references",
-              "protocol", "baseline", "storage"]
+              "protocol", "baseline", "select", "storage"]
 ARM_KEYS = ["name", "description", "techniques", "zip", "exclude", "data", "model", "train", "eval", "search"]
 LABEL_KEYS = ["arm", "dataset", "model", "seed"]
 MODEL_ENTRY_KEYS = ["label", "model", "train", "eval"]  # the long form of a models entry
@@ -101,6 +103,8 @@ class Study:
     excluded: int = 0
     references: list[Reference] = field(default_factory=list)
     protocol: Protocol | None = None  # a reproduction's card (ablate.protocol), required beside references
+    select_by: tuple[str, ...] = SELECT  # the validation column(s) ranking settings and trials (ablate.selection)
+    select_where: tuple[Condition, ...] = ()  # the constraint they must meet
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE applied to every cell
     storage: str | None = None  # the study's own storage URL (--storage and $ABLATE_STORAGE override it)
     searches: list[SearchSpec] = field(default_factory=list)  # search arms: one per dataset × model × seed
@@ -519,10 +523,37 @@ class _Loader:
 
     # -- the whole study ---------------------------------------------------------------------------------
 
+    def selection(self) -> tuple[tuple[str, ...], tuple[Condition, ...]]:
+        """`select: valid.nll` or `select: {by: valid.nll, where: "valid.au >= 8"}` (ablate.selection)."""
+        raw = self.data.get("select")
+        if raw is None:
+            return SELECT, ()
+        at: Path_ = ("select",)
+        if isinstance(raw, str):
+            raw = {"by": raw}
+        self.expect(raw, dict, at, "select must be a validation column or {by: valid.nll, where: \"valid.au >= 8\"}")
+        self.check_keys(raw, ["by", "where"], at, "select")
+        by = raw.get("by", list(SELECT))
+        by = [by] if isinstance(by, str) else by
+        if not isinstance(by, list) or not by or not all(isinstance(b, str) for b in by):
+            raise self.error(at + ("by",), "by must be a validation column (valid.nll) or a list of them")
+        for column in by:
+            if not column.startswith("valid.") or not is_metric_column(column):
+                raise self.error(at + ("by",), f"{column!r} is not a validation metric column; choose settings on "
+                                 "validation, e.g. valid.nll (a test column would select on the test set)")
+        where: tuple[Condition, ...] = ()
+        if "where" in raw:
+            try:
+                where = parse_where(raw["where"], lambda c: c.startswith("valid.") and is_metric_column(c))
+            except ValueError as error:
+                raise self.error(at + ("where",), str(error)) from None
+        return tuple(by), where
+
     def top_level(self) -> tuple[str, dict[str, Any], list[Any]]:
         """The study's name, base config and arms, with their shapes checked."""
         data = self.data
         self.check_keys(data, STUDY_KEYS, (), "study")
+        self.select_by, self.select_where = self.selection()
         name = self.name(data.get("study", self.path.stem), ("study",), "study")
         base = data.get("base") or {}
         self.expect(base, dict, ("base",), "base must be a run config mapping (data, model, train, eval, ...)")
@@ -684,7 +715,7 @@ class _Loader:
                      datasets=[d for d, _, _ in datasets], models=[m for m, _, _, _ in models], seeds=seeds,
                      settings_per_arm=settings_per_arm, warnings=warnings,
                      excluded=len(candidates) - len(cells) + pre_excluded, references=references,
-                     protocol=protocol)
+                     protocol=protocol, select_by=self.select_by, select_where=self.select_where)
 
     def protocol(self, cells: list[Cell], arms: list[str], has_references: bool) -> Protocol | None:
         """The study's protocol card (ablate.protocol): required beside published numbers; every topic covered;
@@ -742,7 +773,8 @@ class _Loader:
                     search: dict[str, Any], sources: "_Sources") -> SearchSpec:
         """A search of one arm on one dataset × model × seed, its space's corners validated as run configs (so a
         misspelt key or an out-of-range bound is an error now, not in the middle of the study)."""
-        spec = SearchSpec(arm=arm, dataset=dataset, model=model, seed=seed, base={**raw, "seed": seed}, **search)
+        spec = SearchSpec(arm=arm, dataset=dataset, model=model, seed=seed, base={**raw, "seed": seed},
+                          where=[[c.column, c.op, c.value] for c in self.select_where], **search)
         for corner in spec.corners():
             point = ", ".join(f"{k}={v}" for k, v in corner.items())
             self.validate(spec.raw_at(corner), f"arm '{arm}' (search space {point})", sources)
