@@ -186,3 +186,4 @@ def test_a_study_constraint_reaches_the_search_as_optuna_constraints(tmp_path, m
         row = rows[rows["cell_id"] == trial.user_attrs["cell_id"]].iloc[0]
         expected = 0.0 if row["valid.kl"] >= 1.0 else 1.0 - row["valid.kl"]
         assert trial.user_attrs["constraints"] == [pytest.approx(expected)]
+        assert trial.system_attrs["constraints:valid.kl >= 1"] == pytest.approx(expected)  # Optuna's own record

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from ablate.config import ConfigError, build_config, config_hash
 from ablate.log import LOG
-from ablate.selection import conditions_from_json
+from ablate.selection import conditions_from_json, where_text
 from ablate.sweep.folder import append_manifest
 from ablate.sweep.ledger import Ledger, ResultIndex, _read_row, quiet_optuna
 from ablate.sweep.search_space import SearchSpec, distributions
@@ -64,21 +64,24 @@ def searches(ledger: Ledger) -> list[tuple[SearchSpec, optuna.Study, int]]:
     return out
 
 
-CONSTRAINTS_ATTR = "constraints"  # a trial's violations of the study's select constraint (≤ 0: met)
-
-
-def trial_constraints(trial: Any) -> list[float]:
-    """Optuna's constraints of a trial (ablate.selection), as the sweep recorded them when it told the result."""
-    return list(trial.user_attrs.get(CONSTRAINTS_ATTR, []))
+CONSTRAINTS_ATTR = "constraints"  # a trial's violations of the study's select constraint (≤ 0: met), readable
 
 
 def _sampler(spec: SearchSpec, number: int) -> optuna.samplers.BaseSampler:
     seed = (spec.sampler_seed * 1_000_003 + spec.seed * 10_007 + number) % 2**32
-    if spec.sampler != "tpe":
-        return optuna.samplers.RandomSampler(seed)
-    if spec.where:  # the study's select constraint: TPE learns which region of the space meets it
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=trial_constraints)
-    return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed) if spec.sampler == "tpe" else optuna.samplers.RandomSampler(seed)
+
+
+def _record_constraints(ledger: Ledger, search: optuna.Study, trial: Any, spec: SearchSpec,
+                        row: dict[str, Any]) -> None:
+    """The study's select constraint on a finished trial, before it is told: Optuna constraints (TPE samples the
+    feasible region first; ≤ 0 is met) and, for people and tools, the list as a user attribute."""
+    conditions = conditions_from_json(spec.where)
+    violations = [c.violation(row) for c in conditions]
+    live = optuna.trial.Trial(search, ledger.trial_id(trial))
+    for condition, value in zip(conditions, violations):
+        live.set_constraint(condition.text(), value)
+    live.set_user_attr(CONSTRAINTS_ATTR, violations)
 
 
 def _outcome(ledger: Ledger, results: ResultIndex, trials: list[Any], cell_id: str
@@ -119,8 +122,7 @@ def step(ledger: Ledger) -> int:
             if state == "ok":
                 values = [float((row or {}).get(o, math.nan)) for o in spec.objectives]
                 if spec.where:  # recorded before tell: the sampler reads them when the trial completes
-                    ledger.storage.set_trial_user_attr(ledger.trial_id(trial), CONSTRAINTS_ATTR, [
-                        c.violation(row or {}) for c in conditions_from_json(spec.where)])
+                    _record_constraints(ledger, search, trial, spec, row or {})
                 if all(math.isfinite(v) for v in values):
                     search.tell(trial.number, values)
                 else:
@@ -173,9 +175,12 @@ def progress_lines(ledger: Ledger) -> list[str]:
         failed = search.get_trials(deepcopy=False, states=(TrialState.FAIL,))
         text = f"search {spec.key}: {len(done)}/{spec.trials} trials done" + (f", {len(failed)} failed" if failed
                                                                               else "")
-        if done and len(spec.objectives) == 1:
-            text += f"; best {spec.objectives[0]} {search.best_value:.3f} ({search.best_trial.params})"
-        elif done:
-            text += f"; Pareto front of {len(search.best_trials)} trial(s) on {', '.join(spec.objectives)}"
+        try:  # with a select constraint, Optuna's best is among the trials that meet it
+            if done and len(spec.objectives) == 1:
+                text += f"; best {spec.objectives[0]} {search.best_value:.3f} ({search.best_trial.params})"
+            elif done:
+                text += f"; Pareto front of {len(search.best_trials)} trial(s) on {', '.join(spec.objectives)}"
+        except ValueError:
+            text += f"; no trial meets {where_text(conditions_from_json(spec.where))} yet"
         lines.append(text)
     return lines
