@@ -21,7 +21,7 @@ LAYERS = [
     ["ablate.sources"],
     ["ablate.config_columns"],
     ["ablate.outputs", "ablate.layout", "ablate.metrics", "ablate.uncertainty", "ablate.metric_schema",
-     "ablate.references", "ablate.protocol", "ablate.run_progress"],
+     "ablate.references", "ablate.protocol", "ablate.selection", "ablate.run_progress"],
     ["ablate.data"],
     ["ablate.models"],
     ["ablate.techniques"],

@@ -176,14 +176,15 @@ def test_a_study_constraint_reaches_the_search_as_optuna_constraints(tmp_path, m
     monkeypatch.delenv("ABLATE_STORAGE", raising=False)
     study = tmp_path / "s.yaml"
     text = STUDY.split("  - name: kl_constraint")[0].replace("trials: 4", "trials: 3")
-    study.write_text(text + 'select: {by: valid.nll, where: "valid.kl >= 1.0"}\n')
+    study.write_text(text + 'select: {by: valid.nelbo, where: "valid.kl >= 1.0"}\n')
     assert main(["sweep", str(study), "--out", str(tmp_path), "-q"]) == 0
     ledger = Ledger.open_existing("budget", tmp_path / "budget")
     search = optuna.load_study(study_name="budget:search:free_bits/synthetic/lstm/seed0", storage=ledger.storage)
     rows = pd.read_parquet(tmp_path / "budget" / "rows")
-    assert len(search.trials) == 3
+    assert len(search.trials) == 3 and search.metric_names == ["valid.nelbo"]  # the study's rule is the objective
     for trial in search.trials:
         row = rows[rows["cell_id"] == trial.user_attrs["cell_id"]].iloc[0]
         expected = 0.0 if row["valid.kl"] >= 1.0 else 1.0 - row["valid.kl"]
         assert trial.user_attrs["constraints"] == [pytest.approx(expected)]
         assert trial.system_attrs["constraints:valid.kl >= 1"] == pytest.approx(expected)  # Optuna's own record
+        assert trial.values == [pytest.approx(row["valid.nelbo"])]

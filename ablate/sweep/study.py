@@ -650,8 +650,11 @@ class _Loader:
             arm_names.append(arm_name)
             search = None
             if arm.get("search") is not None:
+                raw_search = arm["search"]
+                if isinstance(raw_search, dict) and "objective" not in raw_search and "select" in self.data:
+                    raw_search = {**raw_search, "objective": self.select_by[0]}  # the study's rule of "best"
                 try:
-                    search = parse_search(arm["search"])
+                    search = parse_search(raw_search)
                 except SearchError as error:
                     raise self.error(at + ("search",) + error.path, str(error)) from None
             excludes = study_excludes + self.exclusions(arm.get("exclude"), at + ("exclude",))
