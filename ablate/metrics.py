@@ -297,7 +297,7 @@ def mutual_information_paired(
     total, start = 0.0, 0
     for size in sizes:
         block = slice(start, start + size)
-        queries = z[block].reshape(-1, nz)  # [size·S, nz], row i·S + s
+        queries = z[block].reshape(size * samples, nz)  # [size·S, nz], row i·S + s
         log_agg = _log_aggregate_density(queries, mu64[block], lv64[block], chunk_size).view(size, samples)
         total += float((log_own[block] - log_agg).sum())
         start += size

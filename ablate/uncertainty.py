@@ -66,8 +66,8 @@ def bootstrap_mi(mu: Tensor, logvar: Tensor, z: Tensor, own: Tensor, resamples: 
         for size in block_sizes:
             block = slice(start, start + size)
             log_agg = torch.empty(size * s, dtype=torch.float64)
-            for first, dens in log_density_blocks(z[block].reshape(-1, nz).double(), mu64[block], lv64[block],
-                                                  chunk_size):
+            queries = z[block].reshape(size * s, nz).double()
+            for first, dens in log_density_blocks(queries, mu64[block], lv64[block], chunk_size):
                 log_agg[first:first + dens.shape[0]] = torch.logsumexp(dens, 1) - math.log(size)
             sums.append(float((own[block].double().reshape(-1) - log_agg).sum()))
             sizes.append(size * s)
@@ -77,7 +77,7 @@ def bootstrap_mi(mu: Tensor, logvar: Tensor, z: Tensor, own: Tensor, resamples: 
         return sums_t[picks].sum(1) / sizes_t[picks].sum(1)
     indices = bootstrap_indices(n, resamples, generator)
     s_used = max(1, min(s, MAX_BOOTSTRAP_ELEMENTS // max(1, n * n)))  # the first S' draws when memory is short
-    queries = z[:, :s_used].reshape(-1, nz).double()
+    queries = z[:, :s_used].reshape(n * s_used, nz).double()
     dens = torch.empty(n * s_used, n, dtype=torch.float32)  # log N(z_is; mu_m, sigma_m), row i·S' + s
     for first, block in log_density_blocks(queries, mu64, lv64, chunk_size):
         dens[first:first + block.shape[0]] = block.float()

@@ -145,6 +145,7 @@ def test_nz_0_is_he_et_al_s_language_model_and_its_nll_is_exact():
                         torch.device("cpu"), seed=0, token_unit="word")
     assert ev.conventions["iw_samples"] == 1  # exact: no latent to sample
     assert abs(ev.metrics["nll"] - ev.metrics["rec"]) < 1e-9 and ev.metrics["kl"] == 0.0
+    assert ev.metrics["mi_paired"] == 0.0 and ev.metrics["au"] == 0.0
     assert abs(ev.metrics["nll"] - float(-ours.mean())) < 1e-4
 
 
