@@ -73,6 +73,7 @@ class TrainResult:
 
 
 SYNC_EVERY = 50  # training curves are read off the device every N steps and at each epoch's end
+LIVE_EARLY = (0, 9, 24)  # phase steps at which the values are read early too (a short run shows them)
 
 
 def forward_parts(model: TextVAE, batch: Batch, precision: str = "fp32") -> LossParts:
@@ -112,12 +113,15 @@ class CurveBuffer:
         self.curves, self.threshold = curves, divergence_threshold
         self.meta: list[dict[str, Any]] = []
         self.values: list[Tensor] = []
+        self.last: dict[str, Any] | None = None  # the newest step read off (for the progress line)
 
-    def add(self, meta: dict[str, Any], loss: Tensor, kl: Tensor, rec: Tensor) -> None:
+    def add(self, meta: dict[str, Any], loss: Tensor, kl: Tensor, rec: Tensor) -> dict[str, Any] | None:
+        """Buffer one step; at every SYNC_EVERY-th global step (and whenever SYNC_EVERY are buffered) read them off
+        and return the newest (else None)."""
         self.meta.append(meta)
         self.values.append(torch.stack([loss.detach().float(), kl.detach().float(), rec.detach().float()]))
-        if len(self.values) >= SYNC_EVERY:
-            self.flush()
+        due = (meta["step"] + 1) % SYNC_EVERY == 0 or len(self.values) >= SYNC_EVERY
+        return self.flush() if due else None
 
     def flush(self) -> dict[str, Any] | None:
         """Append the buffered steps to the curves; return the last one (None when empty)."""
@@ -129,7 +133,13 @@ class CurveBuffer:
                 raise TrainingDiverged(f"loss {loss} at step {meta['step']} (epoch {meta['epoch'] + 1})")
             self.curves.append({**meta, "kl": kl, "rec": rec, "loss": loss})
         self.meta, self.values = [], []
-        return self.curves[-1]
+        self.last = self.curves[-1]
+        return self.last
+
+
+def step_detail(point: dict[str, Any] | None) -> str:
+    """The progress line's live values of a training curve point ("" for none)."""
+    return "" if point is None else f"loss {point['loss']:.2f} kl {point['kl']:.2f} β {point['beta']:.2f}"
 
 
 @torch.no_grad()
@@ -332,14 +342,14 @@ class Trainer:
         for group in groups:
             evaluated = self.step(group, batches)
             parts, objective = evaluated.parts, evaluated.objective
-            buffer.add({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "train",
-                        "beta": objective.beta}, objective.loss, parts.kl.mean(), parts.rec.mean())
+            read = buffer.add({"step": state.global_step, "epoch": state.epoch, "phase": state.phase,
+                               "split": "train", "beta": objective.beta}, objective.loss, parts.kl.mean(),
+                              parts.rec.mean())
+            if read is None and state.phase_step < SYNC_EVERY and state.phase_step in LIVE_EARLY:
+                read = buffer.flush()  # a short run or a new phase shows its values before SYNC_EVERY steps
             state.global_step += 1
             state.phase_step += 1
-            detail = ""
-            if state.global_step % SYNC_EVERY == 0 and (last := buffer.flush()) is not None:
-                detail = f"loss {last['loss']:.2f} kl {last['kl']:.2f} β {last['beta']:.2f}"
-            progress.step(detail)
+            progress.step(step_detail(read))
             if state.phase == "pretrain" and self.phase_done():
                 switch_phase = True
                 break

@@ -94,3 +94,39 @@ def test_quiet_and_verbose_set_what_a_command_says(tmp_path, capsys):
         assert capsys.readouterr().err.startswith("error: ")  # errors whatever the verbosity
     finally:
         set_verbosity(0)
+
+
+def test_the_live_loss_shows_in_the_first_epoch_and_keeps_moving(one_torch_thread):
+    """Issue 26 (2): the progress line's loss/KL/β was empty through epoch 1 and then frozen (the buffer emptied
+    itself at 50 values, so the read at step 50 found nothing). Now: shown from the first step, updated every 50
+    steps, in every epoch — and a run shorter than 50 steps shows it too."""
+    import torch
+
+    from ablate.config import build_config
+    from ablate.run import build, prepare
+    from ablate.run_progress import RunProgress
+    from ablate.techniques.base import TrainContext
+    from ablate.techniques.registry import build_techniques
+    from ablate.train import train
+    from conftest import tiny_overrides
+
+    config = build_config(tiny_overrides(**{"data.synthetic.n_train": 3200, "train.batch_size": 16,
+                                            "train.epochs": 2}), "<test>")
+    prepared = prepare(config)
+    model = build(config, prepared)
+    context = TrainContext(nz=model.nz, special_ids=prepared.tokenizer.special_ids, seed=0,
+                           steps_per_epoch=config.train.steps_per_epoch(len(prepared.splits["train"])))
+    details: list[tuple[int, str]] = []
+
+    class Recording(RunProgress):
+        def step(self, detail: str = "") -> None:
+            super().step(detail)
+            details.append((self.steps_done, detail))
+
+    train(model, build_techniques(config.techniques, context), prepared.splits["train"], prepared.splits["valid"],
+          prepared.tokenizer.framing, config.train, torch.device("cpu"), 0, progress=Recording(False, 0))
+    shown = [(step, d) for step, d in details if d]
+    assert shown[0][0] == 1 and shown[0][1].startswith("loss ")  # from the first step
+    steps_per_epoch = 200
+    assert [s for s, _ in shown if s > 25] == list(range(50, 2 * steps_per_epoch + 1, 50))  # every 50, both epochs
+    assert len({d for _, d in shown}) > 5  # the values move
