@@ -61,3 +61,18 @@ def test_set_null_removes_a_technique(tmp_path):
     assert set(load_config(config).techniques) == {"free_bits", "kl_annealing"}
     assert set(load_config(config, ["techniques.free_bits=null"]).techniques) == {"kl_annealing"}
     assert load_config(config, ["train.max_steps=null"]).train.max_steps is None  # other keys: null is null
+
+
+def test_a_study_swept_with_set_is_not_reported_as_tampered(tmp_path):
+    """Issue 26 (3): the recorded hash covers the --set overrides, the stored study.yaml does not; the report must
+    hash them together (and show the overrides) — and still warn when study.yaml really changed."""
+    from ablate.report.build import build_report
+
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY)
+    out = tmp_path / "results"
+    assert run_sweep(path, jobs=1, out=out, progress=False, overrides=["train.epochs=2"]) == 0
+    page = build_report([out / "bad"], tmp_path / "rep").read_text()
+    assert "no longer matches" not in page and "<code>--set train.epochs=2</code>" in page
+    (out / "bad" / "study.yaml").write_text(STUDY + "# edited\n")
+    assert "study.yaml no longer matches this hash" in build_report([out / "bad"], tmp_path / "rep2").read_text()

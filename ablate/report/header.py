@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
@@ -10,6 +9,7 @@ import pandas as pd
 
 from ablate.report import tables
 from ablate.report.inputs import StudyInput
+from ablate.sweep.study import study_hash
 
 
 # ----------------------------------------------------------------------------- header
@@ -32,7 +32,10 @@ def header(study: StudyInput) -> dict[str, Any]:
     rows = pd.concat([f for f in (study.ok, study.failed) if not f.empty], ignore_index=True, sort=False) \
         if not (study.ok.empty and study.failed.empty) else pd.DataFrame()
     recorded = study.meta.get("study_hash")
-    actual = hashlib.sha256(study.study_text.encode()).hexdigest() if study.study_text is not None else None
+    overrides = study.meta.get("overrides") or []
+    overrides = [o for o in overrides if isinstance(o, str)] if isinstance(overrides, list) else []
+    # the hash covers the --set overrides the study was swept with (study.json), as the sweep computed it
+    actual = study_hash(study.study_text, overrides) if study.study_text is not None else None
     seconds = math.nan
     if not rows.empty:
         seconds = float(rows.get("train_seconds", pd.Series(dtype=float)).fillna(0).sum()
@@ -53,6 +56,7 @@ def header(study: StudyInput) -> dict[str, Any]:
         "study_file": study.meta.get("study_file", "–"),
         "study_hash": recorded or actual or "–",
         "hash_mismatch": bool(recorded and actual and recorded != actual),
+        "overrides": overrides,
         "created": study.meta.get("created", "–"),
         "updated": study.meta.get("updated", "–"),
         "first_start": first_last("started_at", min),

@@ -61,7 +61,11 @@ def _read_meta(path: Path, unreadable: list[Path]) -> dict[str, Any]:
     if not isinstance(meta, dict):
         unreadable.append(path)
         return {}
-    return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    out = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    overrides = meta.get("overrides")  # the --set overrides the study was swept with: a list of strings
+    if isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
+        out["overrides"] = overrides
+    return out
 
 
 def load_study(folder: str | Path) -> StudyInput:

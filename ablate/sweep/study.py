@@ -46,7 +46,7 @@ import typing
 from collections.abc import Sequence as AbcSequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -70,6 +70,12 @@ MAX_CELLS = 20_000  # cells of a whole study (the largest shipped study has 45)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 Path_ = tuple[Any, ...]  # a key path in the YAML document: ("arms", 2, "techniques", "free_bits")
+
+
+def study_hash(text: str, overrides: Sequence[str] = ()) -> str:
+    """The id of a study as swept: sha256 of its file's text, and of the --set overrides when any (study.json)."""
+    extra = "".join(f"\n--set {o}" for o in overrides)
+    return hashlib.sha256((text + extra).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,7 @@ class Study:
     @property
     def hash(self) -> str:
         """sha256 of the study file's text (and of the --set overrides it was run with, when any)."""
-        extra = "".join(f"\n--set {o}" for o in self.overrides)
-        return hashlib.sha256((self.text + extra).encode()).hexdigest()
+        return study_hash(self.text, self.overrides)
 
     def cell(self, cell_id: str) -> Cell:
         for cell in self.cells:
