@@ -159,8 +159,11 @@ OWN_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_run, add
 def build_parser() -> argparse.ArgumentParser:
     from ablate.commands import COMMANDS
 
+    import ablate
+
     parser = argparse.ArgumentParser(prog="ablate", description="Benchmark and ablate posterior-collapse remedies")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"ablate {ablate.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in OWN_COMMANDS + list(COMMANDS.all().values()):
         add(sub)
     for command in sub.choices.values():  # every command: how much it says (ablate.log)
@@ -174,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     from ablate.config import ConfigError
     from ablate.log import LOG, set_verbosity
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `ablate`: what it can do, not an error
+        parser.print_help()
+        return 0
     set_verbosity(-1 if args.quiet else args.verbose)
     try:
         return args.func(args)

@@ -145,3 +145,16 @@ def test_what_passes_validate_starts(example, tmp_path, one_torch_thread):
     code, text = run_cli(["run", str(example), "--out", str(tmp_path), "--quiet", *sum((["--set", s] for s in SMALL),
                                                                                          [])])
     assert code == 0, text
+
+
+def test_bare_ablate_shows_its_commands_and_version_is_known(capsys):
+    """Issue 26 (10): bare `ablate` printed an error; it lists the commands now, and `--version` answers."""
+    import ablate
+    from ablate.cli import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: ablate" in out and "sweep" in out and "report" in out
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"ablate {ablate.__version__}"
