@@ -67,7 +67,9 @@ class Metric:
     def fmt(self, value: float | None) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "–"
-        return format(value, self.format)
+        text = format(value, self.format)
+        # a value that rounds to zero prints without a sign ("-0.00" reads as a negative number)
+        return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text
 
     def better(self, a: float, b: float) -> bool:
         """Whether a is strictly better than b under this metric's direction."""

@@ -82,3 +82,10 @@ def test_table_membership_is_declared():
     assert in_table("delta") == ["nll", "kl", "mi", "mi_paired", "au"]
     assert in_table("best") == ["ppl", "nll", "kl", "mi", "mi_paired", "au"]
     assert in_table("sensitivity") == ["nll", "rec", "kl", "mi", "au"]
+
+
+def test_a_value_that_rounds_to_zero_prints_without_a_sign():
+    """Issue 26 (10): tables printed "-0.00"."""
+    kl = METRICS.get("kl")  # .3f
+    assert kl.fmt(-0.0004) == "0.000" and kl.fmt(-0.0006) == "-0.001" and kl.fmt(-1e-12) == "0.000"
+    assert METRICS.get("ppl").fmt(-0.001) == "0.00" and kl.fmt(float("nan")) == "–"
