@@ -134,8 +134,8 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
     if pool is not None and block_sizes is None:  # blocks of M (the last one shorter)
         block_sizes = [min(pool, n - start) for start in range(0, n, pool)]
     z_paired, own_paired = paired_draws(mi_mu, mi_logvar, cfg.mi_samples, torch.Generator().manual_seed(seed + 2))
-    mi_paired, _ = mutual_information_paired(mi_mu, mi_logvar, cfg.mi_samples,
-                                             torch.Generator().manual_seed(seed + 2), block_sizes=block_sizes)
+    mi_paired, _ = mutual_information_paired(mi_mu, mi_logvar, cfg.mi_samples, block_sizes=block_sizes,
+                                             draws=(z_paired, own_paired))
     au, _ = active_units(mu_all, cfg.au_delta)
     bootstrap = {}
     if cfg.bootstrap > 0 and n > 1:  # standard errors of MI and AU: a bootstrap over sentences (ablate.uncertainty)

@@ -270,6 +270,7 @@ def mutual_information_paired(
     generator: torch.Generator | None = None,
     chunk_size: int = 1024,
     block_sizes: list[int] | None = None,
+    draws: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[float, int]:
     """A low-variance I_q(x; z) estimate: both terms at the same S draws per item (paired).
 
@@ -282,6 +283,7 @@ def mutual_information_paired(
     (every q(z|x_m) alike) each term is exactly 0, and S draws average the rest. Like He et al.'s, the estimate is
     ≤ log M (each log-ratio is, since q(z_is) ≥ q(z_is|x_i) / M).
 
+    `draws`: the (z, log q(z|x)) of `paired_draws` when the caller already made them (else drawn from `generator`).
     Returns (estimate, M).
     """
     if mu.dim() != 2 or mu.shape != logvar.shape:
@@ -293,7 +295,7 @@ def mutual_information_paired(
     if sum(sizes) != n or min(sizes) < 1:
         raise ValueError(f"block_sizes must be positive and sum to {n}, got {sum(sizes)}")
     mu64, lv64 = mu.detach().to(torch.float64), logvar.detach().to(torch.float64)
-    z, log_own = paired_draws(mu64, lv64, samples, generator)
+    z, log_own = draws if draws is not None else paired_draws(mu64, lv64, samples, generator)
     total, start = 0.0, 0
     for size in sizes:
         block = slice(start, start + size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field, fields, replace
 
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ablate.data.tokenize import Framing, Tokenizer
+from ablate.metrics import length_batches
 
 
 @dataclass
@@ -136,15 +138,13 @@ def bucketed_order(lengths: list[int], batch_size: int, rng: random.Random | Non
 
 
 def one_length_order(lengths: list[int], batch_size: int, rng: random.Random | None) -> list[list[int]]:
-    """He et al. 2019's batches (vae-lagging-encoder data/text_data.py `create_data_batch`): the items sorted by
-    length, each run of one length cut into batches of at most `batch_size` (no padding, some batches smaller);
-    the same batches every epoch, in a shuffled order when rng is given (their `np.random.permutation`)."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches: list[list[int]] = []
-    for position, index in enumerate(order):
-        if not batches or len(batches[-1]) == batch_size or lengths[batches[-1][0]] != lengths[index]:
-            batches.append([])
-        batches[-1].append(index)
+    """He et al. 2019's batches (vae-lagging-encoder data/text_data.py `create_data_batch`, as
+    ablate.metrics.length_batches cuts them): each run of one length in at most `batch_size` (no padding, some
+    batches smaller); the same batches every epoch, in a shuffled order when rng is given (their
+    `np.random.permutation`)."""
+    order, sizes = length_batches(lengths, batch_size)
+    ends = list(itertools.accumulate(sizes))
+    batches = [order[end - size:end] for end, size in zip(ends, sizes)]
     if rng is not None:
         rng.shuffle(batches)
     return batches

@@ -725,6 +725,21 @@ class _Loader:
                      excluded=len(candidates) - len(cells) + pre_excluded, references=references,
                      protocol=protocol, select_by=self.select_by, select_where=self.select_where)
 
+    def validated(self, model: type[BaseModel], raw: Any, at: Path_, what: str, nested: dict[str, type[BaseModel]]
+                  ) -> Any:
+        """`model` validated from `raw`, or the first problem as a one-line error at its key (an unknown key with
+        "did you mean"; `nested` names the model of each sub-mapping, for its allowed keys)."""
+        try:
+            return model.model_validate(raw)
+        except ValidationError as error:
+            first = error.errors()[0]
+            loc = tuple(first["loc"])
+            if first["type"] == "extra_forbidden":
+                allowed = list(nested.get(str(loc[0]), model).model_fields if len(loc) > 1 else model.model_fields)
+                hint = suggest(str(loc[-1]), allowed) or f"; allowed: {', '.join(allowed)}"
+                raise self.error(at + loc, f"unknown {what} key '{loc[-1]}'{hint}", at) from None
+            raise self.error(at + loc, f"{first['msg']} (got {first.get('input')!r})", at) from None
+
     def protocol(self, cells: list[Cell], arms: list[str], has_references: bool) -> Protocol | None:
         """The study's protocol card (ablate.protocol): required beside published numbers; every topic covered;
         each `expect` holds in every cell of the arms it covers, unless the entry says why not (`reduced:`)."""
@@ -738,16 +753,7 @@ class _Loader:
             return None
         at: Path_ = ("protocol",)
         self.expect(raw, dict, at, "protocol must be a mapping {paper, code, settings}")
-        try:
-            card = Protocol.model_validate(raw)
-        except ValidationError as error:
-            first = error.errors()[0]
-            loc = tuple(first["loc"])
-            if first["type"] == "extra_forbidden":
-                allowed = list((Setting if loc[:1] == ("settings",) else Protocol).model_fields)
-                hint = suggest(str(loc[-1]), allowed) or f"; allowed: {', '.join(allowed)}"
-                raise self.error(at + loc, f"unknown protocol key '{loc[-1]}'{hint}", at) from None
-            raise self.error(at + loc, f"{first['msg']} (got {first.get('input')!r})", at) from None
+        card = self.validated(Protocol, raw, at, "protocol", {"settings": Setting})
         dumped = {id(c): c.config.model_dump(mode="json") for c in cells}
         for i, setting in enumerate(card.settings):
             where: Path_ = ("protocol", "settings", i)
@@ -798,16 +804,7 @@ class _Loader:
         for i, entry in enumerate(raw):
             at: Path_ = ("references", i)
             self.expect(entry, dict, at, "a reference must be a mapping {arm, source, values, conventions}")
-            try:
-                ref = Reference.model_validate(entry)
-            except ValidationError as error:
-                first = error.errors()[0]
-                loc = tuple(first["loc"])
-                if first["type"] == "extra_forbidden":
-                    allowed = list((ReferenceConventions if loc[:1] == ("conventions",) else Reference).model_fields)
-                    hint = suggest(str(loc[-1]), allowed) or f"; allowed: {', '.join(allowed)}"
-                    raise self.error(at + loc, f"unknown reference key '{loc[-1]}'{hint}") from None
-                raise self.error(at + loc, f"{first['msg']} (got {first.get('input')!r})", at) from None
+            ref = self.validated(Reference, entry, at, "reference", {"conventions": ReferenceConventions})
             for key, known, what in (("arm", arms, "arm"), ("dataset", datasets, "dataset label"),
                                      ("model", models, "model label")):
                 value = getattr(ref, key)
