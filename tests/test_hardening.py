@@ -221,10 +221,14 @@ def test_a_torn_journal_is_repaired_keeping_every_intact_record(tmp_path, capsys
     # a write cut short by a full disk, the next append glued onto it, then one more whole record
     journal.write_bytes(b"\n".join(intact) + b'\n{"op_code":5,"worker_id":"w","trial_id":0,"sta' + glued + b"\n"
                         + glued + b"\n" + b'{"op_code":6,"wor')
-    assert "study 'bad'" in status_text(study, out=tmp_path / "results")
+    torn = journal.read_bytes()
+    assert "study 'bad'" in status_text(study, out=tmp_path / "results")  # read-only: reads a repaired copy
+    assert "1 partial record(s)" in capsys.readouterr().err and journal.read_bytes() == torn
+    Ledger.open("bad", folder)  # a sweep's opening repairs the study folder's own journal
     warning = capsys.readouterr().err
     assert "repaired a torn journal" in warning and "dropped 1 partial record(s)" in warning
-    assert journal.read_bytes().splitlines() == intact + [glued, glued]
+    assert journal.read_bytes().splitlines()[:len(intact) + 2] == intact + [glued, glued]
+    assert [p.read_bytes() for p in folder.glob("ledger.journal.torn-*")] == [torn]
     assert repair_journal(journal) is None  # whole again
     assert not list(folder.glob(".*.tmp"))
     assert run_sweep(study, jobs=1, out=tmp_path / "results", progress=False) == 0
@@ -252,8 +256,9 @@ def test_a_write_cut_short_is_one_line_and_the_next_command_repairs_the_journal(
     assert journal.stat().st_size == limit and not journal.read_bytes().endswith(b"\n")  # torn
     assert not [p for p in folder.rglob("*.tmp")]
     code, text = run_cli(["status", str(study), "--out", str(tmp_path / "results")])
+    assert code == 0 and "the file is unchanged" in text and "(50 bytes)" in text
+    code, text = run_cli(["sweep", str(study), "--out", str(tmp_path / "results"), "--quiet"])
     assert code == 0 and "repaired a torn journal" in text and "(50 bytes)" in text
-    assert run_sweep(study, jobs=1, out=tmp_path / "results", progress=False) == 0
 
 
 def test_disk_full_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):

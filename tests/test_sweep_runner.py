@@ -245,8 +245,8 @@ def test_worker_dying_after_writing_its_row_is_reclaimed_as_done_not_rerun(tmp_p
                                                   "attempt": 1}, progress=False, file_stem=f"{cell.cell_id}.a1")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    ledger.storage.set_trial_user_attr(ledger.trial_id(trial), "pid", gone.pid)  # as if its worker had died
-    ledger.storage.set_trial_user_attr(ledger.trial_id(trial), "pid_start", None)
+    claim = {**trial.user_attrs["claim"], "pid": gone.pid, "pid_start": None}  # as if its worker had died
+    ledger.storage.set_trial_user_attr(ledger.trial_id(trial), "claim", claim)
     assert run_sweep(path, jobs=1, out=tmp_path / "results", progress=False) == 0
     rows = assert_each_cell_once(folder, path)
     assert len(rows) == 1

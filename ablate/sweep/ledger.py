@@ -113,14 +113,18 @@ def _storage_error(url: str, error: BaseException) -> ConfigError:
     return ConfigError(f"--storage {redact(url)}: cannot open the storage{where}: {first[:200]}")
 
 
-def open_storage(folder: Path, url: str | None) -> BaseStorage:
+def open_storage(folder: Path, url: str | None, write: bool = True) -> BaseStorage:
     """The default journal file under the study folder, a journal path, a Redis URL or an RDB URL; a storage that
-    cannot be opened is a one-line ConfigError (no password in it)."""
+    cannot be opened is a one-line ConfigError (no password in it). `write=False` (status, dry run) opens a journal
+    without changing it: a torn one is read through a repaired copy."""
     if url is None:
-        folder.mkdir(parents=True, exist_ok=True)
-        return _journal(StudyFolder(folder).journal)
+        if write:
+            folder.mkdir(parents=True, exist_ok=True)
+        return _journal(StudyFolder(folder).journal, write=write, owned=True)
     try:
-        return _open_url(url)
+        return _open_url(url, write, folder)
+    except ConfigError:
+        raise
     except OSError as error:
         if error.errno in STORAGE_ERRNOS:  # disk full, read-only: the command line's own one-line message
             raise
@@ -136,20 +140,29 @@ def heartbeat_seconds() -> int:
         raise ConfigError(f"${HEARTBEAT_ENV}: expected whole seconds, e.g. 30") from None
 
 
-_STORAGES: dict[str, BaseStorage] = {}  # one storage object (one connection pool) per URL and process
+_STORAGES: dict[tuple[str, bool], BaseStorage] = {}  # one storage object (one connection pool) per URL and process
 
 
-def _open_url(url: str) -> BaseStorage:
-    if url not in _STORAGES:
-        _STORAGES[url] = _new_storage(url)
-    return _STORAGES[url]
+def _open_url(url: str, write: bool = True, folder: Path | None = None) -> BaseStorage:
+    if (url, write) not in _STORAGES:
+        _STORAGES[url, write] = _new_storage(url, write, folder)
+    return _STORAGES[url, write]
 
 
-def _new_storage(url: str) -> BaseStorage:
+def journal_path(url: str) -> Path | None:
+    """The file of a journal storage URL (`*.journal`, `*.log`, `*.jsonl`, `journal:PATH`), else None."""
     if url.startswith("journal:"):
-        return _journal(Path(url.removeprefix("journal:").removeprefix("//")))
+        return Path(url.removeprefix("journal:").removeprefix("//"))
     if url.endswith((".journal", ".log", ".jsonl")) and "://" not in url:
-        return _journal(Path(url))
+        return Path(url)
+    return None
+
+
+def _new_storage(url: str, write: bool = True, folder: Path | None = None) -> BaseStorage:
+    path = journal_path(url)
+    if path is not None:
+        own = folder is not None and _same_file(path, StudyFolder(folder).journal)
+        return _journal(path, write=write, owned=own)
     if url.startswith("redis://"):
         from optuna.storages.journal import JournalRedisBackend
 
@@ -158,6 +171,10 @@ def _new_storage(url: str) -> BaseStorage:
     with quiet_optuna():  # Optuna marks heartbeats experimental; we rely on them knowingly
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=interval,
                                           grace_period=3 * interval)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def is_sqlite(url: str | None) -> bool:
@@ -192,21 +209,80 @@ class FlockLock:
         os.close(fd)
 
 
-def _journal(path: Path) -> BaseStorage:
+def _journal(path: Path, write: bool = True, owned: bool = True) -> BaseStorage:
+    """An Optuna journal file, checked before use (issue 27: no command damages a file it did not write).
+
+    The file must be a journal (empty, or its first line an Optuna record) and, to be written, not a symbolic link.
+    A torn journal (a write cut short) is repaired in place only when `write` and `owned` (the study folder's own
+    `ledger.journal`), after a copy of the original is kept beside it; a read-only command reads a repaired copy and
+    leaves the file as it is; a torn journal named by --storage is refused with a one-line error."""
     from optuna.storages.journal import JournalFileBackend
 
-    path = path.resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if write and path.is_symlink():
+        raise ConfigError(f"{path}: the ledger journal is a symbolic link; ablate appends only to a journal file "
+                          "it owns: pass the link's target with --storage, or replace the link by a copy")
+    path = Path(os.path.abspath(path))
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
     lock = FlockLock(path)
     if path.is_file():
-        lock.acquire()
-        try:
-            note = repair_journal(path)
-        finally:
-            lock.release()
-        if note:
-            LOG.warning(note)
+        _check_is_journal(path)
+        if write:
+            lock.acquire()
+            try:
+                note = repair_journal(path, backup=True) if owned else _refuse_torn(path)
+            finally:
+                lock.release()
+            if note:
+                LOG.warning(note)
+        elif torn_records(path.read_bytes()) is not None:
+            path = _repaired_copy(path)
+            lock = FlockLock(path)
+    elif not write:
+        path = _repaired_copy(None)  # an empty journal to read from; the named file is not created
+        lock = FlockLock(path)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))  # type: ignore[arg-type]
+
+
+def _check_is_journal(path: Path) -> None:
+    with open(path, "rb") as handle:
+        first = handle.readline(1 << 20)
+    if first and not first.startswith(RECORD_START):
+        raise ConfigError(f"{path}: not an Optuna journal (its first line is not a journal record); name a new "
+                          "file with --storage, or the journal a sweep wrote")
+
+
+def _refuse_torn(path: Path) -> None:
+    if torn_records(path.read_bytes()) is not None:
+        raise ConfigError(f"{path}: this journal is torn (a write was cut short) and is not a study folder's own "
+                          "ledger.journal, so ablate does not repair it; keep a copy and run `ablate sweep` on the "
+                          "study folder's journal, or cut the partial line by hand")
+    return None
+
+
+_READ_COPIES: list[Path] = []
+
+
+def _repaired_copy(path: Path | None) -> Path:
+    """A private temporary copy of a journal with its torn records mended (or an empty file), for reading."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="ablate-journal-"))
+    if not _READ_COPIES:
+        atexit.register(lambda: [shutil.rmtree(f, ignore_errors=True) for f in _READ_COPIES])
+    _READ_COPIES.append(folder)
+    copy = folder / "ledger.journal"
+    if path is None:
+        copy.touch()
+        return copy
+    kept, dropped_lines, dropped_bytes = torn_records(path.read_bytes()) or ([], 0, 0)
+    copy.write_bytes(b"".join(line + b"\n" for line in kept))
+    LOG.warning(f"{path}: this journal is torn (a write was cut short): read {len(kept)} intact records, "
+                f"{dropped_lines} partial record(s) ({dropped_bytes} bytes) left out; the file is unchanged; "
+                "`ablate sweep` repairs it (keeping a copy of the original)")
+    return copy
 
 
 RECORD_START = b'{"op_code"'
@@ -220,15 +296,13 @@ def _parse_record(line: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and "op_code" in record else None
 
 
-def repair_journal(path: Path) -> str | None:
-    """Mend a journal torn by a failed write (disk full, a crash mid-append); call under the journal's lock.
+def torn_records(data: bytes) -> tuple[list[bytes], int, int] | None:
+    """A journal's intact records, and the partial lines and bytes a torn write left (None when it is whole).
 
     Optuna appends whole lines; a write cut short leaves a partial record, and the next append is glued onto it,
     after which Optuna cannot read the file at all. Each line must be one JSON record ending in a newline: a line
     that is not is cut back to the last complete record it contains (the glued-on one), or dropped when it holds
-    none. The intact records are kept in order and the file is replaced atomically. Returns what was dropped
-    (None when the journal was whole)."""
-    data = path.read_bytes()
+    none."""
     lines = data.split(b"\n")
     tail = lines.pop()  # bytes after the last newline: empty when the file ends cleanly
     kept: list[bytes] = []
@@ -247,13 +321,31 @@ def repair_journal(path: Path) -> str | None:
             dropped_lines += 1
     if not dropped_bytes and not dropped_lines:
         return None
+    return kept, dropped_lines, dropped_bytes
+
+
+def repair_journal(path: Path, backup: bool = True) -> str | None:
+    """Mend a journal torn by a failed write (disk full, a crash mid-append); call under the journal's lock.
+
+    The intact records are kept in order (`torn_records`) and the file is replaced atomically, after the original
+    is copied to `<journal>.torn-<UTC time>` beside it. Returns what was dropped (None when the journal was whole)."""
+    data = path.read_bytes()
+    torn = torn_records(data)
+    if torn is None:
+        return None
+    kept, dropped_lines, dropped_bytes = torn
     from ablate.outputs import atomic_target
 
+    copy = path.with_name(f"{path.name}.torn-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}")
+    if backup:
+        with atomic_target(copy) as tmp:
+            tmp.write_bytes(data)
     with atomic_target(path) as tmp:
         tmp.write_bytes(b"".join(line + b"\n" for line in kept))
     return (f"{path}: repaired a torn journal (a write was cut short, e.g. disk full): kept {len(kept)} intact "
-            f"records, dropped {dropped_lines} partial record(s) ({dropped_bytes} bytes); the attempts they "
-            "described are re-run if they left no result")
+            f"records, dropped {dropped_lines} partial record(s) ({dropped_bytes} bytes)"
+            + (f", the original kept as {copy.name}" if backup else "")
+            + "; the attempts they described are re-run if they left no result")
 
 
 # ---------------------------------------------------------------- processes
@@ -395,11 +487,13 @@ class Ledger:
         return cls(storage, study_name, folder)
 
     @classmethod
-    def open_existing(cls, study_name: str, folder: Path, url: str | None = None) -> "Ledger | None":
-        """Read-only use (status, dry run): None when there is no ledger yet; never creates one."""
+    def open_existing(cls, study_name: str, folder: Path, url: str | None = None,
+                      write: bool = False) -> "Ledger | None":
+        """An existing ledger (None when there is none yet; never creates one): read-only (status, dry run) unless
+        `write` (a worker)."""
         if url is None and not StudyFolder(folder).journal.exists():
             return None
-        storage = open_storage(folder, url)
+        storage = open_storage(folder, url, write=write)
         try:
             return cls(storage, study_name, folder)
         except KeyError:
@@ -499,22 +593,26 @@ class Ledger:
         return out
 
     def is_live(self, trial: FrozenTrial) -> bool:
+        """WAITING, or RUNNING with a worker that may still be at it (see `claim_of`)."""
         if trial.state == TrialState.WAITING:
             return True
         if trial.state != TrialState.RUNNING:
             return False
-        attrs = trial.user_attrs
         if self.heartbeats and trial._trial_id in self.stale_trial_ids():
             return False  # its worker stopped beating, wherever it ran
-        if "pid" in attrs:
-            if attrs.get("host") != self.host:
+        claim = claim_of(trial)
+        if claim is not None:
+            if claim["host"] != self.host:
                 return True  # another machine's worker: its heartbeat (RDB) or nothing (journal) tells
-            return process_alive(int(attrs["pid"]), attrs.get("pid_start"))
-        # claimed, pid not recorded yet (or the winner was killed in between): one of the claimants owns it
-        claimants = [key.split(":") for key in attrs if key.startswith("claimant:")]
-        if claimants:
-            return any(host != self.host or process_alive(int(pid), None if start == "None" else start)
-                       for _, host, pid, start in claimants)
+            return process_alive(int(claim["pid"]), claim.get("pid_start"))
+        # RUNNING without a complete claim: the winner was killed between its writes, or is about to write it.
+        # A claimant of this machine tells at once; otherwise the claim gets CLAIM_GRACE_SECONDS to appear.
+        claimants = [key.split(":") for key in trial.user_attrs if key.startswith("claimant:")]
+        local = [(pid, start) for _, host, pid, start in claimants if host == self.host]
+        if any(process_alive(int(pid), None if start == "None" else start) for pid, start in local):
+            return True
+        if local and len(local) == len(claimants):
+            return False  # every claimant ran here and is gone
         started = trial.datetime_start or dt.datetime.now()
         return (dt.datetime.now() - started).total_seconds() < CLAIM_GRACE_SECONDS
 
@@ -543,28 +641,34 @@ class Ledger:
         self.optuna_study.enqueue_trial({}, user_attrs=attrs)
 
     def pop(self) -> FrozenTrial | None:
-        """Claim the oldest WAITING trial for this process (atomic in the storage) and record pid and host.
+        """Claim the oldest WAITING trial for this process (atomic in the storage) and record the claim.
 
-        Before the claim, the process writes a claimant key of its own (`claimant:<host>:<pid>:<start>`) on the
-        trial: the claim and the pid are two writes, and a worker killed between them must still be findable.
-        A RUNNING trial without a pid is live while any of its claimants is alive (see `is_live`).
+        The writes, in order: a heartbeat (RDB storages: a claimer killed at any later point is found by its
+        silence), a claimant key of this process (`claimant:<host>:<pid>:<start>`), the WAITING → RUNNING transition
+        (of two racing workers exactly one wins), then the claim itself — pid, its start time, host and time in one
+        user attribute `claim`, written in one record, so no kill can leave half a claim. A RUNNING trial whose
+        claim is missing is judged by its claimants and, after CLAIM_GRACE_SECONDS, reclaimed (`is_live`).
+        `pid`, `host` and `claimed_at` are also written on their own, for people and tools that read them.
         """
         pid = os.getpid()
         start = process_start(pid)
         for trial in self.trials((TrialState.WAITING,)):
             trial_id = self.trial_id(trial)
             try:
+                if self.heartbeats:
+                    self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
                 self.storage.set_trial_user_attr(trial_id, f"claimant:{self.host}:{pid}:{start}", now_iso())
                 claimed = self.storage.set_trial_state_values(trial_id, TrialState.RUNNING)
             except UpdateFinishedTrialError:
                 continue
             if not claimed:
                 continue
-            if self.heartbeats:  # beating from the claim on: a worker killed after this is found by its silence
+            claim = {"pid": pid, "pid_start": start, "host": self.host, "claimed_at": now_iso()}
+            self.storage.set_trial_user_attr(trial_id, "claim", claim)
+            if self.heartbeats:
                 self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
             self._set_params(trial_id, trial.user_attrs)
-            for key, value in (("pid", pid), ("pid_start", start), ("host", self.host), ("claimed_at", now_iso())):
-                self.storage.set_trial_user_attr(trial_id, key, value)
+            self._set_attrs(trial_id, claim)
             return self.storage.get_trial(trial_id)
         return None
 
@@ -695,7 +799,7 @@ class Ledger:
 
     def done_elsewhere(self, trials: list[FrozenTrial]) -> bool:
         """A COMPLETE trial claimed on another machine: done there (its files are there; `ablate collect`)."""
-        return any(t.state == TrialState.COMPLETE and t.user_attrs.get("host") not in (None, self.host)
+        return any(t.state == TrialState.COMPLETE and (claim_of(t) or {}).get("host") not in (None, self.host)
                    for t in trials)
 
     # -- counting ----------------------------------------------------------------------------------------
@@ -714,6 +818,19 @@ class Ledger:
             if last.user_attrs.get("error_class") != "Interrupted":
                 return "failed"
         return "pending"
+
+
+def claim_of(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The trial's complete claim {pid, pid_start, host, claimed_at}: the one-record `claim` attribute, or, in a
+    ledger written before it existed, `pid` and `host` both present; None when the claim is incomplete."""
+    attrs = trial.user_attrs
+    claim = attrs.get("claim")
+    if isinstance(claim, dict) and "pid" in claim and "host" in claim:
+        return claim
+    if "claim" not in attrs and "pid" in attrs and "host" in attrs:
+        return {"pid": attrs["pid"], "pid_start": attrs.get("pid_start"), "host": attrs["host"],
+                "claimed_at": attrs.get("claimed_at")}
+    return None
 
 
 def _read_row(path: Path) -> dict[str, Any]:

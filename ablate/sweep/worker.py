@@ -156,7 +156,7 @@ def run_worker(target: str | Path, out: str | Path = "results", storage: str | N
     storage = storage or (study.storage if study is not None else study_file_storage(folder))
     if devices:
         return _one_per_device(target, out, storage, devices, threads, fail_fast, tensorboard)
-    ledger = Ledger.open_existing(name, folder, storage)
+    ledger = Ledger.open_existing(name, folder, storage, write=True)
     if ledger is None:
         raise ConfigError(f"{target}: study '{name}' has no ledger under {folder}; run `ablate sweep` first")
     signal.signal(signal.SIGTERM, _raise_exit)

@@ -1,0 +1,229 @@
+"""Issue 27, items 1 and 2: no command damages a journal it did not write, and no kill between the writes of a
+claim can leave a RUNNING trial that looks alive forever.
+
+The kill points are injected, not timed: a forked worker counts the ledger writes of `Ledger.pop` and exits
+(`os._exit`, as SIGKILL would leave it: no cleanup) just before write k, for every k up to after the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ablate.config import ConfigError
+from ablate.sweep import ledger as ledger_module
+from ablate.sweep.ledger import HOST_ENV, Ledger, claim_of
+from ablate.sweep.runner import run_sweep, status_text
+from ablate.sweep.study import load_study
+from malformed_inputs import STUDY
+from test_bad_input import run_cli
+
+WRITES = ("record_heartbeat", "set_trial_user_attr", "set_trial_state_values", "set_trial_param")
+
+
+def _queued(tmp_path: Path, url: str | None = None) -> tuple[Path, Path]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(STUDY)
+    folder = tmp_path / "results" / "bad"
+    ledger = Ledger.open("bad", folder, url)
+    with ledger.lock():
+        ledger.sync(load_study(study_file).cells, 2)
+    return study_file, folder
+
+
+def _pop_killed_at(folder: Path, url: str | None, kill_at: int, host: str | None = None) -> tuple[int, int]:
+    """Fork a worker that pops a trial and dies just before its write number `kill_at` (0-based); returns the
+    child's exit code (9: killed at that write, 7: all writes done, then killed) and the writes it made."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.close(read)
+            if host is not None:
+                os.environ[HOST_ENV] = host
+            ledger_module._STORAGES.clear()  # the child's own connection, not the parent's pool
+            ledger = Ledger.open_existing("bad", folder, url, write=True)
+            count = [0]
+            for name in WRITES:
+                original = getattr(ledger.storage, name, None)
+                if original is None:  # heartbeats: RDB storages only
+                    continue
+
+                def counted(*args, _original=original, **kwargs):
+                    if count[0] == kill_at:
+                        os.write(write, str(count[0]).encode())
+                        os._exit(9)
+                    count[0] += 1
+                    return _original(*args, **kwargs)
+
+                setattr(ledger.storage, name, counted)
+            trial = ledger.pop()
+            os.write(write, str(count[0]).encode())
+            code = 7 if trial is not None else 8
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    made = int(os.read(read, 64) or b"-1")
+    os.close(read)
+    return os.waitstatus_to_exitcode(status), made
+
+
+def test_a_kill_between_any_two_claim_writes_never_leaves_a_live_looking_trial(tmp_path):
+    """Journal storage, one machine: wherever the worker died, the trial is either still WAITING (it never won)
+    or RUNNING with no live owner, which `reclaim` fails and queues again — the cell is never stuck."""
+    kill_at, outcomes = 0, []
+    while True:
+        case = tmp_path / f"k{kill_at}"
+        _, folder = _queued(case)
+        code, made = _pop_killed_at(folder, None, kill_at)
+        ledger = Ledger.open_existing("bad", folder, write=True)
+        (trial,) = ledger.trials()
+        outcomes.append((kill_at, code, trial.state.name))
+        assert not (trial.state.name == "RUNNING" and ledger.is_live(trial)), outcomes[-1]
+        with ledger.lock():
+            ledger.reclaim(retry=True)
+        assert any(t.state.name == "WAITING" for t in ledger.trials()), outcomes[-1]
+        assert ledger.pop() is not None  # the next worker gets the cell
+        if code == 7:  # every write made, then killed
+            break
+        assert code == 9 and made == kill_at
+        kill_at += 1
+    assert kill_at >= 5  # heartbeat-free journal: claimant, RUNNING, claim, params, pid/host/…
+    assert [state for _, _, state in outcomes[:2]] == ["WAITING", "WAITING"]  # died before winning the claim
+
+
+def test_a_claim_half_written_on_another_machine_is_reclaimed_after_the_grace(tmp_path, monkeypatch):
+    """The trial of issue 27: RUNNING with a pid but no host (a ledger from before the one-record claim). Read on
+    another machine, it is live only within CLAIM_GRACE_SECONDS of its start; then reclaimed."""
+    _, folder = _queued(tmp_path)
+    ledger = Ledger.open_existing("bad", folder, write=True)
+    (trial,) = ledger.trials()
+    trial_id = ledger.trial_id(trial)
+    ledger.storage.set_trial_user_attr(trial_id, "claimant:machine-b:123:456", "now")
+    assert ledger.storage.set_trial_state_values(trial_id, ledger_module.TrialState.RUNNING)
+    ledger.storage.set_trial_user_attr(trial_id, "pid", 123)  # killed here, before "host"
+    (trial,) = ledger.trials()
+    assert claim_of(trial) is None
+    assert ledger.is_live(trial)  # within the grace: its owner may be writing the rest
+    monkeypatch.setattr(ledger_module, "CLAIM_GRACE_SECONDS", 0.0)
+    assert not ledger.is_live(trial)
+    with ledger.lock():
+        assert [t.number for t in ledger.reclaim(retry=True)] == [trial.number]
+
+
+def test_on_an_rdb_storage_every_kill_point_of_a_remote_claim_ends_in_silence(tmp_path, monkeypatch):
+    """Another machine's worker killed at any write of its claim: its heartbeat (recorded before the claim) goes
+    stale, or its claim never completes, and this machine reclaims the trial once the grace has passed."""
+    import time
+
+    monkeypatch.setenv("ABLATE_HEARTBEAT_SECONDS", "1")
+    monkeypatch.setenv(HOST_ENV, "machine-a")
+    cases, kill_at = [], 0
+    while True:
+        url = f"sqlite:///{tmp_path}/k{kill_at}.db"
+        _, folder = _queued(tmp_path / f"k{kill_at}", url)
+        code, _ = _pop_killed_at(folder, url, kill_at, host="machine-b")
+        cases.append((kill_at, url, folder))
+        if code == 7:
+            break
+        kill_at += 1
+    assert kill_at >= 6
+    time.sleep(3.5)  # > the grace of 3 heartbeat intervals
+    monkeypatch.setattr(ledger_module, "CLAIM_GRACE_SECONDS", 3.0)
+    for kill_at, url, folder in cases:
+        ledger = Ledger.open_existing("bad", folder, url, write=True)
+        (trial,) = ledger.trials()
+        assert not (trial.state.name == "RUNNING" and ledger.is_live(trial)), (kill_at, trial.user_attrs)
+        with ledger.lock():
+            ledger.reclaim(retry=True)
+        assert ledger.pop() is not None, kill_at
+
+
+# ------------------------------------------------------------------ item 1: journals we did not write
+
+
+def test_status_on_a_file_that_is_not_a_journal_changes_nothing(tmp_path):
+    study_file, _ = _queued(tmp_path)
+    other = tmp_path / "n.jsonl"
+    other.write_text('{"a":1}\n')
+    for command in (["status", str(study_file)], ["sweep", str(study_file), "--no-work"],
+                    ["worker", str(study_file)], ["sweep", str(study_file), "--dry-run"]):
+        code, text = run_cli(command + ["--out", str(tmp_path / "results"), "--storage", str(other)])
+        if "--dry-run" not in command:  # a dry run does not open a storage it is given
+            assert code == 2 and text == (f"error: {other}: not an Optuna journal (its first line is not a journal "
+                                          "record); name a new file with --storage, or the journal a sweep wrote")
+        assert other.read_text() == '{"a":1}\n', command
+
+
+def _torn(folder: Path) -> tuple[Path, bytes]:
+    journal = folder / "ledger.journal"
+    torn = journal.read_bytes() + b'{"op_code":5,"worker_id":"w","trial_id":0,"sta'
+    journal.write_bytes(torn)
+    return journal, torn
+
+
+def test_read_only_commands_read_a_torn_journal_without_repairing_it(tmp_path, capsys):
+    study_file, folder = _queued(tmp_path)
+    journal, torn = _torn(folder)
+    assert "1 waiting" in status_text(study_file, out=tmp_path / "results") or "waiting" in status_text(
+        study_file, out=tmp_path / "results")
+    assert "the file is unchanged; `ablate sweep` repairs it" in capsys.readouterr().err
+    code, _ = run_cli(["sweep", str(study_file), "--dry-run", "--out", str(tmp_path / "results")])
+    assert code == 0 and journal.read_bytes() == torn
+    assert not list(folder.glob("ledger.journal.torn-*"))
+
+
+def test_the_sweep_repairs_its_own_journal_keeping_the_original_beside_it(tmp_path, capsys):
+    study_file, folder = _queued(tmp_path)
+    journal, torn = _torn(folder)
+    assert run_sweep(study_file, jobs=1, out=tmp_path / "results", progress=False) == 0
+    (backup,) = folder.glob("ledger.journal.torn-*")
+    assert backup.read_bytes() == torn
+    assert f"the original kept as {backup.name}" in capsys.readouterr().err
+    assert journal.read_bytes().endswith(b"\n")
+
+
+def test_a_torn_journal_named_by_storage_is_refused_not_rewritten(tmp_path):
+    study_file, folder = _queued(tmp_path)
+    journal, torn = _torn(folder)
+    elsewhere = tmp_path / "mine.journal"
+    elsewhere.write_bytes(torn)
+    code, text = run_cli(["sweep", str(study_file), "--out", str(tmp_path / "other"), "--storage", str(elsewhere)])
+    assert code == 2 and "this journal is torn" in text and "does not repair it" in text and len(
+        text.splitlines()) == 1
+    assert elsewhere.read_bytes() == torn and not list(tmp_path.glob("mine.journal.torn-*"))
+
+
+def test_a_symlinked_journal_is_never_written_through(tmp_path):
+    study_file, folder = _queued(tmp_path)
+    journal = folder / "ledger.journal"
+    target = tmp_path / "elsewhere.journal"
+    journal.rename(target)
+    journal.symlink_to(target)
+    before = target.read_bytes()
+    code, text = run_cli(["sweep", str(study_file), "--out", str(tmp_path / "results")])
+    assert code == 2 and "is a symbolic link" in text and len(text.splitlines()) == 1
+    assert target.read_bytes() == before
+    code, text = run_cli(["status", str(study_file), "--out", str(tmp_path / "results")])
+    assert code == 0, text  # reading through it is harmless
+
+
+def test_a_claim_is_one_record(tmp_path):
+    _, folder = _queued(tmp_path)
+    ledger = Ledger.open_existing("bad", folder, write=True)
+    trial = ledger.pop()
+    claims = [json.loads(line) for line in (folder / "ledger.journal").read_text().splitlines()
+              if '"claim"' in line]
+    assert len(claims) == 1 and set(claims[0]["user_attr"]["claim"]) == {"pid", "pid_start", "host", "claimed_at"}
+    assert claim_of(trial)["pid"] == os.getpid()
+
+
+@pytest.fixture(autouse=True)
+def _no_storage_env(monkeypatch):
+    monkeypatch.delenv("ABLATE_STORAGE", raising=False)
