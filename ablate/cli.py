@@ -37,7 +37,7 @@ def format_metrics(row: dict) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ablate.config import ConfigError, config_hash, is_study, load_config, read_yaml
-    from ablate.layout import StudyFolder
+    from ablate.layout import MAX_NAME, StudyFolder
     from ablate.outputs import check_writable
     from ablate.preflight import check_runnable
     from ablate.run import execute
@@ -62,6 +62,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.name is not None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", args.name):
             raise ConfigError(f"--name {args.name!r}: letters, digits, '_', '.', '+', '-' only (it names files)")
+        if len(args.name) > MAX_NAME:
+            raise ConfigError(f"--name: {len(args.name)} characters long; at most {MAX_NAME} (it names files)")
         taken = layout.run_files(args.name).row
         if taken.exists() and not args.resume:
             raise ConfigError(f"--name {args.name}: {taken} exists; choose another name")

@@ -338,6 +338,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=2")
     key, _, raw = text.partition("=")
+    if safe_yaml.control_character(key):
+        raise ConfigError(f"--set: the key contains the control character {safe_yaml.control_character(key)}; "
+                          "keys are dotted config names, e.g. train.lr")
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"--set {text!r}: empty key; expected KEY=VALUE, e.g. --set train.epochs=2")

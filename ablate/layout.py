@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+MAX_NAME = 100  # characters of a study, arm or run name: they name folders and files (255 bytes with suffixes)
 MANIFEST = "manifest.parquet"
 RESULTS_TABLE = "results.parquet"  # every attempt's row in one table, rewritten as cells finish
 RESULT_NAME = re.compile(r"^(?P<cell>[0-9a-f]{12})\.a(?P<attempt>\d+)\.parquet$")

@@ -9,6 +9,7 @@ written with tqdm.write, so a progress line on the terminal is redrawn below the
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from tqdm import tqdm
@@ -17,12 +18,22 @@ LOG = logging.getLogger("ablate")
 PREFIX = {logging.WARNING: "warning: ", logging.ERROR: "error: ", logging.CRITICAL: "error: "}
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab and newline
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with control characters (ESC, CR, BEL, ...) written as escapes (\\x1b), tab and newline kept: text
+    from files ablate did not write (a result row's arm, a corpus's words, a file name) can neither retitle nor
+    clear the terminal it is printed on."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 class _StderrLines(logging.Handler):
     """Each record as one line on the current sys.stderr (looked up per record: tests and redirections swap it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(PREFIX.get(record.levelno, "") + record.getMessage(), file=sys.stderr)
+            tqdm.write(PREFIX.get(record.levelno, "") + terminal_safe(record.getMessage()), file=sys.stderr)
         except Exception:  # noqa: BLE001 - logging must never end the work
             self.handleError(record)
 

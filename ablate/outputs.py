@@ -90,3 +90,28 @@ def storage_error_line(error: OSError) -> str | None:
     if error.errno == errno.EFBIG:
         return f"file too large{where} (a file-size limit was reached); raise the limit and run the same command again"
     return f"cannot write{where} ({error.strerror}); choose a writable folder and run the same command again"
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as the start of a formula
+
+
+def spreadsheet_safe(frame: Any) -> Any:
+    """A copy of a pandas DataFrame whose text cells cannot run as spreadsheet formulas (CSV injection, OWASP):
+    a text starting with =, +, -, @, tab or CR — other than a plain number such as "-1.5" — gets a leading "'"."""
+
+    def safe(value: Any) -> Any:
+        if not isinstance(value, str) or not value.startswith(FORMULA_START):
+            return value
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return "'" + value
+
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    out = frame.copy()
+    for column in out.columns:
+        if is_object_dtype(out[column]) or is_string_dtype(out[column]):
+            out[column] = out[column].map(safe)
+    return out

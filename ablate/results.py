@@ -109,11 +109,34 @@ ROW_KEYS = {"run_id", "cell_id", "status", "arm", "attempt", "seed", "dataset", 
 CURVE_KEYS = set(CURVES_SCHEMA.names)
 
 
-def read_tables(paths: list[Path], unreadable: list[Path] | None = None, required: set[str] = frozenset()
-                ) -> list[pa.Table]:
-    """The parquet tables of files we wrote. A file that is not a readable parquet table (truncated, corrupt) or
-    lacks a `required` column (not ours) is left out and, when `unreadable` is given, appended to it; without
-    `unreadable` it raises."""
+def schema_problem(table: pa.Table, curves: bool = False) -> str | None:
+    """Why a result (or curves) file's columns do not have their declared types, or None when they do.
+
+    Identity and provenance columns against IDENTITY_SCHEMA, metric columns float64, config columns their declared
+    field's type, curves against CURVES_SCHEMA; a column of nulls, and whole numbers in a float column, pass. A
+    file that fails is not one ablate wrote (or was changed since): issue 27 reads result files as data."""
+    declared = CURVES_SCHEMA if curves else IDENTITY_SCHEMA
+    first = table.slice(0, 1).to_pylist()[0] if table.num_rows else {}
+    for field in table.schema:
+        kind = declared.field(field.name).type if field.name in declared.names else None
+        if kind is None and not curves:
+            if is_metric_column(field.name):
+                kind = pa.float64()
+            elif field.name.startswith("config."):
+                kind = config_column_type(field.name, first)
+        if kind is None or field.type == kind or pa.types.is_null(field.type):
+            continue
+        if pa.types.is_floating(kind) and pa.types.is_integer(field.type):
+            continue
+        return f"column {field.name} is {field.type}, declared {kind}"
+    return None
+
+
+def read_tables(paths: list[Path], unreadable: list[Path] | None = None, required: set[str] = frozenset(),
+                curves: bool | None = None) -> list[pa.Table]:
+    """The parquet tables of files we wrote. A file that is not a readable parquet table (truncated, corrupt),
+    lacks a `required` column, or has a column of another type than declared (`schema_problem`; rows, or curves
+    when `curves`) is left out and, when `unreadable` is given, appended to it; without `unreadable` it raises."""
     tables = []
     for path in paths:
         try:
@@ -121,6 +144,9 @@ def read_tables(paths: list[Path], unreadable: list[Path] | None = None, require
             missing = required - set(table.column_names)
             if missing:
                 raise pa.ArrowInvalid(f"{path}: not a result file (no column {sorted(missing)[0]})")
+            problem = schema_problem(table, curves) if curves is not None else None
+            if problem:
+                raise pa.ArrowInvalid(f"{path}: not a result file ablate wrote ({problem})")
             tables.append(table)
         except (OSError, pa.ArrowException):
             if unreadable is None:
@@ -129,10 +155,19 @@ def read_tables(paths: list[Path], unreadable: list[Path] | None = None, require
     return tables
 
 
-def read_rows(paths: list[Path], unreadable: list[Path] | None = None, required: set[str] = frozenset()
-              ) -> pd.DataFrame:
+def check_row_file(path: Path) -> str | None:
+    """Why `path` is not a readable result row of the declared schema (None when it is)."""
+    try:
+        read_tables([path], None, ROW_KEYS, curves=False)
+    except (OSError, pa.ArrowException) as error:
+        return str(error).removeprefix(f"{path}: ")[:200]
+    return None
+
+
+def read_rows(paths: list[Path], unreadable: list[Path] | None = None, required: set[str] = frozenset(),
+              curves: bool | None = None) -> pd.DataFrame:
     """Concatenate result files as pandas (columns may differ between techniques' configs); see read_tables."""
-    frames = [table.to_pandas() for table in read_tables(paths, unreadable, required)]
+    frames = [table.to_pandas() for table in read_tables(paths, unreadable, required, curves)]
     return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
 
 
@@ -157,7 +192,7 @@ def load_results(directory: Folders, unreadable: list[Path] | None = None
     failed rows are every failed attempt, kept apart so that a retried cell does not count twice. Files that
     cannot be read are skipped into `unreadable` when it is given (else the error is raised).
     """
-    rows = read_rows(row_files(directory), unreadable, ROW_KEYS)
+    rows = read_rows(row_files(directory), unreadable, ROW_KEYS, curves=False)
     if rows.empty:
         return rows, rows
     ok = rows[rows["status"] == "ok"].sort_values(["cell_id", "attempt", "finished_at"])
@@ -182,7 +217,7 @@ def row_files(directory: Folders) -> list[Path]:
 def rows_table(directory: Folders, unreadable: list[Path] | None = None) -> pa.Table:
     """Every attempt's row under a folder as one arrow table (columns unified: a column absent from a row's
     file is null there; each column keeps its one declared type)."""
-    tables = read_tables(row_files(directory), unreadable, ROW_KEYS)
+    tables = read_tables(row_files(directory), unreadable, ROW_KEYS, curves=False)
     if not tables:
         return IDENTITY_SCHEMA.empty_table()
     return pa.concat_tables(tables, promote_options="permissive")
@@ -191,7 +226,9 @@ def rows_table(directory: Folders, unreadable: list[Path] | None = None) -> pa.T
 def write_results_table(study_folder: str | Path) -> Path:
     """Rewrite a study's results.parquet from its rows/ (atomically); returns its path."""
     layout = StudyFolder(study_folder)
-    table = rows_table(layout.row_folders(), unreadable=[])
+    unreadable: list[Path] = []
+    table = rows_table(layout.row_folders(), unreadable)
+    warn_left_out(unreadable)
     write_atomic(table.sort_by([("cell_id", "ascending"), ("attempt", "ascending")]), layout.results_table)
     return layout.results_table
 
@@ -218,13 +255,27 @@ def read_results(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if path.is_file():
         return pq.read_table(path).to_pandas()
-    return rows_table(path, unreadable=[]).to_pandas()
+    unreadable: list[Path] = []
+    table = rows_table(path, unreadable)
+    warn_left_out(unreadable)
+    return table.to_pandas()
+
+
+def warn_left_out(unreadable: list[Path]) -> None:
+    """One warning naming the result files left out as unreadable or not of the declared schema."""
+    if unreadable:
+        from ablate.log import LOG
+
+        names = ", ".join(str(p) for p in unreadable[:5]) + (f" and {len(unreadable) - 5} more"
+                                                             if len(unreadable) > 5 else "")
+        LOG.warning(f"{len(unreadable)} unreadable result file(s) left out (not a result row of the declared "
+                    f"schema): {names}")
 
 
 def load_curves(directory: Folders, run_ids: list[str] | None = None) -> pd.DataFrame:
     """Curves of the runs under a folder or folders (optionally only some run ids)."""
     paths = sorted({p for d in _folders(directory) for p in d.rglob(f"*{CURVES_SUFFIX}")})
-    curves = read_rows(paths, [], CURVE_KEYS)  # a run's unreadable curves leave its plot line out, nothing more
+    curves = read_rows(paths, [], CURVE_KEYS, curves=True)  # a run's unreadable curves leave its plot line out, nothing more
     if run_ids is not None and not curves.empty:
         curves = curves[curves["run_id"].isin(run_ids)]
     return curves

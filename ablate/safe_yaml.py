@@ -10,6 +10,7 @@ the parser, or repeat a key in one mapping (YAML 1.2 forbids it; PyYAML silently
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,37 @@ def expanded_size(root: yaml.Node) -> tuple[int, int]:
     return sizes[id(root)]
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 but tab/newline/CR, DEL, C1
+
+
+def control_character(text: str) -> str | None:
+    """The first control character of `text` as an escape (e.g. '\\x1b'), None when it has none: such characters
+    would reach the terminal (an ESC sequence retitles or clears it) or a file name from a config."""
+    match = CONTROL.search(text)
+    return None if match is None else repr(match.group())[1:-1]
+
+
+def _refuse_control_in_values(data: Any, at: str = "") -> None:
+    """Control characters written as YAML escapes ("\\x1b") in any key or string value: one line naming the key."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        where = f"{at}.{key}" if at else str(key)
+        for text in (key, value):
+            if isinstance(text, str) and control_character(text):
+                raise YAMLRefused(f"{where}: contains the control character {control_character(text)}; "
+                                  "configs hold printable text only")
+        _refuse_control_in_values(value, where)
+
+
 def parse(text: str) -> tuple[Any, yaml.Node | None]:
     """(data, root node) of a YAML text, or YAMLRefused with a one-line problem."""
     if len(text) > MAX_BYTES:
         raise YAMLRefused(f"{len(text):,} characters; a config or study is a few KB (limit {MAX_BYTES:,})")
+    bad = CONTROL.search(text)
+    if bad:
+        raise YAMLRefused(f"contains the control character {repr(bad.group())[1:-1]} (column "
+                          f"{bad.start() - text.rfind(chr(10), 0, bad.start())}); a YAML file holds printable "
+                          "text only: remove it", text.count("\n", 0, bad.start()) + 1)
     loader = _StrictLoader(text)
     try:
         root = loader.get_single_node()
@@ -101,7 +129,9 @@ def parse(text: str) -> tuple[Any, yaml.Node | None]:
                               "out or use fewer aliases")
         if depth > MAX_DEPTH:
             raise YAMLRefused(f"nested {depth} levels deep (limit {MAX_DEPTH}); flatten the file")
-        return loader.construct_document(root), root
+        data = loader.construct_document(root)
+        _refuse_control_in_values(data)
+        return data, root
     except RecursionError:
         raise YAMLRefused("nested too deeply to read; flatten the file") from None
     except yaml.YAMLError as error:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ablate.commands import COMMANDS
+from ablate.log import terminal_safe
 from ablate.saved_models import examples, is_export, load_run, load_vae, model_file  # noqa: F401
 
 STRATEGIES = ("greedy", "top_k", "nucleus")
@@ -149,8 +150,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print(f"# {source}: {config.model.name} on {config.data.name}, nz={model.nz}")
-        print(format_report(report, strategies))
+        print(terminal_safe(f"# {source}: {config.model.name} on {config.data.name}, nz={model.nz}"))
+        print(terminal_safe(format_report(report, strategies)))
     return 0
 
 

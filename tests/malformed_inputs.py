@@ -187,6 +187,28 @@ MORE = [
     Case("study: model entry unknown key", "study", _study("models: [{label: x, modle: {}}]\n")),
     Case("study: dataset without path", "study", _study("datasets: [{name: ptb}]\n")),
     Case("study: a run config passed as study", "study", TINY + "study: x\n"),
+    # issue 27: what passed validation and failed later, or reached the terminal raw
+    Case("a NUL byte", "config", TINY + "# a\x00b\n"),
+    Case("a raw escape character", "config", TINY + "# \x1b]0;retitled\x07\n"),
+    Case("an escape sequence in a value", "config", _config(train='train: {device: "cpu\\x1b[2J"}')),
+    Case("study: an escape sequence in the name", "study", _study(**{"study: bad": 'study: "bad\\x1b]0;x\\x07"'})),
+    Case("study: a study name longer than a file name", "study", _study(**{"study: bad": "study: " + "s" * 300})),
+    Case("study: an arm name longer than a file name", "study", _study(**{"name: vanilla": "name: " + "a" * 300})),
+] + [
+    Case(f"study: search {what}", "study",
+         _study(**{"techniques: {}": "techniques: {free_bits: {}}\n    search: {trials: 2, space: "
+                   "{techniques.free_bits.lambda_per_dim: " + space + "}}"}))
+    for what, space in (("step zero", "{low: 0.1, high: 1.0, step: 0}"),
+                        ("step negative", "{low: 0.1, high: 1.0, step: -0.1}"),
+                        ("step a string", "{low: 0.1, high: 1.0, step: tenth}"),
+                        ("step wider than the range", "{low: 0.1, high: 1.0, step: 5}"),
+                        ("log a string", "{low: 0.1, high: 1.0, log: yes please}"))
+] + [
+    Case(f"study: search int range {what}", "study",
+         _study(**{"techniques: {}": "techniques: {}\n    search: {trials: 2, space: {train.batch_size: "
+                   + space + "}}"}))
+    for what, space in (("fractional step", "{low: 8, high: 64, step: 0.5, int: true}"),
+                        ("int a string", "{low: 8, high: 64, int: 'true'}"))
 ]
 
 CASES = CONFIGS + STUDIES + MORE

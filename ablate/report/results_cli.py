@@ -65,7 +65,9 @@ def cmd_results(args: argparse.Namespace) -> int:
         text = rows.to_string(index=False, float_format=lambda v: f"{v:.3f}")
         _emit(text + "\n", args.output)
     elif args.format == "csv":
-        _emit(rows.to_csv(index=False, lineterminator="\n"), args.output)
+        from ablate.outputs import spreadsheet_safe
+
+        _emit(spreadsheet_safe(rows).to_csv(index=False, lineterminator="\n"), args.output)
     else:
         _emit(rows.to_json(orient="records", indent=1) + "\n", args.output)
     if args.output:
@@ -79,7 +81,9 @@ def _emit(text: str, output: str | None) -> None:
 
         write_text_atomic(Path(output), text)
     else:
-        sys.stdout.write(text)
+        from ablate.log import terminal_safe
+
+        sys.stdout.write(terminal_safe(text))
 
 
 @COMMANDS.register("results")

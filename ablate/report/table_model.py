@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from ablate.outputs import spreadsheet_safe
 from ablate.report.schema import Metric
 
 
@@ -124,7 +125,7 @@ def _jsonable(value: Any) -> Any:
 def write_table(table: Table, folder: Path, rel: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / table.id
-    table.data.to_csv(stem.with_suffix(".csv"), index=False, lineterminator="\n")
+    spreadsheet_safe(table.data).to_csv(stem.with_suffix(".csv"), index=False, lineterminator="\n")
     records = [{k: _jsonable(v) for k, v in rec.items()} for rec in table.data.to_dict(orient="records")]
     payload = {"title": table.title, "columns": [c.label for c in table.columns], "notes": table.notes,
                "rows": records}

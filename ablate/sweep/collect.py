@@ -26,13 +26,14 @@ class Collected:
     copied: int = 0  # attempts whose files were copied here
     present: int = 0  # attempts already here (identical)
     conflicts: list[Path] = field(default_factory=list)  # a different file of an attempt already here
+    refused: list[tuple[Path, str]] = field(default_factory=list)  # not a result row ablate wrote, or a link
 
 
 def collect(target: Path, sources: list[Path]) -> Collected:
     """Copy every attempt of each source study folder that `target` lacks (see the module docstring)."""
     from ablate.config import ConfigError
     from ablate.outputs import check_writable
-    from ablate.results import write_results_table
+    from ablate.results import check_row_file, write_results_table
 
     layout = StudyFolder(target)
     if not layout.study_json.exists():
@@ -52,6 +53,12 @@ def collect(target: Path, sources: list[Path]) -> Collected:
                     continue
                 theirs = RunFiles.of(row)
                 ours = layout.run_files(row.name.removesuffix(".parquet"))
+                links = [p for p in (theirs.row, theirs.curves, theirs.model, ours.row, ours.curves, ours.model)
+                         if p.is_symlink()]
+                problem = f"{links[0]} is a symbolic link" if links else check_row_file(theirs.row)
+                if problem:  # files are data: a row that is not ours is never copied in
+                    done.refused.append((theirs.row, problem))
+                    continue
                 if ours.row.exists():
                     if filecmp.cmp(ours.row, theirs.row, shallow=False):
                         done.present += 1
@@ -73,9 +80,12 @@ def cmd_collect(args: argparse.Namespace) -> int:
     target = Path(args.study_folder)
     done = collect(target, [Path(s) for s in args.sources])
     print(f"{target}: {done.copied} attempt(s) collected, {done.present} already here"
-          + (f", {len(done.conflicts)} conflict(s) left out" if done.conflicts else ""))
+          + (f", {len(done.conflicts)} conflict(s) left out" if done.conflicts else "")
+          + (f", {len(done.refused)} file(s) refused" if done.refused else ""))
     for path in done.conflicts[:10]:
         LOG.warning(f"{path}: an attempt of this name is already here with other contents; kept ours")
+    for path, problem in done.refused[:10]:
+        LOG.warning(f"{path}: not copied: {problem}")
     return 0
 
 

@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
-import pyarrow.parquet as pq
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
@@ -59,6 +58,7 @@ from ablate.layout import RESULT_NAME, StudyFolder, result_stem  # noqa: F401 - 
 from ablate.log import LOG
 from ablate.metric_schema import SELECT, selection_value
 from ablate.outputs import STORAGE_ERRNOS
+from ablate.results import ROW_KEYS, read_tables
 
 CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial with neither pid nor claimant counts as dead after this
 HOST_ENV = "ABLATE_HOST"  # this machine's name in the ledger (containers that share a hostname set it apart)
@@ -401,10 +401,8 @@ class ResultIndex:
         if path is None:
             return None
         if path not in self._status:
-            try:
-                self._status[path] = str(pq.read_table(path, columns=["status"]).column("status")[0])
-            except Exception:  # noqa: BLE001 - an unreadable file is not a result
-                self._status[path] = "unreadable"
+            row = _read_row(path)  # {} when unreadable or not of the declared schema: not a result
+            self._status[path] = str(row.get("status") or "unreadable")
         return self._status[path]
 
     def ok(self, cell_id: str) -> bool:
@@ -834,8 +832,7 @@ def claim_of(trial: FrozenTrial) -> dict[str, Any] | None:
 
 
 def _read_row(path: Path) -> dict[str, Any]:
-    try:
-        return pq.read_table(path).to_pylist()[0]
-    except Exception:  # noqa: BLE001
-        return {}
+    """A result file's row, {} when it is unreadable or not of the declared schema (`results.check_row_file`)."""
+    tables = read_tables([path], [], ROW_KEYS, curves=False)
+    return tables[0].to_pylist()[0] if tables and tables[0].num_rows else {}
 

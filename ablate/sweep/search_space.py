@@ -173,4 +173,14 @@ def _parse_range(key: str, p: Any) -> dict[str, Any]:
         raise SearchError(at, "a range is log or stepped, not both")
     if p.get("int") and not (float(low).is_integer() and float(high).is_integer()):
         raise SearchError(at, "an int range needs whole low and high")
+    for flag in ("log", "int"):
+        if flag in p and not isinstance(p[flag], bool):
+            raise SearchError(at + (flag,), f"{flag} is true or false (got {p[flag]!r})")
+    step = p.get("step")
+    if step is not None:
+        if not isinstance(step, (int, float)) or isinstance(step, bool) or not 0 < step <= high - low:
+            raise SearchError(at + ("step",), f"step is a number > 0 and at most high − low = {high - low:g} "
+                              f"(got {step!r})")
+        if p.get("int") and not float(step).is_integer():
+            raise SearchError(at + ("step",), f"an int range needs a whole step (got {step!r})")
     return {k: p[k] for k in RANGE_KEYS if k in p}

@@ -54,6 +54,7 @@ from pydantic import BaseModel, ValidationError
 from ablate.config import (ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, apply_overrides, canonical_dict,
                            config_hash, explain, flatten, model_config_class, model_name, parse_override,
                            read_yaml_file, set_path, shorten, suggest)
+from ablate.layout import MAX_NAME
 from ablate.metric_schema import SELECT, is_metric_column
 from ablate.protocol import TOPICS, Protocol, Setting, config_value, same_value
 from ablate.selection import Condition, parse_where
@@ -361,6 +362,9 @@ class _Loader:
     def name(self, value: Any, at: Path_, what: str) -> str:
         if not isinstance(value, str) or not NAME_RE.match(value):
             raise self.error(at, f"{what} must be a name of letters, digits, '_', '-', '.' (got {value!r})")
+        if len(value) > MAX_NAME:
+            raise self.error(at, f"{what} is {len(value)} characters long; at most {MAX_NAME} (it names folders "
+                                 "and files)")
         return value
 
     def datasets(self, base: dict[str, Any]) -> list[tuple[str, dict[str, Any], Path_]]:
