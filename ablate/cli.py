@@ -38,7 +38,7 @@ def format_metrics(row: dict) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from ablate.config import ConfigError, config_hash, is_study, load_config, read_yaml
     from ablate.layout import MAX_NAME, StudyFolder
-    from ablate.outputs import check_writable
+    from ablate.outputs import check_writable, remove_owned
     from ablate.preflight import check_runnable
     from ablate.run import execute
 
@@ -72,11 +72,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and not checkpoint.exists():
         raise ConfigError(f"--resume: no checkpoint of this config ({checkpoint}); run it without --resume")
     if not args.resume:
-        checkpoint.unlink(missing_ok=True)
+        remove_owned(checkpoint, layout.root)
     outcome = execute(config, layout.root, run_id=args.name, checkpoint=checkpoint, progress=not args.quiet,
                       tensorboard=args.tensorboard)
     if outcome.ok:
-        checkpoint.unlink(missing_ok=True)
+        remove_owned(checkpoint, layout.root)
     row = outcome.row
     if not outcome.ok:
         print(f"run failed: {row['error_class']}: {row['error_message']} (row written to {outcome.result_path})",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 
 from ablate.commands import COMMANDS
@@ -32,7 +33,7 @@ def export_run(run: str | Path, out: str | Path) -> Path:
     from safetensors.torch import save_model
 
     from ablate.layout import RunFiles
-    from ablate.outputs import check_writable, write_text_atomic
+    from ablate.outputs import atomic_target, check_writable, current_umask, write_text_atomic
     from ablate.saved_models import load_run, model_file
 
     out = Path(out)
@@ -40,7 +41,9 @@ def export_run(run: str | Path, out: str | Path) -> Path:
     config, prepared, model = load_run(run)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.json", json.dumps(config.model_dump(mode="json"), indent=1) + "\n")
-    save_model(model, str(out / "model.safetensors"))
+    with atomic_target(out / "model.safetensors") as tmp:
+        save_model(model, str(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600; an export is for sharing
     prepared.tokenizer.save(out / "tokenizer")
     for folder, attribute in config.model.hugging_face_parts().items():  # e.g. seq2seq's hf_model, optimus' halves
         getattr(model, attribute).save_pretrained(str(out / folder))

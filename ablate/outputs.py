@@ -36,6 +36,13 @@ def atomic_target(path: Path) -> Iterator[Path]:
         raise
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_target(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -115,3 +122,31 @@ def spreadsheet_safe(frame: Any) -> Any:
         if is_object_dtype(out[column]) or is_string_dtype(out[column]):
             out[column] = out[column].map(safe)
     return out
+
+
+def through_link(path: Path, root: Path) -> Path | None:
+    """The first symbolic link on the way from `root` down to `path` (`path` included; `root` itself, chosen by
+    the user, may be one), or None."""
+    path, root = Path(path), Path(root)
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return path if path.is_symlink() else None
+    current = root
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            return current
+    return None
+
+
+def remove_owned(path: Path, root: Path) -> bool:
+    """Delete a file ablate wrote under `root` — never through a symbolic link (the file itself or a folder on
+    the way: it would delete what the link points at). Returns whether it was removed."""
+    if through_link(path, root) is not None:
+        return False
+    try:
+        Path(path).unlink()
+    except FileNotFoundError:
+        return False
+    return True

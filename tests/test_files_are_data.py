@@ -112,3 +112,126 @@ def test_a_run_name_longer_than_a_file_name_is_refused_before_training(tmp_path)
     code, text = run_cli(["run", str(config), "--name", "n" * 300, "--out", str(tmp_path / "out")])
     assert code == 2 and text == "error: --name: 300 characters long; at most 100 (it names files)"
     assert not (tmp_path / "out").exists()
+
+
+def test_the_report_never_writes_through_a_symlink_in_its_out_folder(swept, tmp_path):
+    _, folder = swept
+    out, elsewhere = tmp_path / "rep", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "bad").symlink_to(elsewhere)
+    code, text = run_cli(["report", str(folder), "--out", str(out)])
+    assert code == 2 and text == (f"error: --out {out}: {out / 'bad'} is a symbolic link; the report writes only "
+                                  "into files and folders it creates: remove the link or choose another --out")
+    assert not any(elsewhere.iterdir()) and not (out / "index.html").exists()
+
+
+def test_a_resumed_sweep_deletes_nothing_through_a_symlinked_checkpoints_folder(swept, tmp_path):
+    import shutil
+
+    study, original = swept
+    folder = tmp_path / "bad"
+    shutil.copytree(original, folder)
+    cell = next((folder / "rows").glob("*.a1.parquet")).name.split(".")[0]
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / f"{cell}.pt").write_text("not ours")  # named like the checkpoint of a done cell
+    (folder / "checkpoints").mkdir(exist_ok=True)
+    shutil.rmtree(folder / "checkpoints")
+    (folder / "checkpoints").symlink_to(precious)
+    code, text = run_cli(["sweep", str(study), "--out", str(tmp_path)])
+    assert code == 0, text
+    assert (precious / f"{cell}.pt").read_text() == "not ours"
+
+
+# ------------------------------------------------------------------ item 5: export folders are data
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> Path:
+    from ablate.config import build_config
+    from ablate.run import execute
+    from conftest import tiny_overrides
+
+    tmp = tmp_path_factory.mktemp("export")
+    outcome = execute(build_config(tiny_overrides(**{"eval.splits": ["test"], "train.threads": 1})), tmp,
+                      progress=False)
+    assert outcome.ok
+    code, text = run_cli(["export", str(outcome.result_path), "--out", str(tmp / "export")])
+    assert code == 0, text
+    return tmp / "export"
+
+
+def _damaged(exported: Path, tmp_path: Path, damage) -> Path:
+    import shutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(exported, folder)
+    damage(folder)
+    return folder
+
+
+def _config_with(folder: Path, **model) -> None:
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    config["model"].update(model)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _header_with(folder: Path, edit) -> None:
+    import json
+
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (length - len(text)) if len(text) <= length else b""
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + length:])
+
+
+def _first_tensor(header: dict) -> dict:
+    return header[sorted(k for k in header if k != "__metadata__")[0]]
+
+
+DAMAGES = {
+    "config.json not JSON": (lambda f: (f / "config.json").write_text("{nope"), "not a readable JSON config"),
+    "config.json a list": (lambda f: (f / "config.json").write_text("[1]"), "a run config is a JSON object"),
+    "config.json an unknown key": (lambda f: _config_with(f, widthh=3), "widthh"),
+    "config.json the widest model": (lambda f: _config_with(f, emb_dim=16384, enc_hidden=16384, dec_hidden=16384),
+                                     # by hand: two LSTMs of 4·H·(E + H) = 2.147e9 weights each, two 901 × E
+                                     # embeddings, H × 901 output: 4.34e9 fp32 values = 16.2 GiB
+                                     "needs 16.2 GiB, this machine has 4.0 GiB free"),
+    "header length past the end": (lambda f: (f / "model.safetensors").write_bytes(b"\xff" * 8 + b"{}"),
+                                   "not a safetensors file (a header of"),
+    "header not JSON": (lambda f: (f / "model.safetensors").write_bytes((4).to_bytes(8, "little") + b"{{{{"),
+                        "its header is not JSON"),
+    "tensor bytes out of the file": (lambda f: _header_with(f, lambda h: _first_tensor(h).update(
+        data_offsets=[0, 10 ** 12])), "do not hold a"),
+    "tensor of another shape": (lambda f: _header_with(f, lambda h: _first_tensor(h).update(
+        shape=[_first_tensor(h)["shape"][0] * 0 + 1] * len(_first_tensor(h)["shape"]),
+        data_offsets=[_first_tensor(h)["data_offsets"][0], _first_tensor(h)["data_offsets"][0] + 4])),
+        "has shape"),
+    "tokenizer record not JSON": (lambda f: (f / "tokenizer" / "ablate_tokenizer.json").write_text("{"), "not a tokenizer"),
+    "tokenizer record without words": (lambda f: (f / "tokenizer" / "ablate_tokenizer.json").write_text('{"kind": "word"}'),
+                                       "not a tokenizer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGES))
+def test_a_damaged_export_is_one_line_before_any_tensor_is_allocated(case, exported, tmp_path, monkeypatch):
+    from ablate import saved_models
+
+    monkeypatch.setattr(saved_models, "available_memory", lambda: 4 * 2**30)  # as on a small machine
+    damage, expected = DAMAGES[case]
+    folder = _damaged(exported, tmp_path, damage)
+    code, text = run_cli(["sample", str(folder), "--prior", "1"])
+    assert code == 2 and len(text.splitlines()) == 1 and expected in text, text
+
+
+def test_an_exported_model_file_is_readable_by_others(exported):
+    import stat
+
+    assert stat.S_IMODE((exported / "model.safetensors").stat().st_mode) & 0o044 == 0o044

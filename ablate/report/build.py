@@ -22,7 +22,8 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from ablate.metric_schema import SELECT, is_metric_column
-from ablate.outputs import write_text_atomic
+from ablate.config import ConfigError
+from ablate.outputs import through_link, write_text_atomic
 from ablate.protocol import load_protocol
 from ablate.selection import Condition, parse_where
 from ablate.references import load_references
@@ -242,7 +243,13 @@ def build_report(study_dirs: Sequence[str | Path], out: str | Path, options: Opt
     studies = [load_study(d) for d in study_dirs]
     if unreadable is not None:
         unreadable.extend(p for s in studies for p in s.unreadable)
-    contexts = [build_study(s, out, slug, options) for s, slug in zip(studies, _unique_slugs(studies))]
+    slugs = _unique_slugs(studies)
+    for slug in slugs + [WRITTEN_LIST, "index.html"]:
+        link = through_link(out / slug, out)
+        if link is not None:  # writing there would put (and later remove) files outside --out
+            raise ConfigError(f"--out {out}: {link} is a symbolic link; the report writes only into files and "
+                              "folders it creates: remove the link or choose another --out")
+    contexts = [build_study(s, out, slug, options) for s, slug in zip(studies, slugs)]
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     page = env.get_template("index.html").render(

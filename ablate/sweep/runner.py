@@ -33,7 +33,7 @@ from typing import Any, TextIO
 from ablate.config import ConfigError, is_study, read_yaml
 from ablate.layout import MODEL_NAME, StudyFolder
 from ablate.log import LOG, current_verbosity, verbosity_flag
-from ablate.outputs import check_writable
+from ablate.outputs import check_writable, remove_owned
 from ablate.preflight import check_configs_runnable
 from ablate.results import write_results_table
 from ablate.sweep.folder import (recorded_overrides, resolve_target, study_folder,  # noqa: F401 - re-exported
@@ -210,20 +210,17 @@ def remove_orphans(ledger: Ledger) -> int:
         match = MODEL_NAME.match(path.name)
         if match and (match["cell"], int(match["attempt"])) not in live and \
                 results.status(match["cell"], int(match["attempt"])) != "ok":
-            path.unlink(missing_ok=True)
-            removed += 1
+            removed += remove_owned(path, ledger.folder)
     checkpoints = layout.checkpoints
     for path in checkpoints.glob("*.pt") if checkpoints.is_dir() else []:
         if results.ok(path.stem):
-            path.unlink(missing_ok=True)
-            removed += 1
+            removed += remove_owned(path, ledger.folder)
     written = (layout.rows, layout.curves, layout.models, checkpoints)
     for path in [p for folder in written if folder.is_dir() for p in folder.glob(".*.tmp")]:
         pid = re.search(r"\.(\d+)\.tmp$", path.name)  # a writer's temporary file: gone with its process (and
         stale = time.time() - path.stat().st_mtime > 600  # old: a writer on another machine has another pid space)
         if pid and stale and not process_alive(int(pid[1])):
-            path.unlink(missing_ok=True)
-            removed += 1
+            removed += remove_owned(path, ledger.folder)
     return removed
 
 

@@ -20,6 +20,7 @@ from ablate.log import LOG
 from ablate.results import write_results_table
 from ablate.sweep.folder import resolve_target
 from ablate.sweep import search
+from ablate.outputs import remove_owned
 from ablate.sweep.ledger import Ledger, has_ok_result
 from ablate.tensorboard_log import check_available
 
@@ -96,7 +97,7 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
     write_results_table(folder)  # the study's one table, current as each cell ends
     if outcome.ok:
         ledger.complete(trial, outcome.row)
-        checkpoint.unlink(missing_ok=True)
+        remove_owned(checkpoint, folder)
         return CellResult(cell_id, attempt, ok=True)
     row = outcome.row
     ledger.fail(trial, str(row.get("error_class")), str(row.get("error_message") or ""))
