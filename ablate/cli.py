@@ -177,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from ablate.config import ConfigError
+    from ablate.errors import Fault
     from ablate.log import LOG, set_verbosity
 
     parser = build_parser()
@@ -190,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         LOG.error(str(error))
         return 2
+    except Fault as error:
+        LOG.error(str(error))
+        return 1
     except BrokenPipeError:  # `ablate validate X | head -1`: the reader left; stop quietly (Python docs' recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

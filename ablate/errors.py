@@ -37,3 +37,8 @@ def validation_line(error: ValidationError, prefix: tuple[str, ...] = (), skip: 
     value = first.get("input")
     shown = f" (got {shorten(value)})" if not isinstance(value, dict) and first["type"] != "missing" else ""
     return f"{key + ': ' if key else ''}{message}{shown}"
+
+
+class Fault(RuntimeError):
+    """A fault outside the user's input that ends a command with one line and exit status 1 (e.g. a storage
+    server unreachable for longer than the command waits); what was written stays."""

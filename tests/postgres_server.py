@@ -15,7 +15,14 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+
+class ServerURL(str):
+    """The server's SQLAlchemy URL, with `stop()` and `start()` to simulate an outage."""
+
+    start: "Callable[[], None]"
+    stop: "Callable[[], None]"
 
 
 def find_binaries() -> Path | None:
@@ -49,8 +56,15 @@ def postgres_server(database: str = "ablate") -> Iterator[str]:
         as_user = ["runuser", "-u", "postgres", "--"]
     run = lambda *argv: subprocess.run([*as_user, *argv], check=True, capture_output=True, text=True)  # noqa: E731
     run(str(bin_dir / "initdb"), "-D", str(data), "-U", "ablate", "--auth=trust", "-E", "UTF8")
-    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60", "start",
-        "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100")
+
+    def start() -> None:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60", "start",
+            "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100")
+
+    def stop() -> None:  # an outage: clients are disconnected, new connections refused until start()
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+
+    start()
     try:
         import psycopg
 
@@ -65,7 +79,9 @@ def postgres_server(database: str = "ablate") -> Iterator[str]:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.5)
-        yield f"postgresql+psycopg://ablate@127.0.0.1:{port}/{database}"
+        url = ServerURL(f"postgresql+psycopg://ablate@127.0.0.1:{port}/{database}")
+        url.start, url.stop = start, stop
+        yield url
     finally:
         subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)

@@ -227,3 +227,46 @@ def test_a_claim_is_one_record(tmp_path):
 @pytest.fixture(autouse=True)
 def _no_storage_env(monkeypatch):
     monkeypatch.delenv("ABLATE_STORAGE", raising=False)
+
+
+# ------------------------------------------------------------------ item 3: a storage outage
+
+
+class _FlakyStorage:
+    """A storage whose `get_all_trials` fails as an unreachable server does, `failures` times."""
+
+    def __init__(self, failures: int):
+        self.failures = failures
+        self.calls = 0
+
+    def get_all_trials(self, study_id):
+        import sqlalchemy.exc
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+        return ["trial"]
+
+    def get_study_id_from_name(self, name):
+        raise KeyError(name)  # not an outage: passes straight through
+
+
+def test_an_outage_is_waited_out_then_given_up_in_one_line(monkeypatch, capsys):
+    from ablate.errors import Fault
+    from ablate.sweep.ledger import StorageUnavailable, ride_out_outages
+
+    monkeypatch.setattr(ledger_module.time, "sleep", lambda seconds: None)
+    monkeypatch.setenv("ABLATE_STORAGE_PATIENCE", "60")
+    flaky = ride_out_outages(_FlakyStorage(failures=3), "postgresql://u:secret@db/x")
+    assert flaky.get_all_trials(0) == ["trial"] and flaky.calls == 4
+    said = capsys.readouterr().err
+    assert said.count("unreachable (OperationalError); waiting for it, up to 60 s") == 1 and "secret" not in said
+    assert "reachable again" in said
+    with pytest.raises(KeyError):
+        flaky.get_study_id_from_name("x")
+    monkeypatch.setenv("ABLATE_STORAGE_PATIENCE", "0")
+    down = ride_out_outages(_FlakyStorage(failures=10 ** 6), "postgresql://u:secret@db/x")
+    with pytest.raises(StorageUnavailable) as raised:
+        down.get_all_trials(0)
+    assert isinstance(raised.value, Fault) and "secret" not in str(raised.value)
+    assert str(raised.value).endswith("run the same command again when the server is back")

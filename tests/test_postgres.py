@@ -99,3 +99,40 @@ def test_three_workers_on_postgres_survive_one_killed_mid_cell(tmp_path):
     per_worker = Counter(t.user_attrs["pid"] for t in complete)
     print(f"cells per worker: {dict(per_worker)}; killed cell {killed_cell}: attempt 1 WorkerDied "
           f"(pid {died[0].user_attrs['pid']}, host machine-b), attempt 2 ok (pid {finished.user_attrs['pid']})")
+
+
+def test_three_workers_ride_out_a_database_outage(tmp_path):
+    """The server stops for 8 s — longer than the heartbeat grace (3 × 1 s) — while three workers are mid-cell,
+    then comes back: every worker waits it out (one warning, then a note), none exits, and every cell ends with
+    exactly one successful result and one COMPLETE trial; no attempt is reclaimed as dead (issue 27)."""
+    _require_postgres()
+    study = tmp_path / "pg.yaml"
+    study.write_text(STUDY.replace("epochs: 4", "epochs: 3"))
+    results = tmp_path / "results"
+    with postgres_server() as url:
+        env = {**os.environ, "ABLATE_STORAGE": url, "ABLATE_HEARTBEAT_SECONDS": "1", "HF_HUB_OFFLINE": "1",
+               "ABLATE_STORAGE_PATIENCE": "120"}
+        cli = [sys.executable, "-m", "ablate.cli"]
+        queued = subprocess.run([*cli, "sweep", str(study), "--no-work", "--out", str(results), "-q"], env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert queued.returncode == 0, queued.stderr
+        worker = [*cli, "worker", str(study), "--out", str(results), "--threads", "1"]
+        workers = [subprocess.Popen(worker, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                   for _ in range(3)]
+        deadline = time.time() + 240
+        while time.time() < deadline and not any(t.state.name == "RUNNING" and t.intermediate_values
+                                                 for t in _trials(url)):
+            time.sleep(0.2)
+        url.stop()
+        time.sleep(8.0)
+        url.start()
+        outputs = [proc.communicate(timeout=600) for proc in workers]
+        trials = _trials(url)
+    for proc, (_, err) in zip(workers, outputs):
+        assert proc.returncode == 0, err.decode()[-3000:]
+    said = "".join(err.decode() for _, err in outputs)
+    assert "unreachable (OperationalError); waiting for it, up to 120 s" in said and "reachable again" in said
+    rows = pd.read_parquet(results / "pg" / "rows")
+    assert sorted(Counter(rows[rows["status"] == "ok"]["cell_id"]).values()) == [1] * 6
+    assert len(rows) == 6  # no failed attempt either
+    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 6

@@ -53,6 +53,7 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
+from ablate.errors import Fault
 from ablate.config import ConfigError, build_config, canonical_dict, config_hash, flatten
 from ablate.layout import RESULT_NAME, StudyFolder, result_stem  # noqa: F401 - result_stem re-exported
 from ablate.log import LOG
@@ -62,6 +63,7 @@ from ablate.results import ROW_KEYS, read_tables
 
 CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial with neither pid nor claimant counts as dead after this
 HOST_ENV = "ABLATE_HOST"  # this machine's name in the ledger (containers that share a hostname set it apart)
+PATIENCE_ENV = "ABLATE_STORAGE_PATIENCE"  # seconds a command waits out a storage outage (default 300)
 HEARTBEAT_ENV = "ABLATE_HEARTBEAT_SECONDS"  # the RDB heartbeat interval (default 30 s; the grace period is 3×)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -133,6 +135,108 @@ def open_storage(folder: Path, url: str | None, write: bool = True) -> BaseStora
         raise _storage_error(url, error) from None
 
 
+class StorageUnavailable(Fault):
+    """The ledger's storage stayed unreachable longer than $ABLATE_STORAGE_PATIENCE (one line; exit status 1)."""
+
+
+def storage_patience() -> float:
+    """Seconds a command waits out a storage outage before giving up ($ABLATE_STORAGE_PATIENCE, default 300)."""
+    try:
+        return max(0.0, float(os.environ.get(PATIENCE_ENV, "300")))
+    except ValueError:
+        raise ConfigError(f"${PATIENCE_ENV}: expected seconds, e.g. 300") from None
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether an exception says the storage server cannot be reached now (as opposed to a bad request)."""
+    try:
+        import sqlalchemy.exc as sa
+    except ImportError:  # pragma: no cover - sqlalchemy comes with optuna
+        sa = None
+    if sa is not None:
+        if isinstance(error, (sa.OperationalError, sa.InterfaceError, sa.DisconnectionError)):
+            return True
+        if isinstance(error, sa.DBAPIError) and error.connection_invalidated:
+            return True
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    return type(error).__name__ in ("ConnectionError", "TimeoutError", "BusyLoadingError")  # redis
+
+
+class _OutageState:
+    """One process's view of a storage outage: when it began, when the storage answered again."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.recovered_at = -math.inf
+        self.lock = threading.Lock()
+        self.local = threading.local()
+
+
+def ride_out_outages(storage: BaseStorage, url: str) -> BaseStorage:
+    """Make every call of `storage` wait out an outage of its server: retried with backoff (0.5 s doubling to
+    10 s) for up to `storage_patience()` seconds, with one warning when it begins and a note when it ends, then a
+    one-line StorageUnavailable. The unwrapped methods stay reachable as `storage._ablate_direct` (for calls that
+    must not wait: heartbeats, live curve reports); `storage._ablate_outage` tells when it last recovered."""
+    state = _OutageState()
+    direct: dict[str, Any] = {}
+    for name in dir(type(storage)):
+        if name.startswith("__") or not callable(getattr(type(storage), name, None)):
+            continue
+        method = getattr(storage, name)
+        direct[name] = method
+        setattr(storage, name, _patient(method, name, state, url))
+    storage._ablate_direct = direct  # type: ignore[attr-defined]
+    storage._ablate_outage = state  # type: ignore[attr-defined]
+    return storage
+
+
+def _patient(method: Any, name: str, state: _OutageState, url: str) -> Any:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if getattr(state.local, "inside", False):  # a storage method calling another: the outer call retries
+            return method(*args, **kwargs)
+        state.local.inside = True
+        try:
+            return _with_patience(method, args, kwargs, state, url)
+        finally:
+            state.local.inside = False
+
+    return call
+
+
+def _with_patience(method: Any, args: tuple, kwargs: dict, state: _OutageState, url: str) -> Any:
+    deadline, pause = None, 0.5
+    while True:
+        try:
+            result = method(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - sorted by is_outage below
+            if not is_outage(error):
+                raise
+            now = time.monotonic()
+            patience = storage_patience()
+            with state.lock:
+                if state.since is None:
+                    state.since = now
+                    LOG.warning(f"storage {redact(url)}: unreachable ({type(error).__name__}); waiting for it, up "
+                                f"to {patience:.0f} s (${PATIENCE_ENV})")
+            deadline = deadline if deadline is not None else state.since + patience
+            if now >= deadline:
+                raise StorageUnavailable(f"storage {redact(url)}: unreachable for {now - state.since:.0f} s "
+                                         f"(${PATIENCE_ENV} = {patience:.0f}); what is written stays, run the "
+                                         "same command again when the server is back") from None
+            time.sleep(min(pause, max(0.0, deadline - now)))
+            pause = min(10.0, pause * 2)
+            continue
+        if state.since is not None:
+            with state.lock:
+                if state.since is not None:
+                    LOG.info(f"storage {redact(url)}: reachable again after {time.monotonic() - state.since:.0f} s")
+                    state.since = None
+                    state.recovered_at = time.monotonic()
+        return result
+
+
 def heartbeat_seconds() -> int:
     try:
         return max(1, int(os.environ.get(HEARTBEAT_ENV, "30")))
@@ -166,11 +270,12 @@ def _new_storage(url: str, write: bool = True, folder: Path | None = None) -> Ba
     if url.startswith("redis://"):
         from optuna.storages.journal import JournalRedisBackend
 
-        return optuna.storages.JournalStorage(JournalRedisBackend(url))
+        return ride_out_outages(optuna.storages.JournalStorage(JournalRedisBackend(url)), url)
     interval = heartbeat_seconds()
     with quiet_optuna():  # Optuna marks heartbeats experimental; we rely on them knowingly
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=interval,
-                                          grace_period=3 * interval)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True},
+                                             heartbeat_interval=interval, grace_period=3 * interval)
+    return ride_out_outages(storage, url)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -524,18 +629,34 @@ class Ledger:
         import sqlalchemy
 
         key = int.from_bytes(hashlib.sha256(f"ablate:{self.name}".encode()).digest()[:8], "big", signed=True)
-        with engine.connect() as connection:
-            if dialect == "postgresql":
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            else:
-                connection.execute(sqlalchemy.text("SELECT GET_LOCK(:k, -1)"), {"k": f"ablate:{key}"})
+
+        def acquire() -> Any:
+            connection = engine.connect()
             try:
-                yield
-            finally:
+                if dialect == "postgresql":
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                else:
+                    connection.execute(sqlalchemy.text("SELECT GET_LOCK(:k, -1)"), {"k": f"ablate:{key}"})
+            except BaseException:
+                connection.close()
+                raise
+            return connection
+
+        outage = getattr(self.storage, "_ablate_outage", None)
+        connection = acquire() if outage is None else _with_patience(acquire, (), {}, outage, str(engine.url))
+        try:
+            yield
+        finally:
+            try:
                 if dialect == "postgresql":
                     connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
                 else:
                     connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": f"ablate:{key}"})
+            except Exception as error:  # noqa: BLE001 - a lost connection took its session's lock with it
+                if not is_outage(error):
+                    raise
+            finally:
+                connection.close()
 
     # -- heartbeats (RDB storages) -------------------------------------------------------------------------
 
@@ -543,6 +664,10 @@ class Ledger:
         """RUNNING trials whose last heartbeat is older than the grace period (read at most once a second)."""
         if not self.heartbeats:
             return set()
+        outage = getattr(self.storage, "_ablate_outage", None)
+        grace = 3 * self.storage.get_heartbeat_interval()  # type: ignore[attr-defined]
+        if outage is not None and (outage.since is not None or time.monotonic() - outage.recovered_at < grace):
+            return set()  # after an outage every worker's last beat is old: give them a grace to beat again
         read_at, stale = self._stale
         if time.monotonic() - read_at > 1.0:
             stale = set(self.storage._get_stale_trial_ids(self.study_id))  # type: ignore[attr-defined]
@@ -559,10 +684,12 @@ class Ledger:
         trial_id = trial._trial_id
         interval = self.storage.get_heartbeat_interval()  # type: ignore[attr-defined]
 
+        record = getattr(self.storage, "_ablate_direct", {}).get("record_heartbeat", self.storage.record_heartbeat)
+
         def beat() -> None:
             while not stop.wait(interval):
                 try:
-                    self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+                    record(trial_id)  # no waiting: a beat missed in an outage is the next one's job
                 except Exception:  # noqa: BLE001 - a missed beat is retried; the grace period covers a few
                     pass
 
@@ -720,10 +847,12 @@ class Ledger:
         the user attribute `valid_curve`, with the epoch's last β. A reporting failure never stops training."""
         curve.append({"epoch": int(point["epoch"]), "phase": point["phase"], "rec": point["rec"], "kl": point["kl"],
                       "nelbo": point["loss"], "beta": point.get("beta")})
+        direct = getattr(self.storage, "_ablate_direct", {})  # never waits out an outage: training goes on
         try:
             trial_id = self.trial_id(trial)
-            self.storage.set_trial_intermediate_value(trial_id, int(point["epoch"]), float(point["loss"]))
-            self.storage.set_trial_user_attr(trial_id, "valid_curve", curve)
+            direct.get("set_trial_intermediate_value", self.storage.set_trial_intermediate_value)(
+                trial_id, int(point["epoch"]), float(point["loss"]))
+            direct.get("set_trial_user_attr", self.storage.set_trial_user_attr)(trial_id, "valid_curve", curve)
         except Exception:  # noqa: BLE001 - the row and curves files keep the record
             pass
 

@@ -21,7 +21,7 @@ from ablate.results import write_results_table
 from ablate.sweep.folder import resolve_target
 from ablate.sweep import search
 from ablate.outputs import remove_owned
-from ablate.sweep.ledger import Ledger, has_ok_result
+from ablate.sweep.ledger import Ledger, StorageUnavailable, has_ok_result
 from ablate.tensorboard_log import check_available
 
 # failures a retry cannot change (same config, same seed, same data): not retried
@@ -89,6 +89,8 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
                               tensorboard_name=f"{ledger.name}/{attrs.get('arm') or 'arm'}/{stem}")
     except (KeyboardInterrupt, SystemExit):
         ledger.fail(trial, "Interrupted", "the worker was stopped (SIGINT/SIGTERM) during the attempt")
+        raise
+    except StorageUnavailable:
         raise
     except Exception as exc:  # noqa: BLE001 - execute records training failures itself; this is the rest
         ledger.fail(trial, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
