@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import sys
 from typing import Callable
 
@@ -73,8 +74,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--resume: no checkpoint of this config ({checkpoint}); run it without --resume")
     if not args.resume:
         remove_owned(checkpoint, layout.root)
-    outcome = execute(config, layout.root, run_id=args.name, checkpoint=checkpoint, progress=not args.quiet,
-                      tensorboard=args.tensorboard)
+    try:
+        outcome = execute(config, layout.root, run_id=args.name, checkpoint=checkpoint, progress=not args.quiet,
+                          tensorboard=args.tensorboard)
+    except KeyboardInterrupt:
+        from ablate.log import LOG
+
+        again = ["ablate", "run"] + ([args.config] if args.config else []) + [f"--set={o}" for o in args.set] \
+            + ["--out", str(args.out)] + (["--name", args.name] if args.name else []) + ["--resume"]
+        kept = f"its state is kept in {checkpoint}; " if checkpoint.exists() else ""
+        LOG.warning(f"interrupted; {kept}continue with: {' '.join(shlex.quote(a) for a in again)}")
+        return 130
     if outcome.ok:
         remove_owned(checkpoint, layout.root)
     row = outcome.row
@@ -133,7 +143,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="results root the run writes into: DIR/rows, curves, models (default results/)")
     p.add_argument("--name", default=None, help="the run's id and file name (default: time-confighash)")
     p.add_argument("--resume", action="store_true",
-                   help="continue this config's interrupted run from its last epoch (OUT/checkpoints/)")
+                   help="continue this config's interrupted run from where it stopped (OUT/checkpoints/)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (defaults filled, overrides applied) as YAML and stop")
     p.add_argument("--tensorboard", metavar="DIR", default=None,
@@ -194,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except Fault as error:
         LOG.error(str(error))
         return 1
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading, evaluating): one line, not a traceback
+        LOG.warning("interrupted")
+        return 130
     except BrokenPipeError:  # `ablate validate X | head -1`: the reader left; stop quietly (Python docs' recipe)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +48,7 @@ class TrainState:
     phase_step: int = 0
     epoch: int = 0
     epochs_in_phase: int = 0
+    epoch_step: int = 0  # optimiser steps (groups of batches) done in the current epoch: a run stopped mid-epoch
     valid_rec: list[float] = field(default_factory=list)  # of the pretraining phase
     best_score: float = math.inf  # validation value of train.select_by
     best_pretrain_rec: float = math.inf  # a decaying pretraining phase: its best validation rec
@@ -188,6 +191,31 @@ def _save_checkpoint(path: Path, model: TextVAE, optimizer: torch.optim.Optimize
         torch.save(payload, tmp)
 
 
+class StopRequest:
+    """Ctrl-C (SIGINT) during training: the current step finishes, the state is saved, then KeyboardInterrupt —
+    so an interrupted run continues from that step (`ablate run --resume`, a re-run sweep), not from its last
+    epoch. A second Ctrl-C stops at once. Only in the main thread, and only over Python's default handler."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+        return self
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class Trainer:
     """The state of one training run and its steps; `train` below is the loop that drives it."""
 
@@ -325,9 +353,10 @@ class Trainer:
                 or (cfg.max_steps is None and state.epochs_in_phase >= cfg.epochs)
                 or (cfg.lr_decay is not None and state.decays >= cfg.lr_decay.max_decays))
 
-    def train_epoch(self, progress: RunProgress) -> bool:
-        """Optimiser steps over one shuffled pass of train (or until the phase or step budget ends). Returns
-        whether pretraining ended during the pass."""
+    def train_epoch(self, progress: RunProgress, stop: StopRequest | None = None) -> bool:
+        """Optimiser steps over one shuffled pass of train (or until the phase or step budget ends, or `stop` is
+        requested: then `state.epoch_step` says where the pass continues). Returns whether pretraining ended
+        during the pass."""
         state, cfg = self.state, self.cfg
         batches = iterate_batches(self.train_split, self.framing, cfg.batch_size,
                                   random.Random(self.seed * 100_003 + state.epoch),
@@ -338,8 +367,8 @@ class Trainer:
             if state.phase == "vae" and cfg.max_steps is None else ""
         progress.begin(f"epoch {state.epoch + 1}{planned} [{state.phase}]")
         buffer = CurveBuffer(self.curves, cfg.divergence_threshold)
-        switch_phase = False
-        for group in groups:
+        switch_phase = ended = False
+        for group in groups[state.epoch_step:]:  # a run stopped mid-epoch continues with its next step
             evaluated = self.step(group, batches)
             parts, objective = evaluated.parts, evaluated.objective
             read = buffer.add({"step": state.global_step, "epoch": state.epoch, "phase": state.phase,
@@ -349,12 +378,20 @@ class Trainer:
                 read = buffer.flush()  # a short run or a new phase shows its values before SYNC_EVERY steps
             state.global_step += 1
             state.phase_step += 1
+            state.epoch_step += 1
             progress.step(step_detail(read))
             if state.phase == "pretrain" and self.phase_done():
-                switch_phase = True
+                switch_phase = ended = True
                 break
             if state.phase == "vae" and cfg.max_steps is not None and state.phase_step >= cfg.max_steps:
+                ended = True
                 break
+            if stop is not None and stop.requested:
+                break
+        else:
+            ended = True
+        if ended:
+            state.epoch_step = 0
         buffer.flush()
         progress.pause()
         state.train_seconds += time.perf_counter() - started
@@ -459,8 +496,21 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
     progress.resumed(state.global_step)
     if state.phase == "vae" and run.vae_budget_done():
         state.finished = True
+    with StopRequest() as stop:
+        _train_loop(run, progress, checkpoint, on_epoch, stop)
+    if run.best is not None:
+        model.load_state_dict(run.best)
+    return TrainResult(curves=run.curves, state=state)
+
+
+def _train_loop(run: Trainer, progress: RunProgress, checkpoint: Path | None,
+                on_epoch: Callable[[dict[str, Any]], None] | None, stop: StopRequest) -> None:
+    state = run.state
     while not state.finished:
-        switch_phase = run.train_epoch(progress)      # optimiser steps over one shuffled pass of train (one line)
+        switch_phase = run.train_epoch(progress, stop)  # optimiser steps over one shuffled pass of train (one line)
+        if stop.requested and state.epoch_step:       # Ctrl-C mid-epoch: keep this step's state, then stop
+            run.save(checkpoint)
+            raise KeyboardInterrupt
         switch_phase |= run.end_epoch(progress)       # validation, selected state, decay rule
         if on_epoch is not None:
             on_epoch(epoch_point(run.curves))         # live: the sweep's Optuna trial, TensorBoard
@@ -469,6 +519,5 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
         if state.phase == "vae" and run.vae_budget_done():
             state.finished = True
         run.save(checkpoint)                          # every epoch: a killed run continues from here
-    if run.best is not None:
-        model.load_state_dict(run.best)
-    return TrainResult(curves=run.curves, state=state)
+        if stop.requested:
+            raise KeyboardInterrupt

@@ -123,8 +123,7 @@ def test_run_resume_continues_an_interrupted_run(tmp_path, monkeypatch):
         raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
 
     monkeypatch.setattr(Trainer, "save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        main(["run", str(config), "--out", str(tmp_path / "cut"), "--quiet", "--name", "cut"])
+    assert main(["run", str(config), "--out", str(tmp_path / "cut"), "--quiet", "--name", "cut"]) == 130
     monkeypatch.setattr(Trainer, "save", save)
     assert list((tmp_path / "cut" / "checkpoints").glob("*.pt"))
     assert main(["run", str(config), "--out", str(tmp_path / "cut"), "--quiet", "--name", "cut", "--resume"]) == 0
@@ -135,3 +134,43 @@ def test_run_resume_continues_an_interrupted_run(tmp_path, monkeypatch):
     for column in ("valid.nll", "valid.kl", "test.nelbo"):
         assert resumed[column] == pytest.approx(whole[column], rel=1e-6), column
     assert main(["run", str(config), "--out", str(tmp_path / "cut"), "--quiet", "--resume"]) == 2  # nothing left
+
+
+def test_ctrl_c_mid_epoch_keeps_the_step_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """SIGINT at the 3rd optimiser step of epoch 1: the step finishes, the state is saved, `ablate run` says in
+    one line how to continue (exit 130, no traceback); `--resume` then ends with the uninterrupted run's metrics
+    (issue 26.7)."""
+    import os
+    import signal
+
+    import yaml
+
+    from ablate.cli import main
+    from ablate.train import Trainer
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_overrides(**{"train.epochs": 2, "train.threads": 1})))
+    assert main(["run", str(config), "--out", str(tmp_path / "whole"), "--quiet", "--name", "whole"]) == 0
+    whole = capsys.readouterr().out.splitlines()[0]
+
+    step, calls = Trainer.step, []
+
+    def step_then_ctrl_c(self, group, batches):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # lands mid-step; the step still finishes
+        return step(self, group, batches)
+
+    monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
+    out = tmp_path / "cut"
+    assert main(["run", str(config), "--out", str(out), "--quiet", "--name", "cut"]) == 130
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("warning: interrupted; its state is kept in") and len(said.splitlines()) == 1
+    assert said.endswith(f"continue with: ablate run {config} --out {out} --name cut --resume")
+    (checkpoint,) = (out / "checkpoints").glob("*.pt")
+    state = torch.load(checkpoint, weights_only=False)["state"]
+    assert (state["epoch"], state["epoch_step"], state["global_step"]) == (0, 3, 3)
+    monkeypatch.setattr(Trainer, "step", step)
+    assert main(["run", str(config), "--out", str(out), "--quiet", "--name", "cut", "--resume"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == whole  # the same metrics line
