@@ -174,7 +174,8 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
         techniques = build_techniques(config.techniques, context)
         LOG.debug("techniques: " + (", ".join(f"{t.name} {t.config.model_dump()}" for t in techniques) or "none"))
         line = RunProgress(progress, 0, eval_sentences=eval_sentences(config, prepared),
-                           iw_samples=config.eval.iw_samples)  # one line for training and evaluation
+                           iw_samples=config.eval.iw_samples,  # one line for training and evaluation
+                           label=cell_label(labels, config.seed))
         result = train(model, techniques, prepared.splits["train"], prepared.splits["valid"],
                        prepared.tokenizer.framing, config.train, device, config.seed,
                        eval_batch_size=config.eval.batch_size, checkpoint=checkpoint, progress=line,
@@ -211,6 +212,12 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
     write_curves(curves, run_id, curves_path)
     return RunOutcome(row=row, result_path=result_path, curves_path=curves_path, model_path=model_path, error=error,
                       curves=curves)
+
+
+def cell_label(labels: dict[str, Any] | None, seed: int) -> str:
+    """'<arm> seed <n>' for a sweep's cell (its notes and result line name it), '' for a single run."""
+    arm = (labels or {}).get("arm")
+    return f"{arm} seed {seed}" if arm else ""
 
 
 def _both(first: Callable[[dict[str, Any]], None] | None, second: Callable[[dict[str, Any]], None]

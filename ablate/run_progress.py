@@ -40,7 +40,8 @@ class RunProgress:
     the final evaluation) and shows it as one line; `enabled=False` keeps the count and draws nothing."""
 
     def __init__(self, enabled: bool, train_steps: int, eval_sentences: int = 0, iw_samples: int = 1,
-                 clock=time.perf_counter) -> None:
+                 clock=time.perf_counter, label: str = "") -> None:
+        self.label = label  # which cell, in a sweep: its notes name it ("vanilla seed 1: epoch 1 ...")
         self.train_steps = train_steps  # planned (a phase with its own budget adds to it: plan_more)
         self.eval_sentences = eval_sentences
         self.iw_samples = iw_samples
@@ -161,7 +162,8 @@ class RunProgress:
 
     def write(self, message: str) -> None:
         """A note above the line (an epoch's validation values): shown with the line, a detail (-v) without it."""
-        LOG.log(logging.DEBUG if self.bar.disable else logging.INFO, message)
+        LOG.log(logging.DEBUG if self.bar.disable else logging.INFO, f"{self.label}: {message}" if self.label
+                else message)
 
     def close(self) -> None:
         self.bar.close()

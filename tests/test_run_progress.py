@@ -130,3 +130,11 @@ def test_the_live_loss_shows_in_the_first_epoch_and_keeps_moving(one_torch_threa
     steps_per_epoch = 200
     assert [s for s, _ in shown if s > 25] == list(range(50, 2 * steps_per_epoch + 1, 50))  # every 50, both epochs
     assert len({d for _, d in shown}) > 5  # the values move
+
+
+def test_a_sweep_cell_s_notes_name_its_arm_and_seed(tmp_path, capsys):
+    """Issue 26.6: in a sweep the epoch notes say which cell they are about."""
+    execute(build_config(tiny_overrides(**{"train.epochs": 1, "seed": 3})), tmp_path,
+            labels={"study": "s", "cell_id": "0123456789ab", "arm": "free_bits"}, progress=True)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "valid rec" in line]
+    assert notes and all(line.startswith("free_bits seed 3: epoch 1 [vae] valid rec") for line in notes)

@@ -300,3 +300,25 @@ def test_result_rows_carry_the_study_labels_of_dataset_and_model():
     assert (base_row(config, "r", {})["model"], base_row(config, "r", {})["dataset"]) == ("lstm", "synthetic")
     row = base_row(config, "r", {"model": "wide", "dataset": "synthetic_small"})
     assert (row["model"], row["dataset"], row["config.model.name"]) == ("wide", "synthetic_small", "lstm")
+
+
+def test_a_sweep_names_each_finished_cell_and_tells_apart_rows_of_another_set(tmp_path, capsys):
+    """Issue 26.6: one line per finished cell naming its arm and seed; re-swept with another --set into the same
+    folder, the sweep warns, `status` counts the other cells and `ablate results` shows the column that differs."""
+    path = make_study(tmp_path, "named", "- name: vanilla\n- name: ae\n  train: {kl_weight: 0.0}\n", seeds="[0, 1]")
+    out = str(tmp_path / "results")
+    assert main(["sweep", str(path), "--out", out]) == 0
+    said = capsys.readouterr().err
+    for arm in ("vanilla", "ae"):
+        for seed in (0, 1):
+            assert len([line for line in said.splitlines() if line.startswith(f"{arm} seed {seed}: done: test NLL ")
+                        and "AU" in line and "; cell " in line]) == 1, said
+    assert main(["sweep", str(path), "--out", out, "--set", "train.epochs=2"]) == 0
+    said = capsys.readouterr().err
+    assert "swept before with no --set, now with --set train.epochs=2; the 4 earlier cell(s)' rows stay" in said
+    assert "4 more cell(s) with results that the study as now defined does not have" in status_text(
+        tmp_path / "results" / "named")
+    capsys.readouterr()
+    assert main(["results", str(tmp_path / "results" / "named")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "config.train.epochs" in table[0] and len(table) == 9

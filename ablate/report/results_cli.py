@@ -49,7 +49,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         key = rows["cell_id"].where(~single, rows["run_id"])
         rows = rows.assign(_key=key)[rows["status"] == "ok"].sort_values(["_key", "attempt"])
         rows = rows.drop_duplicates("_key", keep="last").drop(columns="_key")
-    wanted = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else DEFAULT_COLUMNS
+    wanted = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else \
+        DEFAULT_COLUMNS[:-1] + telling_apart(rows) + DEFAULT_COLUMNS[-1:]
     columns = [c for pattern in wanted for c in rows.columns if fnmatch.fnmatchcase(c, pattern)]
     unknown = [p for p in wanted if not any(fnmatch.fnmatchcase(c, p) for c in rows.columns)]
     if unknown and args.columns:
@@ -73,6 +74,17 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.output:
         LOG.info(f"wrote {len(rows)} rows × {len(rows.columns)} columns to {args.output}")
     return 0
+
+
+def telling_apart(rows) -> list[str]:
+    """The config columns whose values differ between rows of one arm, dataset, model and seed: cells swept with
+    different --set overrides into one folder (or a search's trials), shown so the rows can be told apart."""
+    keys = [k for k in ("arm", "dataset", "model", "seed") if k in rows]
+    if not keys or len(rows) < 2:
+        return []
+    config = [c for c in rows.columns if c.startswith("config.") and c != "config.seed"]
+    varying = rows.groupby(keys, dropna=False)[config].nunique(dropna=False).max() if config else None
+    return [] if varying is None else [c for c in config if varying[c] > 1]
 
 
 def _emit(text: str, output: str | None) -> None:

@@ -82,6 +82,15 @@ def append_manifest(folder: Path, rows: list[dict]) -> None:
                      StudyFolder(folder).manifest)
 
 
+def cells_outside_the_study(folder: Path) -> list[str]:
+    """Cell ids with result files in the folder that the study as last swept does not have (the manifest): rows
+    of an earlier definition — another --set, an edited study — kept beside the current ones."""
+    from ablate.sweep.ledger import ResultIndex
+
+    known = {r["cell_id"] for r in read_manifest(folder)}
+    return sorted(c for c in ResultIndex(folder).files if c not in known) if known else []
+
+
 def recorded_overrides(folder: Path) -> list[str]:
     """The --set overrides a study folder was last swept with (study.json; [] when none or unreadable)."""
     try:

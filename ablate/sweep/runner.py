@@ -36,7 +36,7 @@ from ablate.log import LOG, current_verbosity, verbosity_flag
 from ablate.outputs import check_writable, remove_owned
 from ablate.preflight import check_configs_runnable
 from ablate.results import write_results_table
-from ablate.sweep.folder import (recorded_overrides, resolve_target, study_folder,  # noqa: F401 - re-exported
+from ablate.sweep.folder import (cells_outside_the_study, recorded_overrides, resolve_target, study_folder,  # noqa: F401 - re-exported
                                  write_study_files)
 from ablate.sweep.ledger import STORAGE_ENV, Ledger, ResultIndex, is_sqlite, process_alive, redact
 from ablate.sweep.progress import (SweepProgress, _counts_now, _duration, count_cells, failure_lines,  # noqa: F401
@@ -140,7 +140,14 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
            no_work: bool = False, explicit_devices: bool = False) -> int:
     started = time.perf_counter()
     ledger = Ledger.open(study.name, folder, storage)  # a storage that cannot be opened fails before the files
+    before = recorded_overrides(folder) if StudyFolder(folder).study_json.exists() else None
     write_study_files(study, folder)
+    other = cells_outside_the_study(folder)
+    if other and before is not None and before != study.overrides:
+        LOG.warning(f"{folder}: swept before with {_overrides_text(before)}, now with "
+                    f"{_overrides_text(study.overrides)}; the {len(other)} earlier cell(s)' rows stay beside the new "
+                    "ones (`ablate results` shows the config columns that tell them apart; another --out keeps "
+                    "them apart)")
     with ledger.lock():
         reclaimed = ledger.reclaim(retry=False)
         plan = ledger.sync(study.cells, 1 if fail_fast else max_attempts)
@@ -222,6 +229,10 @@ def remove_orphans(ledger: Ledger) -> int:
         if pid and stale and not process_alive(int(pid[1])):
             removed += remove_owned(path, ledger.folder)
     return removed
+
+
+def _overrides_text(overrides: list[str]) -> str:
+    return " ".join(f"--set {o}" for o in overrides) if overrides else "no --set"
 
 
 def _workers_text(jobs: int, devices: list[str], explicit: bool = False) -> str:
@@ -397,6 +408,10 @@ def status_text(target: str | Path, out: str | Path = "results", storage: str | 
                                               f"ledger {'journal' if storage is None else redact(storage)}")
     lines = [head, format_counts(counts)] + (search.progress_lines(ledger) if ledger is not None else [])
     t = total(counts)
+    other = cells_outside_the_study(folder)
+    if other:
+        lines.append(f"{len(other)} more cell(s) with results that the study as now defined does not have (swept "
+                     "with other --set overrides, or before an edit); `ablate results` lists them too")
     if t.pending and ledger is not None:
         lines.append(f"{t.pending} cell(s) pending: not queued, interrupted, or their worker died; "
                      "`ablate sweep` runs them")

@@ -42,10 +42,27 @@ class CellResult:
     retried: bool = False
 
 
+def result_line(row: dict[str, Any], label: str) -> str:
+    """One line per finished cell: '<arm> seed <n>: done: test NLL …, KL …, MI …, AU … (train …, eval …;
+    cell <id> a<attempt>)', or its failure."""
+    from ablate.run_progress import format_seconds
+
+    where = f"cell {row.get('cell_id')} a{row.get('attempt')}"
+    if row.get("status") != "ok":
+        return f"{label}: failed: {row.get('error_class')}: {str(row.get('error_message') or '')[:160]} ({where})"
+    split = next((s for s in ("test", "valid") if f"{s}.nll" in row), "test")
+    values = ", ".join(f"{name} {row[f'{split}.{key}']:{spec}}" for name, key, spec in
+                       (("NLL", "nll", ".2f"), ("KL", "kl", ".2f"), ("MI", "mi", ".2f"), ("AU", "au", ".0f"))
+                       if isinstance(row.get(f"{split}.{key}"), (int, float)))
+    times = ", ".join(f"{part} {format_seconds(row[f'{part}_seconds'])}" for part in ("train", "eval")
+                      if isinstance(row.get(f"{part}_seconds"), (int, float)))
+    return f"{label}: done: {split} {values} ({times}; {where})"
+
+
 def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool = False,
             tensorboard: Path | None = None) -> CellResult:
     """Run a claimed trial's cell and end the trial; queue a retry on failure while attempts remain."""
-    from ablate.run import execute
+    from ablate.run import cell_label, execute
 
     attrs = trial.user_attrs
     cell_id, attempt = attrs["cell_id"], int(attrs.get("attempt", 1))
@@ -100,11 +117,13 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
     if outcome.ok:
         ledger.complete(trial, outcome.row)
         remove_owned(checkpoint, folder)
+        LOG.info(result_line(outcome.row, cell_label(labels, config.seed)))
         return CellResult(cell_id, attempt, ok=True)
     row = outcome.row
     ledger.fail(trial, str(row.get("error_class")), str(row.get("error_message") or ""))
     deterministic = row.get("error_class") in DETERMINISTIC_FAILURES  # the same config would fail the same way
     retried = not fail_fast and not deterministic and ledger.retry_if_allowed(trial)
+    LOG.info(result_line(row, cell_label(labels, config.seed)) + ("; queued again" if retried else ""))
     return CellResult(cell_id, attempt, ok=False, error=f"{row.get('error_class')}: {row.get('error_message')}",
                       retried=retried)
 
