@@ -21,7 +21,10 @@ def format_metrics(row: dict) -> str:
     names = in_table("summary") + sorted({k.split(".", 1)[1] for k in row if k.startswith(("valid.probe", "test.probe"))
                                    and not k.split(".", 1)[1].startswith("probe_majority")})
     lines = [f"{'metric':<22}" + "".join(f"{s:>12}" for s in splits)]
+    words = row.get("eval.token_unit") == "word"
     for name in names:
+        if words and name == "ppl_word":  # the same number as ppl for a word-level model
+            continue
         values = [row.get(f"{s}.{name}") for s in splits]
         if all(v is None for v in values):
             continue
@@ -31,8 +34,9 @@ def format_metrics(row: dict) -> str:
             chance = row.get(f"{splits[-1]}.probe_majority.{name.split('.', 1)[1]}")
             label = f"{name} (maj {chance:.2f})" if chance is not None else name
         lines.append(f"{label:<22}{cells}")
-    conv = (f"PPL: IW K={row.get('eval.iw_samples')} per {row.get('eval.token_unit')} (+</s>); ppl_word per word "
-            f"(+</s>); MI pool M={row.get('eval.mi_pool')}; AU delta={row.get('eval.au_delta')}")
+    conv = (f"PPL: IW K={row.get('eval.iw_samples')} per {row.get('eval.token_unit')} (+</s>); "
+            + ("" if words else "ppl_word per word (+</s>); ")
+            + f"MI pool M={row.get('eval.mi_pool')}; AU delta={row.get('eval.au_delta')}")
     return "\n".join(lines + [conv])
 
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Callable, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -457,7 +457,31 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML run config (or the defaults when path is None) and apply `--set` overrides."""
-    data = read_yaml(path) if path else {}
-    data = apply_overrides(data, overrides or [])
-    return build_config(data, str(path) if path else "<defaults>")
+    """Load a YAML run config (or the defaults when path is None) and apply `--set` overrides (an error an
+    override causes names the override, not the file)."""
+    source = str(path) if path else "<defaults>"
+    return blame_overrides(lambda given: build_config(apply_overrides(read_yaml(path) if path else {}, given),
+                                                      source), list(overrides or []), source)
+
+
+def blame_overrides(load: Callable[[list[str]], Any], overrides: list[str], source: str) -> Any:
+    """`load(overrides)`; when it fails only because of an override, the error names that `--set KEY=VALUE`
+    (the first whose addition breaks it) instead of the file."""
+    try:
+        return load(overrides)
+    except ConfigError as error:
+        if not overrides:
+            raise
+        try:
+            load([])
+        except ConfigError:
+            raise error from None  # the file itself is wrong
+        for n in range(1, len(overrides) + 1):
+            try:
+                load(overrides[:n])
+            except ConfigError as culprit:
+                if str(culprit).startswith("--set"):
+                    raise
+                problem = re.sub(r"^(line \d+: )?(arm '[^']*': )?", "", str(culprit).removeprefix(f"{source}: "))
+                raise ConfigError(f"--set {shorten(overrides[n - 1])}: {problem}") from None
+        raise

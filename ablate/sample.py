@@ -105,6 +105,20 @@ def format_report(report: dict[str, Any], strategies: list[str]) -> str:
     return "\n".join(lines)
 
 
+def warn_unknown_words(tokenizer: Any, sentences: list[str]) -> None:
+    """A warning for each given sentence with words the model's vocabulary lacks (they are read as <unk>)."""
+    from ablate.log import LOG
+
+    known = getattr(tokenizer, "stoi", None)
+    if known is None:  # subword tokenizers spell any word
+        return
+    for sentence in sentences:
+        unknown = list(dict.fromkeys(w for w in sentence.split() if w not in known))
+        if unknown:
+            LOG.warning(f"{sentence!r}: {len(unknown)} word(s) not in the model's vocabulary, read as <unk>: "
+                        + ", ".join(unknown[:8]) + (" …" if len(unknown) > 8 else ""))
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """The numeric options, before the model is loaded: one line naming the option."""
     from ablate.config import ConfigError
@@ -142,6 +156,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if end.lstrip("-").isdigit() and not -len(texts) <= int(end) < len(texts):
             raise ConfigError(f"--interpolate {end}: the {args.split} split has {len(texts)} sentences "
                               f"(indices 0..{len(texts) - 1}); or give a quoted sentence")
+    warn_unknown_words(tokenizer, [end for end in args.interpolate or [] if not end.lstrip("-").isdigit()])
     device = next(model.parameters()).device
     report = sample_report(model, tokenizer, texts, n_prior=args.prior, n_reconstruct=args.reconstruct,
                            interpolate=args.interpolate, steps=args.steps, strategies=strategies,

@@ -38,7 +38,24 @@ def test_validate_study_with_set(tmp_path, capsys):
     assert main(["validate", str(path), "--set", "train.epochs=[1, 2]"]) == 0
     assert "2 cells" in capsys.readouterr().out
     assert main(["validate", str(path), "--set", "train.epochs=-1"]) == 2
-    assert "train.epochs" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("error: --set 'train.epochs=-1': train.epochs:")  # not the file
+
+
+def test_a_bad_set_key_is_blamed_on_the_set_not_the_file(tmp_path, capsys):
+    """Issue 26.10: the file is fine, the override is not; the first breaking override is named."""
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY)
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {epochs: 1}\n")
+    for target in (path, config):
+        command = "validate" if target == path else "run"
+        assert main([command, str(target), "--set", "train.lr=0.1", "--set", "train.lrr=1", "--out",
+                     str(tmp_path / "o")][: 6 if command == "validate" else 8]) == 2
+        assert capsys.readouterr().err.strip() == ("error: --set 'train.lrr=1': unknown key 'train.lrr'; did you "
+                                                   "mean 'lr'?")
+    path.write_text(STUDY.replace("epochs: 1", "epochz: 1"))  # the file is wrong: the file is named
+    assert main(["validate", str(path), "--set", "train.lrr=1"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}: line")
 
 
 def test_sweep_records_its_overrides_and_status_reuses_them(tmp_path):

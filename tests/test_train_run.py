@@ -98,7 +98,8 @@ def test_cli_run_prints_table_and_writes_files(tmp_path, capsys):
     path.write_text(yaml.safe_dump(tiny_overrides()))
     assert main(["run", str(path), "--set", "train.epochs=1", "--out", str(tmp_path / "out"), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "ppl_word" in out and "probe.topic" in out and "IW K=5" in out
+    assert "probe.topic" in out and "IW K=5" in out
+    assert "ppl_word" not in out  # a word-level model: PPL per word is PPL itself (issue 26.10)
     ok, _ = load_results(tmp_path / "out")
     assert len(ok) == 1
     assert not load_curves(tmp_path / "out").empty

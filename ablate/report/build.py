@@ -216,7 +216,7 @@ def glossary(studies: Sequence[StudyInput], split: str) -> list[Metric]:
     """The schema entries of every metric shown (main metrics, then the probes found)."""
     seen: dict[str, Metric] = {}
     for s in studies:
-        for m in metrics_in(s.ok.columns, split):
+        for m in metrics_in(s.ok, split):
             seen.setdefault(m.name, m)
     if not seen:
         seen = {n: metric(n) for n in main_metrics()}

@@ -5,7 +5,7 @@ flag.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 from ablate.metric_schema import METRICS, PROBE_PREFIX, Metric, in_table, metric  # noqa: F401 - the report's view
 
@@ -18,9 +18,13 @@ def main_metrics() -> list[str]:
     return in_table("main")
 
 
-def metrics_in(columns: Iterable[str], split: str = "test") -> list[Metric]:
-    """The declarations whose `{split}.{name}` column is present: main-table metrics in order, then probes sorted."""
-    cols = set(columns)
-    found = [metric(n) for n in main_metrics() if f"{split}.{n}" in cols]
+def metrics_in(rows: Any, split: str = "test") -> list[Metric]:
+    """The declarations whose `{split}.{name}` column is present (`rows`: a DataFrame, or its columns): main-table
+    metrics in order, then probes sorted. PPL per word is left out where every row's tokens are words: it is
+    PPL itself there."""
+    cols = set(rows.columns if hasattr(rows, "columns") else rows)
+    words = hasattr(rows, "columns") and "eval.token_unit" in cols and len(rows) > 0 and \
+        bool((rows["eval.token_unit"] == "word").all())
+    found = [metric(n) for n in main_metrics() if f"{split}.{n}" in cols and not (words and n == "ppl_word")]
     probes = sorted(c[len(split) + 1:] for c in cols if c.startswith(f"{split}.{PROBE_PREFIX}"))
     return found + [metric(p) for p in probes]

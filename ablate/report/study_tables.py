@@ -75,7 +75,7 @@ def _metric_col(m: Metric, split: str) -> Col:
 
 
 def main_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, arms: Sequence[str], tid: str) -> Table:
-    metrics = metrics_in(rows.columns, split)
+    metrics = metrics_in(rows, split)
     names = [m.name for m in metrics]
     agg = tables.aggregate(rows, split, names, arms)
     best = tables.best_mask(agg, names)
@@ -105,7 +105,7 @@ def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline:
                deltas: Sequence[str], arms: Sequence[str], tid: str, where: Sequence[Condition] = ()
                ) -> tuple[Table, pd.DataFrame]:
     best_names = in_table("best")  # + probes; the main table has every metric
-    metrics = [m for m in metrics_in(rows.columns, split) if m.name in best_names or m.name.startswith("probe.")]
+    metrics = [m for m in metrics_in(rows, split) if m.name in best_names or m.name.startswith("probe.")]
     best = tables.best_per_technique(rows, baseline, select, split, [m.name for m in metrics], deltas, arms, where)
     select_col = best["select"].iloc[0] if not best.empty else None
     delta_names = [d for d in deltas if f"d.{d}.mean" in best]

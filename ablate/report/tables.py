@@ -195,7 +195,7 @@ def _ordered(frame: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame:
 
 def metric_columns(rows: pd.DataFrame, split: str, names: Sequence[str] | None = None) -> list[Metric]:
     if names is None:
-        return metrics_in(rows.columns, split)
+        return metrics_in(rows, split)
     return [metric(n) for n in names if f"{split}.{n}" in rows.columns]
 
 

@@ -51,7 +51,7 @@ from typing import Any, Sequence
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ablate.config import (ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, apply_overrides, canonical_dict,
+from ablate.config import (ConfigError, DataConfig, EvalConfig, RunConfig, TrainConfig, apply_overrides, blame_overrides, canonical_dict,
                            config_hash, explain, flatten, model_config_class, model_name, parse_override,
                            read_yaml_file, set_path, shorten, suggest)
 from ablate.layout import MAX_NAME
@@ -882,5 +882,5 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     `overrides` (`--set KEY=VALUE`) apply to every cell's config after its arm's own keys (a list value sweeps)."""
     path = Path(path)
     text, data, lines = _load_yaml(path)
-    study = _Loader(path, text, data, lines, overrides or []).load()
-    return study
+    return blame_overrides(lambda given: _Loader(path, text, data, lines, given).load(), list(overrides or []),
+                           str(path))
