@@ -62,8 +62,10 @@ def cmd_results(args: argparse.Namespace) -> int:
         if not args.output:
             raise ConfigError("--format parquet writes a file: give --output FILE")
         rows.to_parquet(args.output, index=False)
-    elif args.format == "table":
-        text = rows.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    elif args.format == "table":  # a missing value is "—", never "None" or "NaN"
+        text = rows.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="—") if rows.empty else \
+            rows.astype(object).where(rows.notna(), "—").to_string(
+                index=False, formatters={c: _cell for c in rows.columns})
         _emit(text + "\n", args.output)
     elif args.format == "csv":
         from ablate.outputs import spreadsheet_safe
@@ -74,6 +76,12 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.output:
         LOG.info(f"wrote {len(rows)} rows × {len(rows.columns)} columns to {args.output}")
     return 0
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
 
 
 def telling_apart(rows) -> list[str]:
