@@ -91,10 +91,18 @@ def _new_figure(width: float, height: float) -> Figure:
         return Figure(figsize=(width, height), layout="constrained")
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")  # arms at one point stay visible: shapes differ
+
+
+def arm_marker(arm: str, palette: dict[str, tuple]) -> str:
+    """One marker shape per arm, fixed by its position in the study (like its colour)."""
+    return MARKERS[list(palette).index(arm) % len(MARKERS)] if arm in palette else "o"
+
+
 def _legend(fig: Figure, ax, arms: Sequence[str], palette: dict[str, tuple]) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="o", linestyle="", color=palette[a], label=a) for a in arms]
+    handles = [Line2D([], [], marker=arm_marker(a, palette), linestyle="", color=palette[a], label=a) for a in arms]
     if handles:
         fig.legend(handles=handles, loc="outside right upper", frameon=False, title="arm")
 
@@ -103,12 +111,27 @@ def _legend(fig: Figure, ax, arms: Sequence[str], palette: dict[str, tuple]) -> 
 
 
 def _scatter_runs_and_means(ax: Any, data: pd.DataFrame, arms: Sequence[str], palette: dict, x: str, y: str) -> None:
-    """One faint point per run and one ringed point per setting mean, coloured by arm."""
-    for arm in arms:
+    """One faint point per run and one ringed point per setting mean, coloured and shaped by arm; arms drawn
+    later are drawn smaller, so points of several arms at one place (collapsed arms, an autoencoder under free
+    bits) show as nested shapes instead of hiding each other."""
+    for i, arm in enumerate(arms):
         part = data[data["arm"] == arm]
-        ax.scatter(part[x], part[y], s=22, color=palette[arm], alpha=0.55, linewidths=0, zorder=3)
+        shrink = 1.0 / (1.0 + 0.35 * i)
+        marker = arm_marker(arm, palette)
+        ax.scatter(part[x], part[y], s=22 * shrink, color=palette[arm], alpha=0.55, linewidths=0, marker=marker,
+                   zorder=3 + 0.01 * i)
         means = part.groupby("settings", sort=True)[[x, y]].mean()
-        ax.scatter(means[x], means[y], s=70, facecolor=palette[arm], edgecolor="black", linewidths=0.8, zorder=4)
+        ax.scatter(means[x], means[y], s=90 * shrink, facecolor=palette[arm], edgecolor="black", linewidths=0.8,
+                   marker=marker, zorder=4 + 0.01 * i)
+
+
+def _rate_axis(ax: Any, kl: pd.Series) -> None:
+    """A KL axis a reader can use when every KL is tiny (a collapsed study): from 0 to at least 1 nat, at most
+    six ticks — not matplotlib's span of 1e-4 whose long tick labels run into one another."""
+    ax.xaxis.set_major_locator(mticker.MaxNLocator(nbins=6))
+    top = float(kl.max()) if len(kl) else 0.0
+    if top < 1.0:
+        ax.set_xlim(min(-0.05, float(kl.min()) - 0.05), 1.0)
 
 
 def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, title: str,
@@ -134,8 +157,13 @@ def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem
         wide = _wide_range(data[kl])
         if wide:   # e.g. an autoencoder arm far to the right: a linear scale near 0, logarithmic beyond 1 nat
             ax.set_xscale("symlog", linthresh=1.0, linscale=0.6)
+        else:
+            _rate_axis(ax, data[kl])
         x0, x1 = ax.get_xlim()
         y0, y1 = ax.get_ylim()
+        if y1 - y0 < 1.0:  # Rec nearly equal everywhere (collapsed arms): a 1-nat span keeps the iso-ELBO lines
+            middle = (y0 + y1) / 2  # diagonal instead of a stack of near-vertical lines at KL = 0
+            y0, y1 = middle - 0.5, middle + 0.5
         x0 = min(x0, 0.0)
         total = data[kl] + data[rec]
         levels = mticker.MaxNLocator(nbins=6).tick_values(total.min(), total.max())
@@ -193,6 +221,8 @@ def kl_vs_ppl(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path
         _scatter_runs_and_means(ax, data, present, palette, kl, ppl)
         if _wide_range(data[kl]):
             ax.set_xscale("symlog", linthresh=1.0, linscale=0.6)
+        else:
+            _rate_axis(ax, data[kl])
         if data[ppl].min() > 0 and data[ppl].max() / data[ppl].min() > 10:
             ax.set_yscale("log")
         else:
@@ -221,7 +251,7 @@ def readable_limits(ax: Any, values: pd.Series, axis: str, integer: bool = False
         return
     value = float(finite.iloc[0])
     half = 1.0 if integer else max(abs(value) * 0.1, 0.1)
-    low = max(0.0, value - half) if integer and value >= 0 else value - half
+    low = max(-0.5, value - half) if integer and value >= 0 else value - half  # a dot at 0 is not cut in half
     (ax.set_xlim if axis == "x" else ax.set_ylim)(low, value + half)
 
 
@@ -239,7 +269,7 @@ def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, ti
         return None
     cols = [c for c in (mi, au) if c in rows]
     with _style():
-        fig = _new_figure(8.0, 0.9 + 0.32 * len(present))
+        fig = _new_figure(8.0, max(2.4, 1.2 + 0.32 * len(present)))  # one arm: still room for ticks and labels
         axes = fig.subplots(1, len(cols), sharey=True, squeeze=False)[0]
         ypos = {a: i for i, a in enumerate(present)}
         for ax, col in zip(axes, cols):
