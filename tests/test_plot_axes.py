@@ -25,7 +25,7 @@ def test_all_zero_counts_get_integer_ticks_and_a_span():
     ax.barh([0, 1], [0.0, 0.0])
     readable_limits(ax, pd.Series([0.0, 0.0, 0.0]), "x", integer=True)
     lo, hi, ticks = _ticks(ax, "x")
-    assert (lo, hi) == (0.0, 1.0) and all(float(t).is_integer() for t in ticks)
+    assert (lo, hi) == (-0.5, 1.0) and all(float(t).is_integer() for t in ticks)  # the dot at 0 is whole
     plt.close(fig)
 
 
@@ -39,3 +39,69 @@ def test_a_constant_value_gets_a_visible_span_and_varied_values_are_left_alone()
     readable_limits(ax, pd.Series([1.0, 9.0]), "y")
     assert ax.get_ylim() == before
     plt.close(fig)
+
+
+def _rows(arms: list[str], kl: list[float], rec: list[float]) -> pd.DataFrame:
+    n = len(kl)
+    return pd.DataFrame({"arm": arms, "settings": ["—"] * n, "seed": range(n), "dataset": "d", "model": "m", "test.kl": kl, "test.rec": rec,
+                         "test.nll": rec, "test.ppl": [800.0 + r for r in rec], "test.mi": [0.0] * n,
+                         "test.au": [0.0] * n, "test.mi_pool": [60.0] * n})
+
+
+def test_a_collapsed_study_gets_a_rate_axis_a_reader_can_use(tmp_path):
+    """Issue 26.5: KL ≈ 1e-4 everywhere gave a span of 1e-4 whose tick labels ran into one another; points of
+    several arms at one place hid each other."""
+    import warnings
+
+    from matplotlib.collections import PathCollection
+
+    from ablate.report.plots import arm_palette, kl_vs_ppl, rate_distortion
+
+    arms = ["vanilla", "autoencoder", "free_bits"]
+    rows = _rows(arms, [1e-4, 1.2e-4, 1.2e-4], [92.0241, 92.0236, 92.0236])
+    palette = arm_palette(arms)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no layout warning either
+        for plot in (rate_distortion, kl_vs_ppl):
+            plot(rows, arms, palette, tmp_path / plot.__name__, "collapsed")
+    fig = plt.figure()
+    import matplotlib.figure
+
+    for plot in (rate_distortion, kl_vs_ppl):
+        made = {}
+        original = matplotlib.figure.Figure.savefig
+
+        def keep(self, *args, _made=made, **kwargs):
+            _made["fig"] = self
+            return original(self, *args, **kwargs)
+
+        matplotlib.figure.Figure.savefig = keep
+        try:
+            plot(rows, arms, palette, tmp_path / f"again_{plot.__name__}", "collapsed")
+        finally:
+            matplotlib.figure.Figure.savefig = original
+        ax = made["fig"].axes[0]
+        lo, hi, ticks = _ticks(ax, "x")
+        assert lo <= 0.0 and hi >= 1.0 and 2 <= len(ticks) <= 7, (plot.__name__, lo, hi, ticks)
+        if plot is rate_distortion:
+            y0, y1 = ax.get_ylim()
+            assert y1 - y0 >= 1.0
+        shapes = {tuple(map(tuple, c.get_paths()[0].vertices.round(3))) for c in ax.collections
+                  if isinstance(c, PathCollection) and len(c.get_offsets())}
+        assert len(shapes) >= len(arms)  # one marker shape per arm
+    plt.close(fig)
+
+
+def test_a_single_arm_mi_au_figure_has_room_for_its_labels(tmp_path):
+    import warnings
+
+    from ablate.report.plots import arm_palette, mi_au
+
+    rows = _rows(["vanilla", "vanilla"], [0.0, 0.0], [92.0, 92.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied because axes sizes collapsed to zero"
+        figure = mi_au(rows, ["vanilla"], arm_palette(["vanilla"]), tmp_path / "mi_au", "single arm")
+    from PIL import Image
+
+    width, height = Image.open(figure.png).size
+    assert height >= 240 and width == 800

@@ -288,8 +288,10 @@ def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, ti
                 for pool in pools:
                     if pool > 1:
                         ax.axvline(math.log(pool), color="0.3", linestyle=":", linewidth=0.9)
-                        ax.text(math.log(pool), 0.02, f"log M = {math.log(pool):.2f} ", fontsize=7, color="0.3",
-                                ha="right", va="bottom", rotation=90, transform=ax.get_xaxis_transform())
+                        label = ax.text(math.log(pool), 0.02, f"log M = {math.log(pool):.2f} ", fontsize=7,
+                                        color="0.3", ha="right", va="bottom", rotation=90, clip_on=True,
+                                        transform=ax.get_xaxis_transform())
+                        label.set_in_layout(False)  # outside a narrow MI axis it must not squeeze the figure
             ax.axvline(0.0, color="0.2", linewidth=0.6)
             readable_limits(ax, rows[col], "x", integer=col == au)
         axes[0].set_yticks(range(len(present)), present)
