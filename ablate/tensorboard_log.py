@@ -3,8 +3,9 @@
 Live, at the end of each epoch (x axis: the optimiser step): `valid/rec`, `valid/kl`, `valid/nelbo` and the
 epoch's `train/loss`, `train/kl`, `train/rec` means and `train/beta`. When the run ends: every logged training step
 (`train_step/loss`, `train_step/kl`, `train_step/rec`, `train_step/beta`), the final metrics of each split
-(`final/test.nll`, `final/test.mi`, …: the main table's metrics, MI and AU included) and the run's settings with
-those metrics in TensorBoard's HPARAMS tab. One folder per run: DIR/<run name>.
+(`final/test.nll`, `final/test.mi`, …: the main table's metrics, MI and AU included) at the run's last step, and the
+run's settings (study, arm, seed, the techniques' fields) with those metrics in TensorBoard's HPARAMS tab. One
+folder per run: DIR/<run name>.
 """
 
 from __future__ import annotations
@@ -62,10 +63,28 @@ class TensorBoardLog:
                     self.writer.add_scalar(f"train_step/{key}", float(point[key]), int(point["step"]))
         finals = {f"final/{split}.{name}": float(row[f"{split}.{name}"]) for split in config.eval.splits
                   for name in in_table("main") if _finite(row.get(f"{split}.{name}"))}
-        flat = flatten(config.model_dump(mode="json"))
-        hparams = {key: flat[key] for key in HPARAM_KEYS if key in flat and flat[key] is not None}
-        hparams["techniques"] = ",".join(sorted(config.techniques)) or "none"
-        hparams["status"] = str(row.get("status"))
-        if finals:  # the final metrics as scalars and, with the settings, in the HPARAMS tab
-            self.writer.add_hparams(hparams, finals, run_name=".")
+        step = int(row.get("train_steps") or 0)  # the final metrics belong to the end of training, not step 0
+        for tag, value in finals.items():
+            self.writer.add_scalar(tag, value, step)
+        if finals:  # the settings with the final metrics: TensorBoard's HPARAMS tab (one session per run)
+            from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+            for summary in hparams_summary(run_hparams(config, row), finals):
+                self.writer.file_writer.add_summary(summary)
         self.writer.close()
+
+
+def run_hparams(config: RunConfig, row: dict[str, Any]) -> dict[str, Any]:
+    """What the HPARAMS tab groups and filters by: the study, arm and seed, a few run settings, and every field of
+    every technique (the knobs an ablation turns), as numbers, strings or booleans."""
+    flat = flatten(config.model_dump(mode="json"))
+    out: dict[str, Any] = {"study": str(row.get("study") or ""), "arm": str(row.get("arm") or row.get("run_id")),
+                           "techniques": ",".join(sorted(config.techniques)) or "none",
+                           "status": str(row.get("status"))}
+    for key, value in flat.items():
+        if key in HPARAM_KEYS or key.startswith("techniques."):
+            if isinstance(value, (bool, int, float, str)):
+                out[key] = value
+            elif value is not None:
+                out[key] = str(value)
+    return out

@@ -188,3 +188,27 @@ def test_a_study_constraint_reaches_the_search_as_optuna_constraints(tmp_path, m
         assert trial.user_attrs["constraints"] == [pytest.approx(expected)]
         assert trial.system_attrs["constraints:valid.kl >= 1"] == pytest.approx(expected)  # Optuna's own record
         assert trial.values == [pytest.approx(row["valid.nelbo"])]
+
+
+def test_the_optuna_trials_carry_the_arm_as_a_param_and_the_collapse_signature(tmp_path):
+    """Issue 26.8, read back with optuna.load_study: the arm is a categorical param (optuna-dashboard groups by it)
+    over every arm of the study, the seed is not a param, and KL, MI and AU are on each trial."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from ablate.sweep.runner import run_sweep
+    from malformed_inputs import STUDY
+
+    study = tmp_path / "s.yaml"
+    study.write_text(STUDY.replace("seeds: [0]", "seeds: [0, 1]")
+                     + "  - name: fb\n    techniques: {free_bits: {lambda_per_dim: [0.1, 0.5]}}\n")
+    assert run_sweep(study, jobs=1, out=tmp_path / "results", progress=False) == 0
+    loaded = optuna.load_study(study_name="bad", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "results" / "bad" / "ledger.journal"))))
+    trials = loaded.get_trials()
+    assert len(trials) == 6
+    for trial in trials:
+        assert "seed" not in trial.params and trial.params["arm"] == trial.user_attrs["arm"]
+        assert trial.distributions["arm"] == CategoricalDistribution(("fb", "vanilla"))
+        assert all(isinstance(trial.user_attrs[f"test.{m}"], float) for m in ("kl", "mi", "au", "nll"))
+    assert sorted(t.params.get("techniques.free_bits.lambda_per_dim", 0) for t in trials) == [0, 0, .1, .1, .5, .5]

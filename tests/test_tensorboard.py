@@ -72,3 +72,29 @@ def test_without_tensorboard_the_flag_is_one_line_before_anything_is_written(tmp
     assert err == ("error: --tensorboard: the tensorboard package is not installed; pip install "
                    "'ablate[tensorboard]' (or pip install tensorboard)\n")
     assert not (tmp_path / "r").exists() and not (tmp_path / "tb").exists()
+
+
+@pytest.mark.skipif(not HAVE_TENSORBOARD, reason="the tensorboard package is not installed (ablate[tensorboard])")
+def test_the_final_metrics_sit_at_the_last_step_and_the_hparams_name_the_arm(tmp_path):
+    """Issue 26.8: TensorBoard's HPARAMS tab, read back with its own plugin's parser, holds the cell's arm and
+    technique fields with its final metrics; the final scalars are at the last training step, not 0."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    study = tmp_path / "s.yaml"
+    study.write_text(STUDY + "  - name: fb\n    techniques: {free_bits: {lambda_per_dim: 0.25}}\n")
+    assert main(["sweep", str(study), "-q", "--out", str(tmp_path / "results"), "--tensorboard",
+                 str(tmp_path / "tb")]) == 0
+    (cell,) = sorted((tmp_path / "tb" / "bad" / "fb").iterdir())
+    row = pd.read_parquet(next((tmp_path / "results" / "bad" / "rows").glob("*.parquet"))).iloc[0]
+    scalars = _scalars(cell)
+    assert {step for step, _ in scalars["final/test.nll"]} == {int(row["train_steps"])} != {0}
+    events = EventAccumulator(str(cell))
+    events.Reload()
+    content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    values = {k: (v.string_value or v.number_value) for k, v in start.hparams.items()}
+    assert values["arm"] == "fb" and values["study"] == "bad" and values["techniques"] == "free_bits"
+    assert values["techniques.free_bits.lambda_per_dim"] == pytest.approx(0.25)
+    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
+    assert {m.name.tag for m in experiment.metric_infos} >= {"final/test.kl", "final/test.mi", "final/test.au"}

@@ -798,21 +798,31 @@ class Ledger:
         return None
 
     def _set_params(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """The cell's seed and numeric swept settings as the trial's params, so `optuna trials` and optuna-dashboard
-        plot them (a one-point float range each: the ledger asks no sampler, and Optuna wants one distribution kind
-        per name across a study; the arm and other settings are user attributes)."""
-        from optuna.distributions import FloatDistribution
+        """The cell's arm (categorical over the study's arms) and numeric swept settings as the trial's params, so
+        `optuna trials` and optuna-dashboard group and plot by them (a setting as a one-point float range: the
+        ledger asks no sampler, and Optuna wants one distribution per name across a study). The seed is a user
+        attribute, not a param: it is a replicate, not a setting whose "importance" means anything."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution
 
         try:
             settings = json.loads(attrs.get("settings") or "{}")
         except ValueError:
             settings = {}
-        for name, value in {"seed": attrs.get("seed"), **settings}.items():
+        arm = attrs.get("arm")
+        if isinstance(arm, str) and arm:
+            arms = self.storage.get_study_user_attrs(self.study_id).get("arms") or []
+            choices = tuple(arms) if arm in arms else tuple(sorted({*arms, arm}))
+            try:
+                self.storage.set_trial_param(trial_id, "arm", float(choices.index(arm)),
+                                             CategoricalDistribution(choices))
+            except Exception:  # noqa: BLE001 - params are for reading; the run never depends on them
+                pass
+        for name, value in settings.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 continue
             try:
                 self.storage.set_trial_param(trial_id, name, float(value), FloatDistribution(value, value))
-            except Exception:  # noqa: BLE001 - params are for reading; the run never depends on them
+            except Exception:  # noqa: BLE001
                 pass
 
     def _set_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
@@ -824,9 +834,13 @@ class Ledger:
         value = selection_value(row or {})  # the trial's value: the one rule of "best"
         metrics = {k: float(v) for k, v in (row or {}).items()  # for searches driven on another machine
                    if k.startswith("valid.") and isinstance(v, (int, float)) and math.isfinite(v)}
+        shown = {f"{split}.{name}": float(row[f"{split}.{name}"]) for split in ("valid", "test")  # the dashboard's
+                 for name in ("nll", "nelbo", "kl", "mi", "au")  # columns: the collapse signature of each trial
+                 if isinstance((row or {}).get(f"{split}.{name}"), (int, float))
+                 and math.isfinite(row[f"{split}.{name}"])}
         try:
             self._set_attrs(trial_id, {"status": "ok", "finished_at": now_iso(), **({"note": note} if note else {}),
-                                       **({"metrics": metrics} if metrics else {})})
+                                       **({"metrics": metrics} if metrics else {}), **shown})
             self.storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[value])
         except UpdateFinishedTrialError:
             pass
@@ -908,6 +922,7 @@ class Ledger:
         results = ResultIndex(self.folder)
         grouped = self.by_cell()
         counts = {"done": 0, "queued": 0, "running": 0, "enqueued": 0}
+        self.declare_arms([cell.arm for cell in cells])
         for cell in cells:
             trials = grouped.get(cell.cell_id, [])
             if results.ok(cell.cell_id) or self.done_elsewhere(trials):
@@ -923,6 +938,13 @@ class Ledger:
             self.enqueue(cell, last + 1, last + max_attempts)
             counts["enqueued"] += 1
         return counts
+
+    def declare_arms(self, arms: list[str]) -> None:
+        """Record the study's arms (the Optuna study's user attribute `arms`): the choices of every trial's
+        categorical `arm` param, so optuna-dashboard can group trials by arm."""
+        known = self.storage.get_study_user_attrs(self.study_id).get("arms") or []
+        if arms and not set(arms) <= set(known):
+            self.storage.set_study_user_attr(self.study_id, "arms", sorted({*known, *arms}))
 
     def done_elsewhere(self, trials: list[FrozenTrial]) -> bool:
         """A COMPLETE trial claimed on another machine: done there (its files are there; `ablate collect`)."""

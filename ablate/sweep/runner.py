@@ -149,6 +149,7 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
                     "ones (`ablate results` shows the config columns that tell them apart; another --out keeps "
                     "them apart)")
     with ledger.lock():
+        ledger.declare_arms(list(study.arms))  # grid and search arms: the choices of the trials' "arm" param
         reclaimed = ledger.reclaim(retry=False)
         plan = ledger.sync(study.cells, 1 if fail_fast else max_attempts)
         search.register(ledger, study.searches, 1 if fail_fast else max_attempts)
