@@ -41,7 +41,7 @@ def format_metrics(row: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ablate.config import ConfigError, config_hash, is_study, load_config, read_yaml
+    from ablate.config import ConfigError, config_hash, is_study, load_config, read_yaml, with_quick
     from ablate.layout import MAX_NAME, StudyFolder
     from ablate.outputs import check_writable, remove_owned
     from ablate.preflight import check_runnable
@@ -50,6 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.config and is_study(read_yaml(args.config)):
         raise ConfigError(f"{args.config}: a study (it has arms), not a run config; run it with "
                           f"`ablate sweep {args.config}`")
+    args.set = with_quick(args.set, args.quick)
     config = load_config(args.config, args.set)
     if args.print_config:
         import yaml
@@ -146,6 +147,9 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "--results", dest="out", default="results", metavar="DIR",
                    help="results root the run writes into: DIR/rows, curves, models (default results/)")
     p.add_argument("--name", default=None, help="the run's id and file name (default: time-confighash)")
+    p.add_argument("--quick", action="store_true",
+                   help="a first look in about a minute: --set train.max_steps=200 --set eval.max_sentences=200 --set "
+                        "eval.iw_samples=50 (your own --set win; numbers not comparable with full runs)")
     p.add_argument("--resume", action="store_true",
                    help="continue this config's interrupted run from where it stopped (OUT/checkpoints/)")
     p.add_argument("--print-config", action="store_true",

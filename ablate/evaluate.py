@@ -118,7 +118,7 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
         mu_all[batch.index.cpu()] = mu.double().cpu()
         logvar_all[batch.index.cpu()] = logvar.double().cpu()
         if progress is not None:
-            progress.evaluated(batch.size)
+            progress.evaluated(batch.size, int(batch.dec_mask.sum()))
 
     pool = None if cfg.mi_pool == "dataset" else int(cfg.mi_pool)
     mi_mu, mi_logvar, block_sizes = mu_all, logvar_all, None

@@ -175,7 +175,7 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
         LOG.debug("techniques: " + (", ".join(f"{t.name} {t.config.model_dump()}" for t in techniques) or "none"))
         line = RunProgress(progress, 0, eval_sentences=eval_sentences(config, prepared),
                            iw_samples=config.eval.iw_samples,  # one line for training and evaluation
-                           label=cell_label(labels, config.seed))
+                           label=cell_label(labels, config.seed), eval_tokens=eval_tokens(config, prepared))
         result = train(model, techniques, prepared.splits["train"], prepared.splits["valid"],
                        prepared.tokenizer.framing, config.train, device, config.seed,
                        eval_batch_size=config.eval.batch_size, checkpoint=checkpoint, progress=line,
@@ -241,6 +241,12 @@ def eval_sentences(config: RunConfig, prepared: Prepared) -> int:
     """How many sentences the final evaluation reads (its splits, each cut to eval.max_sentences)."""
     limit = config.eval.max_sentences or 10**18
     return sum(min(len(prepared.splits[split]), limit) for split in config.eval.splits)
+
+
+def eval_tokens(config: RunConfig, prepared: Prepared) -> int:
+    """How many decoder tokens (+ </s>) the final evaluation scores: its cost, unlike its sentence count."""
+    limit = config.eval.max_sentences or 10**18
+    return sum(sum(len(t) + 1 for t in prepared.splits[split].tokens[:limit]) for split in config.eval.splits)
 
 
 def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: torch.device,

@@ -40,10 +40,13 @@ class RunProgress:
     the final evaluation) and shows it as one line; `enabled=False` keeps the count and draws nothing."""
 
     def __init__(self, enabled: bool, train_steps: int, eval_sentences: int = 0, iw_samples: int = 1,
-                 clock=time.perf_counter, label: str = "") -> None:
+                 clock=time.perf_counter, label: str = "", eval_tokens: int = 0) -> None:
         self.label = label  # which cell, in a sweep: its notes name it ("vanilla seed 1: epoch 1 ...")
         self.train_steps = train_steps  # planned (a phase with its own budget adds to it: plan_more)
         self.eval_sentences = eval_sentences
+        self.eval_tokens = eval_tokens  # the evaluation's work is measured in tokens (sentences go shortest first)
+        self.eval_tokens_done = 0
+        self.valid_seconds_per_token: float | None = None
         self.iw_samples = iw_samples
         self.clock = clock
         self.steps_done = 0
@@ -92,16 +95,19 @@ class RunProgress:
             self.train_seconds += self.clock() - self._since
         self._since = None
 
-    def validated(self, seconds: float, sentences: int) -> None:
+    def validated(self, seconds: float, sentences: int, tokens: int = 0) -> None:
         if sentences:
             self.valid_seconds_per_sentence = seconds / sentences
+        if tokens:
+            self.valid_seconds_per_token = seconds / tokens
 
-    def evaluated(self, sentences: int) -> None:
+    def evaluated(self, sentences: int, tokens: int = 0) -> None:
         now = self.clock()
         if self._since is not None:
             self.eval_seconds += now - self._since
         self._since = now
         self.eval_done += sentences
+        self.eval_tokens_done += tokens
         self.detail = ""
         self._draw()
 
@@ -114,12 +120,24 @@ class RunProgress:
             return self.valid_seconds_per_sentence * (self.iw_samples + 1)
         return None
 
+    def eval_seconds_per_token(self) -> float | None:
+        if self.eval_tokens_done:
+            return self.eval_seconds / self.eval_tokens_done
+        if self.valid_seconds_per_token is not None:
+            return self.valid_seconds_per_token * (self.iw_samples + 1)
+        return None
+
     def remaining_seconds(self) -> float | None:
-        """Seconds of work left (None until both parts have a measured rate)."""
+        """Seconds of work left (None until both parts have a measured rate). The evaluation's part counts tokens
+        when they are known: sentences go shortest first, so a rate per sentence would keep growing."""
         left_steps = max(0, self.train_steps - self.steps_done)
-        left_eval = max(0, self.eval_sentences - self.eval_done)
         train_rate = self.train_seconds / self.steps_timed if self.steps_timed else None
-        eval_rate = self.eval_seconds_per_sentence()
+        if self.eval_tokens:
+            left_eval = max(0, self.eval_tokens - self.eval_tokens_done)
+            eval_rate = self.eval_seconds_per_token()
+        else:
+            left_eval = max(0, self.eval_sentences - self.eval_done)
+            eval_rate = self.eval_seconds_per_sentence()
         if (left_steps and train_rate is None) or (left_eval and eval_rate is None):
             return None
         return left_steps * (train_rate or 0.0) + left_eval * (eval_rate or 0.0)
@@ -130,6 +148,9 @@ class RunProgress:
         if left is None:
             total = self.train_steps + self.eval_sentences
             return (self.steps_done + self.eval_done) / total if total else 1.0
+        if self.stage.startswith("validate"):  # a validation pass is under way: the bar does not stand still
+            return min(0.999, (spent + self.clock() - (self._since or self.clock())) / (spent + left)) \
+                if spent + left > 0 else 1.0
         return spent / (spent + left) if spent + left > 0 else 1.0
 
     # -- drawing -------------------------------------------------------------------------------------------

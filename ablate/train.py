@@ -402,8 +402,11 @@ class Trainer:
         rule. Returns whether pretraining is over."""
         state, cfg, model = self.state, self.cfg, self.model
         started = time.perf_counter()
+        progress.begin(f"validate epoch {state.epoch + 1}")  # the line says what runs, not a frozen ETA
         valid = validate(model, self.valid_batches, self.device)
-        progress.validated(time.perf_counter() - started, sum(b.size for b in self.valid_batches))
+        progress.validated(time.perf_counter() - started, sum(b.size for b in self.valid_batches),
+                           sum(int(b.dec_mask.sum()) for b in self.valid_batches))
+        progress.pause()
         model.eval()
         for technique in self.techniques:
             technique.end_epoch(model, self.valid_batches)

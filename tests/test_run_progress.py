@@ -138,3 +138,19 @@ def test_a_sweep_cell_s_notes_name_its_arm_and_seed(tmp_path, capsys):
             labels={"study": "s", "cell_id": "0123456789ab", "arm": "free_bits"}, progress=True)
     notes = [line for line in capsys.readouterr().err.splitlines() if "valid rec" in line]
     assert notes and all(line.startswith("free_bits seed 3: epoch 1 [vae] valid rec") for line in notes)
+
+
+def test_the_evaluation_eta_counts_tokens_so_short_sentences_first_do_not_fool_it():
+    """Issue 26.4: sentences go shortest first; at a rate per sentence the ETA kept growing. Three batches of 10
+    sentences, 50, 150 and 300 tokens, at 0.01 s per token: after the first, the estimate is the true rest."""
+    clock = Clock()
+    line = RunProgress(False, train_steps=0, eval_sentences=30, eval_tokens=500, iw_samples=4, clock=clock)
+    line.begin("eval test")
+    clock.now += 0.5
+    line.evaluated(10, 50)
+    assert line.remaining_seconds() == pytest.approx(4.5)  # (150 + 300) tokens × 0.01 s
+    per_sentence = RunProgress(False, train_steps=0, eval_sentences=30, iw_samples=4, clock=clock)
+    per_sentence.begin("eval test")
+    clock.now += 0.5
+    per_sentence.evaluated(10)
+    assert per_sentence.remaining_seconds() == pytest.approx(1.0)  # what the sentence count alone would say

@@ -21,7 +21,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from ablate.sweep.worker import parse_devices
 
-    return run_sweep(args.study, jobs=args.jobs, storage=_storage(args), dry_run=args.dry_run, overrides=args.set,
+    from ablate.config import with_quick
+
+    return run_sweep(args.study, jobs=args.jobs, storage=_storage(args), dry_run=args.dry_run,
+                     overrides=with_quick(args.set, args.quick),
                      fail_fast=args.fail_fast, max_attempts=args.max_attempts, out=args.out,
                      progress=not args.quiet, tensorboard=args.tensorboard, devices=parse_devices(args.devices),
                      no_work=args.no_work)
@@ -78,6 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="attempts per cell in this sweep, the first included (default 2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key in every cell (after the arms' own keys; a list sweeps); repeatable")
+    p.add_argument("--quick", action="store_true",
+                   help="a first look: every cell with --set train.max_steps=200 --set eval.max_sentences=200 --set "
+                        "eval.iw_samples=50 (recorded like any --set; your own --set win)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("worker", help="pull queued cells of a study until its queue is empty (started by sweep)")
