@@ -121,7 +121,13 @@ def test_collect_gathers_other_machines_attempts_once(tmp_path, capsys, monkeypa
     assert "1 attempt(s) collected, 0 already here" in capsys.readouterr().out
     assert (here / "models" / f"{stem}.model.pt").exists() and (here / "curves" / f"{stem}.curves.parquet").exists()
     assert len(pd.read_parquet(here / "results.parquet")) == 3
-    (there / "rows" / f"{stem}.parquet").write_bytes(b"not the same")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    theirs = there / "rows" / f"{stem}.parquet"  # a valid row of the same attempt with other contents
+    table = pq.read_table(theirs)
+    column = table.schema.get_field_index("test.nll")
+    pq.write_table(table.set_column(column, "test.nll", pa.array([1.0])), theirs)
     assert main(["collect", str(here), str(there)]) == 0
     captured = capsys.readouterr()
     assert "0 attempt(s) collected, 0 already here, 1 conflict(s) left out" in captured.out
