@@ -450,7 +450,9 @@ def test_remedies_at_equal_rate_by_hand():
     assert out.at[("a", 2.0), "rec"] == pytest.approx(100 + (2 - 0.1) / (3 - 0.1) * (98 - 100))
     assert out.at[("a", 5.0), "au"] == pytest.approx(4 + (5 - 3) / 3 * 4)
     assert out.at[("a", 2.0), "rec.se"] == pytest.approx(0.5)  # one seed: the measurement error
-    assert out.at[("a", 10.0), "status"] == "beyond front" and math.isnan(out.at[("a", 10.0), "rec"])
+    assert out.at[("a", 10.0), "status"] == "beyond front"  # values then from the settings around KL 10: 6 and 12
+    assert out.at[("a", 10.0), "rec"] == pytest.approx(97.5 + (10 - 6) / 6 * (99 - 97.5))
+    assert out.at[("a", 10.0), "au"] == pytest.approx(8 + (10 - 6) / 6 * 8)
     assert out.at[("b", 2.0), "rec"] == pytest.approx(100 + (2 - 1) / 3 * (96 - 100))
     assert out.at[("b", 5.0), "status"] == "not reached" and out.at[("a", 5.0), "status"] == "front"
 
@@ -466,6 +468,8 @@ def test_a_selection_constraint_changes_the_setting_and_the_trial_picked():
     assert tables.select_settings(rows, ("valid.nll",))["setting"].tolist() == ["l=0.1"]  # NLL alone: the weak one
     assert tables.select_settings(rows, ("valid.nll",), where=where)["setting"].tolist() == ["l=1"]
     assert tables.select_settings(rows, ("valid.nll",), where=(Condition("valid.au", ">", 50.0),)).empty
+    exempt = tables.select_settings(rows, ("valid.nll",), where=(Condition("valid.au", ">", 50.0),), exempt="fb")
+    assert exempt["setting"].tolist() == ["l=0.1"]  # the baseline keeps its own choice: costs are measured against it
     trials = rows.assign(search="fb/d/m/seed0", cell_id=["t1", "t2"])
     picked, _ = tables.best_search_trials(trials, ("valid.nll",))
     constrained, _ = tables.best_search_trials(trials, ("valid.nll",), where)

@@ -175,7 +175,8 @@ def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline:
         left_out = sorted(set(rows["arm"]) - set(best["arm"])) if not best.empty else sorted(set(rows["arm"]))
         notes.append(f"The study's selection constraint: only settings with {where_text(where)} (seed means) are "
                      "candidates" + (f"; no setting of {', '.join(left_out)} meets it (left out)." if left_out
-                                     else "."))
+                                     else ".") + f" The baseline '{baseline}' is exempt: costs are measured "
+                     "against it.")
     notes += ["Conventions: " + "; ".join(conventions(rows, split)) + "."] if conventions(rows, split) else []
     notes += [n for n in [probe_baselines(rows, split)] if n]
     data = best.copy()
@@ -403,18 +404,20 @@ def matched_rate_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, a
                                                                                            sort=r["points"])]
             for n in names:
                 value, se = _num(r[n]), _num(r[f"{n}.se"])
-                if r["status"] != "front":
+                if r["status"] == "not reached" or math.isnan(value):
                     cells.append(Cell(r["status"], sort=math.nan, cls="within-noise"))
                     continue
-                text = metric(n).fmt(value) + ("" if math.isnan(se) else f" ± {metric(n).fmt(2 * se)}")
+                text = metric(n).fmt(value) + ("" if math.isnan(se) else f" ± {metric(n).fmt(2 * se)}") \
+                    + (" †" if r["status"] == "beyond front" else "")
                 cells.append(Cell(text, sort=value, bold=bool(ties) and n == "rec"))
             out_rows.append(cells)
             classes.append("best-choice" if ties else "")
     notes = [f"Every {split} row of each arm (all settings, search trials and seeds; seeds averaged per setting) "
              "placed in the rate–distortion plane; an arm's front keeps the settings no other setting of it beats "
-             "on both KL and Rec. 'not reached': no setting of the arm got to that KL; 'beyond front': some did, "
-             "but with more distortion than the front's last point. Bold: the lowest Rec at that KL and every arm "
-             "within noise of it (2 combined standard errors)."]
+             "on both KL and Rec. 'not reached': no setting of the arm got to that KL; †: beyond the front — "
+             "settings of the arm reached that KL, but with more distortion than its front's last point (more rate "
+             "for no better reconstruction); the values are interpolated between its settings nearest in KL. Bold: "
+             "the lowest Rec on a front at that KL and every arm within noise of it (2 combined standard errors)."]
     return Table(tid, f"Remedies at equal rate — {panel[0]} × {panel[1]}", cols, out_rows, data, notes, classes)
 
 

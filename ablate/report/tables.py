@@ -430,12 +430,14 @@ SELECTED_COLUMNS = ["dataset", "model", "arm", "setting", "settings", "select", 
 
 
 def select_settings(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SELECT,
-                    arms: Sequence[str] | None = None, where: Sequence[Condition] = ()) -> pd.DataFrame:
+                    arms: Sequence[str] | None = None, where: Sequence[Condition] = (),
+                    exempt: str | None = None) -> pd.DataFrame:
     """Per dataset × model × arm, the setting with the best mean (over seeds) of the validation column, by the
     schema direction of its metric (ties: the first setting in value order). Without a validation column (runs
     that evaluate only test) an arm of one setting is its own choice and an arm of several is left out: nothing
     can choose among them. `where` (the study's select constraint, ablate.selection): only settings whose mean
-    over seeds meets it are candidates; an arm with none is left out. Columns: dataset, model, arm, setting,
+    over seeds meets it are candidates; an arm with none is left out — except `exempt` (the baseline, which the
+    costs are measured against: a plain VAE collapses by definition). Columns: dataset, model, arm, setting,
     settings, select (the column), select.mean, select.n, n_settings."""
     cols = SELECTED_COLUMNS
     column = selection_metric(rows, select)
@@ -453,7 +455,7 @@ def select_settings(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SE
     records = []
     for (dataset, model, arm), part in means.groupby(["dataset", "model", "arm"], sort=False):
         n_settings = len(part)
-        if where:
+        if where and arm != exempt:
             part = part[part["_ok"]]
             if part.empty:
                 continue  # no setting of this arm meets the constraint
@@ -489,7 +491,7 @@ def best_per_technique(rows: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
     (mean/std/n over seeds), the per-seed collapse count, and for each metric in `deltas` the paired difference
     arm − baseline over the seeds both have (the baseline at its own chosen setting): `d.<m>.mean`, `.std`,
     `.n`, `.t`, `.p`, `.marker` (empty for the baseline itself, or when the baseline is absent)."""
-    chosen = select_settings(rows, select, arms, where)
+    chosen = select_settings(rows, select, arms, where, exempt=baseline)
     metrics = metric_columns(rows, split, names)
     deltas = in_table("delta") if deltas is None else deltas
     delta_names = [d for d in deltas if f"{split}.{d}" in rows.columns]
@@ -681,13 +683,21 @@ def rate_front(points: pd.DataFrame) -> pd.DataFrame:
     return ordered.loc[keep]
 
 
+def _by_rate(points: pd.DataFrame) -> pd.DataFrame:
+    """An arm's settings ordered by KL (settings at the same KL averaged): the curve interpolated off the front."""
+    ordered = points.dropna(subset=["kl"]).sort_values("kl", kind="stable")
+    return ordered.groupby("kl", as_index=False, sort=True).mean(numeric_only=True)
+
+
 def matched_rate(rows: pd.DataFrame, split: str, rates: Sequence[float] = MATCHED_RATES,
                  names: Sequence[str] = ("rec", "nll", "mi", "au")) -> pd.DataFrame:
     """Each arm's values interpolated (linearly in KL) along its rate front at each of `rates`, with their standard
     errors interpolated alike, where the front covers that KL (no extrapolation). `status`: "front" (interpolated),
     "not reached" (no setting of the arm got to that KL, or all went past it), "beyond front" (settings went past
-    it, but with a worse Rec than the front's last point: more rate for more distortion). Columns: dataset, model,
-    kl (the target), arm, status, points (settings on the front), <name>, <name>.se."""
+    it, but with a worse Rec than the front's last point: more rate for more distortion) — then the values are
+    interpolated between the arm's two settings nearest in KL on either side, so MI and AU at that rate still
+    show. Columns: dataset, model, kl (the target), arm, status, points (settings on the front), <name>,
+    <name>.se."""
     present = [n for n in names if f"{split}.{n}" in rows.columns]
     points = setting_points(rows, split, [n for n in present if n != "kl"])
     records = []
@@ -699,14 +709,15 @@ def matched_rate(rows: pd.DataFrame, split: str, rates: Sequence[float] = MATCHE
             inside = len(front) > 0 and front["kl"].iloc[0] <= rate <= front["kl"].iloc[-1]
             spanned = part["kl"].notna().any() and part["kl"].min() <= rate <= part["kl"].max()
             rec["status"] = "front" if inside else "beyond front" if spanned else "not reached"
+            curve = front if inside else _by_rate(part) if spanned else None
             for name in present:
                 for suffix in ("", ".se"):
                     column = name + suffix
-                    if not inside:
+                    if curve is None:
                         rec[column] = math.nan
-                    elif len(front) == 1:
-                        rec[column] = float(front[column].iloc[0])
+                    elif len(curve) == 1:
+                        rec[column] = float(curve[column].iloc[0])
                     else:
-                        rec[column] = float(np.interp(rate, front["kl"].to_numpy(), front[column].to_numpy()))
+                        rec[column] = float(np.interp(rate, curve["kl"].to_numpy(), curve[column].to_numpy()))
             records.append(rec)
     return pd.DataFrame.from_records(records)
