@@ -1,4 +1,4 @@
-"""Where things are in a results folder: the one module that knows the layout (.notes/CONTRACTS.md).
+"""Where things are in a results folder: the one module that knows the layout (ARCHITECTURE.md).
 
     results/<study>/            a study (ablate sweep); `ablate run --out DIR` writes DIR/rows, curves, models
         results.parquet         every attempt's row in one table (rows/ consolidated as cells end)

@@ -332,7 +332,7 @@ def active_units(mu: Tensor, delta: float = 0.01) -> tuple[int, Tensor]:
     if mu.dim() != 2:
         raise ValueError(f"expected mu of shape [N, nz], got {tuple(mu.shape)}")
     n, nz = mu.shape
-    if n < 2:
+    if n < 2 or nz == 0:  # no latent (a language model, nz 0): no unit to be active
         return 0, torch.zeros(nz, dtype=torch.float64, device=mu.device)
     var = mu.detach().to(torch.float64).var(dim=0, unbiased=True)
     return int((var >= delta).sum().item()), var

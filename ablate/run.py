@@ -29,6 +29,7 @@ from ablate.layout import RunFiles
 from ablate.log import LOG
 from ablate.models.base import TextVAE
 from ablate.models.registry import build_model, build_tokenizer, tokenizer_key
+from ablate.outputs import atomic_target
 from ablate.results import git_commit, write_curves, write_row
 from ablate.run_progress import RunProgress
 from ablate.tensorboard_log import TensorBoardLog
@@ -190,7 +191,8 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
                     "train_tokens_per_second": state.train_tokens / state.train_seconds if state.train_seconds else None})
         if model_path is not None:
             model_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"config": config.model_dump(mode="json"), "model": model.state_dict()}, model_path)
+            with atomic_target(model_path) as tmp:  # a reader never sees half a model file
+                torch.save({"config": config.model_dump(mode="json"), "model": model.state_dict()}, tmp)
         started = time.perf_counter()
         row.update(evaluate_all(config, prepared, model, device, progress=line))
         row["eval_seconds"] = time.perf_counter() - started

@@ -46,6 +46,8 @@ def bootstrap_indices(n: int, resamples: int, generator: torch.Generator) -> Ten
 
 def bootstrap_au(mu: Tensor, indices: Tensor, delta: float) -> Tensor:
     """AU (dimensions with Var_x E[z_j] ≥ δ, unbiased) of each resample [B]."""
+    if mu.shape[-1] == 0 or len(indices) == 0:  # no latent: every resample has 0 active units
+        return torch.zeros(len(indices), dtype=torch.float64)
     return torch.stack([(mu[idx].double().var(0, unbiased=True) >= delta).sum() for idx in indices]).double()
 
 

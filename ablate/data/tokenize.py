@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from ablate.outputs import write_text_atomic
+
 
 @dataclass(frozen=True)
 class SpecialIds:
@@ -100,7 +102,7 @@ class WordVocab:
         """The vocabulary as data (`ablate_tokenizer.json`: the id → word list and the <unk> aliases)."""
         aliases = sorted(w for w, i in self.stoi.items() if i == 3 and w != UNK)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / TOKENIZER_RECORD).write_text(json.dumps({"kind": "word", "itos": self.itos,
+        write_text_atomic(folder / TOKENIZER_RECORD, json.dumps({"kind": "word", "itos": self.itos,
                                                            "unk_aliases": aliases}, ensure_ascii=False))
 
     @classmethod
@@ -153,7 +155,7 @@ class HFTokenizer:
     def save(self, folder: Path) -> None:
         """The Hugging Face tokenizer's own files (save_pretrained) and our decoder start id."""
         self.tokenizer.save_pretrained(str(folder))
-        (folder / TOKENIZER_RECORD).write_text(json.dumps({"kind": "hf", "decoder_start_id": self.framing.dec_start}))
+        write_text_atomic(folder / TOKENIZER_RECORD, json.dumps({"kind": "hf", "decoder_start_id": self.framing.dec_start}))
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -187,7 +189,7 @@ class PairTokenizer:
         for name, side in (("encoder", self.encoder), ("decoder", self.decoder)):
             (folder / name).mkdir(parents=True, exist_ok=True)
             side.save(folder / name)
-        (folder / TOKENIZER_RECORD).write_text(json.dumps({"kind": "pair"}))
+        write_text_atomic(folder / TOKENIZER_RECORD, json.dumps({"kind": "pair"}))
 
     def encode(self, text: str) -> list[int]:
         return self.decoder.encode(text)

@@ -1,7 +1,7 @@
 """`ablate report`: stored results of one or more studies → one index.html with tables and plots.
 
 For each study folder (results/<study>/: study.json, study.yaml, manifest.parquet, rows/, curves/; see
-.notes/CONTRACTS.md) the report has a header (study, study-file hash, dates, git commits, package versions,
+ARCHITECTURE.md) the report has a header (study, study-file hash, dates, git commits, package versions,
 compute time), a plain summary of which arms collapse, coverage (and the cells still missing), a main table
 per dataset × model, the best setting per technique with paired differences against the baseline arm, plots,
 and the failures. Every table is also written as CSV, LaTeX and JSON under `<out>/<study>/tables/`, plots as

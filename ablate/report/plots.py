@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from ablate.outputs import atomic_target  # noqa: E402
 from ablate.report.schema import metric  # noqa: E402
 from ablate.report.tables import rate_front, search_objectives, selection_metric, setting_points  # noqa: E402
 
@@ -79,10 +80,10 @@ def _style():
 def _save(fig: Figure, stem: Path) -> tuple[Path, Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, svg = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")
-    with matplotlib.rc_context(RC):
-        fig.savefig(png, dpi=DPI, metadata={"Software": None})
+    with matplotlib.rc_context(RC), atomic_target(png) as png_tmp, atomic_target(svg) as svg_tmp:
+        fig.savefig(png_tmp, dpi=DPI, metadata={"Software": None}, format="png")
         fig.set_layout_engine("none")    # keep the layout just computed: the SVG needs no second pass
-        fig.savefig(svg, metadata={"Date": None, "Creator": None})
+        fig.savefig(svg_tmp, metadata={"Date": None, "Creator": None}, format="svg")
     return png, svg
 
 

@@ -61,7 +61,10 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.format == "parquet":
         if not args.output:
             raise ConfigError("--format parquet writes a file: give --output FILE")
-        rows.to_parquet(args.output, index=False)
+        from ablate.outputs import atomic_target
+
+        with atomic_target(Path(args.output)) as tmp:
+            rows.to_parquet(tmp, index=False)
     elif args.format == "table":  # a missing value is "—", never "None" or "NaN"
         text = rows.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="—") if rows.empty else \
             rows.astype(object).where(rows.notna(), "—").to_string(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from ablate.outputs import spreadsheet_safe
+from ablate.outputs import spreadsheet_safe, write_text_atomic
 from ablate.report.schema import Metric
 
 
@@ -125,10 +125,12 @@ def _jsonable(value: Any) -> Any:
 def write_table(table: Table, folder: Path, rel: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / table.id
-    spreadsheet_safe(table.data).to_csv(stem.with_suffix(".csv"), index=False, lineterminator="\n")
+    write_text_atomic(stem.with_suffix(".csv"),
+                      spreadsheet_safe(table.data).to_csv(index=False, lineterminator="\n"))
     records = [{k: _jsonable(v) for k, v in rec.items()} for rec in table.data.to_dict(orient="records")]
     payload = {"title": table.title, "columns": [c.label for c in table.columns], "notes": table.notes,
                "rows": records}
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-    stem.with_suffix(".tex").write_text(to_latex(table))
+    write_text_atomic(stem.with_suffix(".json"),
+                      json.dumps(payload, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    write_text_atomic(stem.with_suffix(".tex"), to_latex(table))
     table.files = {ext: f"{rel}/{table.id}.{ext}" for ext in ("csv", "tex", "json")}

@@ -2,7 +2,7 @@
 
 `ablate sweep STUDY --jobs N`
  1. loads and validates the whole study (nothing is written when it is malformed);
- 2. writes the study folder (study.yaml, study.json, manifest.parquet; see .notes/CONTRACTS.md);
+ 2. writes the study folder (study.yaml, study.json, manifest.parquet; see ARCHITECTURE.md);
  3. under the ledger lock: reclaims the attempts of dead workers, then queues every cell with no ok result and
     no live attempt (ablate.sweep.ledger);
  4. runs workers until the queue is empty: with N = 1 the worker runs in this process (the run's own progress
