@@ -1,6 +1,6 @@
 """Evaluation metrics for text VAEs: pure functions of tensors.
 
-Conventions follow the project reference (REFERENCE.md, section 1; README "Conventions"). Notation:
+Conventions follow the project reference (REFERENCE.md, section 1; results/README.md "Conventions in full"). Notation:
 q(z|x) = N(mu, diag exp(logvar)), prior p(z) = N(0, I), nz latent dimensions, all densities in nats.
 
 Tensor-valued functions return the (promoted) dtype of their inputs so that they can sit inside a training loss;
