@@ -380,7 +380,8 @@ def test_single_runs_are_shown_by_name_with_the_settings_that_differ(tmp_path, c
     assert by_run["fb_lr"]["train.lr"] == 0.003 and by_run["fb"]["train.lr"] == 0.001
     verdict = json.loads(next(out.rglob("*-verdict-synthetic__lstm.json")).read_text())
     assert {r["arm"] for r in verdict["rows"]} == {"plain", "fb", "fb_lr"}
-    assert any("MI carries sampling noise of about ±0.35 nats" in n for n in verdict["notes"])  # √(4 / (2·16))
+    assert any("MI is the paired estimator" in n for n in verdict["notes"])  # the verdict reads the low-noise MI
+    assert "mi_paired.mean" in verdict["rows"][0]
     from ablate.cli import main
 
     assert main(["results", str(tmp_path / "runs"), "--format", "json", "--columns", "arm,config.train.lr"]) == 0
