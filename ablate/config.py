@@ -408,22 +408,38 @@ def _fields_at(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def explain(error: ValidationError, data: dict[str, Any], source: str) -> ConfigError:
-    """Turn pydantic's first error into one line: file, key path, problem, fix (ablate.errors)."""
+def explain(error: ValidationError, data: dict[str, Any], source: str,
+            lines: dict[tuple, int] | None = None) -> ConfigError:
+    """Turn pydantic's first error into one line: file, line (when `lines` maps key paths to lines), key path,
+    problem, fix (ablate.errors)."""
     line = validation_line(error, fields_at=lambda loc: _fields_at(loc, data))
-    return ConfigError(f"{source}: {line}")
+    loc = tuple(p for p in error.errors()[0]["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    named = re.search(r"'((?:techniques|model|train|data|eval)(?:\.[\w-]+)+)'", line)  # a key the message quotes
+    if named and len(named.group(1).split(".")) > len(loc):
+        loc = tuple(named.group(1).split("."))
+    found = _line_of(loc, lines)
+    return ConfigError(f"{source}:{f' line {found}:' if found else ''} {line}")
 
 
-def build_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
-    """Validate a nested dict into a RunConfig or raise a one-line ConfigError."""
+def _line_of(path: tuple, lines: dict[tuple, int] | None) -> int | None:
+    """The line of the deepest prefix of a key path the file has (an unknown key: the key itself)."""
+    return next((lines[path[:n]] for n in range(len(path), 0, -1) if lines and path[:n] in lines), None)
+
+
+def build_config(data: dict[str, Any], source: str = "<config>", lines: dict[tuple, int] | None = None
+                 ) -> RunConfig:
+    """Validate a nested dict into a RunConfig or raise a one-line ConfigError (naming the line when `lines`, a
+    key path → line map of the file, is given)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a run config must be a mapping of sections (data, model, train, ...)")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
-        raise explain(error, data, source) from None
-    except ConfigError as error:
-        raise ConfigError(f"{source}: {error}") from None
+        raise explain(error, data, source, lines) from None
+    except ConfigError as error:  # a technique's own validation: its key path is quoted in the message
+        named = re.search(r"'((?:techniques|model|train|data|eval)(?:\.[\w-]+)+)'", str(error))
+        line = _line_of(tuple(named.group(1).split(".")) if named else (), lines)
+        raise ConfigError(f"{source}:{f' line {line}:' if line else ''} {error}") from None
 
 
 def read_yaml_file(path: str | Path, what: str) -> tuple[str, dict[str, Any], Any]:
@@ -469,8 +485,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Load a YAML run config (or the defaults when path is None) and apply `--set` overrides (an error an
     override causes names the override, not the file)."""
     source = str(path) if path else "<defaults>"
-    return blame_overrides(lambda given: build_config(apply_overrides(read_yaml(path) if path else {}, given),
-                                                      source), list(overrides or []), source)
+    data, lines = {}, None
+    if path:
+        _, data, root = read_yaml_file(path, "run config")
+        lines = safe_yaml.line_map(root) if root is not None else None
+    return blame_overrides(lambda given: build_config(apply_overrides(copy.deepcopy(data), given), source, lines),
+                           list(overrides or []), source)
 
 
 def blame_overrides(load: Callable[[list[str]], Any], overrides: list[str], source: str) -> Any:

@@ -153,3 +153,24 @@ def read_text(path: Path) -> str:
         raise YAMLRefused(f"not UTF-8 text (byte {error.start}); give a YAML file") from None
     except IsADirectoryError:
         raise YAMLRefused("a folder, not a file; give a YAML file") from None
+
+
+def line_map(node: yaml.Node, path: tuple = (), out: dict[tuple, int] | None = None) -> dict[tuple, int]:
+    """Key path -> 1-based line of each mapping key and sequence item (from the composed node tree)."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            try:  # keys typed as safe_load types them (a key `1` is an int), so paths match the loaded data
+                key = yaml.SafeLoader("").construct_object(key_node, deep=True)
+            except yaml.YAMLError:
+                key = getattr(key_node, "value", None)
+            if isinstance(key, (list, dict)):
+                continue
+            out[path + (key,)] = key_node.start_mark.line + 1
+            line_map(value_node, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            line_map(item, path + (i,), out)
+    return out

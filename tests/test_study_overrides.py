@@ -108,3 +108,16 @@ def test_quick_is_a_first_look_and_the_user_s_own_set_wins(tmp_path, capsys):
     assert main(["sweep", str(path), "--quick", "--dry-run", "--out", str(tmp_path / "r")]) == 0
     assert "with --set train.max_steps=200 --set eval.max_sentences=200 --set eval.iw_samples=50" in \
         capsys.readouterr().out and study.cells[0].config.train.max_steps == 200
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("seed: 0\ntrain:\n  epochs: 1\n  lrr: 0.1\n", "line 4: unknown key 'train.lrr'; did you mean 'lr'?"),
+    ("seed: 0\ntrain:\n  epochs: ten\n", "line 3: train.epochs: Input should be a valid integer"),
+    ("techniques:\n  free_bits:\n    lamda: 1\n", "line 3: unknown key 'techniques.free_bits.lamda'"),
+])
+def test_a_run_config_refusal_names_its_line(tmp_path, capsys, text, expected):
+    """Issue 26.9: README says a refusal names the file, the line and the key — for run configs too."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}: {expected}")

@@ -55,6 +55,7 @@ from ablate.config import (ConfigError, DataConfig, EvalConfig, RunConfig, Train
                            config_hash, explain, flatten, model_config_class, model_name, parse_override,
                            read_yaml_file, set_path, shorten, suggest)
 from ablate.layout import MAX_NAME
+from ablate.safe_yaml import line_map
 from ablate.metric_schema import SELECT, is_metric_column
 from ablate.protocol import TOPICS, Protocol, Setting, config_value, same_value
 from ablate.selection import Condition, parse_where
@@ -187,32 +188,11 @@ class Study:
 # ---------------------------------------------------------------- YAML with line numbers
 
 
-def _line_map(node: yaml.Node, path: Path_ = (), out: dict[Path_, int] | None = None) -> dict[Path_, int]:
-    """Key path -> 1-based line of each mapping key and sequence item (from the composed node tree)."""
-    out = {} if out is None else out
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            try:  # keys typed as safe_load types them (a key `1` is an int), so paths match the loaded data
-                key = yaml.SafeLoader("").construct_object(key_node, deep=True)
-            except yaml.YAMLError:
-                key = getattr(key_node, "value", None)
-            if isinstance(key, (list, dict)):
-                continue
-            out[path + (key,)] = key_node.start_mark.line + 1
-            _line_map(value_node, path + (key,), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[path + (i,)] = item.start_mark.line + 1
-            _line_map(item, path + (i,), out)
-    return out
-
-
 def _load_yaml(path: Path) -> tuple[str, dict[str, Any], dict[Path_, int]]:
     text, data, root = read_yaml_file(path, "study")
     lines: dict[Path_, int] = {}
     if root is not None:
-        _line_map(root, (), lines)
+        line_map(root, (), lines)
     return text, data, lines
 
 
