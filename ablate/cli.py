@@ -148,8 +148,9 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="results root the run writes into: DIR/rows, curves, models (default results/)")
     p.add_argument("--name", default=None, help="the run's id and file name (default: time-confighash)")
     p.add_argument("--quick", action="store_true",
-                   help="a first look in about a minute: --set train.max_steps=200 --set eval.max_sentences=200 --set "
-                        "eval.iw_samples=50 (your own --set win; numbers not comparable with full runs)")
+                   help="a first look: --set data.max_train=2000 --set train.max_steps=200 --set "
+                        "eval.max_sentences=200 --set eval.iw_samples=50 (your own --set win; numbers not "
+                        "comparable with full runs)")
     p.add_argument("--resume", action="store_true",
                    help="continue this config's interrupted run from where it stopped (OUT/checkpoints/)")
     p.add_argument("--print-config", action="store_true",

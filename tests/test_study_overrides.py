@@ -101,12 +101,15 @@ def test_quick_is_a_first_look_and_the_user_s_own_set_wins(tmp_path, capsys):
     assert main(["run", "--quick", "--set", "eval.iw_samples=7", "--print-config"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["train"]["max_steps"] == 200 and config["eval"]["max_sentences"] == 200
+    assert config["data"]["max_train"] == 2000
     assert config["eval"]["iw_samples"] == 7
     path = tmp_path / "s.yaml"
     path.write_text(STUDY)
-    study = load_study(path, ["train.max_steps=200", "eval.max_sentences=200", "eval.iw_samples=50"])
+    study = load_study(path, ["data.max_train=2000", "train.max_steps=200", "eval.max_sentences=200",
+                              "eval.iw_samples=50"])
     assert main(["sweep", str(path), "--quick", "--dry-run", "--out", str(tmp_path / "r")]) == 0
-    assert "with --set train.max_steps=200 --set eval.max_sentences=200 --set eval.iw_samples=50" in \
+    assert "with --set data.max_train=2000 --set train.max_steps=200 --set eval.max_sentences=200 --set " \
+        "eval.iw_samples=50" in \
         capsys.readouterr().out and study.cells[0].config.train.max_steps == 200
 
 

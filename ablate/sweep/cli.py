@@ -82,8 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key in every cell (after the arms' own keys; a list sweeps); repeatable")
     p.add_argument("--quick", action="store_true",
-                   help="a first look: every cell with --set train.max_steps=200 --set eval.max_sentences=200 --set "
-                        "eval.iw_samples=50 (recorded like any --set; your own --set win)")
+                   help="a first look: every cell with --set data.max_train=2000 --set train.max_steps=200 --set "
+                        "eval.max_sentences=200 --set eval.iw_samples=50 (recorded like any --set; your own --set win)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("worker", help="pull queued cells of a study until its queue is empty (started by sweep)")
