@@ -261,8 +261,11 @@ def readable_limits(ax: Any, values: pd.Series, axis: str, integer: bool = False
 
 def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, title: str,
           split: str = "test") -> Figure_ | None:
-    """MI and AU of each arm's chosen setting: a bar at the mean over seeds, a dot per seed; MI's bound log M."""
-    mi, au = f"{split}.mi", f"{split}.au"
+    """MI and AU of each arm's chosen setting: a bar at the mean over seeds, a dot per seed; MI's bound log M. MI
+    is the paired estimator where the rows have it (He et al.'s one-draw estimate is noise at small N)."""
+    paired = f"{split}.mi_paired"
+    mi = paired if paired in rows and rows[paired].notna().any() else f"{split}.mi"
+    au = f"{split}.au"
     if rows.empty or (mi not in rows and au not in rows):
         return None
     present = [a for a in arms if a in set(rows["arm"])]
@@ -300,9 +303,10 @@ def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, ti
         fig.suptitle(title)
     png, svg = _save(fig, stem)
     return Figure_("mi_au", f"MI and AU per arm ({split})", png, svg,
-                   "Mutual information I(x; z) and active units of each arm at its chosen setting (see “Best per "
-                   "technique”): bars are means over seeds, dots single seeds. The dotted line is MI's upper bound "
-                   "log M for the pool of M sentences.")
+                   "Mutual information I(x; z)" + (" (the paired estimator)" if mi == paired else "")
+                   + " and active units of each arm at its chosen setting (see “Best per technique”): bars are means "
+                   "over seeds, dots single seeds. The dotted line is MI's upper bound log M for the pool of M "
+                   "sentences.")
 
 
 # ----------------------------------------------------------------------------- search arms
