@@ -90,7 +90,9 @@ class RunProgress:
         self._draw()
 
     def pause(self) -> None:
-        """Training stops (validation, checkpoints): the time until the next `begin` is not training time."""
+        """Training stops (checkpoints, techniques' end of epoch): the time until the next `begin` is not training
+        time. A validation pass (`begin("validate epoch N")` … `pause()`) counts with training: the rate per step
+        then carries each epoch's validation, which the epochs still to come will pay too."""
         if self._since is not None and self.stage != "eval":
             self.train_seconds += self.clock() - self._since
         self._since = None
