@@ -24,7 +24,8 @@ from ablate.config import ConfigError, build_config
 from ablate.outputs import atomic_target, load_tensors
 from ablate.run import execute
 from ablate.sweep import runner
-from ablate.sweep.ledger import Ledger, redact, repair_journal
+from ablate.sweep.ledger import Ledger
+from ablate.sweep.storage import redact, repair_journal
 from ablate.sweep.runner import run_sweep, status_text
 from conftest import tiny_overrides
 from malformed_inputs import STUDY, _bomb

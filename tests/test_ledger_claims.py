@@ -15,6 +15,7 @@ import pytest
 
 from ablate.config import ConfigError
 from ablate.sweep import ledger as ledger_module
+from ablate.sweep import storage as storage_module
 from ablate.sweep.ledger import HOST_ENV, Ledger, claim_of
 from ablate.sweep.runner import run_sweep, status_text
 from ablate.sweep.study import load_study
@@ -46,7 +47,7 @@ def _pop_killed_at(folder: Path, url: str | None, kill_at: int, host: str | None
             os.close(read)
             if host is not None:
                 os.environ[HOST_ENV] = host
-            ledger_module._STORAGES.clear()  # the child's own connection, not the parent's pool
+            storage_module._STORAGES.clear()  # the child's own connection, not the parent's pool
             ledger = Ledger.open_existing("bad", folder, url, write=True)
             count = [0]
             for name in WRITES:
@@ -253,9 +254,9 @@ class _FlakyStorage:
 
 def test_an_outage_is_waited_out_then_given_up_in_one_line(monkeypatch, capsys):
     from ablate.errors import Fault
-    from ablate.sweep.ledger import StorageUnavailable, ride_out_outages
+    from ablate.sweep.storage import StorageUnavailable, ride_out_outages
 
-    monkeypatch.setattr(ledger_module.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(storage_module.time, "sleep", lambda seconds: None)
     monkeypatch.setenv("ABLATE_STORAGE_PATIENCE", "60")
     flaky = ride_out_outages(_FlakyStorage(failures=3), "postgresql://u:secret@db/x")
     assert flaky.get_all_trials(0) == ["trial"] and flaky.calls == 4

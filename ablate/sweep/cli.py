@@ -11,7 +11,7 @@ from ablate.commands import COMMANDS
 
 def _storage(args: argparse.Namespace) -> str | None:
     """--storage, else $ABLATE_STORAGE (how a sweep hands the URL to its workers: never on a command line)."""
-    from ablate.sweep.ledger import STORAGE_ENV
+    from ablate.sweep.storage import STORAGE_ENV
 
     return args.storage or os.environ.get(STORAGE_ENV) or None
 

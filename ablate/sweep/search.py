@@ -25,7 +25,8 @@ from ablate.config import ConfigError, build_config, config_hash
 from ablate.log import LOG
 from ablate.selection import conditions_from_json, where_text
 from ablate.sweep.folder import append_manifest
-from ablate.sweep.ledger import Ledger, ResultIndex, _read_row, quiet_optuna
+from ablate.sweep.ledger import Ledger, ResultIndex, _read_row
+from ablate.sweep.storage import quiet_optuna
 from ablate.sweep.search_space import SearchSpec, distributions
 from ablate.sweep.study import Cell
 

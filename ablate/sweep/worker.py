@@ -21,7 +21,8 @@ from ablate.results import write_results_table
 from ablate.sweep.folder import resolve_target
 from ablate.sweep import search
 from ablate.outputs import remove_owned
-from ablate.sweep.ledger import Ledger, StorageUnavailable, has_ok_result
+from ablate.sweep.ledger import Ledger, has_ok_result
+from ablate.sweep.storage import StorageUnavailable
 from ablate.tensorboard_log import check_available
 
 # failures a retry cannot change (same config, same seed, same data): not retried
@@ -231,7 +232,7 @@ def _one_per_device(target: str | Path, out: str | Path, storage: str | None, de
     import sys
 
     from ablate.log import current_verbosity, verbosity_flag
-    from ablate.sweep.ledger import STORAGE_ENV, is_sqlite, redact
+    from ablate.sweep.storage import STORAGE_ENV, is_sqlite, redact
 
     if is_sqlite(storage) and len(devices) > 1:
         raise ConfigError(f"--storage {redact(str(storage))}: SQLite is for one process only; use PostgreSQL or "
