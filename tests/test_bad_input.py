@@ -158,3 +158,13 @@ def test_bare_ablate_shows_its_commands_and_version_is_known(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"ablate {ablate.__version__}"
+
+
+def test_python_dash_m_ablate_is_the_command():
+    import subprocess
+    import sys
+
+    import ablate
+
+    done = subprocess.run([sys.executable, "-m", "ablate", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"ablate {ablate.__version__}"
