@@ -1,6 +1,6 @@
 """A hand-made study folder for the report tests, written with the real result-row writers.
 
-Layout as in .notes/CONTRACTS.md: study.json, study.yaml, manifest.parquet, rows/<cell>.a<attempt>.parquet and
+Layout as in ablate/layout.py: study.json, study.yaml, manifest.parquet, rows/<cell>.a<attempt>.parquet and
 curves/<cell>.a<attempt>.curves.parquet. Panels: synthetic × lstm (four arms) and synthetic × t5 (two arms, two seeds).
 
 synthetic × lstm:
