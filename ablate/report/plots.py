@@ -173,6 +173,7 @@ def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
         labelled: list[np.ndarray] = []
+        points_px = ax.transData.transform(np.column_stack([data[kl].to_numpy(float), data[rec].to_numpy(float)]))
         for c in levels:
             ax.plot(xs, c - xs, color="0.55", linestyle="--", linewidth=0.7, zorder=1)
             # label where the line leaves the plot through the bottom or the right edge, unless crowded
@@ -183,6 +184,9 @@ def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem
             where = ax.transData.transform((x_at, y_at))
             if any(np.hypot(*(where - other)) < 60 for other in labelled):
                 continue
+            if len(points_px) and np.any((points_px[:, 0] > where[0] - 95) & (points_px[:, 0] < where[0] + 10)
+                                         & (points_px[:, 1] > where[1] - 10) & (points_px[:, 1] < where[1] + 22)):
+                continue  # a label (about 90 px left of and 15 px above its anchor) never covers a run's point
             labelled.append(where)
             ax.annotate(f"−ELBO={c:g}", (x_at, y_at), fontsize=7, color="0.4", ha="right", va="bottom",
                         xytext=(-2, 2), textcoords="offset points")
