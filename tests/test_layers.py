@@ -30,7 +30,7 @@ LAYERS = [
     ["ablate.run"],
     ["ablate.saved_models"],
     ["ablate.sample", "ablate.export", "ablate.sweep", "ablate.report", "ablate.commands"],
-    ["ablate.cli"],
+    ["ablate.cli", "ablate.__main__"],
 ]
 
 

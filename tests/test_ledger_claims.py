@@ -16,7 +16,8 @@ import pytest
 from ablate.config import ConfigError
 from ablate.sweep import ledger as ledger_module
 from ablate.sweep import storage as storage_module
-from ablate.sweep.ledger import HOST_ENV, Ledger, claim_of
+from ablate.sweep.attempts import claim_of
+from ablate.sweep.ledger import HOST_ENV, Ledger
 from ablate.sweep.runner import run_sweep, status_text
 from ablate.sweep.study import load_study
 from malformed_inputs import STUDY

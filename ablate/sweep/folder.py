@@ -10,7 +10,7 @@ import pyarrow as pa
 from ablate.config import ConfigError
 from ablate.layout import StudyFolder, move_legacy_runs
 from ablate.log import LOG
-from ablate.sweep.ledger import now_iso
+from ablate.sweep.attempts import now_iso
 from ablate.sweep.study import NAME_RE, Study, load_study
 
 
@@ -85,7 +85,7 @@ def append_manifest(folder: Path, rows: list[dict]) -> None:
 def cells_outside_the_study(folder: Path) -> list[str]:
     """Cell ids with result files in the folder that the study as last swept does not have (the manifest): rows
     of an earlier definition — another --set, an edited study — kept beside the current ones."""
-    from ablate.sweep.ledger import ResultIndex
+    from ablate.sweep.attempts import ResultIndex
 
     known = {r["cell_id"] for r in read_manifest(folder)}
     return sorted(c for c in ResultIndex(folder).files if c not in known) if known else []

@@ -54,117 +54,18 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from ablate.config import ConfigError, build_config, canonical_dict, config_hash, flatten
-from ablate.layout import RESULT_NAME, StudyFolder, result_stem  # noqa: F401 - result_stem re-exported
+from ablate.config import canonical_dict, flatten
+from ablate.layout import StudyFolder
 from ablate.metric_schema import SELECT, selection_value
 from ablate.outputs import STORAGE_ERRNOS
-from ablate.results import ROW_KEYS, read_tables
+from ablate.sweep.attempts import (ResultIndex, claim_of, has_ok_result, now_iso, process_alive, process_start,
+                                   read_row, record_lost_attempt)
 from ablate.sweep.storage import _storage_error, _with_patience, is_outage, open_storage, quiet_optuna
 
 CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial with neither pid nor claimant counts as dead after this
 HOST_ENV = "ABLATE_HOST"  # this machine's name in the ledger (containers that share a hostname set it apart)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-# ---------------------------------------------------------------- processes
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2:].split()  # fields from 3 (state) on; the command may contain spaces
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid from the original."""
-    stat = _proc_stat(pid)
-    return stat[19] if stat and len(stat) > 19 else None
-
-
-def process_alive(pid: int, start: str | None = None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    stat = _proc_stat(pid)
-    if stat is None:
-        return not Path("/proc/self/stat").exists()  # no /proc (not Linux): trust kill(0)
-    if stat[0] in ("Z", "X"):  # a zombie is dead: killed, not yet reaped by its parent
-        return False
-    return start is None or stat[19] == start
-
-
-# ---------------------------------------------------------------- result files
-
-
-class ResultIndex:
-    """The result rows of a study folder (rows/, and a legacy runs/): which attempts exist and their status."""
-
-    def __init__(self, folder: Path, cell_id: str | None = None):
-        self.files: dict[str, dict[int, Path]] = {}
-        pattern = f"{cell_id}.a*.parquet" if cell_id else "*.parquet"
-        for rows in StudyFolder(folder).row_folders():
-            for path in sorted(rows.glob(pattern)):
-                match = RESULT_NAME.match(path.name)
-                if match:
-                    self.files.setdefault(match["cell"], {}).setdefault(int(match["attempt"]), path)
-        self._status: dict[Path, str] = {}
-
-    def status(self, cell_id: str, attempt: int) -> str | None:
-        path = self.files.get(cell_id, {}).get(attempt)
-        if path is None:
-            return None
-        if path not in self._status:
-            row = _read_row(path)  # {} when unreadable or not of the declared schema: not a result
-            self._status[path] = str(row.get("status") or "unreadable")
-        return self._status[path]
-
-    def ok(self, cell_id: str) -> bool:
-        return any(self.status(cell_id, a) == "ok" for a in self.files.get(cell_id, {}))
-
-    def max_attempt(self, cell_id: str) -> int:
-        return max(self.files.get(cell_id, {}), default=0)
-
-    def failed_attempts(self, cell_id: str) -> int:
-        return sum(self.status(cell_id, a) == "failed" for a in self.files.get(cell_id, {}))
-
-
-def has_ok_result(folder: Path, cell_id: str) -> bool:
-    return ResultIndex(folder, cell_id).ok(cell_id)
-
-
-def record_lost_attempt(folder: Path, trial: Any, message: str) -> None:
-    """A failed result row for an attempt whose worker died (so the failure shows in the results, too)."""
-    from ablate.results import write_row
-    from ablate.run import base_row
-
-    attrs = trial.user_attrs
-    try:
-        config = build_config(json.loads(attrs["run_config"]), "<ledger>")
-    except (ConfigError, KeyError, ValueError):
-        return
-    if config_hash(config) != attrs.get("cell_id"):  # a cell id becomes a file name: only ever our own hash
-        return
-    attempt = int(attrs.get("attempt", 1))
-    stem = result_stem(attrs["cell_id"], attempt)
-    path = StudyFolder(folder).result(attrs["cell_id"], attempt)
-    if path.exists():
-        return
-    labels = {"study": folder.name, "cell_id": attrs["cell_id"], "arm": attrs.get("arm", ""), "attempt": attempt,
-              "dataset": attrs.get("dataset"), "model": attrs.get("model")}
-    row = base_row(config, f"{folder.name}.{stem}", labels)
-    row.update({"status": "failed", "error_class": "WorkerDied", "error_message": message,
-                "host": attrs.get("host"), "started_at": attrs.get("claimed_at"), "finished_at": now_iso()})
-    write_row(row, path)
 
 
 # ---------------------------------------------------------------- the ledger
@@ -513,11 +414,11 @@ class Ledger:
             cell, attempt = trial.user_attrs["cell_id"], int(trial.user_attrs.get("attempt", 1))
             status = results.status(cell, attempt)
             if status == "ok":
-                self.complete(trial, _read_row(results.files[cell][attempt]), note="reclaimed: worker died after "
+                self.complete(trial, read_row(results.files[cell][attempt]), note="reclaimed: worker died after "
                                                                                    "writing its result")
                 continue
             if status == "failed":
-                row = _read_row(results.files[cell][attempt])
+                row = read_row(results.files[cell][attempt])
                 won = self.fail(trial, str(row.get("error_class") or "Failed"), str(row.get("error_message") or ""))
             else:
                 how = "stopped sending heartbeats" if self.heartbeats and trial._trial_id in self.stale_trial_ids() \
@@ -585,23 +486,3 @@ class Ledger:
             if last.user_attrs.get("error_class") != "Interrupted":
                 return "failed"
         return "pending"
-
-
-def claim_of(trial: FrozenTrial) -> dict[str, Any] | None:
-    """The trial's complete claim {pid, pid_start, host, claimed_at}: the one-record `claim` attribute, or, in a
-    ledger written before it existed, `pid` and `host` both present; None when the claim is incomplete."""
-    attrs = trial.user_attrs
-    claim = attrs.get("claim")
-    if isinstance(claim, dict) and "pid" in claim and "host" in claim:
-        return claim
-    if "claim" not in attrs and "pid" in attrs and "host" in attrs:
-        return {"pid": attrs["pid"], "pid_start": attrs.get("pid_start"), "host": attrs["host"],
-                "claimed_at": attrs.get("claimed_at")}
-    return None
-
-
-def _read_row(path: Path) -> dict[str, Any]:
-    """A result file's row, {} when it is unreadable or not of the declared schema (`results.check_row_file`)."""
-    tables = read_tables([path], [], ROW_KEYS, curves=False)
-    return tables[0].to_pylist()[0] if tables and tables[0].num_rows else {}
-

@@ -7,7 +7,8 @@ import time
 from typing import TextIO
 
 
-from ablate.sweep.ledger import CellCounts, Ledger, ResultIndex
+from ablate.sweep.attempts import ResultIndex
+from ablate.sweep.ledger import CellCounts, Ledger
 from ablate.sweep.study import Study
 
 

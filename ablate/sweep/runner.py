@@ -38,7 +38,8 @@ from ablate.preflight import check_configs_runnable
 from ablate.results import write_results_table
 from ablate.sweep.folder import (cells_outside_the_study, recorded_overrides, resolve_target, study_folder,  # noqa: F401 - re-exported
                                  write_study_files)
-from ablate.sweep.ledger import Ledger, ResultIndex, process_alive
+from ablate.sweep.attempts import ResultIndex, process_alive
+from ablate.sweep.ledger import Ledger
 from ablate.sweep.storage import STORAGE_ENV, is_sqlite, redact
 from ablate.sweep.progress import (SweepProgress, _counts_now, _duration, count_cells, failure_lines,  # noqa: F401
                                    format_counts, total)

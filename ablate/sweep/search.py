@@ -25,7 +25,8 @@ from ablate.config import ConfigError, build_config, config_hash
 from ablate.log import LOG
 from ablate.selection import conditions_from_json, where_text
 from ablate.sweep.folder import append_manifest
-from ablate.sweep.ledger import Ledger, ResultIndex, _read_row
+from ablate.sweep.attempts import ResultIndex, read_row
+from ablate.sweep.ledger import Ledger
 from ablate.sweep.storage import quiet_optuna
 from ablate.sweep.search_space import SearchSpec, distributions
 from ablate.sweep.study import Cell
@@ -90,7 +91,7 @@ def _outcome(ledger: Ledger, results: ResultIndex, trials: list[Any], cell_id: s
     """('ok', metrics) | ('failed', None) | ('open', None) for a search trial's cell."""
     if results.ok(cell_id):
         attempt = max(a for a in results.files[cell_id] if results.status(cell_id, a) == "ok")
-        return "ok", _read_row(results.files[cell_id][attempt])
+        return "ok", read_row(results.files[cell_id][attempt])
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get("metrics")]
     if done:  # finished on another machine: its validation metrics travel in the ledger
         return "ok", done[-1].user_attrs["metrics"]

@@ -21,7 +21,8 @@ from ablate.results import write_results_table
 from ablate.sweep.folder import resolve_target
 from ablate.sweep import search
 from ablate.outputs import remove_owned
-from ablate.sweep.ledger import Ledger, has_ok_result
+from ablate.sweep.attempts import has_ok_result
+from ablate.sweep.ledger import Ledger
 from ablate.sweep.storage import StorageUnavailable
 from ablate.tensorboard_log import check_available
 
