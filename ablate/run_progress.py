@@ -115,19 +115,17 @@ class RunProgress:
 
     # -- estimating ----------------------------------------------------------------------------------------
 
+    def _eval_rate(self, done: int, valid_rate: float | None) -> float | None:
+        """Evaluation seconds per unit: measured once it runs, else the last validation's rate × (K + 1)."""
+        if done:
+            return self.eval_seconds / done
+        return None if valid_rate is None else valid_rate * (self.iw_samples + 1)
+
     def eval_seconds_per_sentence(self) -> float | None:
-        if self.eval_done:
-            return self.eval_seconds / self.eval_done
-        if self.valid_seconds_per_sentence is not None:
-            return self.valid_seconds_per_sentence * (self.iw_samples + 1)
-        return None
+        return self._eval_rate(self.eval_done, self.valid_seconds_per_sentence)
 
     def eval_seconds_per_token(self) -> float | None:
-        if self.eval_tokens_done:
-            return self.eval_seconds / self.eval_tokens_done
-        if self.valid_seconds_per_token is not None:
-            return self.valid_seconds_per_token * (self.iw_samples + 1)
-        return None
+        return self._eval_rate(self.eval_tokens_done, self.valid_seconds_per_token)
 
     def remaining_seconds(self) -> float | None:
         """Seconds of work left (None until both parts have a measured rate). The evaluation's part counts tokens
