@@ -272,3 +272,26 @@ def test_an_outage_is_waited_out_then_given_up_in_one_line(monkeypatch, capsys):
         down.get_all_trials(0)
     assert isinstance(raised.value, Fault) and "secret" not in str(raised.value)
     assert str(raised.value).endswith("run the same command again when the server is back")
+
+
+def test_a_commit_that_failed_for_an_outage_is_an_outage():
+    """Optuna's RDB storage re-raises a failed commit as StorageInternalError `from` the driver's error (CI saw a
+    PostgreSQL restart land mid-commit); an outage is read through the cause, a bad request is not one."""
+    import optuna.exceptions
+    import sqlalchemy.exc
+
+    from ablate.sweep.storage import is_outage
+
+    def wrapped(cause: BaseException) -> BaseException:
+        try:
+            try:
+                raise cause
+            except Exception as error:
+                raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from error
+        except optuna.exceptions.StorageInternalError as outer:
+            return outer
+
+    lost = sqlalchemy.exc.OperationalError("COMMIT", {}, ConnectionResetError("server closed the connection"))
+    refused = sqlalchemy.exc.IntegrityError("INSERT", {}, ValueError("duplicate key"))
+    assert is_outage(wrapped(lost)) and is_outage(lost)
+    assert not is_outage(wrapped(refused)) and not is_outage(optuna.exceptions.StorageInternalError("too long"))

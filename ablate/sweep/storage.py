@@ -109,7 +109,18 @@ def storage_patience() -> float:
 
 
 def is_outage(error: BaseException) -> bool:
-    """Whether an exception says the storage server cannot be reached now (as opposed to a bad request)."""
+    """Whether an exception says the storage server cannot be reached now (as opposed to a bad request). Optuna
+    wraps a failed commit in StorageInternalError, so the chain of causes is read too."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if _is_outage_itself(error):
+            return True
+        seen.add(id(error))
+        error = error.__cause__  # type: ignore[assignment]
+    return False
+
+
+def _is_outage_itself(error: BaseException) -> bool:
     try:
         import sqlalchemy.exc as sa
     except ImportError:  # pragma: no cover - sqlalchemy comes with optuna
