@@ -28,6 +28,8 @@ from ablate.evaluate import encode_all, evaluate_split, probe_factors, probe_fea
 from ablate.layout import RunFiles
 from ablate.log import LOG
 from ablate.models.base import TextVAE
+from ablate.models.kernels import Kernels, choose, cpu_model, shapes_of
+from ablate.models.kernels import use as use_kernels
 from ablate.models.registry import build_model, build_tokenizer, tokenizer_key
 from ablate.outputs import atomic_target
 from ablate.results import git_commit, write_curves, write_row
@@ -117,7 +119,7 @@ def _provenance(device: torch.device) -> dict[str, Any]:
     return {"host": socket.gethostname(), "git_commit": git_commit(), "device": str(device),
             "version.ablate": ablate.__version__, "version.torch": torch.__version__,
             "version.transformers": transformers_version, "version.python": platform.python_version(),
-            "threads": torch.get_num_threads() if device.type == "cpu" else None}
+            "threads": torch.get_num_threads() if device.type == "cpu" else None, "cpu": cpu_model()}
 
 
 def base_row(config: RunConfig, run_id: str, labels: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +170,9 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
         LOG.debug(f"corpus {config.data.name}: {sizes} sentences; tokenizer {len(prepared.tokenizer):,} "
                   f"{prepared.tokenizer.unit}s; {config.model.name} model, "
                   f"{sum(p.numel() for p in model.parameters()):,} parameters, nz {model.nz}, on {device}")
+        kernels = choose_kernels(model, config, prepared, device)
+        use_kernels(kernels)
+        row["kernels"] = kernels.describe()
         context = TrainContext(
             nz=model.nz, special_ids=prepared.tokenizer.special_ids, seed=config.seed,
             encoder_special_ids=getattr(prepared.tokenizer, "encoder_special_ids", None),
@@ -214,6 +219,18 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
     write_curves(curves, run_id, curves_path)
     return RunOutcome(row=row, result_path=result_path, curves_path=curves_path, model_path=model_path, error=error,
                       curves=curves)
+
+
+def choose_kernels(model: TextVAE, config: RunConfig, prepared: Prepared, device: torch.device) -> Kernels:
+    """The fastest kernels for this model's shapes on this machine (ablate.models.kernels; timed once per machine
+    and shape, then read from the user cache)."""
+    sample = prepared.splits["train"].tokens[:2000]
+    mean_tokens = sum(len(t) + 1 for t in sample) / max(1, len(sample))
+    shapes = shapes_of(model, config.train.batch_size, mean_tokens, config.train.precision)
+    try:
+        return choose(shapes, device)
+    except ValueError as error:  # $ABLATE_KERNELS misspelt
+        raise ConfigError(str(error)) from None
 
 
 def cell_label(labels: dict[str, Any] | None, seed: int) -> str:

@@ -84,3 +84,16 @@ def median_of(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_model() -> str:
+    """The CPU model as lscpu names it (figures differ widely between the machines' CPUs), and its core count."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU {line.split(':', 1)[1].strip()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    except OSError:
+        pass
+    import platform
+
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"

@@ -8,6 +8,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the kernels ablate used before it measured: no timing in every test run (values do not depend on it, see
+# tests/test_kernels.py, which measures), and no write to the user's cache
+os.environ.setdefault("ABLATE_KERNELS", "default")
+os.environ.setdefault("ABLATE_KERNEL_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                                          f"ablate-test-kernels-{os.getpid()}.json"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -23,6 +23,7 @@ from ablate.config import MAX_DIM, MAX_NZ, NEW_FIELD, DataConfig, ModelSection
 from ablate.data.batching import Batch
 from ablate.data.tokenize import WordVocab
 from ablate.models.base import TextVAE, decode_loop
+from ablate.models.kernels import lstm_backend
 from ablate.models.registry import ModelFamily, register_family
 
 
@@ -55,7 +56,8 @@ class LSTMEncoder(nn.Module):
         self.to_posterior = nn.Linear(cfg.enc_hidden, 2 * cfg.nz, bias=False)
 
     def forward(self, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        hidden, _ = self.lstm(self.embed(ids))  # [B, L, H] over the padded batch
+        with lstm_backend():  # oneDNN's RNN primitive or ATen's loop, whichever was faster here (kernels.py)
+            hidden, _ = self.lstm(self.embed(ids))  # [B, L, H] over the padded batch
         last = mask.sum(1) - 1  # each sentence's last real token (right padding)
         h_last = hidden[torch.arange(ids.shape[0], device=ids.device), last]
         mu, logvar = self.to_posterior(h_last).chunk(2, dim=-1)
@@ -85,7 +87,8 @@ class LSTMDecoder(nn.Module):
         concatenated to every input), and the LSTM state after the last input."""
         emb = self.drop_in(self.embed(inputs))
         z_every_step = z.unsqueeze(1).expand(-1, inputs.shape[1], -1)
-        hidden, state = self.lstm(torch.cat([emb, z_every_step], dim=-1), state or self.initial_state(z))
+        with lstm_backend():
+            hidden, state = self.lstm(torch.cat([emb, z_every_step], dim=-1), state or self.initial_state(z))
         return self.drop_out(hidden), state
 
     def forward(self, inputs: Tensor, z: Tensor, state: tuple[Tensor, Tensor] | None = None

@@ -22,38 +22,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-
-def _has_onednn_linear() -> bool:
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    except (AttributeError, RuntimeError):  # pragma: no cover - a build without oneDNN
-        return False
+from ablate.models.kernels import Kernels, active, add_grad_w_product, grad_h_product, packed_weight, product_nt
 
 
-ONEDNN_LINEAR = _has_onednn_linear()
-
-
-def matmul_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
-    """a @ bᵀ (+ bias), a [M, K], b [N, K]. On a CPU in fp32 through oneDNN's linear rather than the default BLAS:
-    on the AMD EPYC development machine MKL ran these products at 60–95 GFLOP/s and oneDNN at 140–200 (MKL takes
-    a slower path on non-Intel CPUs). Elsewhere F.linear."""
-    if ONEDNN_LINEAR and a.device.type == "cpu" and a.dtype == torch.float32 and b.dtype == torch.float32:
-        b = b if b.is_mkldnn else b.contiguous()  # a packed weight (packed_for_blocks) is used as it is
-        return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b, bias, "none", [], "")
-    return F.linear(a, b, bias)
-
-
-def packed_for_blocks(weight: Tensor, block: int, n: int) -> Tensor:
-    """Evaluation: the weight reordered once into oneDNN's blocked layout when several blocks will use it (about
-    1.2× faster products; the reorder of a 10k × 256 weight costs a few ms). Otherwise the weight itself."""
-    if ONEDNN_LINEAR and weight.device.type == "cpu" and weight.dtype == torch.float32 and n >= 4 * block \
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
-        return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), block)
-    return weight
-
-
-def _block_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return matmul_nt(hidden, weight, bias).float()
+def _block_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, backend: str) -> Tensor:
+    return product_nt(hidden, weight, bias, backend).float()
 
 
 def _log_probs_and_softmax_(logits: Tensor, targets: Tensor, softmax: bool) -> Tensor:
@@ -77,35 +50,45 @@ def _minus_onehot_(probs: Tensor, targets: Tensor) -> Tensor:
 
 class _FusedTokenLogProbs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, block: int) -> Tensor:
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, block: int,
+                kernels: Kernels, dtype: torch.dtype) -> Tensor:
+        """hidden and the products in `dtype` (bf16 under CPU autocast), the softmax and ∂W accumulated in fp32."""
         n = hidden.shape[0]
         out = torch.empty(n, dtype=torch.float32, device=hidden.device)
         grads = any(ctx.needs_input_grad[:3])
         neg_grad_h = torch.empty_like(hidden) if grads else None
         neg_grad_w = torch.zeros_like(weight, dtype=torch.float32) if grads else None
         neg_grad_b = torch.zeros_like(bias, dtype=torch.float32) if grads and bias is not None else None
-        weight_t = weight.t().contiguous() if grads else None  # [H, V]: ∂/∂h = G W = G (Wᵀ)ᵀ
-        logits_weight = weight if grads else packed_for_blocks(weight, block, n)
+        w = weight.detach().to(dtype)
+        product_bias = bias.detach().to(dtype) if bias is not None else None
+        if grads:
+            logits_backend, logits_weight = kernels.logits, w
+            weight_t = w.t().contiguous() if kernels.grad_h == "onednn" else None  # [H, V]: G W = G (Wᵀ)ᵀ
+        else:
+            logits_backend = kernels.eval_logits
+            logits_weight = packed_weight(w, block, logits_backend) if n >= 4 * block else w
         for start in range(0, n, block):
             h, t = hidden[start: start + block], targets[start: start + block]
-            logits = _block_logits(h, logits_weight, bias)
+            logits = _block_logits(h, logits_weight, product_bias, logits_backend)
             out[start: start + block] = _log_probs_and_softmax_(logits, t, softmax=grads)
             if grads:
                 g = _minus_onehot_(logits, t)
-                neg_grad_h[start: start + block] = matmul_nt(g.to(weight.dtype), weight_t)
-                neg_grad_w += matmul_nt(g.t(), h.float().t())
+                g_low = g.to(dtype)
+                neg_grad_h[start: start + block] = grad_h_product(g_low, w, weight_t, kernels.grad_h)
+                add_grad_w_product(neg_grad_w, g_low, h, kernels.grad_w)
                 if neg_grad_b is not None:
                     neg_grad_b.add_(g.sum(0))
-        ctx.block = block
+        ctx.block, ctx.kernels, ctx.dtype = block, kernels, dtype
         ctx.save_for_backward(hidden, weight, bias, targets, neg_grad_h, neg_grad_w, neg_grad_b)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         hidden, weight, bias, targets, neg_grad_h, neg_grad_w, neg_grad_b = ctx.saved_tensors
+        none = (None, None, None, None)
         grad_h = grad_w = grad_b = None
         if neg_grad_h is None:
-            return None, None, None, None, None
+            return (None, None, None) + none
         # (a host check: this path is taken on CPUs; on a GPU token_log_probs uses the plain computation)
         if grad_out.numel() == 0 or bool((grad_out == grad_out[:1]).all()):
             scale = -grad_out[:1].to(neg_grad_w.dtype) if grad_out.numel() else neg_grad_w.new_zeros(1)
@@ -115,47 +98,57 @@ class _FusedTokenLogProbs(torch.autograd.Function):
                 grad_w = (neg_grad_w * scale).to(weight.dtype)
             if bias is not None and ctx.needs_input_grad[2]:
                 grad_b = (neg_grad_b * scale).to(bias.dtype)
-            return grad_h, grad_w, grad_b, None, None
+            return (grad_h, grad_w, grad_b) + none
         # per-position weights differ: recompute each block with its rows scaled by their incoming gradient
+        kernels, dtype = ctx.kernels, ctx.dtype
+        w = weight.detach().to(dtype)
+        product_bias = bias.detach().to(dtype) if bias is not None else None
         grad_h = neg_grad_h * (-grad_out).unsqueeze(1).to(neg_grad_h.dtype)
         grad_w = torch.zeros_like(weight, dtype=torch.float32)
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
         for start in range(0, hidden.shape[0], ctx.block):
             h, t = hidden[start: start + ctx.block], targets[start: start + ctx.block]
-            logits = _block_logits(h, weight, bias)
+            logits = _block_logits(h, w, product_bias, kernels.logits)
             _log_probs_and_softmax_(logits, t, softmax=True)
             g = _minus_onehot_(logits, t)
             g.mul_(-grad_out[start: start + ctx.block].unsqueeze(1))
-            grad_w += matmul_nt(g.t(), h.float().t())
+            add_grad_w_product(grad_w, g.to(dtype), h, kernels.grad_w)
             if grad_b is not None:
                 grad_b.add_(g.sum(0))
-        return (grad_h, grad_w.to(weight.dtype), grad_b.to(bias.dtype) if grad_b is not None else None,
-                None, None)
+        return (grad_h, grad_w.to(weight.dtype), grad_b.to(bias.dtype) if grad_b is not None else None) + none
 
 
 def token_log_probs(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
-                    block: int | None = 640) -> Tensor:
+                    block: int | None = 640, kernels: Kernels | None = None) -> Tensor:
     """log softmax(hidden Wᵀ + b)[targets] per position, fp32: hidden [P, H], weight [V, H], targets [P] → [P].
 
     block=None: the plain computation (one logits block, fused log-softmax + NLL; autocast-friendly, no host
     synchronisation — the path on GPUs). block=n: blocks of n positions, with the gradient formed in the forward
-    pass (module docstring) — the CPU path, and the evaluation path everywhere (bounded memory).
+    pass (module docstring) — the CPU path, and the evaluation path everywhere (bounded memory). `kernels`
+    (default: ablate.models.kernels.active()) picks the products' kernels, or the plain computation for training;
+    under a CPU bf16 autocast the blocks' products run in bf16 (the softmax and ∂W in fp32).
     """
-    if block is None or hidden.shape[0] == 0:
+    kernels = kernels or active()
+    training = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    if block is None or hidden.shape[0] == 0 or (training and kernels.output == "plain"):
         logits = F.linear(hidden, weight, bias)
         return -F.cross_entropy(logits.float(), targets, reduction="none")
-    hidden = hidden.to(weight.dtype)  # bf16 autocast output: the blocked path computes in the weights' dtype
+    low = hidden.device.type == "cpu" and training and torch.is_autocast_enabled("cpu") \
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    dtype = torch.bfloat16 if low else weight.dtype
+    hidden = hidden.to(dtype)
     with torch.autocast(hidden.device.type, enabled=False):
-        if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
+        if not training:
             with torch.no_grad():
-                return _FusedTokenLogProbs.forward(_NoGradContext(), hidden, weight, bias, targets, max(1, block))
-        return _FusedTokenLogProbs.apply(hidden, weight, bias, targets, max(1, block))
+                return _FusedTokenLogProbs.forward(_NoGradContext(), hidden, weight, bias, targets, max(1, block),
+                                                   kernels, dtype)
+        return _FusedTokenLogProbs.apply(hidden, weight, bias, targets, max(1, block), kernels, dtype)
 
 
 class _NoGradContext:
     """Stands in for autograd's ctx when nothing needs a gradient (evaluation)."""
 
-    needs_input_grad = (False, False, False, False, False)
+    needs_input_grad = (False,) * 7
 
     def save_for_backward(self, *tensors: Tensor | None) -> None:
         pass

@@ -1,0 +1,233 @@
+"""Training speed against He et al.'s own code: the reference, a plain PyTorch loop, and ablate, side by side.
+
+    git clone https://github.com/jxhe/vae-lagging-encoder /tmp/lagging      # a scratch copy; never vendored
+    python benchmarks/bench_reference.py --reference /tmp/lagging [--steps 30,230] [--repeats 3] [--threads 2]
+
+Li et al.'s PTB configuration (emb 256, hidden 256/256, nz 32, batch 32, dropout 0.5/0.5, SGD lr 1, clip 5, no
+output bias), fp32, on ../shared/data/ptb's training split. Three implementations, each run in its own process:
+
+- `reference`: jxhe/vae-lagging-encoder's modules (LSTMEncoder, LSTMDecoder, VAE, MonoTextData) driven by the body
+  of its text.py training loop (create_data_batch's one-length batches in a shuffled order, two SGD optimisers,
+  `loss.mean().backward()`, clipping, `.item()` of the losses every step). Imported from --reference at run time.
+- `bare`: the same algorithm written here in plain PyTorch (nn.LSTM over one-length batches, the full logits
+  block, cross-entropy, SGD, a host read of the loss each step) — the baseline the other benchmarks use, shown
+  here to run at the reference's speed.
+- `ablate`: `ablate.train.train` with the same settings (`train.batching: one_length`, the same batches).
+
+Steady-state tokens/s by differencing: each implementation runs the first A and the first B steps of the same
+shuffled batch order (same seed), and (tokens_B − tokens_A) / (seconds_B − seconds_A) leaves out start-up and
+warm-up. Tokens are target tokens ((length − 1) × batch, He et al.'s count). Runs are interleaved
+reference/bare/ablate, --repeats times; the figure is the median, with the CPU model and the CPU pressure beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import common
+
+LI = {"ni": 256, "enc_nh": 256, "dec_nh": 256, "nz": 32, "dec_dropout_in": 0.5, "dec_dropout_out": 0.5}
+IMPLS = ("reference", "bare", "ablate")
+
+
+def one_length_batches(sentences: list[list[int]], batch_size: int, seed: int) -> list[list[list[int]]]:
+    """He et al.'s create_data_batch (data/text_data.py): sort by length, cut each run of one length into batches
+    of at most batch_size, then (text.py) visit them in np.random.permutation order."""
+    import numpy as np
+
+    order = np.argsort([len(s) for s in sentences], kind="stable")
+    batches, current = [], []
+    for index in order:
+        if current and (len(current) == batch_size or len(sentences[index]) != len(current[0])):
+            batches.append(current)
+            current = []
+        current.append(sentences[index])
+    batches.append(current)
+    rng = np.random.RandomState(seed)
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def run_reference(path: Path, steps: int, threads: int) -> dict:
+    import numpy as np
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(path))
+    from data import MonoTextData  # noqa: E402  (their package, from --reference)
+    from modules import VAE, LSTMDecoder, LSTMEncoder  # noqa: E402
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    train_data = MonoTextData(str(common.SHARED / "ptb" / "ptb.train.txt"), label=False)
+    args = SimpleNamespace(**LI, device=torch.device("cpu"), dec_type="lstm", enc_type="lstm")
+
+    def model_init(tensor):
+        nn.init.uniform_(tensor, -0.01, 0.01)
+
+    def emb_init(tensor):
+        nn.init.uniform_(tensor, -0.1, 0.1)
+
+    vae = VAE(LSTMEncoder(args, len(train_data.vocab), model_init, emb_init),
+              LSTMDecoder(args, train_data.vocab, model_init, emb_init), args)
+    enc_optimizer = torch.optim.SGD(vae.encoder.parameters(), lr=1.0, momentum=0)
+    dec_optimizer = torch.optim.SGD(vae.decoder.parameters(), lr=1.0, momentum=0)
+    batches = train_data.create_data_batch(batch_size=32, device=args.device, batch_first=True)
+    order = np.random.RandomState(0).permutation(len(batches))[:steps]
+    vae.train()
+    tokens, report = 0, 0.0
+    started = time.perf_counter()
+    for i in order:  # text.py's loop body, aggressive_flag False, kl_weight 1
+        batch_data = batches[i]
+        batch_size, sent_len = batch_data.size()
+        tokens += (sent_len - 1) * batch_size
+        enc_optimizer.zero_grad()
+        dec_optimizer.zero_grad()
+        loss, loss_rc, loss_kl = vae.loss(batch_data, 1.0, nsamples=1)
+        loss = loss.mean(dim=-1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
+        enc_optimizer.step()
+        dec_optimizer.step()
+        report += loss_rc.sum().item() + loss_kl.sum().item()
+    return {"tokens": tokens, "seconds": time.perf_counter() - started}
+
+
+def run_bare(steps: int, threads: int) -> dict:
+    """A plain PyTorch loop of the same model and algorithm (the baseline of bench_train.py)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    words: dict[str, int] = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    sentences = []
+    for line in (common.SHARED / "ptb" / "ptb.train.txt").read_text().splitlines():
+        if line.split():
+            sentences.append([1] + [words.setdefault(w, len(words)) for w in line.split()] + [2])
+    vocab = len(words)
+    batches = [torch.tensor(b) for b in one_length_batches(sentences, 32, seed=0)[:steps]]
+
+    class BareVAE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc_embed = nn.Embedding(vocab, LI["ni"])
+            self.enc_lstm = nn.LSTM(LI["ni"], LI["enc_nh"], batch_first=True)
+            self.to_posterior = nn.Linear(LI["enc_nh"], 2 * LI["nz"], bias=False)
+            self.dec_embed = nn.Embedding(vocab, LI["ni"])
+            self.dec_lstm = nn.LSTM(LI["ni"] + LI["nz"], LI["dec_nh"], batch_first=True)
+            self.z_to_cell = nn.Linear(LI["nz"], LI["dec_nh"], bias=False)
+            self.out = nn.Linear(LI["dec_nh"], vocab, bias=False)
+            self.drop_in, self.drop_out = nn.Dropout(LI["dec_dropout_in"]), nn.Dropout(LI["dec_dropout_out"])
+            for name, p in self.named_parameters():
+                nn.init.uniform_(p, -0.1, 0.1) if "embed" in name else nn.init.uniform_(p, -0.01, 0.01)
+
+        def forward(self, x):
+            _, (h, _) = self.enc_lstm(self.enc_embed(x))  # one length: no packing, no padding
+            mu, logvar = self.to_posterior(h[-1]).chunk(2, -1)
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+            src, tgt = x[:, :-1], x[:, 1:]
+            emb = self.drop_in(self.dec_embed(src))
+            c0 = self.z_to_cell(z).unsqueeze(0)
+            hidden, _ = self.dec_lstm(torch.cat([emb, z.unsqueeze(1).expand(-1, emb.shape[1], -1)], -1),
+                                      (c0.tanh(), c0))
+            logits = self.out(self.drop_out(hidden))
+            rec = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none").view_as(tgt).sum(1)
+            kl = 0.5 * (mu.square() + logvar.exp() - logvar - 1).sum(1)
+            return (rec + kl).mean(), rec.sum(), kl.sum()
+
+    model = BareVAE().train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    tokens, report = 0, 0.0
+    started = time.perf_counter()
+    for x in batches:
+        tokens += (x.shape[1] - 1) * x.shape[0]
+        optimizer.zero_grad()
+        loss, rec, kl = model(x)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        report += rec.item() + kl.item()
+    return {"tokens": tokens, "seconds": time.perf_counter() - started}
+
+
+def run_ablate(steps: int, threads: int) -> dict:
+    import torch
+
+    from ablate.config import build_config
+    from ablate.run import build, prepare
+    from ablate.train import train
+
+    torch.set_num_threads(threads)
+    config = build_config({
+        "data": common.corpus_config("ptb"),
+        "model": {**common.LI_PTB, "dec_dropout_in": 0.5, "dec_dropout_out": 0.5, "output_bias": False},
+        "train": {"optimizer": "sgd", "lr": 1.0, "batch_size": 32, "max_steps": steps, "device": "cpu",
+                  "grad_clip": 5.0, "batching": "one_length"},
+        "eval": {"splits": []}, "seed": 0}, "<bench>")
+    prepared = prepare(config)
+    model = build(config, prepared)
+    result = train(model, [], prepared.splits["train"], prepared.splits["valid"].head(8),
+                   prepared.tokenizer.framing, config.train, torch.device("cpu"), seed=0, progress=False)
+    return {"tokens": result.state.train_tokens, "seconds": result.state.train_seconds}
+
+
+def one(impl: str, steps: int, threads: int, reference: Path | None) -> dict:
+    if impl == "reference":
+        return run_reference(reference, steps, threads)
+    return run_bare(steps, threads) if impl == "bare" else run_ablate(steps, threads)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", type=Path, help="a checkout of jxhe/vae-lagging-encoder (without it: bare "
+                        "and ablate only)")
+    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--steps", default="30,230", help="A,B: steady state from the difference of the two runs")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--one", nargs=2, metavar=("IMPL", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.threads, args.reference)))
+        return
+    impls = [i for i in args.impls.split(",") if i != "reference" or args.reference]
+    short, long = (int(s) for s in args.steps.split(","))
+    print(f"training tokens/s, Li et al.'s PTB config, SGD, fp32, {args.threads} threads; {common.cpu_model()}")
+    rates: dict[str, list[float]] = {impl: [] for impl in impls}
+    for repeat in range(args.repeats):
+        for impl in impls:
+            runs = {}
+            for steps in (short, long):
+                command = [sys.executable, __file__, "--threads", str(args.threads), "--one", impl, str(steps)]
+                if args.reference:
+                    command += ["--reference", str(args.reference)]
+                out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent)
+                if out.returncode:
+                    raise SystemExit(out.stderr[-3000:])
+                runs[steps] = json.loads(out.stdout.strip().splitlines()[-1])
+            rate = (runs[long]["tokens"] - runs[short]["tokens"]) / (runs[long]["seconds"] - runs[short]["seconds"])
+            rates[impl].append(rate)
+            print(f"  repeat {repeat + 1} {impl:<10}{rate:>8.0f} tokens/s (steps {short}→{long}); {common.load()}",
+                  flush=True)
+    medians = {impl: statistics.median(r) for impl, r in rates.items()}
+    print(f"{'impl':<10}{'tokens/s':>10}   runs")
+    for impl in impls:
+        print(f"{impl:<10}{medians[impl]:>10.0f}   " + ", ".join(f"{r:.0f}" for r in rates[impl]))
+    base = medians.get("reference", medians["bare"])
+    for impl in impls:
+        print(f"{impl} / {'reference' if 'reference' in medians else 'bare'}: {medians[impl] / base:.2f}x")
+    print(common.load())
+
+
+if __name__ == "__main__":
+    random.seed(0)
+    main()

@@ -1,0 +1,176 @@
+"""Kernels chosen by measurement (ablate.models.kernels): every path computes the same values, the fastest candidate
+is chosen and cached per machine, $ABLATE_KERNELS overrides, and the choice is recorded in the row."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from ablate.models import kernels as K
+from ablate.models.output_layer import token_log_probs
+from tests.conftest import tiny_overrides
+
+needs_onednn = pytest.mark.skipif(not K.ONEDNN, reason="this torch build has no oneDNN")
+
+
+def inputs(seed: int, n: int = 45, h: int = 16, v: int = 37, bias: bool = True):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=gen)
+    weight = torch.randn(v, h, generator=gen) * 0.5
+    b = torch.randn(v, generator=gen) if bias else None
+    targets = torch.randint(0, v, (n,), generator=gen)
+    return hidden, weight, b, targets
+
+
+def reference(hidden, weight, bias, targets):
+    """The plain log-softmax in float64, by autograd."""
+    logits = hidden.double() @ weight.double().t() + (0 if bias is None else bias.double())
+    return logits.log_softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+
+
+def values_and_grads(fn, hidden, weight, bias, scale):
+    leaves = [t.clone().requires_grad_(True) for t in (hidden, weight) + ((bias,) if bias is not None else ())]
+    out = fn(*leaves, *([None] if bias is None else []))
+    (out.double() * scale).sum().backward()
+    return [out.detach().double()] + [t.grad.double() for t in leaves]
+
+
+TRAINING = [K.Kernels(output="plain")] + [
+    K.Kernels(logits=a, grad_h=b, grad_w=c) for a, b, c in itertools.product(K.PRODUCT_BACKENDS, repeat=3)]
+
+
+@pytest.mark.parametrize("kernels", TRAINING, ids=lambda k: k.describe().split(";")[0])
+@pytest.mark.parametrize("weights", ["uniform", "per_position"])
+def test_every_training_path_gives_the_plain_values_and_gradients(kernels, weights):
+    hidden, weight, bias, targets = inputs(0)
+    scale = torch.full((45,), 1 / 7, dtype=torch.float64) if weights == "uniform" else \
+        torch.linspace(-1.0, 2.0, 45, dtype=torch.float64)
+    ours = values_and_grads(lambda h, w, b: token_log_probs(h, w, b, targets, block=8, kernels=kernels),
+                            hidden, weight, bias, scale)
+    expected = values_and_grads(lambda h, w, b: reference(h, w, b, targets), hidden, weight, bias, scale)
+    for a, b in zip(ours, expected):
+        assert torch.allclose(a, b, atol=2e-5), kernels.describe()
+
+
+@pytest.mark.parametrize("backend", K.EVAL_BACKENDS)
+def test_every_evaluation_path_gives_the_same_log_probabilities(backend):
+    hidden, weight, bias, targets = inputs(1, n=200)
+    with torch.no_grad():
+        out = token_log_probs(hidden, weight, bias, targets, block=16, kernels=K.Kernels(eval_logits=backend))
+    assert torch.allclose(out.double(), reference(hidden, weight, bias, targets), atol=2e-5)
+
+
+def test_bf16_autocast_runs_the_products_in_bf16_close_to_fp32():
+    """Under a CPU bf16 autocast the blocks' products are bf16 (fp32 accumulation): within bf16's rounding of fp32."""
+    hidden, weight, bias, targets = inputs(2, n=64, h=32, v=50)
+    scale = torch.full((64,), 1 / 8, dtype=torch.float64)
+    for kernels in TRAINING[1:3]:
+        def low(h, w, b):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return token_log_probs(h, w, b, targets, block=16, kernels=kernels)
+        ours = values_and_grads(low, hidden, weight, bias, scale)
+        expected = values_and_grads(lambda h, w, b: reference(h, w, b, targets), hidden, weight, bias, scale)
+        assert ours[0].dtype == torch.float64 and ours[2].shape == weight.shape
+        for a, b in zip(ours, expected):
+            assert torch.allclose(a, b, rtol=0.03, atol=0.03)
+        assert not torch.equal(ours[0], expected[0])  # it did run in bf16
+
+
+def test_the_lstm_paths_agree():
+    from ablate.models.lstm import LSTMConfig, LSTMVAE
+
+    torch.manual_seed(0)
+    model = LSTMVAE(30, LSTMConfig(emb_dim=8, enc_hidden=12, dec_hidden=12, nz=3, dec_dropout_in=0.0,
+                                   dec_dropout_out=0.0))
+    ids = torch.randint(3, 30, (5, 7))
+    mask = torch.ones(5, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    results = []
+    for backend in K.LSTM_BACKENDS:
+        model.zero_grad()
+        with K.using(K.Kernels(lstm=backend)):
+            mu, _ = model.encoder(ids, mask)
+            states = model.decoder.states(ids, mu)[0]
+        (states.square().sum() + mu.sum()).backward()
+        results.append([mu.detach(), states.detach()] + [p.grad.clone() for p in model.parameters()
+                                                         if p.grad is not None])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+SHAPES = K.Shapes(vocab=50, hidden=8, positions=40, block=16, lstms=((8, 8, 4, 10),))
+
+
+def fake_timer(costs: dict[str, float], calls: list[str]):
+    def timer(label, fn):
+        calls.append(label)
+        fn()  # every candidate runs (a broken one is not chosen)
+        return costs.get(label, 1.0)
+    return timer
+
+
+@needs_onednn
+def test_the_fastest_candidate_is_chosen_per_product_and_cached(tmp_path, monkeypatch):
+    monkeypatch.delenv(K.KERNELS_ENV, raising=False)
+    cache = tmp_path / "kernels.json"
+    costs = {"logits:blas": 0.5, "grad_h:onednn": 0.2, "grad_w:blas": 0.1, "eval_logits:onednn-packed": 0.3,
+             "output:plain": 0.4, "lstm:aten": 0.9}
+    calls: list[str] = []
+    chosen = K.choose(SHAPES, torch.device("cpu"), threads=2, timer=fake_timer(costs, calls), cache=cache)
+    assert (chosen.output, chosen.logits, chosen.grad_h, chosen.grad_w, chosen.eval_logits, chosen.lstm) == \
+        ("plain", "blas", "onednn", "blas", "onednn-packed", "aten")
+    assert chosen.how == "measured" and "output plain" in chosen.describe()
+    assert {c.split(":")[0] for c in calls} == {"logits", "grad_h", "grad_w", "eval_logits", "output", "lstm"}
+    calls.clear()
+    again = K.choose(SHAPES, torch.device("cpu"), threads=2, timer=fake_timer({}, calls), cache=cache)
+    assert calls == [] and again.how == "cached" and again.lstm == "aten"
+    other_threads = K.choose(SHAPES, torch.device("cpu"), threads=1, timer=fake_timer({}, calls), cache=cache)
+    assert calls and other_threads.how == "measured"  # another key: measured again
+    assert len(json.loads(cache.read_text())) == 2
+
+
+def test_a_damaged_cache_is_measured_again_and_a_gpu_is_not_timed(tmp_path, monkeypatch):
+    monkeypatch.delenv(K.KERNELS_ENV, raising=False)
+    cache = tmp_path / "kernels.json"
+    cache.write_text("{not json")
+    calls: list[str] = []
+    assert K.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=cache).how == "measured"
+    key = next(iter(json.loads(cache.read_text())))
+    cache.write_text(json.dumps({key: {"lstm": "fast"}}))  # a record of another version
+    assert K.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=cache).how == "measured"
+    calls.clear()
+    gpu = K.choose(SHAPES, torch.device("cuda"), timer=fake_timer({}, calls), cache=tmp_path / "none.json")
+    assert calls == [] and gpu.output == "plain" and gpu.how == "gpu"
+
+
+def test_the_environment_sets_kernels_or_says_what_it_accepts(tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setenv(K.KERNELS_ENV, "default")
+    assert K.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=tmp_path / "c.json") == K.Kernels()
+    assert calls == []
+    monkeypatch.setenv(K.KERNELS_ENV, "lstm=aten,grad_w=blas")
+    chosen = K.choose(SHAPES, torch.device("cpu"), timer=fake_timer({"lstm:onednn": 0.0}, calls),
+                      cache=tmp_path / "c.json")
+    assert (chosen.lstm, chosen.grad_w, chosen.how) == ("aten", "blas", "set")
+    assert not any(c.startswith(("lstm", "grad_w")) for c in calls)  # what is set is not timed
+    monkeypatch.setenv(K.KERNELS_ENV, "lstm=cudnn")
+    with pytest.raises(ValueError, match=r"\$ABLATE_KERNELS: 'lstm=cudnn' is not one of .*lstm=onednn\|aten"):
+        K.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=tmp_path / "c.json")
+
+
+def test_a_run_records_its_kernels_and_cpu_in_the_row(tmp_path, monkeypatch):
+    from ablate.config import build_config
+    from ablate.run import execute
+
+    monkeypatch.setenv(K.KERNELS_ENV, "lstm=aten,output=plain")
+    monkeypatch.setenv(K.CACHE_ENV, str(tmp_path / "kernels.json"))
+    row = execute(build_config(tiny_overrides()), tmp_path / "run", progress=False, save_model=False).row
+    assert row["status"] == "ok"
+    assert row["kernels"].startswith("output plain; eval ") and "lstm aten; set" in row["kernels"]
+    assert row["cpu"] == K.cpu_model() and row["kernels"] == K.active().describe()
+    monkeypatch.setenv(K.KERNELS_ENV, "output=fast")
+    failed = execute(build_config(tiny_overrides()), tmp_path / "bad", progress=False, save_model=False).row
+    assert failed["status"] == "failed" and "$ABLATE_KERNELS: 'output=fast'" in failed["error_message"]
