@@ -22,7 +22,8 @@ from ablate.metrics import (LOG_2PI, active_units, gaussian_kl, iw_log_marginal,
                             mutual_information, mutual_information_paired, paired_draws, sample_posterior)
 from ablate.metric_schema import SplitStats, emitted
 from ablate.uncertainty import bootstrap_au, bootstrap_indices, bootstrap_mi
-from ablate.models.base import TextVAE, output_block
+from ablate.models.base import TextVAE
+from ablate.models.output_layer import output_block
 from ablate.run_progress import RunProgress
 
 

@@ -28,7 +28,8 @@ from ablate.evaluate import encode_all, evaluate_split, probe_factors, probe_fea
 from ablate.layout import RunFiles
 from ablate.log import LOG
 from ablate.models.base import TextVAE
-from ablate.models.kernels import Kernels, choose, cpu_model, shapes_of
+from ablate.models.kernel_choice import choose, cpu_model, shapes_of
+from ablate.models.kernels import Kernels
 from ablate.models.kernels import use as use_kernels
 from ablate.models.registry import build_model, build_tokenizer, tokenizer_key
 from ablate.outputs import atomic_target

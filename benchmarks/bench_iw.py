@@ -22,7 +22,7 @@ from common import gemm_rates, li_ptb_model, load
 from ablate.data.batching import make_batch
 from ablate.evaluate import iw_nll
 from ablate.metrics import iw_log_marginal, log_normal_diag, log_standard_normal, sample_posterior
-from ablate.models.base import output_block
+from ablate.models.output_layer import output_block
 
 
 @torch.no_grad()

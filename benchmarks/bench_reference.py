@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -159,9 +160,12 @@ def run_bare(steps: int, threads: int) -> dict:
     return {"tokens": tokens, "seconds": time.perf_counter() - started}
 
 
-def run_ablate(steps: int, threads: int) -> dict:
+def run_ablate(steps: int, threads: int, precision: str = "fp32") -> dict:
+    """ablate's trainer, with the kernels it would choose in `ablate run` (timed once, then from the user cache);
+    a --before tree (an older ablate on PYTHONPATH) may not choose kernels."""
     import torch
 
+    import ablate.run
     from ablate.config import build_config
     from ablate.run import build, prepare
     from ablate.train import train
@@ -171,35 +175,108 @@ def run_ablate(steps: int, threads: int) -> dict:
         "data": common.corpus_config("ptb"),
         "model": {**common.LI_PTB, "dec_dropout_in": 0.5, "dec_dropout_out": 0.5, "output_bias": False},
         "train": {"optimizer": "sgd", "lr": 1.0, "batch_size": 32, "max_steps": steps, "device": "cpu",
-                  "grad_clip": 5.0, "batching": "one_length"},
+                  "grad_clip": 5.0, "batching": "one_length", "precision": precision},
         "eval": {"splits": []}, "seed": 0}, "<bench>")
     prepared = prepare(config)
     model = build(config, prepared)
+    kernels = "(none: before kernels were chosen)"
+    if hasattr(ablate.run, "choose_kernels"):
+        chosen = ablate.run.choose_kernels(model, config, prepared, torch.device("cpu"))
+        ablate.run.use_kernels(chosen)
+        kernels = chosen.describe()
     result = train(model, [], prepared.splits["train"], prepared.splits["valid"].head(8),
                    prepared.tokenizer.framing, config.train, torch.device("cpu"), seed=0, progress=False)
-    return {"tokens": result.state.train_tokens, "seconds": result.state.train_seconds}
+    return {"tokens": result.state.train_tokens, "seconds": result.state.train_seconds, "kernels": kernels}
+
+
+def iw_reference(path: Path, sentences: int, k: int, threads: int) -> dict:
+    """text.py's calc_iwnll on the first `sentences` test sentences: batches of one sentence, nll_iw(ns=100)."""
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(path))
+    from data import MonoTextData  # noqa: E402
+    from modules import VAE, LSTMDecoder, LSTMEncoder  # noqa: E402
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    train_data = MonoTextData(str(common.SHARED / "ptb" / "ptb.train.txt"), label=False)
+    test_data = MonoTextData(str(common.SHARED / "ptb" / "ptb.test.txt"), label=False, vocab=train_data.vocab)
+    test_data.data = test_data.data[:sentences]
+    args = SimpleNamespace(**LI, device=torch.device("cpu"), dec_type="lstm", enc_type="lstm")
+    init = (lambda t: nn.init.uniform_(t, -0.01, 0.01), lambda t: nn.init.uniform_(t, -0.1, 0.1))
+    vae = VAE(LSTMEncoder(args, len(train_data.vocab), *init), LSTMDecoder(args, train_data.vocab, *init), args)
+    vae.eval()
+    batches = test_data.create_data_batch(batch_size=1, device=args.device, batch_first=True)
+    started = time.perf_counter()
+    total = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            total += vae.nll_iw(batch, nsamples=k, ns=100).sum().item()
+    return {"seconds": time.perf_counter() - started, "sentences": len(batches)}
+
+
+def iw_ablate(sentences: int, k: int, threads: int) -> dict:
+    """ablate's evaluation path (iw_nll over eval batches of 32, sorted by length as evaluate_split does)."""
+    import torch
+
+    import ablate.run
+    from ablate.data.batching import make_batch
+    from ablate.evaluate import iw_nll
+    from ablate.models.output_layer import output_block
+
+    torch.set_num_threads(threads)
+    config, prepared, model = common.li_ptb_model()
+    kernels = "(none: before kernels were chosen)"
+    if hasattr(ablate.run, "choose_kernels"):
+        chosen = ablate.run.choose_kernels(model, config, prepared, torch.device("cpu"))
+        ablate.run.use_kernels(chosen)
+        kernels = chosen.describe()
+    split = prepared.splits["test"]
+    order = sorted(range(sentences), key=lambda i: len(split.tokens[i]))
+    batches = [make_batch(split, order[i: i + 32], prepared.tokenizer.framing) for i in range(0, sentences, 32)]
+    block = output_block(len(prepared.tokenizer), config.eval.iw_max_elements)
+    gen = torch.Generator().manual_seed(0)
+    started = time.perf_counter()
+    with torch.no_grad():
+        for batch in batches:
+            mu, logvar = model.encode(batch)
+            iw_nll(model, batch, mu, logvar, k, block, gen)
+    return {"seconds": time.perf_counter() - started, "sentences": sentences, "kernels": kernels}
 
 
 def one(impl: str, steps: int, threads: int, reference: Path | None) -> dict:
+    if impl.startswith("iw-"):  # steps: the number of test sentences; K = 500
+        return iw_reference(reference, steps, 500, threads) if impl == "iw-reference" else \
+            iw_ablate(steps, 500, threads)
     if impl == "reference":
         return run_reference(reference, steps, threads)
-    return run_bare(steps, threads) if impl == "bare" else run_ablate(steps, threads)
+    if impl == "bare":
+        return run_bare(steps, threads)
+    return run_ablate(steps, threads, "bf16" if impl == "ablate-bf16" else "fp32")  # ablate, before, ablate-bf16
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, help="a checkout of jxhe/vae-lagging-encoder (without it: bare "
                         "and ablate only)")
-    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--impls", default=",".join(IMPLS), help="of reference, bare, ablate, ablate-bf16, before")
+    parser.add_argument("--before", type=Path, help="an older checkout of ablate (git worktree add): its trainer "
+                        "runs as impl `before`, interleaved with the rest")
     parser.add_argument("--steps", default="30,230", help="A,B: steady state from the difference of the two runs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iw", type=int, default=0, metavar="N", help="instead: IW-NLL with K = 500 on the first N "
+                        "PTB test sentences (reference: text.py's calc_iwnll, one sentence per batch)")
     parser.add_argument("--one", nargs=2, metavar=("IMPL", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), args.threads, args.reference)))
         return
-    impls = [i for i in args.impls.split(",") if i != "reference" or args.reference]
+    parser_iw = args.iw
+    impls = [i for i in args.impls.split(",") if (i != "reference" or args.reference) and (i != "before" or args.before)]
+    if parser_iw:
+        return iw_main(args, [i for i in impls if i in ("reference", "ablate", "before")])
     short, long = (int(s) for s in args.steps.split(","))
     print(f"training tokens/s, Li et al.'s PTB config, SGD, fp32, {args.threads} threads; {common.cpu_model()}")
     rates: dict[str, list[float]] = {impl: [] for impl in impls}
@@ -210,21 +287,51 @@ def main() -> None:
                 command = [sys.executable, __file__, "--threads", str(args.threads), "--one", impl, str(steps)]
                 if args.reference:
                     command += ["--reference", str(args.reference)]
-                out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent)
+                env = dict(os.environ)
+                if impl == "before":
+                    env["PYTHONPATH"] = str(args.before.resolve())
+                out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent, env=env)
                 if out.returncode:
                     raise SystemExit(out.stderr[-3000:])
                 runs[steps] = json.loads(out.stdout.strip().splitlines()[-1])
             rate = (runs[long]["tokens"] - runs[short]["tokens"]) / (runs[long]["seconds"] - runs[short]["seconds"])
             rates[impl].append(rate)
-            print(f"  repeat {repeat + 1} {impl:<10}{rate:>8.0f} tokens/s (steps {short}→{long}); {common.load()}",
-                  flush=True)
+            chosen = f" [{runs[long]['kernels']}]" if repeat == 0 and "kernels" in runs[long] else ""
+            print(f"  repeat {repeat + 1} {impl:<12}{rate:>8.0f} tokens/s (steps {short}→{long}); {common.load()}"
+                  + chosen, flush=True)
     medians = {impl: statistics.median(r) for impl, r in rates.items()}
-    print(f"{'impl':<10}{'tokens/s':>10}   runs")
+    print(f"{'impl':<12}{'tokens/s':>10}   runs")
     for impl in impls:
-        print(f"{impl:<10}{medians[impl]:>10.0f}   " + ", ".join(f"{r:.0f}" for r in rates[impl]))
+        print(f"{impl:<12}{medians[impl]:>10.0f}   " + ", ".join(f"{r:.0f}" for r in rates[impl]))
     base = medians.get("reference", medians["bare"])
     for impl in impls:
         print(f"{impl} / {'reference' if 'reference' in medians else 'bare'}: {medians[impl] / base:.2f}x")
+    print(common.load())
+
+
+def iw_main(args: argparse.Namespace, impls: list[str]) -> None:
+    print(f"IW-NLL K = 500, first {args.iw} PTB test sentences, {args.threads} threads; {common.cpu_model()}")
+    seconds: dict[str, list[float]] = {impl: [] for impl in impls}
+    for repeat in range(args.repeats):
+        for impl in impls:
+            command = [sys.executable, __file__, "--threads", str(args.threads), "--one", f"iw-{impl}", str(args.iw)]
+            if args.reference:
+                command += ["--reference", str(args.reference)]
+            env = dict(os.environ)
+            if impl == "before":
+                env["PYTHONPATH"] = str(args.before.resolve())
+            out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent, env=env)
+            if out.returncode:
+                raise SystemExit(out.stderr[-3000:])
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            seconds[impl].append(run["seconds"])
+            chosen = f" [{run['kernels']}]" if repeat == 0 and "kernels" in run else ""
+            print(f"  repeat {repeat + 1} {impl:<12}{run['seconds']:>8.1f} s; {common.load()}{chosen}", flush=True)
+    medians = {impl: statistics.median(v) for impl, v in seconds.items()}
+    base = medians.get("reference", next(iter(medians.values())))
+    for impl in impls:
+        print(f"{impl:<12}{medians[impl]:>8.1f} s   speed vs {'reference' if 'reference' in medians else impls[0]}: "
+              f"{base / medians[impl]:.2f}x   runs " + ", ".join(f"{v:.1f}" for v in seconds[impl]))
     print(common.load())
 
 

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from ablate.models import kernel_choice as C
 from ablate.models import kernels as K
 from ablate.models.output_layer import token_log_probs
 from tests.conftest import tiny_overrides
@@ -101,7 +102,7 @@ def test_the_lstm_paths_agree():
         assert torch.allclose(a, b, atol=1e-5)
 
 
-SHAPES = K.Shapes(vocab=50, hidden=8, positions=40, block=16, lstms=((8, 8, 4, 10),))
+SHAPES = C.Shapes(vocab=50, hidden=8, positions=40, block=16, lstms=((8, 8, 4, 10),))
 
 
 def fake_timer(costs: dict[str, float], calls: list[str]):
@@ -114,63 +115,94 @@ def fake_timer(costs: dict[str, float], calls: list[str]):
 
 @needs_onednn
 def test_the_fastest_candidate_is_chosen_per_product_and_cached(tmp_path, monkeypatch):
-    monkeypatch.delenv(K.KERNELS_ENV, raising=False)
+    monkeypatch.delenv(C.KERNELS_ENV, raising=False)
     cache = tmp_path / "kernels.json"
     costs = {"logits:blas": 0.5, "grad_h:onednn": 0.2, "grad_w:blas": 0.1, "eval_logits:onednn-packed": 0.3,
              "output:plain": 0.4, "lstm:aten": 0.9}
     calls: list[str] = []
-    chosen = K.choose(SHAPES, torch.device("cpu"), threads=2, timer=fake_timer(costs, calls), cache=cache)
+    chosen = C.choose(SHAPES, torch.device("cpu"), threads=2, timer=fake_timer(costs, calls), cache=cache)
     assert (chosen.output, chosen.logits, chosen.grad_h, chosen.grad_w, chosen.eval_logits, chosen.lstm) == \
         ("plain", "blas", "onednn", "blas", "onednn-packed", "aten")
     assert chosen.how == "measured" and "output plain" in chosen.describe()
     assert {c.split(":")[0] for c in calls} == {"logits", "grad_h", "grad_w", "eval_logits", "output", "lstm"}
     calls.clear()
-    again = K.choose(SHAPES, torch.device("cpu"), threads=2, timer=fake_timer({}, calls), cache=cache)
+    again = C.choose(SHAPES, torch.device("cpu"), threads=2, timer=fake_timer({}, calls), cache=cache)
     assert calls == [] and again.how == "cached" and again.lstm == "aten"
-    other_threads = K.choose(SHAPES, torch.device("cpu"), threads=1, timer=fake_timer({}, calls), cache=cache)
+    other_threads = C.choose(SHAPES, torch.device("cpu"), threads=1, timer=fake_timer({}, calls), cache=cache)
     assert calls and other_threads.how == "measured"  # another key: measured again
     assert len(json.loads(cache.read_text())) == 2
 
 
 def test_a_damaged_cache_is_measured_again_and_a_gpu_is_not_timed(tmp_path, monkeypatch):
-    monkeypatch.delenv(K.KERNELS_ENV, raising=False)
+    monkeypatch.delenv(C.KERNELS_ENV, raising=False)
     cache = tmp_path / "kernels.json"
     cache.write_text("{not json")
     calls: list[str] = []
-    assert K.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=cache).how == "measured"
+    assert C.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=cache).how == "measured"
     key = next(iter(json.loads(cache.read_text())))
     cache.write_text(json.dumps({key: {"lstm": "fast"}}))  # a record of another version
-    assert K.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=cache).how == "measured"
+    assert C.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=cache).how == "measured"
     calls.clear()
-    gpu = K.choose(SHAPES, torch.device("cuda"), timer=fake_timer({}, calls), cache=tmp_path / "none.json")
+    gpu = C.choose(SHAPES, torch.device("cuda"), timer=fake_timer({}, calls), cache=tmp_path / "none.json")
     assert calls == [] and gpu.output == "plain" and gpu.how == "gpu"
 
 
 def test_the_environment_sets_kernels_or_says_what_it_accepts(tmp_path, monkeypatch):
     calls: list[str] = []
-    monkeypatch.setenv(K.KERNELS_ENV, "default")
-    assert K.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=tmp_path / "c.json") == K.Kernels()
+    monkeypatch.setenv(C.KERNELS_ENV, "default")
+    assert C.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=tmp_path / "c.json") == K.Kernels()
     assert calls == []
-    monkeypatch.setenv(K.KERNELS_ENV, "lstm=aten,grad_w=blas")
-    chosen = K.choose(SHAPES, torch.device("cpu"), timer=fake_timer({"lstm:onednn": 0.0}, calls),
+    monkeypatch.setenv(C.KERNELS_ENV, "lstm=aten,grad_w=blas")
+    chosen = C.choose(SHAPES, torch.device("cpu"), timer=fake_timer({"lstm:onednn": 0.0}, calls),
                       cache=tmp_path / "c.json")
     assert (chosen.lstm, chosen.grad_w, chosen.how) == ("aten", "blas", "set")
     assert not any(c.startswith(("lstm", "grad_w")) for c in calls)  # what is set is not timed
-    monkeypatch.setenv(K.KERNELS_ENV, "lstm=cudnn")
+    monkeypatch.setenv(C.KERNELS_ENV, "lstm=cudnn")
     with pytest.raises(ValueError, match=r"\$ABLATE_KERNELS: 'lstm=cudnn' is not one of .*lstm=onednn\|aten"):
-        K.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=tmp_path / "c.json")
+        C.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=tmp_path / "c.json")
 
 
 def test_a_run_records_its_kernels_and_cpu_in_the_row(tmp_path, monkeypatch):
     from ablate.config import build_config
     from ablate.run import execute
 
-    monkeypatch.setenv(K.KERNELS_ENV, "lstm=aten,output=plain")
-    monkeypatch.setenv(K.CACHE_ENV, str(tmp_path / "kernels.json"))
+    monkeypatch.setenv(C.KERNELS_ENV, "lstm=aten,output=plain")
+    monkeypatch.setenv(C.CACHE_ENV, str(tmp_path / "kernels.json"))
     row = execute(build_config(tiny_overrides()), tmp_path / "run", progress=False, save_model=False).row
     assert row["status"] == "ok"
     assert row["kernels"].startswith("output plain; eval ") and "lstm aten; set" in row["kernels"]
-    assert row["cpu"] == K.cpu_model() and row["kernels"] == K.active().describe()
-    monkeypatch.setenv(K.KERNELS_ENV, "output=fast")
+    assert row["cpu"] == C.cpu_model() and row["kernels"] == K.active().describe()
+    monkeypatch.setenv(C.KERNELS_ENV, "output=fast")
     failed = execute(build_config(tiny_overrides()), tmp_path / "bad", progress=False, save_model=False).row
     assert failed["status"] == "failed" and "$ABLATE_KERNELS: 'output=fast'" in failed["error_message"]
+
+
+def test_mask_dropout_keeps_one_minus_p_scaled_and_is_the_identity_in_eval():
+    from ablate.models.dropout import MaskDropout
+
+    torch.manual_seed(0)
+    drop = MaskDropout(0.3)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.double().mean().item() - 0.7) < 0.005  # 40 standard errors would be 0.04
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # ∂y/∂x is the same scaled mask
+    drop.eval()
+    assert drop(x) is x and MaskDropout(0.0).train()(x) is x
+    assert torch.equal(MaskDropout(1.0).train()(x.detach()), torch.zeros_like(x))
+
+
+def test_transformers_models_get_the_cheaper_dropout():
+    pytest.importorskip("transformers")
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from ablate.models.dropout import MaskDropout, cheaper_dropout
+
+    net = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                              num_heads=4, dropout_rate=0.2))
+    before = sum(type(m) is torch.nn.Dropout for m in net.modules())
+    assert before > 0 and cheaper_dropout(net) == before
+    assert not any(type(m) is torch.nn.Dropout for m in net.modules())
+    assert all(m.p == 0.2 for m in net.modules() if isinstance(m, MaskDropout))

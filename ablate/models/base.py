@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ablate.data.batching import Batch
-from ablate.models.output_layer import token_log_probs
+from ablate.models.output_layer import output_block, token_log_probs
 
 
 class TextVAE(nn.Module):
@@ -93,14 +93,6 @@ class TextVAE(nn.Module):
                  generator: torch.Generator | None = None) -> list[list[int]]:
         """Decode token ids (without specials) from latents z [B, nz]."""
         raise NotImplementedError
-
-
-OUTPUT_BLOCK_ELEMENTS = 6_400_000  # logits per output-layer block: 25 MB fp32, cache-friendly (output_layer.py)
-
-
-def output_block(vocab_size: int, max_elements: int = OUTPUT_BLOCK_ELEMENTS) -> int:
-    """Positions per output-layer block so that one block's logits hold at most max_elements."""
-    return max(16, max_elements // max(1, vocab_size))
 
 
 def expand_for_samples(batch_tensor: Tensor, k: int) -> Tensor:

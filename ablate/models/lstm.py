@@ -23,6 +23,7 @@ from ablate.config import MAX_DIM, MAX_NZ, NEW_FIELD, DataConfig, ModelSection
 from ablate.data.batching import Batch
 from ablate.data.tokenize import WordVocab
 from ablate.models.base import TextVAE, decode_loop
+from ablate.models.dropout import MaskDropout
 from ablate.models.kernels import lstm_backend
 from ablate.models.registry import ModelFamily, register_family
 
@@ -68,10 +69,10 @@ class LSTMDecoder(nn.Module):
     def __init__(self, vocab_size: int, cfg: LSTMConfig) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, cfg.emb_dim)
-        self.drop_in = nn.Dropout(cfg.dec_dropout_in)
+        self.drop_in = MaskDropout(cfg.dec_dropout_in)
         self.lstm = nn.LSTM(cfg.emb_dim + cfg.nz, cfg.dec_hidden, batch_first=True)
         self.z_to_cell = nn.Linear(cfg.nz, cfg.dec_hidden, bias=False) if cfg.nz > 0 else None
-        self.drop_out = nn.Dropout(cfg.dec_dropout_out)
+        self.drop_out = MaskDropout(cfg.dec_dropout_out)
         self.out = nn.Linear(cfg.dec_hidden, vocab_size, bias=cfg.output_bias)
 
     def initial_state(self, z: Tensor) -> tuple[Tensor, Tensor]:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ablate.config import MAX_DIM, MAX_NZ, ConfigError, DataConfig, ModelSection, Strict
 from ablate.data.tokenize import HFTokenizer, PairTokenizer
+from ablate.models.dropout import cheaper_dropout
 from ablate.models.registry import ModelFamily, register_family
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
 from ablate.sources import resolve_source
@@ -178,8 +179,10 @@ def build_optimus_vae(cfg: OptimusConfig, tokenizer: PairTokenizer) -> "OptimusV
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    return OptimusVAE(_encoder_net(cfg, tokenizer.encoder), _decoder_net(cfg, tokenizer.decoder), cfg,
-                      tokenizer.framing)
+    vae = OptimusVAE(_encoder_net(cfg, tokenizer.encoder), _decoder_net(cfg, tokenizer.decoder), cfg,
+                     tokenizer.framing)
+    cheaper_dropout(vae)  # MaskDropout: the same distribution, cheaper masks (ablate/models/dropout.py)
+    return vae
 
 
 def decoder_geometry(config) -> tuple[int, int, int]:

@@ -25,6 +25,14 @@ from torch.nn import functional as F
 from ablate.models.kernels import Kernels, active, add_grad_w_product, grad_h_product, packed_weight, product_nt
 
 
+OUTPUT_BLOCK_ELEMENTS = 6_400_000  # logits per output-layer block: 25 MB fp32, cache-friendly (output_layer.py)
+
+
+def output_block(vocab_size: int, max_elements: int = OUTPUT_BLOCK_ELEMENTS) -> int:
+    """Positions per output-layer block so that one block's logits hold at most max_elements."""
+    return max(16, max_elements // max(1, vocab_size))
+
+
 def _block_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, backend: str) -> Tensor:
     return product_nt(hidden, weight, bias, backend).float()
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from ablate.config import MAX_DIM, MAX_NZ, ConfigError, ModelSection, Strict
 from ablate.data.batching import Batch
 from ablate.data.tokenize import Framing, HFTokenizer
+from ablate.models.dropout import cheaper_dropout
 from ablate.models.registry import ModelFamily, register_family
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
 from ablate.sources import resolve_source
@@ -185,6 +186,7 @@ def build_seq2seq_vae(cfg: Seq2SeqConfig, tokenizer: HFTokenizer) -> "Seq2SeqVAE
             net.config.decoder_start_token_id = tokenizer.framing.dec_start
     else:
         net = AutoModelForSeq2SeqLM.from_config(_config_from_arch(cfg, tokenizer))
+    cheaper_dropout(net)  # MaskDropout: the same distribution, cheaper masks (ablate/models/dropout.py)
     return Seq2SeqVAE(net, cfg, tokenizer.framing)
 
 

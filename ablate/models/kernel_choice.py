@@ -1,0 +1,219 @@
+"""Kernels chosen by measurement: the candidates timed on the run's own shapes, the fastest kept per machine.
+
+The fastest way to run a product differs from CPU to CPU (ablate.models.kernels lists the candidates). Before
+training, `choose` times them on the shapes the run will use (well under a second), keeps the answer in a user
+cache per CPU model, torch version, thread count and shape (`kernel_cache_path()`, so a machine measures once),
+and the run records the choice in its row (`kernels`). On GPUs nothing is timed. $ABLATE_KERNELS overrides:
+`default` (no timing: ablate's defaults) or `name=value,…` (e.g. `lstm=aten,grad_w=blas`; the rest measured).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ablate.models.kernels import (EVAL_BACKENDS, LSTM_BACKENDS, ONEDNN, PRODUCT_BACKENDS, Kernels,
+                                   add_grad_w_product, grad_h_product, lstm_backend, packed_weight, product_nt,
+                                   using)
+from ablate.models.output_layer import output_block, token_log_probs
+
+KERNELS_ENV = "ABLATE_KERNELS"
+CACHE_ENV = "ABLATE_KERNEL_CACHE"
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What the run will multiply: the output layer's weight [vocab, hidden], the positions of a training step and
+    of an output block, the LSTMs (input, hidden, batch, length), and the training dtype."""
+
+    vocab: int
+    hidden: int
+    positions: int
+    block: int
+    lstms: tuple[tuple[int, int, int, int], ...] = ()
+    dtype: str = "fp32"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def kernel_cache_path() -> Path:
+    """$ABLATE_KERNEL_CACHE, else $XDG_CACHE_HOME/ablate/kernels.json, else ~/.cache/ablate/kernels.json."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ablate" / "kernels.json"
+
+
+def cache_key(shapes: Shapes, threads: int) -> str:
+    machine = {"cpu": cpu_model(), "torch": torch.__version__, "threads": threads, **dataclasses.asdict(shapes)}
+    return hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # absent or damaged: measure again (the cache is ours, and only a cache)
+
+
+def _write_cache(path: Path, key: str, choice: dict[str, str]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = _read_cache(path)
+        data[key] = choice
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(temporary, path)
+    except OSError:
+        pass  # a read-only home: the choice is measured again next time
+
+
+Timer = Callable[[str, Callable[[], Any]], float]
+
+
+def median_seconds(label: str, fn: Callable[[], Any], repeats: int = 5, warmup: int = 2) -> float:
+    """The median wall time of fn() over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def parse_setting(text: str) -> dict[str, str]:
+    """$ABLATE_KERNELS `name=value,…` → {field: value}; a clear error for an unknown name or value."""
+    allowed = {"output": ("blocks", "plain"), "logits": PRODUCT_BACKENDS, "grad_h": PRODUCT_BACKENDS,
+               "grad_w": PRODUCT_BACKENDS, "eval_logits": EVAL_BACKENDS, "lstm": LSTM_BACKENDS}
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in allowed or value not in allowed[name]:
+            raise ValueError(f"${KERNELS_ENV}: {part!r} is not one of "
+                             + "; ".join(f"{k}={'|'.join(v)}" for k, v in allowed.items()) + " (or 'default')")
+        out[name] = value
+    return out
+
+
+def choose(shapes: Shapes, device: torch.device, threads: int | None = None, timer: Timer = median_seconds,
+           cache: Path | None = None) -> Kernels:
+    """The fastest kernels for these shapes on this machine (module docstring); `timer(label, fn)` times one
+    candidate (replaceable in tests)."""
+    if device.type != "cpu":
+        return Kernels(output="plain", logits="blas", grad_h="blas", grad_w="blas", eval_logits="blas",
+                       lstm="onednn", how="gpu")
+    setting = os.environ.get(KERNELS_ENV, "").strip()
+    if setting == "default":
+        return Kernels()
+    forced = parse_setting(setting)
+    threads = threads or torch.get_num_threads()
+    key = cache_key(shapes, threads)
+    path = cache if cache is not None else kernel_cache_path()
+    cached = _read_cache(path).get(key)
+    fields = {f.name for f in dataclasses.fields(Kernels)} - {"how"}
+    if isinstance(cached, dict) and set(cached) == fields:
+        try:
+            parse_setting(",".join(f"{k}={v}" for k, v in cached.items()))
+            return Kernels(**{**cached, **forced}, how="cached" if not forced else "set")
+        except ValueError:
+            pass  # a cache from another version of ablate: measure again
+    choice = measure(shapes, timer, forced)
+    _write_cache(path, key, {k: v for k, v in dataclasses.asdict(choice).items() if k != "how"})
+    return dataclasses.replace(choice, how="set" if forced else "measured")
+
+
+def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str] | None = None) -> Kernels:
+    """Time every candidate on `shapes` (a fixed seed; values do not change what a product costs)."""
+    forced = forced or {}
+    dtype = torch.bfloat16 if shapes.dtype == "bf16" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    rows = min(shapes.block, shapes.positions)
+    weight = (torch.randn(shapes.vocab, shapes.hidden, generator=gen) * 0.05).to(dtype)
+    weight_t = weight.t().contiguous()
+    h = torch.randn(rows, shapes.hidden, generator=gen).to(dtype)
+    g = torch.randn(rows, shapes.vocab, generator=gen).softmax(-1).to(dtype)
+    grad_w = torch.zeros(shapes.vocab, shapes.hidden)
+    backends = PRODUCT_BACKENDS if ONEDNN else ("blas",)
+
+    def fastest(name: str, candidates: dict[str, Callable[[], Any]]) -> str:
+        if name in forced:
+            return forced[name]
+        times = {}
+        for label, fn in candidates.items():
+            try:
+                times[label] = timer(f"{name}:{label}", fn)
+            except (RuntimeError, NotImplementedError):  # this build or CPU lacks it: not a candidate here
+                continue
+        if not times:
+            raise RuntimeError(f"no {name} kernel runs on this machine ({', '.join(candidates)} all failed)")
+        return min(times, key=times.get)
+
+    logits = fastest("logits", {b: (lambda b=b: product_nt(h, weight, backend=b)) for b in backends})
+    grad_h = fastest("grad_h", {b: (lambda b=b: grad_h_product(g, weight, weight_t, b)) for b in backends})
+    grad_w_choice = fastest("grad_w", {b: (lambda b=b: add_grad_w_product(grad_w, g, h, b)) for b in backends})
+    eval_weight = {b: packed_weight(weight.float(), shapes.block, b) for b in EVAL_BACKENDS if ONEDNN or b == "blas"}
+    h32 = h.float()
+    eval_logits = fastest("eval_logits", {b: (lambda b=b, w=w: product_nt(h32, w, backend=b))
+                                          for b, w in eval_weight.items()})
+    blocks = Kernels(logits=logits, grad_h=grad_h, grad_w=grad_w_choice)
+    output = fastest("output", {"blocks": lambda: _output_step(shapes, dtype, blocks),
+                                "plain": lambda: _output_step(shapes, dtype, dataclasses.replace(blocks, output="plain"))})
+    torch.manual_seed(2)
+    lstms = [(torch.nn.LSTM(size_in, size_hidden, batch_first=True), torch.randn(batch, length, size_in))
+             for size_in, size_hidden, batch, length in shapes.lstms]
+    lstm = fastest("lstm", {b: (lambda b=b: _lstm_step(lstms, b, shapes.dtype)) for b in LSTM_BACKENDS
+                            if ONEDNN or b == "aten"}) if lstms else Kernels().lstm
+    return Kernels(output=output, logits=logits, grad_h=grad_h, grad_w=grad_w_choice, eval_logits=eval_logits,
+                   lstm=lstm, how="measured")
+
+
+def _output_step(shapes: Shapes, dtype: torch.dtype, kernels: Kernels) -> None:
+    """One training step of the output layer: forward and backward over `positions` positions."""
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(shapes.positions, shapes.hidden, generator=gen, requires_grad=True)
+    weight = (torch.randn(shapes.vocab, shapes.hidden, generator=gen) * 0.05).requires_grad_(True)
+    targets = torch.randint(0, shapes.vocab, (shapes.positions,), generator=gen)
+    with using(kernels), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        token_log_probs(hidden, weight, None, targets, shapes.block).sum().backward()
+
+
+def _lstm_step(lstms: list[tuple[torch.nn.LSTM, Tensor]], backend: str, dtype: str) -> None:
+    """Forward and backward of the run's LSTMs (built at their input and hidden sizes, on batch × length inputs)."""
+    with lstm_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        for lstm, inputs in lstms:
+            out, _ = lstm(inputs)
+            out.float().sum().backward()
+
+
+def shapes_of(model: torch.nn.Module, batch_size: int, mean_tokens: float, precision: str = "fp32") -> Shapes:
+    """The Shapes of a TextVAE's training step: its output layer (`model.output_layer()`), its LSTMs, a batch of
+    `batch_size` sentences of `mean_tokens` decoder positions each."""
+    weight, _ = model.output_layer()  # type: ignore[operator]
+    length = max(1, round(mean_tokens))
+    lstms = tuple((m.input_size, m.hidden_size, batch_size, length) for m in model.modules()
+                  if isinstance(m, torch.nn.LSTM))
+    return Shapes(vocab=weight.shape[0], hidden=weight.shape[1], positions=max(1, batch_size * length),
+                  block=output_block(weight.shape[0]), lstms=lstms, dtype=precision)

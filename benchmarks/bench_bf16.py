@@ -1,0 +1,84 @@
+"""bf16 training on a CPU against fp32: tokens/s and the test metrics, same seed, Li et al.'s PTB model.
+
+    python benchmarks/bench_bf16.py [--epochs 1] [--iw 100] [--threads 2]
+
+Trains Li et al.'s PTB LSTM VAE (emb 256, hidden 256/256, nz 32, batch 32, SGD lr 1, KL annealed 0 → 1 over the
+run) twice from the same seed — `train.precision: fp32`, then `bf16` (autocast of the networks; the output layer's
+products in bf16 with fp32 softmax and ∂W; metrics always fp32) — each in its own process through
+`ablate.run.execute`, and evaluates both on the whole PTB test set (IW-NLL with --iw samples). Prints each run's
+training tokens/s and test metrics, and bf16's relative difference; bf16 is the documented fast path when the
+test NLL stays within 0.3 % of fp32's. (Speed interleaved with the reference: bench_reference.py --impls
+ablate,ablate-bf16.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import common
+
+METRICS = ("test.nll", "test.ppl", "test.nelbo", "test.kl", "test.mi", "test.au")
+
+
+def one(precision: str, epochs: int, iw: int, threads: int) -> dict:
+    import torch
+
+    from ablate.config import build_config
+    from ablate.run import execute
+
+    config = build_config({
+        "data": common.corpus_config("ptb"),
+        "model": {**common.LI_PTB, "dec_dropout_in": 0.5, "dec_dropout_out": 0.5, "output_bias": False},
+        "train": {"optimizer": "sgd", "lr": 1.0, "batch_size": 32, "epochs": epochs, "device": "cpu",
+                  "grad_clip": 5.0, "precision": precision, "threads": threads},
+        "techniques": {"kl_annealing": {"schedule": "linear", "start": 0.0, "warmup_epochs": epochs}},
+        "eval": {"splits": ["test"], "iw_samples": iw, "mi_pool": "dataset"}, "seed": 0}, "<bench>")
+    with tempfile.TemporaryDirectory() as folder:
+        row = execute(config, Path(folder), progress=False, save_model=False).row
+    if row["status"] != "ok":
+        raise SystemExit(f"{precision}: {row.get('error_message')}")
+    torch.set_num_threads(threads)
+    return {key: row.get(key) for key in METRICS + ("train_tokens_per_second", "train_seconds", "eval_seconds",
+                                                    "kernels")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--iw", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.epochs, args.iw, args.threads)))
+        return
+    print(f"bf16 vs fp32 training, Li et al.'s PTB VAE, {args.epochs} epoch(s), seed 0, test IW K={args.iw}; "
+          f"{common.cpu_model()}")
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        out = subprocess.run([sys.executable, __file__, "--one", precision, "--epochs", str(args.epochs), "--iw",
+                              str(args.iw), "--threads", str(args.threads)], capture_output=True, text=True,
+                             cwd=Path(__file__).parent)
+        if out.returncode:
+            raise SystemExit(out.stderr[-3000:])
+        rows[precision] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"  {precision}: {rows[precision]['train_tokens_per_second']:.0f} tokens/s, train "
+              f"{rows[precision]['train_seconds']:.0f} s, eval {rows[precision]['eval_seconds']:.0f} s; "
+              f"{common.load()}; kernels: {rows[precision]['kernels']}", flush=True)
+    print(f"{'':<28}{'fp32':>10}{'bf16':>10}{'bf16 − fp32':>14}")
+    for key in ("train_tokens_per_second",) + METRICS:
+        a, b = rows["fp32"][key], rows["bf16"][key]
+        relative = f" ({(b - a) / abs(a) * 100:+.2f} %)" if a else ""
+        print(f"{key:<28}{a:>10.3f}{b:>10.3f}{b - a:>+14.3f}{relative}")
+    nll = (rows["bf16"]["test.nll"] - rows["fp32"]["test.nll"]) / rows["fp32"]["test.nll"] * 100
+    print(f"test NLL: bf16 is {nll:+.2f} % of fp32's (target: within ±0.3 %); speed "
+          f"{rows['bf16']['train_tokens_per_second'] / rows['fp32']['train_tokens_per_second']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
