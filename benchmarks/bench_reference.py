@@ -223,7 +223,10 @@ def iw_ablate(sentences: int, k: int, threads: int) -> dict:
     import ablate.run
     from ablate.data.batching import make_batch
     from ablate.evaluate import iw_nll
-    from ablate.models.output_layer import output_block
+    try:
+        from ablate.models.output_layer import output_block
+    except ImportError:  # a --before tree: it lived in models.base
+        from ablate.models.base import output_block
 
     torch.set_num_threads(threads)
     config, prepared, model = common.li_ptb_model()
@@ -303,9 +306,9 @@ def main() -> None:
     print(f"{'impl':<12}{'tokens/s':>10}   runs")
     for impl in impls:
         print(f"{impl:<12}{medians[impl]:>10.0f}   " + ", ".join(f"{r:.0f}" for r in rates[impl]))
-    base = medians.get("reference", medians["bare"])
+    base_name = "reference" if "reference" in medians else impls[0]
     for impl in impls:
-        print(f"{impl} / {'reference' if 'reference' in medians else 'bare'}: {medians[impl] / base:.2f}x")
+        print(f"{impl} / {base_name}: {medians[impl] / medians[base_name]:.2f}x")
     print(common.load())
 
 

@@ -4,7 +4,11 @@
 
 Li et al.'s PTB LSTM VAE (emb 256, hidden 256/256, nz 32, batch 32, 10k vocabulary) and He et al.'s Yahoo size
 (512/1024/1024, the Yahoo valid split standing in for train). The bare loop is written here the plain way: packed
-sequences in the encoder, the full logits block, cross-entropy with padding masked out, Adam, clipping. Both
+sequences in the encoder, the full logits block, cross-entropy with padding masked out, Adam, clipping. It is
+*not* the reference-speed baseline (packing and Adam make it slower than He et al.'s code): the speed claim
+against the code researchers would otherwise run is bench_reference.py's, whose plain loop is shown there, side by
+side with jxhe/vae-lagging-encoder itself, to run at its speed (0.96× on the AMD EPYC, 2026-12-02). This benchmark
+is kept for the peak memory and the Yahoo size. Both
 train on the same batches (ablate's bucketing, same seed), fp32; each run is its own process (so peak memory is
 its own), interleaved bare/ablate, median of --repeats. Peak memory is the process's peak RSS minus its RSS
 before the first step (the imports and the corpus are the same for both).
