@@ -10,8 +10,9 @@ output bias), fp32, on ../shared/data/ptb's training split. Three implementation
   of its text.py training loop (create_data_batch's one-length batches in a shuffled order, two SGD optimisers,
   `loss.mean().backward()`, clipping, `.item()` of the losses every step). Imported from --reference at run time.
 - `bare`: the same algorithm written here in plain PyTorch (nn.LSTM over one-length batches, the full logits
-  block, cross-entropy, SGD, a host read of the loss each step) — the baseline the other benchmarks use, shown
-  here to run at the reference's speed.
+  block, cross-entropy, SGD, a host read of the loss each step) — shown here to run at the reference's speed:
+  5,811 vs 6,056 tokens/s (0.96×; medians of 3, interleaved) on an AMD EPYC, 2 cores, torch 2.13.0+cpu,
+  2026-12-02 (benchmarks/README.md has the whole table).
 - `ablate`: `ablate.train.train` with the same settings (`train.batching: one_length`, the same batches).
 
 Steady-state tokens/s by differencing: each implementation runs the first A and the first B steps of the same
