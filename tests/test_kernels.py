@@ -106,7 +106,7 @@ SHAPES = C.Shapes(vocab=50, hidden=8, positions=40, block=16, lstms=((8, 8, 4, 1
 
 
 def fake_timer(costs: dict[str, float], calls: list[str]):
-    def timer(label, fn):
+    def timer(label, fn, best):
         calls.append(label)
         fn()  # every candidate runs (a broken one is not chosen)
         return costs.get(label, 1.0)
