@@ -14,13 +14,16 @@ dense bf16 989 TFLOP/s on CUDA, else the fp32 GEMM rate measured here).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import statistics
 import time
 
 import torch
 
-from common import SHARED, gemm_gflops, load
+from common import SHARED, cpu_model, gemm_gflops, load
 from ablate.config import build_config
-from ablate.run import build, prepare
+from ablate.models.kernels import using
+from ablate.run import build, choose_kernels, prepare, use_kernels
 from ablate.train import train
 
 ARCH = {"example": {"family": "t5", "d_model": 128, "num_layers": 2, "num_heads": 4, "d_ff": 512, "dropout": 0.1},
@@ -45,12 +48,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--compare-linear", type=int, default=0, metavar="REPEATS",
+                        help="instead: the Linear layers through MKL (blas) and oneDNN, interleaved, REPEATS times "
+                        "each, in one process on the same model (the rest of the kernels as chosen)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     peak = args.peak_tflops or (989.0 if device.type == "cuda" else gemm_gflops() / 1000)
     print(f"T5 VAE training, {args.device}, {args.precision}, batch 32, {args.steps} steps after 5 warm-up; "
-          f"peak for MFU {peak:.3g} TFLOP/s; {load()}")
+          f"peak for MFU {peak:.3g} TFLOP/s; {load()}; {cpu_model()}")
     print(f"{'size':<10}{'params':>10}{'vocab':>7}{'tokens/s':>10}{'ms/step':>9}{'MFU':>7}")
     for size in args.sizes.split(","):
         config = build_config({"data": {"name": "synthetic"}, "model": model_section(size),
@@ -62,8 +68,13 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         valid = prepared.splits["valid"].head(8)
         framing = prepared.tokenizer.framing
+        chosen = choose_kernels(model, config, prepared, device)
+        use_kernels(chosen)
         train(model, [], prepared.splits["train"], valid, framing, config.train, device, 0, progress=False)  # warm-up
         config.train.max_steps = args.steps
+        if args.compare_linear:
+            compare_linear(model, prepared, config, device, chosen, size, args.compare_linear)
+            continue
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -77,6 +88,23 @@ def main() -> None:
               f"{1000 * state.train_seconds / args.steps:>9.1f}{100 * mfu:>6.1f}%   (wall {time.perf_counter() - started:.1f} s"
               " incl. one validation pass)")
     print(load())
+
+
+def compare_linear(model, prepared, config, device, chosen, size: str, repeats: int) -> None:
+    """tokens/s with the Linear layers through MKL and through oneDNN, interleaved, medians of `repeats`."""
+    rates: dict[str, list[float]] = {"blas": [], "onednn": []}
+    valid = prepared.splits["valid"].head(8)
+    for repeat in range(repeats):
+        for backend in rates:
+            with using(dataclasses.replace(chosen, linear=backend)):
+                state = train(model, [], prepared.splits["train"], valid, prepared.tokenizer.framing, config.train,
+                              device, repeat + 1, progress=False).state
+            rates[backend].append(state.train_tokens / state.train_seconds)
+            print(f"  {size} repeat {repeat + 1} linear {backend:<7}{rates[backend][-1]:>9.0f} tokens/s; {load()}",
+                  flush=True)
+    medians = {b: statistics.median(r) for b, r in rates.items()}
+    print(f"{size}: linear blas {medians['blas']:.0f}, onednn {medians['onednn']:.0f} tokens/s: "
+          f"{medians['onednn'] / medians['blas']:.2f}x (chosen at start-up: {chosen.linear})")
 
 
 if __name__ == "__main__":

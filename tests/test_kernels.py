@@ -170,7 +170,7 @@ def test_a_run_records_its_kernels_and_cpu_in_the_row(tmp_path, monkeypatch):
     monkeypatch.setenv(C.CACHE_ENV, str(tmp_path / "kernels.json"))
     row = execute(build_config(tiny_overrides()), tmp_path / "run", progress=False, save_model=False).row
     assert row["status"] == "ok"
-    assert row["kernels"].startswith("output plain; eval ") and "lstm aten; set" in row["kernels"]
+    assert row["kernels"].startswith("output plain; eval ") and "lstm aten; linear " in row["kernels"] and row["kernels"].endswith("; set")
     assert row["cpu"] == C.cpu_model() and row["kernels"] == K.active().describe()
     monkeypatch.setenv(C.KERNELS_ENV, "output=fast")
     failed = execute(build_config(tiny_overrides()), tmp_path / "bad", progress=False, save_model=False).row
@@ -206,3 +206,49 @@ def test_transformers_models_get_the_cheaper_dropout():
     assert before > 0 and cheaper_dropout(net) == before
     assert not any(type(m) is torch.nn.Dropout for m in net.modules())
     assert all(m.p == 0.2 for m in net.modules() if isinstance(m, MaskDropout))
+
+
+@pytest.mark.parametrize("backend", K.PRODUCT_BACKENDS)
+def test_chosen_linear_gives_nn_linear_values_and_gradients(backend):
+    torch.manual_seed(0)
+    reference_layer = torch.nn.Linear(24, 40)
+    layer = torch.nn.Linear(24, 40)
+    layer.load_state_dict(reference_layer.state_dict())
+    assert K.chosen_linears(torch.nn.Sequential(layer)) == 1 and isinstance(layer, K.ChosenLinear)
+    x = torch.randn(3, 7, 24)
+    results = []
+    for module, kernels in ((reference_layer, K.Kernels()), (layer, K.Kernels(linear=backend))):
+        inputs = x.clone().requires_grad_(True)
+        with K.using(kernels):
+            out = module(inputs)
+        (out * torch.linspace(-1, 1, 40)).sum().backward()
+        results.append([out.detach(), inputs.grad, module.weight.grad, module.bias.grad])
+    assert results[1][0].shape == (3, 7, 40)
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert set(layer.state_dict()) == {"weight", "bias"}
+
+
+def test_a_transformers_model_gets_chosen_linears_and_their_shapes_are_timed(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    net = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                              num_heads=4))
+    plain = sum(type(m) is torch.nn.Linear for m in net.modules())
+    assert K.chosen_linears(net) == plain and isinstance(net.lm_head, K.ChosenLinear)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def output_layer(self):
+            return net.lm_head.weight, None
+
+    shapes = C.shapes_of(Wrapper(), batch_size=4, mean_tokens=6)
+    assert shapes.linears == ((16, 16), (16, 32), (16, 40), (32, 16)) and shapes.lstms == ()
+    monkeypatch.delenv(C.KERNELS_ENV, raising=False)
+    calls: list[str] = []
+    C.choose(shapes, torch.device("cpu"), timer=fake_timer({"linear:onednn": 0.0}, calls), cache=tmp_path / "k.json")
+    assert {"linear:blas", "linear:onednn"} <= set(calls) or not K.ONEDNN

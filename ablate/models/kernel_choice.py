@@ -23,9 +23,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ablate.models.kernels import (EVAL_BACKENDS, LSTM_BACKENDS, ONEDNN, PRODUCT_BACKENDS, Kernels,
-                                   add_grad_w_product, grad_h_product, lstm_backend, packed_weight, product_nt,
-                                   using)
+from ablate.models.kernels import (EVAL_BACKENDS, LSTM_BACKENDS, ONEDNN, PRODUCT_BACKENDS, ChosenLinear, Kernels,
+                                   add_grad_w_product, grad_h_product, linear, lstm_backend, packed_weight,
+                                   product_nt, using)
 from ablate.models.output_layer import output_block, token_log_probs
 
 KERNELS_ENV = "ABLATE_KERNELS"
@@ -43,6 +43,7 @@ class Shapes:
     block: int
     lstms: tuple[tuple[int, int, int, int], ...] = ()
     dtype: str = "fp32"
+    linears: tuple[tuple[int, int], ...] = ()  # (in, out) of the ChosenLinear layers, at `positions` rows
 
 
 def cpu_model() -> str:
@@ -114,7 +115,8 @@ def median_seconds(label: str, fn: Callable[[], Any], best: float = math.inf, re
 def parse_setting(text: str) -> dict[str, str]:
     """$ABLATE_KERNELS `name=value,…` → {field: value}; a clear error for an unknown name or value."""
     allowed = {"output": ("blocks", "plain"), "logits": PRODUCT_BACKENDS, "grad_h": PRODUCT_BACKENDS,
-               "grad_w": PRODUCT_BACKENDS, "eval_logits": EVAL_BACKENDS, "lstm": LSTM_BACKENDS}
+               "grad_w": PRODUCT_BACKENDS, "eval_logits": EVAL_BACKENDS, "lstm": LSTM_BACKENDS,
+               "linear": PRODUCT_BACKENDS}
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
@@ -131,7 +133,7 @@ def choose(shapes: Shapes, device: torch.device, threads: int | None = None, tim
     candidate (replaceable in tests)."""
     if device.type != "cpu":
         return Kernels(output="plain", logits="blas", grad_h="blas", grad_w="blas", eval_logits="blas",
-                       lstm="onednn", how="gpu")
+                       lstm="onednn", linear="blas", how="gpu")
     setting = os.environ.get(KERNELS_ENV, "").strip()
     if setting == "default":
         return Kernels()
@@ -193,8 +195,18 @@ def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str
              for size_in, size_hidden, batch, length in shapes.lstms]
     lstm = fastest("lstm", {b: (lambda b=b: _lstm_step(lstms, b, shapes.dtype)) for b in LSTM_BACKENDS
                             if ONEDNN or b == "aten"}) if lstms else Kernels().lstm
+    layers = [(torch.nn.Linear(size_in, size_out), torch.randn(shapes.positions, size_in, requires_grad=True))
+              for size_in, size_out in shapes.linears]
+    linear_choice = fastest("linear", {b: (lambda b=b: _linear_step(layers, b)) for b in backends}) \
+        if layers and shapes.dtype == "fp32" else Kernels().linear
     return Kernels(output=output, logits=logits, grad_h=grad_h, grad_w=grad_w_choice, eval_logits=eval_logits,
-                   lstm=lstm, how="measured")
+                   lstm=lstm, linear=linear_choice, how="measured")
+
+
+def _linear_step(layers: list[tuple[torch.nn.Linear, Tensor]], backend: str) -> None:
+    """Forward and backward of one layer of each of the model's Linear shapes."""
+    for layer, inputs in layers:
+        linear(inputs, layer.weight, layer.bias, backend).sum().backward()
 
 
 def _output_step(shapes: Shapes, dtype: torch.dtype, kernels: Kernels) -> None:
@@ -222,5 +234,6 @@ def shapes_of(model: torch.nn.Module, batch_size: int, mean_tokens: float, preci
     length = max(1, round(mean_tokens))
     lstms = tuple((m.input_size, m.hidden_size, batch_size, length) for m in model.modules()
                   if isinstance(m, torch.nn.LSTM))
+    linears = tuple(sorted({(m.in_features, m.out_features) for m in model.modules() if isinstance(m, ChosenLinear)}))
     return Shapes(vocab=weight.shape[0], hidden=weight.shape[1], positions=max(1, batch_size * length),
-                  block=output_block(weight.shape[0]), lstms=lstms, dtype=precision)
+                  block=output_block(weight.shape[0]), lstms=lstms, dtype=precision, linears=linears)

@@ -12,7 +12,10 @@ The candidates (every one computes the same values: tests/test_kernels.py):
 - the output layer in evaluation: its logits through `blas`, `onednn`, or `onednn-packed` (the weight reordered
   once into oneDNN's blocked layout);
 - the LSTMs: `onednn` (oneDNN's RNN primitive: PyTorch's own choice on CPUs with mkldnn on) or `aten` (PyTorch's
-  cell loop over MKL products).
+  cell loop over MKL products);
+- the Transformer families' Linear layers (`ChosenLinear`, swapped in for every nn.Linear of a T5/BART/Optimus
+  model): `blas` (F.linear) or `onednn` (forward and both backward products through oneDNN, fp32 only; under
+  autocast they are F.linear).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 PRODUCT_BACKENDS = ("blas", "onednn")
@@ -50,6 +53,7 @@ class Kernels:
     grad_w: str = "onednn" if ONEDNN else "blas"
     eval_logits: str = "onednn-packed" if ONEDNN else "blas"
     lstm: str = "onednn" if ONEDNN else "aten"
+    linear: str = "blas"  # the Transformer families' nn.Linear layers (ChosenLinear): blas | onednn
     how: str = "defaults"  # defaults | measured | cached | set ($ABLATE_KERNELS) | gpu
 
     def describe(self) -> str:
@@ -57,7 +61,7 @@ class Kernels:
         lstm onednn; measured'."""
         output = "plain" if self.output == "plain" else \
             f"blocks (logits {self.logits}, ∂h {self.grad_h}, ∂W {self.grad_w})"
-        return f"output {output}; eval {self.eval_logits}; lstm {self.lstm}; {self.how}"
+        return f"output {output}; eval {self.eval_logits}; lstm {self.lstm}; linear {self.linear}; {self.how}"
 
 
 _ACTIVE = [Kernels()]
@@ -133,3 +137,56 @@ def lstm_backend(backend: str | None = None) -> Iterator[None]:
             torch._C._set_mkldnn_enabled(True)
     else:
         yield
+
+
+class _ChosenLinear(torch.autograd.Function):
+    """x Wᵀ + b with the forward product and both backward products (∂x = g W, ∂W = gᵀ x) through `backend`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, backend: str) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.backend, ctx.has_bias = backend, bias is not None
+        return product_nt(x, weight, bias, backend)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            weight_t = weight.t().contiguous() if ctx.backend == "onednn" else None
+            grad_x = grad_h_product(grad, weight, weight_t, ctx.backend)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            add_grad_w_product(grad_w, grad, x, ctx.backend)
+            grad_w = grad_w.to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, backend: str | None = None) -> Tensor:
+    """F.linear through the chosen backend (default: the active choice's `linear`)."""
+    backend = backend or active().linear
+    if backend != "onednn" or not _onednn_fits(x, weight) or x.dtype != torch.float32 \
+            or torch.is_autocast_enabled(x.device.type):
+        return F.linear(x, weight, bias)
+    flat = x.reshape(-1, x.shape[-1])
+    return _ChosenLinear.apply(flat, weight, bias, backend).view(*x.shape[:-1], weight.shape[0])
+
+
+class ChosenLinear(nn.Linear):
+    """nn.Linear (same parameters, same state dict) whose product runs through the chosen backend."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def chosen_linears(module: nn.Module) -> int:
+    """Make every plain nn.Linear inside `module` a ChosenLinear (its class swapped: parameters, ties and hooks
+    stay); how many were."""
+    swapped = 0
+    for child in module.modules():
+        if type(child) is nn.Linear:
+            child.__class__ = ChosenLinear
+            swapped += 1
+    return swapped

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ablate.config import MAX_DIM, MAX_NZ, ConfigError, DataConfig, ModelSection, Strict
 from ablate.data.tokenize import HFTokenizer, PairTokenizer
 from ablate.models.dropout import cheaper_dropout
+from ablate.models.kernels import chosen_linears
 from ablate.models.registry import ModelFamily, register_family
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
 from ablate.sources import resolve_source
@@ -182,6 +183,7 @@ def build_optimus_vae(cfg: OptimusConfig, tokenizer: PairTokenizer) -> "OptimusV
     vae = OptimusVAE(_encoder_net(cfg, tokenizer.encoder), _decoder_net(cfg, tokenizer.decoder), cfg,
                      tokenizer.framing)
     cheaper_dropout(vae)  # MaskDropout: the same distribution, cheaper masks (ablate/models/dropout.py)
+    chosen_linears(vae)  # its Linear layers through the kernels measured fastest here (kernels.py)
     return vae
 
 

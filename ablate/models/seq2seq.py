@@ -35,6 +35,7 @@ from ablate.config import MAX_DIM, MAX_NZ, ConfigError, ModelSection, Strict
 from ablate.data.batching import Batch
 from ablate.data.tokenize import Framing, HFTokenizer
 from ablate.models.dropout import cheaper_dropout
+from ablate.models.kernels import chosen_linears
 from ablate.models.registry import ModelFamily, register_family
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
 from ablate.sources import resolve_source
@@ -187,6 +188,7 @@ def build_seq2seq_vae(cfg: Seq2SeqConfig, tokenizer: HFTokenizer) -> "Seq2SeqVAE
     else:
         net = AutoModelForSeq2SeqLM.from_config(_config_from_arch(cfg, tokenizer))
     cheaper_dropout(net)  # MaskDropout: the same distribution, cheaper masks (ablate/models/dropout.py)
+    chosen_linears(net)  # its Linear layers through the kernels measured fastest here (kernels.py)
     return Seq2SeqVAE(net, cfg, tokenizer.framing)
 
 
