@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ablate.models.kernels import (EVAL_BACKENDS, LSTM_BACKENDS, ONEDNN, PRODUCT_BACKENDS, ChosenLinear, Kernels,
+from ablate.models.kernels import (EVAL_BACKENDS, GRAD_H_BACKENDS, LSTM_BACKENDS, ONEDNN, PRODUCT_BACKENDS, ChosenLinear, Kernels,
                                    add_grad_w_product, grad_h_product, linear, lstm_backend, packed_weight,
                                    product_nt, using)
 from ablate.models.output_layer import output_block, token_log_probs
@@ -114,7 +114,7 @@ def median_seconds(label: str, fn: Callable[[], Any], best: float = math.inf, re
 
 def parse_setting(text: str) -> dict[str, str]:
     """$ABLATE_KERNELS `name=value,…` → {field: value}; a clear error for an unknown name or value."""
-    allowed = {"output": ("blocks", "plain"), "logits": PRODUCT_BACKENDS, "grad_h": PRODUCT_BACKENDS,
+    allowed = {"output": ("blocks", "plain"), "logits": PRODUCT_BACKENDS, "grad_h": GRAD_H_BACKENDS,
                "grad_w": PRODUCT_BACKENDS, "eval_logits": EVAL_BACKENDS, "lstm": LSTM_BACKENDS,
                "linear": PRODUCT_BACKENDS}
     out = {}
@@ -161,7 +161,6 @@ def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str
     gen = torch.Generator().manual_seed(0)
     rows = min(shapes.block, shapes.positions)
     weight = (torch.randn(shapes.vocab, shapes.hidden, generator=gen) * 0.05).to(dtype)
-    weight_t = weight.t().contiguous()
     h = torch.randn(rows, shapes.hidden, generator=gen).to(dtype)
     g = torch.randn(rows, shapes.vocab, generator=gen).softmax(-1).to(dtype)
     grad_w = torch.zeros(shapes.vocab, shapes.hidden)
@@ -181,7 +180,9 @@ def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str
         return min(times, key=times.get)
 
     logits = fastest("logits", {b: (lambda b=b: product_nt(h, weight, backend=b)) for b in backends})
-    grad_h = fastest("grad_h", {b: (lambda b=b: grad_h_product(g, weight, weight_t, b)) for b in backends})
+    grad_h = fastest("grad_h", {b: (lambda b=b: grad_h_product(g, weight, weight.t().contiguous()  # its copy too
+                                                               if b == "onednn" else None, b))
+                                for b in (GRAD_H_BACKENDS if ONEDNN else ("blas",))})
     grad_w_choice = fastest("grad_w", {b: (lambda b=b: add_grad_w_product(grad_w, g, h, b)) for b in backends})
     eval_weight = {b: packed_weight(weight.float(), shapes.block, b) for b in EVAL_BACKENDS if ONEDNN or b == "blas"}
     h32 = h.float()
