@@ -41,7 +41,7 @@ def values_and_grads(fn, hidden, weight, bias, scale):
 
 TRAINING = [K.Kernels(output="plain")] + [
     K.Kernels(logits=a, grad_h=b, grad_w=c)
-    for a, b, c in itertools.product(K.PRODUCT_BACKENDS, K.GRAD_H_BACKENDS, K.PRODUCT_BACKENDS)]
+    for a, b, c in itertools.product(K.PRODUCT_BACKENDS, K.GRAD_H_BACKENDS, K.GRAD_W_BACKENDS)]
 
 
 @pytest.mark.parametrize("kernels", TRAINING, ids=lambda k: k.describe().split(";")[0])

@@ -23,9 +23,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ablate.models.kernels import (EVAL_BACKENDS, GRAD_H_BACKENDS, LSTM_BACKENDS, ONEDNN, PRODUCT_BACKENDS, ChosenLinear, Kernels,
-                                   add_grad_w_product, grad_h_product, linear, lstm_backend, packed_weight,
-                                   product_nt, using)
+from ablate.models.kernels import (EVAL_BACKENDS, GRAD_H_BACKENDS, GRAD_W_BACKENDS, LSTM_BACKENDS, ONEDNN,
+                                   PRODUCT_BACKENDS, ChosenLinear, Kernels, add_grad_w_product, grad_h_product,
+                                   grad_w_accumulator, linear, lstm_backend, packed_weight, product_nt, using)
 from ablate.models.output_layer import output_block, token_log_probs
 
 KERNELS_ENV = "ABLATE_KERNELS"
@@ -115,7 +115,7 @@ def median_seconds(label: str, fn: Callable[[], Any], best: float = math.inf, re
 def parse_setting(text: str) -> dict[str, str]:
     """$ABLATE_KERNELS `name=value,…` → {field: value}; a clear error for an unknown name or value."""
     allowed = {"output": ("blocks", "plain"), "logits": PRODUCT_BACKENDS, "grad_h": GRAD_H_BACKENDS,
-               "grad_w": PRODUCT_BACKENDS, "eval_logits": EVAL_BACKENDS, "lstm": LSTM_BACKENDS,
+               "grad_w": GRAD_W_BACKENDS, "eval_logits": EVAL_BACKENDS, "lstm": LSTM_BACKENDS,
                "linear": PRODUCT_BACKENDS}
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -163,7 +163,6 @@ def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str
     weight = (torch.randn(shapes.vocab, shapes.hidden, generator=gen) * 0.05).to(dtype)
     h = torch.randn(rows, shapes.hidden, generator=gen).to(dtype)
     g = torch.randn(rows, shapes.vocab, generator=gen).softmax(-1).to(dtype)
-    grad_w = torch.zeros(shapes.vocab, shapes.hidden)
     backends = PRODUCT_BACKENDS if ONEDNN else ("blas",)
 
     def fastest(name: str, candidates: dict[str, Callable[[], Any]]) -> str:
@@ -183,7 +182,9 @@ def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str
     grad_h = fastest("grad_h", {b: (lambda b=b: grad_h_product(g, weight, weight.t().contiguous()  # its copy too
                                                                if b == "onednn" else None, b))
                                 for b in (GRAD_H_BACKENDS if ONEDNN else ("blas",))})
-    grad_w_choice = fastest("grad_w", {b: (lambda b=b: add_grad_w_product(grad_w, g, h, b)) for b in backends})
+    accumulators = {b: grad_w_accumulator(weight, b) for b in (GRAD_W_BACKENDS if ONEDNN else ("blas",))}
+    grad_w_choice = fastest("grad_w", {b: (lambda b=b: add_grad_w_product(accumulators[b], g, h, b))
+                                       for b in accumulators})
     eval_weight = {b: packed_weight(weight.float(), shapes.block, b) for b in EVAL_BACKENDS if ONEDNN or b == "blas"}
     h32 = h.float()
     eval_logits = fastest("eval_logits", {b: (lambda b=b, w=w: product_nt(h32, w, backend=b))

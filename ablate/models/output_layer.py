@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ablate.models.kernels import Kernels, active, add_grad_w_product, grad_h_product, packed_weight, product_nt
+from ablate.models.kernels import (Kernels, active, add_grad_w_product, grad_h_product, grad_w_accumulator,
+                                   packed_weight, product_nt)
 
 
 OUTPUT_BLOCK_ELEMENTS = 6_400_000  # logits per output-layer block: 25 MB fp32, cache-friendly (output_layer.py)
@@ -67,7 +68,7 @@ class _FusedTokenLogProbs(torch.autograd.Function):
         out = torch.empty(n, dtype=torch.float32, device=hidden.device)
         grads = any(ctx.needs_input_grad[:3])
         neg_grad_h = torch.empty_like(hidden) if grads else None
-        neg_grad_w = torch.zeros_like(weight, dtype=torch.float32) if grads else None
+        neg_grad_w = grad_w_accumulator(weight, kernels.grad_w) if grads else None
         neg_grad_b = torch.zeros_like(bias, dtype=torch.float32) if grads and bias is not None else None
         w = weight.detach().to(dtype)
         product_bias = bias.detach().to(dtype) if bias is not None else None
@@ -114,7 +115,7 @@ class _FusedTokenLogProbs(torch.autograd.Function):
         w = weight.detach().to(dtype)
         product_bias = bias.detach().to(dtype) if bias is not None else None
         grad_h = neg_grad_h * (-grad_out).unsqueeze(1).to(neg_grad_h.dtype)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32)
+        grad_w = grad_w_accumulator(weight, kernels.grad_w)
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
         for start in range(0, hidden.shape[0], ctx.block):
             h, t = hidden[start: start + ctx.block], targets[start: start + ctx.block]
