@@ -67,7 +67,9 @@ def kernel_cache_path() -> Path:
 
 
 def cache_key(shapes: Shapes, threads: int) -> str:
-    machine = {"cpu": cpu_model(), "torch": torch.__version__, "threads": threads, **dataclasses.asdict(shapes)}
+    machine = {"cpu": cpu_model(), "torch": torch.__version__, "threads": threads, **dataclasses.asdict(shapes),
+               "candidates": [PRODUCT_BACKENDS, GRAD_H_BACKENDS, GRAD_W_BACKENDS, EVAL_BACKENDS, LSTM_BACKENDS]}
+    # (a new candidate makes a new key: a choice cached before it existed is measured again)
     return hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
 
 
