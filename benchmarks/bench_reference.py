@@ -288,16 +288,7 @@ def main() -> None:
         for impl in impls:
             runs = {}
             for steps in (short, long):
-                command = [sys.executable, __file__, "--threads", str(args.threads), "--one", impl, str(steps)]
-                if args.reference:
-                    command += ["--reference", str(args.reference)]
-                env = dict(os.environ)
-                if impl == "before":
-                    env["PYTHONPATH"] = str(args.before.resolve())
-                out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent, env=env)
-                if out.returncode:
-                    raise SystemExit(out.stderr[-3000:])
-                runs[steps] = json.loads(out.stdout.strip().splitlines()[-1])
+                runs[steps] = run_in_process(args, impl, impl, steps)
             rate = (runs[long]["tokens"] - runs[short]["tokens"]) / (runs[long]["seconds"] - runs[short]["seconds"])
             rates[impl].append(rate)
             chosen = f" [{runs[long]['kernels']}]" if repeat == 0 and "kernels" in runs[long] else ""
@@ -313,21 +304,26 @@ def main() -> None:
     print(common.load())
 
 
+def run_in_process(args: argparse.Namespace, impl: str, one: str, size: int) -> dict:
+    """`--one ONE SIZE` in a fresh Python process (an older checkout on PYTHONPATH for impl `before`); its JSON."""
+    command = [sys.executable, __file__, "--threads", str(args.threads), "--one", one, str(size)]
+    if args.reference:
+        command += ["--reference", str(args.reference)]
+    env = dict(os.environ)
+    if impl == "before":
+        env["PYTHONPATH"] = str(args.before.resolve())
+    out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent, env=env)
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def iw_main(args: argparse.Namespace, impls: list[str]) -> None:
     print(f"IW-NLL K = 500, first {args.iw} PTB test sentences, {args.threads} threads; {common.cpu_model()}")
     seconds: dict[str, list[float]] = {impl: [] for impl in impls}
     for repeat in range(args.repeats):
         for impl in impls:
-            command = [sys.executable, __file__, "--threads", str(args.threads), "--one", f"iw-{impl}", str(args.iw)]
-            if args.reference:
-                command += ["--reference", str(args.reference)]
-            env = dict(os.environ)
-            if impl == "before":
-                env["PYTHONPATH"] = str(args.before.resolve())
-            out = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parent, env=env)
-            if out.returncode:
-                raise SystemExit(out.stderr[-3000:])
-            run = json.loads(out.stdout.strip().splitlines()[-1])
+            run = run_in_process(args, impl, f"iw-{impl}", args.iw)
             seconds[impl].append(run["seconds"])
             chosen = f" [{run['kernels']}]" if repeat == 0 and "kernels" in run else ""
             print(f"  repeat {repeat + 1} {impl:<12}{run['seconds']:>8.1f} s; {common.load()}{chosen}", flush=True)
