@@ -13,10 +13,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """`ablate.load_results(path)`: every result row under a folder as a pandas DataFrame (ablate.results.read_results;
+    """`ablate.load_results(path)`: every result row under a folder as a pandas DataFrame (ablate.results.rows.read_results;
     imported on first use, so `import ablate` stays light)."""
     if name == "load_results":
-        from ablate.results import read_results
+        from ablate.results.rows import read_results
 
         return read_results
     raise AttributeError(f"module 'ablate' has no attribute {name!r}")

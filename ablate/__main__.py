@@ -1,5 +1,5 @@
 """`python -m ablate …`: the `ablate` command without the console script (e.g. from a checkout or a worktree)."""
 
-from ablate.cli import main
+from ablate.cli.main import main
 
 raise SystemExit(main())

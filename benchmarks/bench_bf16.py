@@ -5,7 +5,7 @@
 Trains Li et al.'s PTB LSTM VAE (emb 256, hidden 256/256, nz 32, batch 32, SGD lr 1, KL annealed 0 → 1 over the
 run) twice from the same seed — `train.precision: fp32`, then `bf16` (autocast of the networks; the output layer's
 products in bf16 with fp32 softmax and ∂W; metrics always fp32) — each in its own process through
-`ablate.run.execute`, and evaluates both on the whole PTB test set (IW-NLL with --iw samples). Prints each run's
+`ablate.engine.run.execute`, and evaluates both on the whole PTB test set (IW-NLL with --iw samples). Prints each run's
 training tokens/s and test metrics, and bf16's relative difference; bf16 is the documented fast path when the
 test NLL stays within 0.3 % of fp32's. (Speed interleaved with the reference: bench_reference.py --impls
 ablate,ablate-bf16.)
@@ -28,8 +28,8 @@ METRICS = ("test.nll", "test.ppl", "test.nelbo", "test.kl", "test.mi", "test.au"
 def one(precision: str, epochs: int, iw: int, threads: int) -> dict:
     import torch
 
-    from ablate.config import build_config
-    from ablate.run import execute
+    from ablate.core.config import build_config
+    from ablate.engine.run import execute
 
     config = build_config({
         "data": common.corpus_config("ptb"),

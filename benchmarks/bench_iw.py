@@ -20,8 +20,8 @@ from torch.nn import functional as F
 
 from common import gemm_rates, li_ptb_model, load
 from ablate.data.batching import make_batch
-from ablate.evaluate import iw_nll
-from ablate.metrics import iw_log_marginal, log_normal_diag, log_standard_normal, sample_posterior
+from ablate.engine.evaluate import iw_nll
+from ablate.metrics.estimators import iw_log_marginal, log_normal_diag, log_standard_normal, sample_posterior
 from ablate.models.output_layer import output_block
 
 

@@ -17,8 +17,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from common import li_ptb_model, load
 from ablate.data.batching import iterate_batches
-from ablate.evaluate import encode_all
-from ablate.metrics import active_units, mutual_information
+from ablate.engine.evaluate import encode_all
+from ablate.metrics.estimators import active_units, mutual_information
 
 
 @torch.no_grad()

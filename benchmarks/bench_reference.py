@@ -13,7 +13,7 @@ output bias), fp32, on ../shared/data/ptb's training split. Three implementation
   block, cross-entropy, SGD, a host read of the loss each step) — shown here to run at the reference's speed:
   5,811 vs 6,056 tokens/s (0.96×; medians of 3, interleaved) on an AMD EPYC, 2 cores, torch 2.13.0+cpu,
   2026-12-02 (benchmarks/README.md has the whole table).
-- `ablate`: `ablate.train.train` with the same settings (`train.batching: one_length`, the same batches).
+- `ablate`: `ablate.engine.train.train` with the same settings (`train.batching: one_length`, the same batches).
 
 Steady-state tokens/s by differencing: each implementation runs the first A and the first B steps of the same
 shuffled batch order (same seed), and (tokens_B − tokens_A) / (seconds_B − seconds_A) leaves out start-up and
@@ -166,10 +166,10 @@ def run_ablate(steps: int, threads: int, precision: str = "fp32") -> dict:
     a --before tree (an older ablate on PYTHONPATH) may not choose kernels."""
     import torch
 
-    import ablate.run
-    from ablate.config import build_config
-    from ablate.run import build, prepare
-    from ablate.train import train
+    import ablate.engine.run
+    from ablate.core.config import build_config
+    from ablate.engine.run import build, prepare
+    from ablate.engine.train import train
 
     torch.set_num_threads(threads)
     config = build_config({
@@ -181,9 +181,9 @@ def run_ablate(steps: int, threads: int, precision: str = "fp32") -> dict:
     prepared = prepare(config)
     model = build(config, prepared)
     kernels = "(none: before kernels were chosen)"
-    if hasattr(ablate.run, "choose_kernels"):
-        chosen = ablate.run.choose_kernels(model, config, prepared, torch.device("cpu"))
-        ablate.run.use_kernels(chosen)
+    if hasattr(ablate.engine.run, "choose_kernels"):
+        chosen = ablate.engine.run.choose_kernels(model, config, prepared, torch.device("cpu"))
+        ablate.engine.run.use_kernels(chosen)
         kernels = chosen.describe()
     result = train(model, [], prepared.splits["train"], prepared.splits["valid"].head(8),
                    prepared.tokenizer.framing, config.train, torch.device("cpu"), seed=0, progress=False)
@@ -221,9 +221,9 @@ def iw_ablate(sentences: int, k: int, threads: int) -> dict:
     """ablate's evaluation path (iw_nll over eval batches of 32, sorted by length as evaluate_split does)."""
     import torch
 
-    import ablate.run
+    import ablate.engine.run
     from ablate.data.batching import make_batch
-    from ablate.evaluate import iw_nll
+    from ablate.engine.evaluate import iw_nll
     try:
         from ablate.models.output_layer import output_block
     except ImportError:  # a --before tree: it lived in models.base
@@ -232,9 +232,9 @@ def iw_ablate(sentences: int, k: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     config, prepared, model = common.li_ptb_model()
     kernels = "(none: before kernels were chosen)"
-    if hasattr(ablate.run, "choose_kernels"):
-        chosen = ablate.run.choose_kernels(model, config, prepared, torch.device("cpu"))
-        ablate.run.use_kernels(chosen)
+    if hasattr(ablate.engine.run, "choose_kernels"):
+        chosen = ablate.engine.run.choose_kernels(model, config, prepared, torch.device("cpu"))
+        ablate.engine.run.use_kernels(chosen)
         kernels = chosen.describe()
     split = prepared.splits["test"]
     order = sorted(range(sentences), key=lambda i: len(split.tokens[i]))

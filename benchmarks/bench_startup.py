@@ -2,7 +2,7 @@
 
     python benchmarks/bench_startup.py [--config studies/examples/lstm_vae.yaml] [--repeats 5]
 
-The command runs as users run it (a fresh Python process, `python -m ablate.cli run CONFIG`), with one hook added
+The command runs as users run it (a fresh Python process, `python -m ablate.cli.main run CONFIG`), with one hook added
 by the launcher: at the first training step it prints the wall-clock time and exits. Median of --repeats.
 """
 
@@ -19,13 +19,13 @@ from common import ROOT, load
 
 CHILD = """
 import sys, time, os
-import ablate.train as train
+import ablate.engine.train as train
 original = train.forward_parts
 def first_step(*args, **kwargs):
     print(f"FIRST_STEP {time.time()!r}", flush=True)
     os._exit(0)
 train.forward_parts = first_step
-from ablate.cli import main
+from ablate.cli.main import main
 sys.exit(main(["run", sys.argv[1], "--out", sys.argv[2]]))
 """
 

@@ -46,7 +46,7 @@ def main() -> None:
             for jobs in (1, 2):
                 out = Path(tmp) / f"results-{jobs}-{repeat}"
                 started = time.perf_counter()
-                proc = subprocess.run([sys.executable, "-m", "ablate.cli", "sweep", str(study), "--jobs", str(jobs),
+                proc = subprocess.run([sys.executable, "-m", "ablate", "sweep", str(study), "--jobs", str(jobs),
                                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
                 walls[jobs].append(time.perf_counter() - started)
                 if proc.returncode:

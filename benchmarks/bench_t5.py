@@ -21,10 +21,10 @@ import time
 import torch
 
 from common import SHARED, cpu_model, gemm_gflops, load
-from ablate.config import build_config
+from ablate.core.config import build_config
 from ablate.models.kernels import using
-from ablate.run import build, choose_kernels, prepare, use_kernels
-from ablate.train import train
+from ablate.engine.run import build, choose_kernels, prepare, use_kernels
+from ablate.engine.train import train
 
 ARCH = {"example": {"family": "t5", "d_model": 128, "num_layers": 2, "num_heads": 4, "d_ff": 512, "dropout": 0.1},
         "t5_small": {"family": "t5", "d_model": 512, "num_layers": 6, "num_heads": 8, "d_ff": 2048, "dropout": 0.1}}

@@ -42,10 +42,10 @@ def one_run(impl: str, size: str, steps: int, threads: int, device_name: str = "
     from torch.nn.utils.rnn import pack_padded_sequence
 
     import common
-    from ablate.config import build_config
+    from ablate.core.config import build_config
     from ablate.data.batching import iterate_batches
-    from ablate.run import build, prepare
-    from ablate.train import train
+    from ablate.engine.run import build, prepare
+    from ablate.engine.train import train
 
     torch.set_num_threads(threads)
     corpus, arch, _ = SIZES[size]

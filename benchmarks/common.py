@@ -35,8 +35,8 @@ def corpus_config(name: str, **extra) -> dict:
 
 def li_ptb_model():
     """(config, prepared, model in eval mode): Li et al.'s PTB LSTM, random init (costs do not depend on weights)."""
-    from ablate.config import build_config
-    from ablate.run import build, prepare
+    from ablate.core.config import build_config
+    from ablate.engine.run import build, prepare
 
     config = build_config({"data": corpus_config("ptb"), "model": LI_PTB, "train": {"device": "cpu"}}, "<bench>")
     prepared = prepare(config)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ablate.evaluate import encode_all
-from ablate.metrics import mutual_information, mutual_information_paired
-from ablate.results import read_rows
-from ablate.saved_models import load_run
+from ablate.engine.evaluate import encode_all
+from ablate.metrics.estimators import mutual_information, mutual_information_paired
+from ablate.results.rows import read_rows
+from ablate.engine.saved_models import load_run
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, os.environ.get("CODE", str(REPO)))
 from malformed_inputs import CASES  # noqa: E402
 
-import ablate.run  # noqa: E402,F401 - loaded once, before the forks
+import ablate.engine.run  # noqa: E402,F401 - loaded once, before the forks
 import ablate.sweep.runner  # noqa: E402,F401
-from ablate.cli import main  # noqa: E402
+from ablate.cli.main import main  # noqa: E402
 
 def listing(root):
     return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*"))

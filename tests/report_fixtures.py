@@ -1,6 +1,6 @@
 """A hand-made study folder for the report tests, written with the real result-row writers.
 
-Layout as in ablate/layout.py: study.json, study.yaml, manifest.parquet, rows/<cell>.a<attempt>.parquet and
+Layout as in ablate/results/layout.py: study.json, study.yaml, manifest.parquet, rows/<cell>.a<attempt>.parquet and
 curves/<cell>.a<attempt>.curves.parquet. Panels: synthetic × lstm (four arms) and synthetic × t5 (two arms, two seeds).
 
 synthetic × lstm:
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ablate.results import write_atomic, write_curves, write_row
+from ablate.results.rows import write_atomic, write_curves, write_row
 
 STUDY = "handmade"
 STUDY_YAML = """study: handmade

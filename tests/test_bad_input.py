@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate.cli import main
+from ablate.cli.main import main
 from malformed_inputs import CASES, CONFIGS, STUDIES
 
 MAX_LINES = 3
@@ -134,8 +134,8 @@ def test_what_passes_validate_starts(example, tmp_path, one_torch_thread):
     """Every shipped example validates and then starts: corpus, tokenizer, model, techniques, one training step
     (at a tiny corpus size: start-up is what validation vouches for, not the full run). An example of models
     installed from the package registry (scripts/setup.sh --pretrained) is skipped where they are not installed."""
-    from ablate.config import load_config
-    from ablate.preflight import check_model
+    from ablate.core.config import load_config
+    from ablate.engine.preflight import check_model
 
     reason = check_model(load_config(example).model)
     if reason and "no installed package" in reason:
@@ -150,7 +150,7 @@ def test_what_passes_validate_starts(example, tmp_path, one_torch_thread):
 def test_bare_ablate_shows_its_commands_and_version_is_known(capsys):
     """Issue 26 (10): bare `ablate` printed an error; it lists the commands now, and `--version` answers."""
     import ablate
-    from ablate.cli import main
+    from ablate.cli.main import main
 
     assert main([]) == 0
     out = capsys.readouterr().out

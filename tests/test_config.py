@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ablate.config import ConfigError, build_config, config_hash, load_config, parse_override
-from ablate.cli import main
+from ablate.core.config import ConfigError, build_config, config_hash, load_config, parse_override
+from ablate.cli.main import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "studies" / "examples"
 
@@ -93,7 +93,7 @@ def test_cli_stops_quietly_when_its_reader_goes_away():
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "techniques"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "ablate", "techniques"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     proc.stdout.close()  # the reader is gone before anything is written
     stderr = proc.stderr.read().decode()
@@ -102,7 +102,7 @@ def test_cli_stops_quietly_when_its_reader_goes_away():
 
 
 def test_run_summary_without_evaluation_splits_says_so():
-    from ablate.cli import format_metrics
+    from ablate.cli.main import format_metrics
 
     assert format_metrics({"train_tokens_per_second": 10.0}) == "no evaluation splits (eval.splits: []): training only"
     text = format_metrics({"test.kl": 1.5, "test.au": 3.0, "eval.iw_samples": 100, "eval.token_unit": "word",

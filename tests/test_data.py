@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate.config import ConfigError, DataConfig
+from ablate.core.config import ConfigError, DataConfig
 from ablate.data.batching import bucketed_order, encode_split, iterate_batches, make_batch
 from ablate.data.corpus import PTB_MD5, load_corpus, md5_of
 from ablate.data.tokenize import WordVocab

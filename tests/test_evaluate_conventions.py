@@ -7,10 +7,10 @@ import statistics
 
 import torch
 
-from ablate.config import EvalConfig
-from ablate.evaluate import evaluate_split
-from ablate.metrics import mutual_information
-from ablate.run import mi_pool_kind
+from ablate.core.config import EvalConfig
+from ablate.engine.evaluate import evaluate_split
+from ablate.metrics.estimators import mutual_information
+from ablate.engine.run import mi_pool_kind
 from test_fast_paths import setup
 
 
@@ -68,7 +68,7 @@ def _he_calc_mi(mu: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor, batches
 
 
 def test_length_batches_are_he_et_al_s_batches():
-    from ablate.metrics import length_batches
+    from ablate.metrics.estimators import length_batches
 
     order, sizes = length_batches([3, 1, 3, 2, 3, 3], 2)  # hand-worked: lengths 1 | 2 | 3 3 | 3 3
     assert order == [1, 3, 0, 2, 4, 5] and sizes == [1, 1, 2, 2]
@@ -80,7 +80,7 @@ def test_length_batches_are_he_et_al_s_batches():
 
 
 def test_mi_by_length_batches_matches_he_et_al_s_calc_mi():
-    from ablate.metrics import length_batches
+    from ablate.metrics.estimators import length_batches
 
     gen = torch.Generator().manual_seed(1)
     n, nz = 300, 8
@@ -99,7 +99,7 @@ def test_mi_by_length_batches_matches_he_et_al_s_calc_mi():
 
 
 def test_evaluation_with_length_batches_uses_he_et_al_s_batches():
-    from ablate.metrics import length_batches
+    from ablate.metrics.estimators import length_batches
 
     vocab, model, split = setup()
     cfg = EvalConfig(iw_samples=2, mi_pool=3, mi_pool_order="length_batches", batch_size=4)
@@ -128,7 +128,7 @@ def test_one_length_training_batches_are_he_et_al_s_batches():
 def test_every_metric_carries_its_standard_error():
     import math
 
-    from ablate.uncertainty import bootstrap_au, bootstrap_indices, exp_ratio_se
+    from ablate.metrics.uncertainty import bootstrap_au, bootstrap_indices, exp_ratio_se
 
     vocab, model, split = setup()
     cfg = EvalConfig(iw_samples=3, batch_size=4, bootstrap=30)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ablate.cli import main
-from ablate.config import build_config
+from ablate.cli.main import main
+from ablate.core.config import build_config
 from ablate.data.batching import encode_split, make_batch
-from ablate.run import execute
-from ablate.saved_models import load_run, load_vae
+from ablate.engine.run import execute
+from ablate.engine.saved_models import load_run, load_vae
 from conftest import tiny_overrides
 from test_sample import TINY_T5
 

@@ -11,8 +11,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from ablate.data.batching import iterate_batches, make_batch
-from ablate.evaluate import iw_log_px, iw_nll
-from ablate.metrics import log_normal_diag, log_standard_normal, sample_posterior
+from ablate.engine.evaluate import iw_log_px, iw_nll
+from ablate.metrics.estimators import log_normal_diag, log_standard_normal, sample_posterior
 from ablate.models.lstm import LSTMVAE
 from test_lstm import setup as lstm_setup
 
@@ -95,8 +95,8 @@ def test_each_pair_is_isolated_and_padding_changes_nothing():
 
 
 def test_max_sentences_evaluates_the_first_n(tmp_path):
-    from ablate.config import build_config
-    from ablate.run import execute
+    from ablate.core.config import build_config
+    from ablate.engine.run import execute
 
     config = build_config({"data": {"synthetic": {"n_train": 64, "n_valid": 40, "n_test": 40}},
                            "model": {"emb_dim": 8, "enc_hidden": 8, "dec_hidden": 8, "nz": 2},

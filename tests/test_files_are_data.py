@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ablate.results import check_row_file, read_results
+from ablate.results.rows import check_row_file, read_results
 from ablate.sweep.runner import run_sweep
 from malformed_inputs import STUDY
 from test_bad_input import run_cli
@@ -149,8 +149,8 @@ def test_a_resumed_sweep_deletes_nothing_through_a_symlinked_checkpoints_folder(
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    from ablate.config import build_config
-    from ablate.run import execute
+    from ablate.core.config import build_config
+    from ablate.engine.run import execute
     from conftest import tiny_overrides
 
     tmp = tmp_path_factory.mktemp("export")
@@ -222,7 +222,7 @@ DAMAGES = {
 
 @pytest.mark.parametrize("case", sorted(DAMAGES))
 def test_a_damaged_export_is_one_line_before_any_tensor_is_allocated(case, exported, tmp_path, monkeypatch):
-    from ablate import saved_models
+    from ablate.engine import saved_models
 
     monkeypatch.setattr(saved_models, "available_memory", lambda: 4 * 2**30)  # as on a small machine
     damage, expected = DAMAGES[case]

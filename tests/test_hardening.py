@@ -13,16 +13,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml
 
-from ablate import safe_yaml
-from ablate.cli import main
-from ablate.config import ConfigError, build_config
-from ablate.outputs import atomic_target, load_tensors
-from ablate.run import execute
+from ablate.core import safe_yaml
+from ablate.core.config import build_config
+from ablate.results.safe_files import atomic_target, load_tensors
+from ablate.engine.run import execute
 from ablate.sweep import runner
 from ablate.sweep.ledger import Ledger
 from ablate.sweep.storage import redact, repair_journal
@@ -289,8 +287,8 @@ def test_an_unwritable_out_is_found_before_training(tmp_path):
     """As a user without write access (root ignores permission bits, so a root test drops to 'nobody', who may
     not read the Python installation: what the commands import is imported first)."""
     import ablate.report.build  # noqa: F401
-    import ablate.report.cli  # noqa: F401
-    import ablate.sweep.cli  # noqa: F401
+    import ablate.cli.report  # noqa: F401
+    import ablate.cli.sweep  # noqa: F401
 
     base = Path(tempfile.mkdtemp())
     os.chmod(base, 0o755)
@@ -367,7 +365,7 @@ def test_queued_cells_of_a_stopped_sweep_are_called_queued(tmp_path, capsys):
 def test_a_diverged_run_is_one_line_even_with_progress(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_overrides(**{"train.divergence_threshold": 1e-3})))
-    result = subprocess.run(["python", "-m", "ablate.cli", "run", str(config), "--out", str(tmp_path / "o")],
+    result = subprocess.run(["python", "-m", "ablate", "run", str(config), "--out", str(tmp_path / "o")],
                             capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith("run failed")] == [

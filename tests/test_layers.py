@@ -9,29 +9,34 @@ finds what registers on it.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "ablate"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "ablate"
+ARCHITECTURE = ROOT / "ARCHITECTURE.md"
 
-# lowest first; a module may import its own layer and those below
-LAYERS = [
-    ["ablate", "ablate.registry", "ablate.safe_yaml", "ablate.errors", "ablate.log"],
-    ["ablate.technique_configs"],
-    ["ablate.config"],
-    ["ablate.sources"],
-    ["ablate.config_columns"],
-    ["ablate.outputs", "ablate.layout", "ablate.metrics", "ablate.uncertainty", "ablate.metric_schema",
-     "ablate.references", "ablate.protocol", "ablate.selection", "ablate.run_progress"],
-    ["ablate.data"],
-    ["ablate.models"],
-    ["ablate.techniques"],
-    ["ablate.train", "ablate.evaluate"],
-    ["ablate.results", "ablate.preflight", "ablate.tensorboard_log"],
-    ["ablate.run"],
-    ["ablate.saved_models"],
-    ["ablate.sample", "ablate.export", "ablate.sweep", "ablate.report", "ablate.commands"],
-    ["ablate.cli", "ablate.__main__"],
-]
+
+def read_layers(document: Path = ARCHITECTURE) -> list[list[str]]:
+    """The layer list, lowest first, from ARCHITECTURE.md's layer table (its one home): each row's second column
+    names folders (`core/`) and files (`__main__.py`) of the package; the package itself sits in layer 0."""
+    text = document.read_text()
+    table = text[text.index("## Layers"):]
+    layers: list[list[str]] = []
+    for line in table.splitlines()[1:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].isdigit():
+            if layers and not line.startswith("|"):
+                break
+            continue
+        assert int(cells[0]) == len(layers), f"ARCHITECTURE.md: layer {cells[0]} out of order"
+        names = re.findall(r"`([^`]+)`", cells[1])
+        layers.append(["ablate." + n.rstrip("/").removesuffix(".py").replace("/", ".") for n in names])
+    layers[0].insert(0, "ablate")
+    return layers
+
+
+LAYERS = read_layers()
 
 
 def module_name(path: Path, package: Path = PACKAGE) -> str:
@@ -73,7 +78,7 @@ def imports(package: Path = PACKAGE) -> dict[str, list[tuple[str, int]]]:
 
 # `ablate/__init__.py` is the public facade: it may name the API (lazily, inside `__getattr__`), and every module
 # may import the package itself (for `__version__`)
-FACADE = {("ablate", "ablate.results")}
+FACADE = {("ablate", "ablate.results.rows")}
 
 
 def test_every_import_points_down():
@@ -112,8 +117,8 @@ def test_the_layer_test_sees_an_upward_import(tmp_path):
     copy = tmp_path / "ablate"
     shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     corpus = copy / "data" / "corpus.py"
-    corpus.write_text(corpus.read_text() + "\n\ndef _planted():\n    from ablate.cli import main\n    return main\n")
+    corpus.write_text(corpus.read_text() + "\n\ndef _planted():\n    from ablate.cli.main import main\n    return main\n")
     edges = imports(copy)
-    planted = [(t, line) for t, line in edges["ablate.data.corpus"] if t == "ablate.cli"]
-    assert planted and layer_of("ablate.cli") > layer_of("ablate.data.corpus")
-    assert not any(t == "ablate.cli" for t, _ in imports()["ablate.data.corpus"])
+    planted = [(t, line) for t, line in edges["ablate.data.corpus"] if t == "ablate.cli.main"]
+    assert planted and layer_of("ablate.cli.main") > layer_of("ablate.data.corpus")
+    assert not any(t == "ablate.cli.main" for t, _ in imports()["ablate.data.corpus"])

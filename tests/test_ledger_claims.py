@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from ablate.config import ConfigError
 from ablate.sweep import ledger as ledger_module
 from ablate.sweep import storage as storage_module
 from ablate.sweep.attempts import claim_of
@@ -254,7 +253,7 @@ class _FlakyStorage:
 
 
 def test_an_outage_is_waited_out_then_given_up_in_one_line(monkeypatch, capsys):
-    from ablate.errors import Fault
+    from ablate.core.errors import Fault
     from ablate.sweep.storage import StorageUnavailable, ride_out_outages
 
     monkeypatch.setattr(storage_module.time, "sleep", lambda seconds: None)

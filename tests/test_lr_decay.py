@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ablate.config import TrainConfig, build_config
-from ablate.train import TrainState, decay_on_plateau
+from ablate.core.config import TrainConfig, build_config
+from ablate.engine.train import TrainState, decay_on_plateau
 from conftest import tiny_overrides
 
 
@@ -23,7 +23,7 @@ def test_rule_on_scripted_validation_losses():
 
 
 def test_a_run_stops_after_max_decays(tmp_path, one_torch_thread):
-    from ablate.run import execute
+    from ablate.engine.run import execute
 
     # lr 1.0 with Adam diverges in quality at once: validation never improves after the first epoch
     config = build_config(tiny_overrides(**{"train.epochs": 40, "train.lr": 0.5,
@@ -39,11 +39,11 @@ def test_a_decaying_pretraining_phase_follows_the_rule_and_hands_on_its_best_sta
     last decay, and the VAE starts from its best epoch (then a fresh rule for the VAE phase)."""
     import torch
 
-    from ablate.run import build, prepare
-    from ablate.run_progress import RunProgress
+    from ablate.engine.run import build, prepare
+    from ablate.core.progress import RunProgress
     from ablate.techniques.base import TrainContext
     from ablate.techniques.registry import build_techniques
-    from ablate.train import Trainer
+    from ablate.engine.train import Trainer
 
     config = build_config(tiny_overrides(**{
         "train.epochs": 3, "train.lr": 0.5,

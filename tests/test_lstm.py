@@ -7,7 +7,7 @@ import torch
 from ablate.models.lstm import LSTMConfig
 from ablate.data.batching import encode_split, make_batch
 from ablate.data.tokenize import WordVocab
-from ablate.metrics import gaussian_kl
+from ablate.metrics.estimators import gaussian_kl
 from ablate.models.lstm import LSTMVAE
 
 TEXTS = ["the cat sat on the mat", "a dog", "the dog sat", "cat"]
@@ -138,8 +138,8 @@ def test_nz_0_is_he_et_al_s_language_model_and_its_nll_is_exact():
         for i, tokens in enumerate(split.tokens):
             theirs = _he_lm_log_likelihood(model, torch.tensor([[1] + tokens + [2]]))
             assert abs(float(ours[i]) - float(theirs)) < 1e-5
-    from ablate.config import EvalConfig
-    from ablate.evaluate import evaluate_split
+    from ablate.core.config import EvalConfig
+    from ablate.engine.evaluate import evaluate_split
 
     ev = evaluate_split(model, split, vocab.framing, len(vocab), EvalConfig(iw_samples=500, batch_size=4),
                         torch.device("cpu"), seed=0, token_unit="word")
@@ -152,7 +152,7 @@ def test_nz_0_is_he_et_al_s_language_model_and_its_nll_is_exact():
 def test_a_language_model_takes_no_technique():
     import pytest
 
-    from ablate.config import ConfigError, build_config
+    from ablate.core.config import ConfigError, build_config
 
     with pytest.raises(ConfigError, match="language model"):
         build_config({"model": {"name": "lstm", "nz": 0}, "techniques": {"free_bits": {"target_total": 8}}}, "x.yaml")

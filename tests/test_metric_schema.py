@@ -1,4 +1,4 @@
-"""Each metric is declared once (ablate.metric_schema) and everything reads the declaration: a newly declared
+"""Each metric is declared once (ablate.metrics.schema) and everything reads the declaration: a newly declared
 metric reaches the result row, the CLI summary and the report; "best" means one thing in the ledger and the report."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import math
 
 import pytest
 
-from ablate.cli import format_metrics
-from ablate.config import build_config
-from ablate.metric_schema import METRICS, SELECT, Metric, SplitStats, emitted, in_table, selection_value
+from ablate.cli.main import format_metrics
+from ablate.core.config import build_config
+from ablate.metrics.schema import METRICS, SELECT, Metric, SplitStats, emitted, in_table, selection_value
 from ablate.report import tables
 from ablate.report.build import build_report
-from ablate.results import row_schema
-from ablate.run import execute
+from ablate.results.rows import row_schema
+from ablate.engine.run import execute
 from conftest import tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -64,7 +64,7 @@ def test_best_means_one_thing_in_the_ledger_and_the_report():
 
 
 def test_the_ledger_ranks_a_sweep_by_the_declared_selection(tmp_path):
-    from ablate.results import load_results
+    from ablate.results.rows import load_results
     from ablate.sweep.ledger import Ledger
     from ablate.sweep.runner import run_sweep
     from malformed_inputs import STUDY

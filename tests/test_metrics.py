@@ -1,4 +1,4 @@
-"""Tests for ablate.metrics against independent computations (closed forms, torch.distributions, brute force)."""
+"""Tests for ablate.metrics.estimators against independent computations (closed forms, torch.distributions, brute force)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from ablate.metrics import (
+from ablate.metrics.estimators import (
     LOG_2PI,
     active_units,
     gaussian_kl,
@@ -559,7 +559,7 @@ def test_probe_on_posterior_samples_ignores_a_trace_far_below_sigma() -> None:
     """A collapsed posterior whose μ carries the factor at a scale of 1e-4 while σ = 1: a probe on standardised μ
     reads it perfectly, one on samples z ~ q(z|x) (what ablate reports) sees noise; a posterior with the factor at
     a scale well above σ is read from samples too."""
-    from ablate.evaluate import probe_features
+    from ablate.engine.evaluate import probe_features
 
     g = _gen(56)
     y_tr = torch.randint(0, 2, (1000,), generator=g)
@@ -592,7 +592,7 @@ def _posteriors(kind: str, n: int = 1000, nz: int = 32, seed: int = 0) -> tuple[
 
 @pytest.mark.parametrize("kind", ["collapsed", "informative"])
 def test_paired_mi_resolves_what_he_et_al_s_estimate_cannot(kind):
-    from ablate.metrics import mutual_information_paired
+    from ablate.metrics.estimators import mutual_information_paired
 
     mu, logvar = _posteriors(kind)
     paired = [mutual_information_paired(mu, logvar, samples=8, generator=torch.Generator().manual_seed(s))[0]
@@ -606,7 +606,7 @@ def test_paired_mi_resolves_what_he_et_al_s_estimate_cannot(kind):
 
 
 def test_paired_mi_against_a_brute_force_double_loop():
-    from ablate.metrics import mutual_information_paired
+    from ablate.metrics.estimators import mutual_information_paired
 
     g = torch.Generator().manual_seed(3)
     n, nz, s = 7, 3, 4

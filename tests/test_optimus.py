@@ -78,8 +78,8 @@ def test_the_decoder_reads_the_sentence_only_through_z(injection, texts):
 
 
 def test_an_optimus_run_end_to_end(tmp_path):
-    from ablate.config import build_config
-    from ablate.run import execute
+    from ablate.core.config import build_config
+    from ablate.engine.run import execute
     from conftest import tiny_overrides
 
     config = build_config(tiny_overrides(**{
@@ -92,7 +92,7 @@ def test_an_optimus_run_end_to_end(tmp_path):
     assert outcome.ok, outcome.row.get("error_message")
     row = outcome.row
     assert row["eval.token_unit"] == "subword" and row["test.nll"] > 0 and row["test.n_words"] > 0
-    from ablate.saved_models import load_run
+    from ablate.engine.saved_models import load_run
 
     _, prepared, model = load_run(outcome.model_path)
     assert model.generate(torch.zeros(2, 4), max_length=5) is not None

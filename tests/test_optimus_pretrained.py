@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.config import ConfigError, load_config
-from ablate.preflight import check_model
-from ablate.sources import resolve_source
+from ablate.core.config import ConfigError, load_config
+from ablate.engine.preflight import check_model
+from ablate.core.sources import resolve_source
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "studies" / "examples" / "optimus_offline.yaml"
@@ -58,7 +58,7 @@ def test_preflight_names_a_missing_package_or_file_before_a_run(tmp_path, monkey
 @pytest.fixture(scope="module")
 def pretrained():
     """(config, prepared, model) of the offline example at a tiny corpus size, pretrained weights."""
-    from ablate.run import build, prepare
+    from ablate.engine.run import build, prepare
 
     config = load_config(EXAMPLE, SMALL)
     prepared = prepare(config)
@@ -100,7 +100,7 @@ def test_the_pretrained_decoder_knows_english_and_random_init_does_not(pretraine
     from the GGUF file, not from a config. (The embedded corpus is grammatical but nonsensical, "the kind bus is
     driving those visas": there even the pretrained LM needs ≈ 8.5 nats per token.)"""
     from ablate.data.batching import encode_split, make_batch
-    from ablate.run import build
+    from ablate.engine.run import build
 
     config, prepared, model = pretrained
     english = ["the old man walked slowly to the station .", "she will write a long letter to her brother tomorrow .",
@@ -157,8 +157,8 @@ def test_the_offline_example_runs_exports_and_samples(tmp_path, capsys):
     its config names the exported halves, not the packages."""
     import json
 
-    from ablate.cli import main
-    from ablate.saved_models import load_vae
+    from ablate.cli.main import main
+    from ablate.engine.saved_models import load_vae
 
     assert main(["run", str(EXAMPLE), "--out", str(tmp_path / "r"), "--name", "smol", "-q",
                  *sum((["--set", s] for s in SMALL), [])]) == 0

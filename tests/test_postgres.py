@@ -58,7 +58,7 @@ def test_three_workers_on_postgres_survive_one_killed_mid_cell(tmp_path):
     results = tmp_path / "results"
     with postgres_server() as url:
         env = {**os.environ, "ABLATE_STORAGE": url, "ABLATE_HEARTBEAT_SECONDS": "1", "HF_HUB_OFFLINE": "1"}
-        cli = [sys.executable, "-m", "ablate.cli"]
+        cli = [sys.executable, "-m", "ablate"]
         queued = subprocess.run([*cli, "sweep", str(study), "--no-work", "--out", str(results), "-q"], env=env,
                                 capture_output=True, text=True, timeout=300)
         assert queued.returncode == 0, queued.stderr
@@ -112,7 +112,7 @@ def test_three_workers_ride_out_a_database_outage(tmp_path):
     with postgres_server() as url:
         env = {**os.environ, "ABLATE_STORAGE": url, "ABLATE_HEARTBEAT_SECONDS": "1", "HF_HUB_OFFLINE": "1",
                "ABLATE_STORAGE_PATIENCE": "120"}
-        cli = [sys.executable, "-m", "ablate.cli"]
+        cli = [sys.executable, "-m", "ablate"]
         queued = subprocess.run([*cli, "sweep", str(study), "--no-work", "--out", str(results), "-q"], env=env,
                                 capture_output=True, text=True, timeout=300)
         assert queued.returncode == 0, queued.stderr

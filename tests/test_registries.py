@@ -1,12 +1,12 @@
-"""The one registry class (ablate.registry) and what lives on it: model families and CLI subcommands."""
+"""The one registry class (ablate.core.registry) and what lives on it: model families and CLI subcommands."""
 
 from __future__ import annotations
 
 import pytest
 
-from ablate.config import MODEL_CONFIGS, ConfigError, build_config
+from ablate.core.config import MODEL_CONFIGS, ConfigError, build_config
 from ablate.models.registry import FAMILIES
-from ablate.registry import Registry, UnknownName
+from ablate.core.registry import Registry, UnknownName
 
 
 class Base:
@@ -58,8 +58,8 @@ def test_an_unknown_family_is_an_error_with_a_suggestion_never_a_fallback():
 
 
 def test_subcommands_come_from_the_registry():
-    from ablate.cli import build_parser
-    from ablate.commands import COMMANDS
+    from ablate.cli.main import build_parser
+    from ablate.cli.commands import COMMANDS
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
@@ -72,7 +72,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ablate.config import MAX_NZ
+from ablate.core.config import MAX_NZ
 from ablate.models.lstm import LSTMConfig, LSTMVAE, _word_vocab
 from ablate.models.registry import ModelFamily, register_family
 
@@ -100,7 +100,7 @@ def test_a_model_family_is_one_file(tmp_path):
     import pandas as pd
 
     import ablate
-    from ablate.results import row_files
+    from ablate.results.rows import row_files
 
     shutil.copytree(Path(ablate.__file__).parent, tmp_path / "ablate", ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "ablate" / "models" / "wide_lstm.py").write_text(NEW_FAMILY)
@@ -108,7 +108,7 @@ def test_a_model_family_is_one_file(tmp_path):
     sets = ["model.name=wide_lstm", "model.emb_dim=8", "model.enc_hidden=8", "model.dec_hidden=8",
             "data.synthetic.n_train=64", "data.synthetic.n_valid=16", "data.synthetic.n_test=16", "train.epochs=1",
             "eval.iw_samples=2", "eval.probe=false", "train.threads=1"]
-    argv = [sys.executable, "-m", "ablate.cli", "run", "--out", str(tmp_path / "out"), "--quiet"]
+    argv = [sys.executable, "-m", "ablate", "run", "--out", str(tmp_path / "out"), "--quiet"]
     for text in sets:
         argv += ["--set", text]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -118,7 +118,7 @@ def test_a_model_family_is_one_file(tmp_path):
     row = pd.read_parquet(rows[0]).iloc[0]
     assert row["config.model.name"] == "wide_lstm" and row["config.model.nz"] == 5
     assert (tmp_path / "ablate" / "models" / "wide_lstm.py").exists()
-    typo = subprocess.run([sys.executable, "-m", "ablate.cli", "run", "--set", "model.name=wide_lstn"], env=env,
+    typo = subprocess.run([sys.executable, "-m", "ablate", "run", "--set", "model.name=wide_lstn"], env=env,
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert typo.returncode == 2 and "did you mean 'wide_lstm'?" in typo.stderr
     assert "lstm, optimus, seq2seq, wide_lstm" in typo.stderr
@@ -127,7 +127,7 @@ def test_a_model_family_is_one_file(tmp_path):
 def test_results_and_out_mean_one_thing_in_every_command():
     """--results is the results root a command reads (run and sweep: another name for --out, the root they write);
     --out is the folder a command writes."""
-    from ablate.cli import build_parser
+    from ablate.cli.main import build_parser
 
     parser = build_parser()
     reads = {"run": [], "sweep": ["s.yaml"], "worker": ["s.yaml"], "status": ["s.yaml"], "report": [],

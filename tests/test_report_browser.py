@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate.cli import main
+from ablate.cli.main import main
 from ablate.report.build import build_report
 from report_fixtures import write_study
 

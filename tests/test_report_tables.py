@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 
 from ablate.report import tables
-from ablate.report.build import conventions, latex_escape, load_study
-from ablate.report.schema import METRICS, metric, metrics_in
-from ablate.results import load_results
+from ablate.report.header import conventions
+from ablate.report.table_model import latex_escape
+from ablate.report.inputs import load_study
+from ablate.report.schema import metrics_in
+from ablate.metrics.schema import METRICS, metric
+from ablate.results.rows import load_results
 from report_fixtures import write_study
 
 LAMBDA = "techniques.free_bits.lambda_per_dim"
@@ -358,9 +361,9 @@ def test_the_verdict_table_against_plain_pandas(study, raw):
 def test_single_runs_are_shown_by_name_with_the_settings_that_differ(tmp_path, capsys):
     """`ablate run --name` rows (no study, no manifest): each run is an arm named by its run name, and the report
     has one readable column per setting that differs between them (no internal keys)."""
-    from ablate.config import build_config
+    from ablate.core.config import build_config
     from ablate.report.build import build_report
-    from ablate.run import execute
+    from ablate.engine.run import execute
     from conftest import tiny_overrides
 
     base = {"train.epochs": 1, "eval.probe": False, "data.synthetic.n_train": 64, "data.synthetic.n_valid": 16,
@@ -382,7 +385,7 @@ def test_single_runs_are_shown_by_name_with_the_settings_that_differ(tmp_path, c
     assert {r["arm"] for r in verdict["rows"]} == {"plain", "fb", "fb_lr"}
     assert any("MI is the paired estimator" in n for n in verdict["notes"])  # the verdict reads the low-noise MI
     assert "mi_paired.mean" in verdict["rows"][0]
-    from ablate.cli import main
+    from ablate.cli.main import main
 
     assert main(["results", str(tmp_path / "runs"), "--format", "json", "--columns", "arm,config.train.lr"]) == 0
     printed = json.loads(capsys.readouterr().out)  # one row per run, shown by its name
@@ -395,7 +398,7 @@ def test_a_results_root_reports_its_own_runs_and_the_studies_inside(tmp_path, ca
     `ablate report` with no folder does (it used to stop at the root's own runs)."""
     import shutil
 
-    from ablate.cli import main
+    from ablate.cli.main import main
 
     root = tmp_path / "results"
     study = write_study(root)
@@ -460,7 +463,7 @@ def test_remedies_at_equal_rate_by_hand():
 
 def test_a_selection_constraint_changes_the_setting_and_the_trial_picked():
     from ablate.report.build import study_selection
-    from ablate.selection import Condition
+    from ablate.study.selection import Condition
 
     base = {"dataset": "d", "model": "m", "arm": "fb", "seed": 0, "test.nll": 1.0}
     rows = pd.DataFrame([{**base, "settings": '{"l": 0.1}', "setting": "l=0.1", "valid.nll": 100.0, "valid.au": 2},

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import ablate
-from ablate.cli import main
-from ablate.config import build_config
-from ablate.run import base_row
-from ablate.results import write_row
+from ablate.cli.main import main
+from ablate.core.config import build_config
+from ablate.engine.run import base_row
+from ablate.results.rows import write_row
 from ablate.sweep.runner import run_sweep
 from conftest import tiny_overrides
 from malformed_inputs import STUDY

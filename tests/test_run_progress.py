@@ -1,14 +1,14 @@
-"""One progress line for a whole run (ablate.run_progress): its ETA against a hand-worked case on a fake clock, and
+"""One progress line for a whole run (ablate.core.progress): its ETA against a hand-worked case on a fake clock, and
 the line a real run draws (training and evaluation on one line, one ETA)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ablate.config import build_config
-from ablate.run import execute
-from ablate.run_progress import RunProgress, format_seconds
-from ablate.train import planned_steps, TrainState
+from ablate.core.config import build_config
+from ablate.engine.run import execute
+from ablate.core.progress import RunProgress, format_seconds
+from ablate.engine.train import planned_steps, TrainState
 from conftest import tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -76,8 +76,8 @@ def test_a_run_draws_one_line_for_training_and_evaluation(tmp_path, capsys):
 
 def test_quiet_and_verbose_set_what_a_command_says(tmp_path, capsys):
     """-q: no progress line and no notes (the metrics, the command's product, still print); -v: the details."""
-    from ablate.cli import main
-    from ablate.log import set_verbosity
+    from ablate.cli.main import main
+    from ablate.core.log import set_verbosity
 
     sets = ["--set", "data.synthetic.n_train=64", "--set", "data.synthetic.n_valid=16", "--set",
             "data.synthetic.n_test=16", "--set", "train.epochs=1", "--set", "eval.iw_samples=2",
@@ -102,12 +102,12 @@ def test_the_live_loss_shows_in_the_first_epoch_and_keeps_moving(one_torch_threa
     steps, in every epoch — and a run shorter than 50 steps shows it too."""
     import torch
 
-    from ablate.config import build_config
-    from ablate.run import build, prepare
-    from ablate.run_progress import RunProgress
+    from ablate.core.config import build_config
+    from ablate.engine.run import build, prepare
+    from ablate.core.progress import RunProgress
     from ablate.techniques.base import TrainContext
     from ablate.techniques.registry import build_techniques
-    from ablate.train import train
+    from ablate.engine.train import train
     from conftest import tiny_overrides
 
     config = build_config(tiny_overrides(**{"data.synthetic.n_train": 3200, "train.batch_size": 16,

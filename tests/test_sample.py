@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from ablate.cli import main
-from ablate.config import ConfigError, build_config
-from ablate.run import execute
-from ablate.sample import load_run, model_file
+from ablate.cli.main import main
+from ablate.core.config import ConfigError, build_config
+from ablate.engine.run import execute
+from ablate.engine.saved_models import load_run, model_file
 
 from conftest import tiny_overrides
 

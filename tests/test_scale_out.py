@@ -4,13 +4,12 @@ written, one worker process per device (recorded in each row), the heartbeat rul
 
 from __future__ import annotations
 
-import os
 
 import pandas as pd
 import pytest
 
-from ablate.cli import main
-from ablate.config import ConfigError
+from ablate.cli.main import main
+from ablate.core.config import ConfigError
 from ablate.sweep.worker import device_env, parse_devices
 from malformed_inputs import STUDY
 

@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from ablate.cli import main
+from ablate.cli.main import main
 from ablate.report import tables
 from ablate.sweep.ledger import Ledger
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from ablate.config import build_config
+from ablate.core.config import build_config
 from ablate.data.batching import encode_split, make_batch
 from ablate.data.synthetic import generate_synthetic
 from ablate.models.seq2seq import Seq2SeqConfig, Seq2SeqVAE, build_seq2seq_tokenizer, build_seq2seq_vae
@@ -132,7 +132,7 @@ def test_load_from_a_save_pretrained_folder(family, texts, tmp_path):
 
 
 def test_missing_pretrained_model_is_a_config_error(tmp_path):
-    from ablate.config import ConfigError
+    from ablate.core.config import ConfigError
 
     cfg = Seq2SeqConfig(pretrained=str(tmp_path / "nowhere"), tokenizer="train", nz=4)
     tokenizer = build_seq2seq_tokenizer(Seq2SeqConfig(config={"family": "t5", **TINY_ARCH}), ["a b c"] * 5)
@@ -324,7 +324,7 @@ def seq2seq_run_config(**extra) -> dict:
 
 @pytest.mark.slow
 def test_run_end_to_end(tmp_path):
-    from ablate.run import execute
+    from ablate.engine.run import execute
 
     config = build_config(seq2seq_run_config())
     outcome = execute(config, tmp_path, progress=False)
@@ -341,7 +341,7 @@ def test_run_end_to_end(tmp_path):
 def test_lee_park_two_phase_recipe(tmp_path):
     """Phase 1: KL weight 0, deletion noise, frozen decoder; phase 2: annealing + per-dim free bits."""
     from ablate.techniques.registry import techniques
-    from ablate.run import execute
+    from ablate.engine.run import execute
 
     if "encoder_pretraining" not in techniques() or "free_bits" not in techniques():
         pytest.skip("the encoder_pretraining / free_bits techniques are not registered yet")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablate.cli import main
-from ablate.results import load_results
+from ablate.cli.main import main
+from ablate.results.rows import load_results
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,10 +17,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ablate.cli import main
-from ablate.results import load_results
+from ablate.cli.main import main
+from ablate.results.rows import load_results
 from ablate.sweep.ledger import Ledger
-from ablate.sweep.runner import run_sweep, status_text, write_study_files
+from ablate.sweep.runner import run_sweep, status_text
+from ablate.sweep.folder import write_study_files
 from ablate.sweep.study import load_study
 
 pytestmark = pytest.mark.slow
@@ -170,7 +171,7 @@ def test_sigkilled_worker_loses_no_run_and_rerun_completes_each_cell_once(tmp_pa
         """)
     out = tmp_path / "results"
     folder = out / "kill"
-    sweep = subprocess.Popen([sys.executable, "-m", "ablate.cli", "sweep", str(path), "--jobs", "2", "--out",
+    sweep = subprocess.Popen([sys.executable, "-m", "ablate", "sweep", str(path), "--jobs", "2", "--out",
                               str(out), "--quiet"], env=_env(), start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -216,7 +217,7 @@ def test_two_concurrent_workers_on_one_journal_run_each_cell_once(tmp_path):
     ledger = Ledger.open("pair", folder)
     with ledger.lock():
         assert ledger.sync(study.cells, max_attempts=1)["enqueued"] == 4
-    workers = [subprocess.Popen([sys.executable, "-m", "ablate.cli", "worker", str(folder), "--quiet",
+    workers = [subprocess.Popen([sys.executable, "-m", "ablate", "worker", str(folder), "--quiet",
                                  "--threads", "1"], env=_env()) for _ in range(2)]
     for worker in workers:
         assert worker.wait(timeout=300) == 0
@@ -230,7 +231,7 @@ def test_two_concurrent_workers_on_one_journal_run_each_cell_once(tmp_path):
 
 def test_worker_dying_after_writing_its_row_is_reclaimed_as_done_not_rerun(tmp_path):
     """The worker wrote its ok row, then died before telling the ledger: the re-run must not run the cell again."""
-    from ablate.run import execute
+    from ablate.engine.run import execute
 
     path = make_study(tmp_path, "late", "- name: vae\n")
     study = load_study(path)
@@ -258,7 +259,7 @@ def test_a_cell_continues_from_its_checkpoint(tmp_path):
     """results/<study>/checkpoints/<cell_id>.pt is handed to the run: a retried cell resumes, not restarts."""
     import torch
 
-    from ablate.run import execute
+    from ablate.engine.run import execute
 
     path = make_study(tmp_path, "resume", "- name: vae\n  train: {epochs: 2}\n")
     (cell,) = load_study(path).cells
@@ -279,7 +280,7 @@ def test_a_cell_continues_from_its_checkpoint(tmp_path):
 
 
 def test_status_counts_per_arm_and_model_when_a_study_has_several_models(tmp_path):
-    from ablate.sweep.runner import count_cells
+    from ablate.sweep.progress import count_cells
 
     base = TINY + "models:\n  - {nz: 4}\n  - {label: wide, nz: 8}\nexclude: [{model: wide, arm: ae}]\n"
     study = load_study(make_study(tmp_path, "two_models", """\
@@ -293,8 +294,8 @@ def test_status_counts_per_arm_and_model_when_a_study_has_several_models(tmp_pat
 
 
 def test_result_rows_carry_the_study_labels_of_dataset_and_model():
-    from ablate.config import build_config
-    from ablate.run import base_row
+    from ablate.core.config import build_config
+    from ablate.engine.run import base_row
 
     config = build_config({"model": {"nz": 4}}, "<test>")
     assert (base_row(config, "r", {})["model"], base_row(config, "r", {})["dataset"]) == ("lstm", "synthetic")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ablate.cli import main
-from ablate.config import ConfigError, build_config, config_hash
-from ablate.protocol import TOPICS
+from ablate.cli.main import main
+from ablate.core.config import ConfigError, build_config, config_hash
+from ablate.study.protocol import TOPICS
 from ablate.sweep.study import load_study
 
 BASE = """\

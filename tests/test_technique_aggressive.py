@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from ablate.config import build_config
+from ablate.core.config import build_config
 from ablate.techniques import aggressive as aggressive_module
 from ablate.techniques.aggressive import Aggressive, LossWindow
-from ablate.techniques.base import SpecialIds, Step, StepControl, TrainContext
-from ablate.techniques.registry import resolve_techniques
+from ablate.techniques.base import Step, StepControl, TrainContext
+from ablate.data.tokenize import SpecialIds
+from ablate.core.technique_configs import resolve_techniques
 from conftest import tiny_overrides
 
 STEP = Step(global_step=0, phase_step=0, epoch=0, phase="vae")
@@ -140,7 +141,7 @@ def test_first_epoch_compares_with_zero(monkeypatch):
 
 
 def test_a_run_counts_inner_steps_apart_and_leaves_the_budget_alone(tmp_path, one_torch_thread):
-    from ablate.run import execute
+    from ablate.engine.run import execute
 
     config = build_config(tiny_overrides(**{"techniques": {"aggressive": {"max_inner": 5, "check_every": 2},
                                                            "kl_annealing": {"schedule": "linear",

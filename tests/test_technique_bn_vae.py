@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from ablate.config import build_config
-from ablate.metrics import gaussian_kl
+from ablate.core.config import build_config
+from ablate.metrics.estimators import gaussian_kl
 from ablate.techniques.bn_vae import BatchNormMean
 from conftest import tiny_overrides
 
@@ -57,7 +57,7 @@ def test_evaluation_uses_running_statistics():
 
 
 def test_gamma_is_a_buffer_and_the_shift_an_encoder_parameter():
-    from ablate.run import build, prepare
+    from ablate.engine.run import build, prepare
 
     config = build_config(tiny_overrides(techniques={"bn_vae": {"gamma": 0.6}}), "<test>")
     model = build(config, prepare(config))
@@ -69,8 +69,8 @@ def test_gamma_is_a_buffer_and_the_shift_an_encoder_parameter():
 
 
 def test_training_keeps_the_batch_kl_above_the_bound_and_the_model_reloads(tmp_path, one_torch_thread):
-    from ablate.run import execute
-    from ablate.sample import load_run
+    from ablate.engine.run import execute
+    from ablate.engine.saved_models import load_run
 
     gamma, nz = 0.5, 4
     # init U(±1): this tiny encoder's μ then varies with Var ≈ 1e-2 ≫ ε across sentences. At U(±0.1) the variance

@@ -9,14 +9,16 @@ import random
 import pytest
 import torch
 
-from ablate.config import build_config
+from ablate.core.config import build_config
 from ablate.data.batching import EncodedSplit, make_batch
 from ablate.data.tokenize import Framing
-from ablate.run import build, prepare
-from ablate.techniques.base import SpecialIds, TrainContext
+from ablate.engine.run import build, prepare
+from ablate.techniques.base import TrainContext
+from ablate.data.tokenize import SpecialIds
 from ablate.techniques.denoising import Denoising
-from ablate.techniques.registry import build_techniques, resolve_techniques
-from ablate.train import train
+from ablate.techniques.registry import build_techniques
+from ablate.core.technique_configs import resolve_techniques
+from ablate.engine.train import train
 
 WORD_SPECIAL = SpecialIds(pad=0, bos=1, eos=2, unk=3, mask=3)
 WORD_FRAMING = Framing(enc_prefix=(1,), dec_start=1, eos=2, pad=0)

@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from ablate.config import build_config
-from ablate.run import build, prepare
-from ablate.techniques.base import PhaseProgress, SpecialIds, Step, Technique, TrainContext, kl_weight
+from ablate.core.config import build_config
+from ablate.engine.run import build, prepare
+from ablate.techniques.base import PhaseProgress, Step, Technique, TrainContext, kl_weight
+from ablate.data.tokenize import SpecialIds
 from ablate.techniques.encoder_pretraining import EncoderPretraining, patience_exhausted
-from ablate.techniques.registry import build_techniques, resolve_techniques
-from ablate.train import train
+from ablate.techniques.registry import build_techniques
+from ablate.core.technique_configs import resolve_techniques
+from ablate.engine.train import train
 
 SPECIAL = SpecialIds(pad=0, bos=1, eos=2, unk=3, mask=3)
 CONTEXT = TrainContext(nz=2, steps_per_epoch=4, special_ids=SPECIAL)

@@ -6,10 +6,11 @@ import math
 
 import pytest
 
-from ablate.config import ConfigError, build_config
-from ablate.techniques.base import SpecialIds, Step, TrainContext
+from ablate.core.config import ConfigError, build_config
+from ablate.techniques.base import Step, TrainContext
+from ablate.data.tokenize import SpecialIds
 from ablate.techniques.kl_annealing import KLAnnealing
-from ablate.techniques.registry import resolve_techniques
+from ablate.core.technique_configs import resolve_techniques
 
 SPECIAL = SpecialIds(pad=0, bos=1, eos=2, unk=3, mask=3)
 

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.cli import main
-from ablate.config import ConfigError, build_config, load_config
-from ablate.run import base_row
-from ablate.techniques.base import LossParts, SpecialIds, Step, Technique, TechniqueConfig, TrainContext, compose_loss
-from ablate.techniques.registry import build_techniques, describe, get, resolve_techniques, techniques
+from ablate.cli.main import main
+from ablate.core.config import ConfigError, build_config, load_config
+from ablate.engine.run import base_row
+from ablate.techniques.base import LossParts, Step, Technique, TechniqueConfig, TrainContext, compose_loss
+from ablate.data.tokenize import SpecialIds
+from ablate.techniques.registry import build_techniques, describe, techniques
+from ablate.core.technique_configs import get, resolve_techniques
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "studies" / "examples"
 NAMES = ["aggressive", "bn_vae", "denoising", "encoder_pretraining", "free_bits", "kl_annealing", "kl_constraint"]
@@ -152,7 +154,7 @@ def test_ablate_techniques_command(capsys):
 def test_two_phase_recipe_runs_end_to_end(tmp_path):
     """li2019.yaml at a tiny size through `execute`: one ok row with the technique versions, both phases in the
     curves, β = 0 throughout pretraining and the plain KL logged."""
-    from ablate.run import execute
+    from ablate.engine.run import execute
 
     config = load_config(EXAMPLES / "li2019.yaml", [
         "data.synthetic.n_train=48", "data.synthetic.n_valid=16", "data.synthetic.n_test=16",
@@ -172,7 +174,8 @@ def test_two_phase_recipe_runs_end_to_end(tmp_path):
 def test_order_of_application_is_declared_not_alphabetical():
     """Each technique declares its `order`; techniques() follows it, a new technique slots in by its order, and a
     missing or repeated order is refused at registration (issue 13: the order was alphabetical)."""
-    from ablate.techniques.registry import TECHNIQUES, register
+    from ablate.techniques.registry import register
+    from ablate.core.technique_configs import TECHNIQUES
 
     assert [cls.order for cls in techniques().values()] == sorted(cls.order for cls in techniques().values())
 

@@ -9,7 +9,7 @@ import importlib.util
 import pandas as pd
 import pytest
 
-from ablate.cli import main
+from ablate.cli.main import main
 from malformed_inputs import STUDY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

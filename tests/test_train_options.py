@@ -8,12 +8,12 @@ import copy
 import pytest
 import torch
 
-from ablate.cli import main
-from ablate.config import ConfigError, build_config
+from ablate.cli.main import main
+from ablate.core.config import ConfigError, build_config
 from ablate.data.batching import make_batch
 from ablate.models.freeze import freeze, matches, module_overview
-from ablate.run import build, execute, prepare
-from ablate.train import Trainer
+from ablate.engine.run import build, execute, prepare
+from ablate.engine.train import Trainer
 from conftest import tiny_overrides
 
 
@@ -85,7 +85,7 @@ def test_bad_freeze_patterns_are_one_line_before_anything_is_written(tmp_path, c
 
 def _one_step(model, cfg_overrides: dict, groups, monkeypatch) -> dict[str, torch.Tensor]:
     """Parameter change of one Trainer step over `groups` (z = μ: the step is deterministic)."""
-    monkeypatch.setattr("ablate.train.sample_posterior", lambda mu, logvar: mu)
+    monkeypatch.setattr("ablate.engine.train.sample_posterior", lambda mu, logvar: mu)
     config = build_config(tiny_overrides(**cfg_overrides))
     prepared = prepare(config)
     trainer = Trainer(model, [], prepared.splits["train"], prepared.splits["valid"], prepared.tokenizer.framing,

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ablate.cli import main
-from ablate.config import build_config
-from ablate.results import load_curves, load_results
-from ablate.run import build, execute, prepare
-from ablate.train import TrainingDiverged, train
+from ablate.cli.main import main
+from ablate.core.config import build_config
+from ablate.results.rows import load_curves, load_results
+from ablate.engine.run import build, execute, prepare
+from ablate.engine.train import TrainingDiverged, train
 from conftest import tiny_overrides
 
 METRICS = ["kl", "rec", "nelbo", "nll", "ppl", "ppl_word", "mi", "au"]
@@ -110,8 +110,8 @@ def test_run_resume_continues_an_interrupted_run(tmp_path, monkeypatch):
     exactly where an uninterrupted run ends (same steps, same metrics)."""
     import yaml
 
-    from ablate.cli import main
-    from ablate.train import Trainer
+    from ablate.cli.main import main
+    from ablate.engine.train import Trainer
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_overrides(**{"train.epochs": 2, "train.threads": 1})))
@@ -147,8 +147,8 @@ def test_ctrl_c_mid_epoch_keeps_the_step_and_resume_ends_where_an_uninterrupted_
 
     import yaml
 
-    from ablate.cli import main
-    from ablate.train import Trainer
+    from ablate.cli.main import main
+    from ablate.engine.train import Trainer
 
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(tiny_overrides(**{"train.epochs": 2, "train.threads": 1})))

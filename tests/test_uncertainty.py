@@ -1,4 +1,4 @@
-"""Standard errors (ablate.uncertainty) against brute-force computations: the mean's SE, the delta method against
+"""Standard errors (ablate.metrics.uncertainty) against brute-force computations: the mean's SE, the delta method against
 a large explicit bootstrap of the perplexity, and the MI / AU bootstrap against recomputing each resample."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from ablate.metrics import LOG_2PI, _log_aggregate_density, mutual_information, paired_draws
-from ablate.uncertainty import bootstrap_au, bootstrap_indices, bootstrap_mi, exp_ratio_se, mean_se
+from ablate.metrics.estimators import LOG_2PI, _log_aggregate_density, mutual_information, paired_draws
+from ablate.metrics.uncertainty import bootstrap_au, bootstrap_indices, bootstrap_mi, exp_ratio_se, mean_se
 
 
 def _posteriors(n: int = 60, nz: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

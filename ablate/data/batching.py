@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ablate.data.tokenize import Framing, Tokenizer
-from ablate.metrics import length_batches
+from ablate.metrics.estimators import length_batches
 
 
 @dataclass
@@ -140,7 +140,7 @@ def bucketed_order(lengths: list[int], batch_size: int, rng: random.Random | Non
 
 def one_length_order(lengths: list[int], batch_size: int, rng: random.Random | None) -> list[list[int]]:
     """He et al. 2019's batches (vae-lagging-encoder data/text_data.py `create_data_batch`, as
-    ablate.metrics.length_batches cuts them): each run of one length in at most `batch_size` (no padding, some
+    ablate.metrics.estimators.length_batches cuts them): each run of one length in at most `batch_size` (no padding, some
     batches smaller); the same batches every epoch, in a shuffled order when rng is given (their
     `np.random.permutation`)."""
     order, sizes = length_batches(lengths, batch_size)

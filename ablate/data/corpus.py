@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablate.config import ConfigError, DataConfig
+from ablate.core.config import ConfigError, DataConfig
 
 SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {"valid": ("validation", "valid", "val", "dev"), "test": ("test", "eval")}

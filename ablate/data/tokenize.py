@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ablate.outputs import write_text_atomic
+from ablate.results.safe_files import write_text_atomic
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The TextVAE interface every model family implements.
 
 Training and every metric use only `encode` and `log_likelihood`, so a new family plugs in without touching
-ablate.train, ablate.evaluate or ablate.metrics.
+ablate.engine.train, ablate.engine.evaluate or ablate.metrics.estimators.
 """
 
 from __future__ import annotations

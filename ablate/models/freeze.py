@@ -12,8 +12,8 @@ from collections import defaultdict
 
 from torch import nn
 
-from ablate.config import ConfigError
-from ablate.registry import did_you_mean
+from ablate.core.config import ConfigError
+from ablate.core.registry import did_you_mean
 
 
 def _component_matches(want: str, have: str) -> bool:

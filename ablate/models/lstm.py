@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ablate.config import MAX_DIM, MAX_NZ, NEW_FIELD, DataConfig, ModelSection
+from ablate.core.config import MAX_DIM, MAX_NZ, NEW_FIELD, DataConfig, ModelSection
 from ablate.data.batching import Batch
 from ablate.data.tokenize import WordVocab
 from ablate.models.base import TextVAE, decode_loop

@@ -9,7 +9,7 @@ decoder:  p(y_t | y_<t, z) by a causal LM (any AutoModelForCausalLM: GPT-2, Llam
 The two sides keep their own tokenizers (ablate.data.tokenize.PairTokenizer): the encoder reads the encoder's
 ids, the decoder predicts (and PPL counts) the decoder's. Both sides load by name or folder (`from_pretrained`,
 so users with internet run `bert-base-cased` + `gpt2` unchanged; a GGUF decoder with `decoder_gguf`; a folder inside
-an installed package as `package:<module>/<path>`, ablate.sources). The control for "what pretraining buys" is
+an installed package as `package:<module>/<path>`, ablate.core.sources). The control for "what pretraining buys" is
 `init: random`: the same architectures (the named models' configs) and tokenizers with fresh weights; or either side
 built from a small config.
 """
@@ -23,13 +23,13 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from ablate.config import MAX_DIM, MAX_NZ, ConfigError, DataConfig, ModelSection, Strict
+from ablate.core.config import MAX_DIM, MAX_NZ, ConfigError, DataConfig, ModelSection, Strict
 from ablate.data.tokenize import HFTokenizer, PairTokenizer
 from ablate.models.dropout import cheaper_dropout
 from ablate.models.kernels import chosen_linears
 from ablate.models.registry import ModelFamily, register_family
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
-from ablate.sources import resolve_source
+from ablate.core.sources import resolve_source
 
 
 class TinyArch(Strict):

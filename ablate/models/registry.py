@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ablate.config import MODEL_CONFIGS, DataConfig, ModelSection
+from ablate.core.config import MODEL_CONFIGS, DataConfig, ModelSection
 from ablate.data.tokenize import Tokenizer
 from ablate.models.base import TextVAE
-from ablate.registry import Registry
+from ablate.core.registry import Registry
 
 
 @dataclass(frozen=True)

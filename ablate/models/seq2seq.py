@@ -31,14 +31,14 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from ablate.config import MAX_DIM, MAX_NZ, ConfigError, ModelSection, Strict
+from ablate.core.config import MAX_DIM, MAX_NZ, ConfigError, ModelSection, Strict
 from ablate.data.batching import Batch
 from ablate.data.tokenize import Framing, HFTokenizer
 from ablate.models.dropout import cheaper_dropout
 from ablate.models.kernels import chosen_linears
 from ablate.models.registry import ModelFamily, register_family
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
-from ablate.sources import resolve_source
+from ablate.core.sources import resolve_source
 
 
 # ---------------------------------------------------------------- config

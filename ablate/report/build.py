@@ -21,20 +21,21 @@ from typing import Any, Sequence
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from ablate.metric_schema import SELECT, is_metric_column
-from ablate.config import ConfigError
-from ablate.outputs import through_link, write_text_atomic
-from ablate.protocol import load_protocol
-from ablate.selection import Condition, parse_where
-from ablate.references import load_references
+from ablate.metrics.schema import SELECT, is_metric_column
+from ablate.core.config import ConfigError
+from ablate.results.safe_files import through_link, write_text_atomic
+from ablate.study.protocol import load_protocol
+from ablate.study.selection import Condition, parse_where
+from ablate.study.references import load_references
 from ablate.report import plots, tables
-from ablate.report.header import conventions, header, probe_baselines  # noqa: F401 - re-exported
-from ablate.report.inputs import StudyInput, find_studies, is_study_folder, load_study  # noqa: F401 - re-exported
-from ablate.report.schema import COLLAPSE_KL, Metric, in_table, main_metrics, metric, metrics_in
+from ablate.report.header import header
+from ablate.report.inputs import StudyInput, load_study
+from ablate.report.schema import COLLAPSE_KL, main_metrics, metrics_in
+from ablate.metrics.schema import Metric, in_table, metric
 from ablate.report.study_tables import (best_table, coverage_table, failures_table, main_table, missing_table,
                                         matched_rate_table, protocol_table, published_table, settings_table,
                                         verdict_table)
-from ablate.report.table_model import latex_escape, write_table  # noqa: F401 - re-exported
+from ablate.report.table_model import write_table
 
 TEMPLATES = Path(__file__).with_name("templates")
 WRITTEN_LIST = ".ablate-report-files.json"  # what the last build wrote, relative to --out: all a rebuild removes
@@ -156,9 +157,9 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
 
 
 def study_selection(study_text: str | None) -> tuple[tuple[str, ...] | None, tuple[Condition, ...]]:
-    """The study file's `select:` rule (ablate.selection): its `by` columns (None when unset) and its `where`
+    """The study file's `select:` rule (ablate.study.selection): its `by` columns (None when unset) and its `where`
     constraint (() when unset or no longer readable: the sweep validated it)."""
-    from ablate import safe_yaml
+    from ablate.core import safe_yaml
 
     try:
         data, _ = safe_yaml.parse(study_text or "")
@@ -179,7 +180,7 @@ def study_selection(study_text: str | None) -> tuple[tuple[str, ...] | None, tup
 
 def study_baseline(study_text: str | None) -> str | None:
     """The arm a study file names as its `baseline:` (None when it names none or cannot be read)."""
-    from ablate import safe_yaml
+    from ablate.core import safe_yaml
 
     try:
         data, _ = safe_yaml.parse(study_text or "")

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ablate.report import tables
 from ablate.report.inputs import StudyInput
-from ablate.sweep.study import study_hash
+from ablate.sweep.cells import study_hash
 
 
 # ----------------------------------------------------------------------------- header

@@ -11,9 +11,9 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from ablate.layout import StudyFolder
+from ablate.results.layout import StudyFolder
 from ablate.report import tables
-from ablate.results import load_curves, load_results
+from ablate.results.rows import load_curves, load_results
 
 MANIFEST_KEYS = {"cell_id", "arm", "dataset", "model", "seed", "settings"}
 

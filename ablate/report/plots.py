@@ -28,8 +28,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from ablate.outputs import atomic_target  # noqa: E402
-from ablate.report.schema import metric  # noqa: E402
+from ablate.results.safe_files import atomic_target  # noqa: E402
+from ablate.metrics.schema import metric
 from ablate.report.tables import rate_front, search_objectives, selection_metric, setting_points  # noqa: E402
 
 RC = {

@@ -1,13 +1,13 @@
-"""The report's view of the metric declarations (ablate.metric_schema): every table, tooltip, plot axis and
+"""The report's view of the metric declarations (ablate.metrics.schema): every table, tooltip, plot axis and
 "best" marker of `ablate report` reads them, so a metric is described once. What is the report's own: the collapse
 flag.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
-from ablate.metric_schema import METRICS, PROBE_PREFIX, Metric, in_table, metric  # noqa: F401 - the report's view
+from ablate.metrics.schema import PROBE_PREFIX, Metric, in_table, metric
 
 # Collapse flag (a row of a table): AU = 0 or KL below this many nats per sentence.
 COLLAPSE_KL = 0.1

@@ -9,11 +9,12 @@ from typing import Sequence
 
 import pandas as pd
 
-from ablate.protocol import Protocol, card_rows
-from ablate.selection import Condition, where_text
-from ablate.references import Reference, convention_mismatches
+from ablate.study.protocol import Protocol, card_rows
+from ablate.study.selection import Condition, where_text
+from ablate.study.references import Reference, convention_mismatches
 from ablate.report import tables
-from ablate.report.schema import COLLAPSE_KL, Metric, in_table, metric, metrics_in
+from ablate.report.schema import COLLAPSE_KL, metrics_in
+from ablate.metrics.schema import Metric, in_table, metric
 from ablate.report.header import conventions, probe_baselines
 from ablate.report.inputs import StudyInput
 from ablate.report.table_model import Cell, Col, Table, _count, _num, mean_std_n
@@ -307,7 +308,7 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
               else "at its one setting (no validation metrics: an arm of several settings is left out)")
     notes = [f"Each arm {chosen}; the {split} split, means over seeds; sorted by MI (the information z carries), "
              "then AU. KL, MI and AU carry ± 2 standard errors where the rows record them (the seed spread and each "
-             "row's measurement error: over sentences, MI and AU by a bootstrap; ablate.uncertainty)."]
+             "row's measurement error: over sentences, MI and AU by a bootstrap; ablate.metrics.uncertainty)."]
     if not best.empty and not best["best_choice"].any():
         notes.append("No best choice: every arm collapsed in at least one seed.")
     noise = mi_noise(rows, split) if mi == "mi" else None
@@ -316,7 +317,7 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
                      "its ± interval); He et al.'s estimate, noisier by far at this size, is in the main table.")
     if noise is not None:
         notes.append(f"MI carries sampling noise of about ±{noise:.2f} nats here (√(nz / 2N): its first term is "
-                     "analytic, its second sampled; ablate.metrics.mutual_information): a value within it, negative "
+                     "analytic, its second sampled; ablate.metrics.estimators.mutual_information): a value within it, negative "
                      "ones included, reads as 0.")
     if baseline not in set(best["arm"]) if not best.empty else True:
         notes.append(f"No baseline arm '{baseline}' in this panel: no costs (set --baseline).")
@@ -437,7 +438,7 @@ def _source_text(ref: Reference) -> str:
 
 
 def protocol_table(card: Protocol | None, tid: str) -> Table | None:
-    """The reproduction's protocol card (ablate.protocol): each setting the paper or its code fixes, with its
+    """The reproduction's protocol card (ablate.study.protocol): each setting the paper or its code fixes, with its
     source, and where this study differs, why (flagged)."""
     if card is None:
         return None

@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from ablate.outputs import spreadsheet_safe, write_text_atomic
-from ablate.report.schema import Metric
+from ablate.results.safe_files import spreadsheet_safe, write_text_atomic
+from ablate.metrics.schema import Metric
 
 
 # ----------------------------------------------------------------------------- rendered tables

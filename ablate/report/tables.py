@@ -1,6 +1,6 @@
 """The report's numbers, as pure pandas: no files, no plotting, no formatting of text.
 
-Inputs are the frames of one study: `ok` and `failed` result rows (ablate.results.load_results) and the
+Inputs are the frames of one study: `ok` and `failed` result rows (ablate.results.rows.load_results) and the
 study's manifest (one row per expected cell: cell_id, arm, dataset, model, seed, settings JSON; may be None).
 `attach_settings` adds to each result row its `settings` (JSON of the swept axis values of its cell within its
 arm) and `setting` (a short label); every other function groups by
@@ -25,15 +25,16 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from ablate.metric_schema import SELECT, in_table
-from ablate.selection import Condition, admits
-from ablate.results import name_single_runs, single_runs
-from ablate.report.schema import COLLAPSE_KL, Metric, metric, metrics_in
+from ablate.metrics.schema import SELECT, in_table
+from ablate.study.selection import Condition, admits
+from ablate.results.rows import name_single_runs, single_runs
+from ablate.report.schema import COLLAPSE_KL, metrics_in
+from ablate.metrics.schema import Metric, metric
 
 GROUP = ["dataset", "model", "arm", "setting"]
 PANEL = ["dataset", "model"]
 DEFAULT_BASELINE = "vanilla"
-DEFAULT_SELECT = SELECT   # the first present is used (the one rule of "best": ablate.metric_schema.SELECT)
+DEFAULT_SELECT = SELECT   # the first present is used (the one rule of "best": ablate.metrics.schema.SELECT)
 SIGNIFICANCE = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
 NO_SETTING = ""
 
@@ -435,7 +436,7 @@ def select_settings(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT_SE
     """Per dataset × model × arm, the setting with the best mean (over seeds) of the validation column, by the
     schema direction of its metric (ties: the first setting in value order). Without a validation column (runs
     that evaluate only test) an arm of one setting is its own choice and an arm of several is left out: nothing
-    can choose among them. `where` (the study's select constraint, ablate.selection): only settings whose mean
+    can choose among them. `where` (the study's select constraint, ablate.study.selection): only settings whose mean
     over seeds meets it are candidates; an arm with none is left out — except `exempt` (the baseline, which the
     costs are measured against: a plain VAE collapses by definition). Columns: dataset, model, arm, setting,
     settings, select (the column), select.mean, select.n, n_settings."""

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ablate.config import ConfigError, build_config, config_hash
-from ablate.layout import RESULT_NAME, StudyFolder, result_stem
-from ablate.results import ROW_KEYS, read_tables
+from ablate.core.config import ConfigError, build_config, config_hash
+from ablate.results.layout import RESULT_NAME, StudyFolder, result_stem
+from ablate.results.rows import ROW_KEYS, read_tables
 
 
 def now_iso() -> str:
@@ -105,8 +105,8 @@ def has_ok_result(folder: Path, cell_id: str) -> bool:
 
 def record_lost_attempt(folder: Path, trial: Any, message: str) -> None:
     """A failed result row for an attempt whose worker died (so the failure shows in the results, too)."""
-    from ablate.results import write_row
-    from ablate.run import base_row
+    from ablate.results.rows import write_row
+    from ablate.engine.run import base_row
 
     attrs = trial.user_attrs
     claim = claim_of(trial) or {}

@@ -10,15 +10,12 @@ whole study. Folders in the older `runs/` layout are read too.
 
 from __future__ import annotations
 
-import argparse
 import filecmp
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablate.commands import COMMANDS
-from ablate.layout import RESULT_NAME, RunFiles, StudyFolder
-from ablate.log import LOG
+from ablate.results.layout import RESULT_NAME, RunFiles, StudyFolder
 
 
 @dataclass
@@ -31,9 +28,9 @@ class Collected:
 
 def collect(target: Path, sources: list[Path]) -> Collected:
     """Copy every attempt of each source study folder that `target` lacks (see the module docstring)."""
-    from ablate.config import ConfigError
-    from ablate.outputs import check_writable
-    from ablate.results import check_row_file, write_results_table
+    from ablate.core.config import ConfigError
+    from ablate.results.safe_files import check_writable
+    from ablate.results.rows import check_row_file, write_results_table
 
     layout = StudyFolder(target)
     if not layout.study_json.exists():
@@ -74,24 +71,3 @@ def collect(target: Path, sources: list[Path]) -> Collected:
                 done.copied += 1
     write_results_table(target)
     return done
-
-
-def cmd_collect(args: argparse.Namespace) -> int:
-    target = Path(args.study_folder)
-    done = collect(target, [Path(s) for s in args.sources])
-    print(f"{target}: {done.copied} attempt(s) collected, {done.present} already here"
-          + (f", {len(done.conflicts)} conflict(s) left out" if done.conflicts else "")
-          + (f", {len(done.refused)} file(s) refused" if done.refused else ""))
-    for path in done.conflicts[:10]:
-        LOG.warning(f"{path}: an attempt of this name is already here with other contents; kept ours")
-    for path, problem in done.refused[:10]:
-        LOG.warning(f"{path}: not copied: {problem}")
-    return 0
-
-
-@COMMANDS.register("collect")
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("collect", help="gather a study's results from other machines' copies of its folder")
-    p.add_argument("study_folder", help="this machine's results/<study> (written by ablate sweep)")
-    p.add_argument("sources", nargs="+", help="copies of other machines' results/<study> folders")
-    p.set_defaults(func=cmd_collect)

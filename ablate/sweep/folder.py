@@ -1,4 +1,4 @@
-"""A study's results folder as the sweep writes and finds it (the layout itself: ablate.layout)."""
+"""A study's results folder as the sweep writes and finds it (the layout itself: ablate.results.layout)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ablate.config import ConfigError
-from ablate.layout import StudyFolder, move_legacy_runs
-from ablate.log import LOG
+from ablate.core.config import ConfigError
+from ablate.results.layout import StudyFolder, move_legacy_runs
+from ablate.core.log import LOG
 from ablate.sweep.attempts import now_iso
-from ablate.sweep.study import NAME_RE, Study, load_study
+from ablate.sweep.cells import Study
+from ablate.sweep.study import load_study
+from ablate.sweep.study_parts import NAME_RE
 
 
 # ---------------------------------------------------------------- the study folder
@@ -23,8 +25,8 @@ def study_folder(out: str | Path, name: str) -> Path:
 
 def write_study_files(study: Study, folder: Path) -> None:
     """study.yaml (the file as run), study.json (name, file, hash, --set overrides, created) and manifest.parquet."""
-    from ablate.outputs import write_text_atomic
-    from ablate.results import write_atomic
+    from ablate.results.safe_files import write_text_atomic
+    from ablate.results.rows import write_atomic
 
     layout = StudyFolder(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,7 +75,7 @@ def read_manifest(folder: Path) -> list[dict]:
 
 def append_manifest(folder: Path, rows: list[dict]) -> None:
     """Add cells a search asked for (one row each, `search` = the search's key)."""
-    from ablate.results import write_atomic
+    from ablate.results.rows import write_atomic
 
     if rows:
         known = read_manifest(folder)

@@ -40,7 +40,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import socket
 import threading
 import time
@@ -54,10 +53,10 @@ from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from ablate.config import canonical_dict, flatten
-from ablate.layout import StudyFolder
-from ablate.metric_schema import SELECT, selection_value
-from ablate.outputs import STORAGE_ERRNOS
+from ablate.core.config import canonical_dict, flatten
+from ablate.results.layout import StudyFolder
+from ablate.metrics.schema import SELECT, selection_value
+from ablate.results.safe_files import STORAGE_ERRNOS
 from ablate.sweep.attempts import (ResultIndex, claim_of, has_ok_result, now_iso, process_alive, process_start,
                                    read_row, record_lost_attempt)
 from ablate.sweep.storage import _storage_error, _with_patience, is_outage, open_storage, quiet_optuna

@@ -9,7 +9,7 @@ from typing import TextIO
 
 from ablate.sweep.attempts import ResultIndex
 from ablate.sweep.ledger import CellCounts, Ledger
-from ablate.sweep.study import Study
+from ablate.sweep.cells import Study
 
 
 # ---------------------------------------------------------------- counting and progress

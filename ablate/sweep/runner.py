@@ -11,7 +11,7 @@
     that dies (its attempt is reclaimed and retried) and stops them all at the first failure with --fail-fast;
  5. prints the per-arm outcome. Exit status: 0 when every cell has an ok result, 1 otherwise.
 
-A worker (ablate.sweep.worker) pops a cell, runs `ablate.run.execute` with labels (study, cell_id, arm, attempt,
+A worker (ablate.sweep.worker) pops a cell, runs `ablate.engine.run.execute` with labels (study, cell_id, arm, attempt,
 dataset, model), the result stem `<cell_id>.a<attempt>` under rows/, curves/ and models/, and the checkpoint
 `checkpoints/<cell_id>.pt` (so a retried or reclaimed cell continues from its last epoch), ends the trial, and
 on a failure a retry could change queues the next attempt while attempts remain. Counting and progress:
@@ -30,23 +30,24 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from ablate.config import ConfigError, is_study, read_yaml
-from ablate.layout import MODEL_NAME, StudyFolder
-from ablate.log import LOG, current_verbosity, verbosity_flag
-from ablate.outputs import check_writable, remove_owned
-from ablate.preflight import check_configs_runnable
-from ablate.results import write_results_table
-from ablate.sweep.folder import (cells_outside_the_study, recorded_overrides, resolve_target, study_folder,  # noqa: F401 - re-exported
+from ablate.core.config import ConfigError, is_study, read_yaml
+from ablate.results.layout import MODEL_NAME, StudyFolder
+from ablate.core.log import LOG, current_verbosity, verbosity_flag
+from ablate.results.safe_files import check_writable, remove_owned
+from ablate.engine.preflight import check_configs_runnable
+from ablate.results.rows import write_results_table
+from ablate.sweep.folder import (cells_outside_the_study, recorded_overrides, resolve_target, study_folder,
                                  write_study_files)
 from ablate.sweep.attempts import ResultIndex, process_alive
 from ablate.sweep.ledger import Ledger
 from ablate.sweep.storage import STORAGE_ENV, is_sqlite, redact
-from ablate.sweep.progress import (SweepProgress, _counts_now, _duration, count_cells, failure_lines,  # noqa: F401
+from ablate.sweep.progress import (SweepProgress, _counts_now, _duration, count_cells, failure_lines,
                                    format_counts, total)
 from ablate.sweep import search
-from ablate.sweep.study import Study, load_study
-from ablate.sweep.worker import CellResult, device_env, parse_devices, work  # noqa: F401
-from ablate.tensorboard_log import check_available
+from ablate.sweep.cells import Study
+from ablate.sweep.study import load_study
+from ablate.sweep.worker import CellResult, device_env, work
+from ablate.engine.tensorboard_log import check_available
 
 POLL_SECONDS = 0.5
 
@@ -306,7 +307,7 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
     def spawn(slot: int) -> subprocess.Popen:
         nonlocal spawned
         spawned += 1
-        command = [sys.executable, "-m", "ablate.cli", "worker", str(ledger.folder), "--no-progress",
+        command = [sys.executable, "-m", "ablate", "worker", str(ledger.folder), "--no-progress",
                    *verbosity_flag(current_verbosity())]
         if threads:
             command += ["--threads", str(threads)]

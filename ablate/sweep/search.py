@@ -21,15 +21,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ablate.config import ConfigError, build_config, config_hash
-from ablate.log import LOG
-from ablate.selection import conditions_from_json, where_text
+from ablate.core.config import ConfigError, build_config, config_hash
+from ablate.core.log import LOG
+from ablate.study.selection import conditions_from_json, where_text
 from ablate.sweep.folder import append_manifest
 from ablate.sweep.attempts import ResultIndex, read_row
 from ablate.sweep.ledger import Ledger
 from ablate.sweep.storage import quiet_optuna
 from ablate.sweep.search_space import SearchSpec, distributions
-from ablate.sweep.study import Cell
+from ablate.sweep.cells import Cell
 
 SPEC_ATTR, ATTEMPTS_ATTR = "ablate_search", "ablate_max_attempts"
 NO_RETRY = {"TrainingDiverged", "ConfigError", "StaleCell"}  # failures the ledger does not retry

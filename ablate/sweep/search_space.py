@@ -15,7 +15,7 @@ for every arm that searches (a fair tuning budget).
 
 Each trial is a cell (its config: the arm's, with the trial's values set) in the same ledger as the grid cells:
 resumable, killable, run exactly once. Objectives are validation metrics; their direction comes from the metric
-declarations (ablate.metric_schema), so `valid.mi` is maximised and `valid.nelbo` minimised.
+declarations (ablate.metrics.schema), so `valid.mi` is maximised and `valid.nelbo` minimised.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class SearchSpec:
         return cls(**json.loads(text))
 
     def directions(self) -> list[str]:
-        from ablate.metric_schema import metric
+        from ablate.metrics.schema import metric
 
         return ["maximize" if metric(o.split(".", 1)[1]).direction == "max" else "minimize" for o in self.objectives]
 
@@ -75,7 +75,7 @@ class SearchSpec:
         """The arm's raw run config with a trial's values set at their dotted keys."""
         import copy
 
-        from ablate.config import set_path
+        from ablate.core.config import set_path
 
         data = copy.deepcopy(self.base)
         for key, value in params.items():
@@ -107,13 +107,13 @@ def distributions(space: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def parse_search(raw: Any) -> dict[str, Any]:
     """The checked `search` mapping of an arm (defaults filled) or SearchError naming the key."""
-    from ablate.metric_schema import METRICS
+    from ablate.metrics.schema import METRICS
 
     if not isinstance(raw, dict):
         raise SearchError((), "search must be a mapping {sampler, trials, seed, space, objective}")
     unknown = [k for k in raw if k not in SEARCH_KEYS]
     if unknown:
-        from ablate.registry import did_you_mean
+        from ablate.core.registry import did_you_mean
 
         hint = did_you_mean(str(unknown[0]), SEARCH_KEYS) or "; allowed: " + ", ".join(SEARCH_KEYS)
         raise SearchError((unknown[0],), f"unknown key{hint}")
@@ -137,7 +137,7 @@ def parse_search(raw: Any) -> dict[str, Any]:
             raise SearchError(("objective",), f"{o}: a search optimises a validation metric (valid.<metric>); the "
                               "test split is only reported")
         if name not in METRICS or METRICS.get(name).direction not in ("min", "max"):
-            from ablate.registry import did_you_mean
+            from ablate.core.registry import did_you_mean
 
             raise SearchError(("objective",),
                               f"{o}: not a metric with a direction{did_you_mean(name, METRICS.names())}")

@@ -25,11 +25,11 @@ from typing import Any, Iterator
 import optuna
 from optuna.storages import BaseStorage
 
-from ablate.config import ConfigError
-from ablate.errors import Fault
-from ablate.layout import StudyFolder
-from ablate.log import LOG
-from ablate.outputs import STORAGE_ERRNOS
+from ablate.core.config import ConfigError
+from ablate.core.errors import Fault
+from ablate.results.layout import StudyFolder
+from ablate.core.log import LOG
+from ablate.results.safe_files import STORAGE_ERRNOS
 
 PATIENCE_ENV = "ABLATE_STORAGE_PATIENCE"  # seconds a command waits out a storage outage (default 300)
 HEARTBEAT_ENV = "ABLATE_HEARTBEAT_SECONDS"  # the RDB heartbeat interval (default 30 s; the grace period is 3×)
@@ -411,7 +411,7 @@ def repair_journal(path: Path, backup: bool = True) -> str | None:
     if torn is None:
         return None
     kept, dropped_lines, dropped_bytes = torn
-    from ablate.outputs import atomic_target
+    from ablate.results.safe_files import atomic_target
 
     copy = path.with_name(f"{path.name}.torn-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%fZ}")
     if backup:

@@ -1,4 +1,4 @@
-"""One sweep worker: pop a queued cell from the ledger, run it (`ablate.run.execute`), end its trial, and on a
+"""One sweep worker: pop a queued cell from the ledger, run it (`ablate.engine.run.execute`), end its trial, and on a
 failure that a retry could change queue the next attempt. `ablate worker` runs this until the queue is empty."""
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ from typing import Any, Callable
 
 from optuna.trial import TrialState
 
-from ablate.config import ConfigError, build_config, config_hash
-from ablate.layout import StudyFolder, result_stem
-from ablate.log import LOG
-from ablate.results import write_results_table
+from ablate.core.config import ConfigError, build_config, config_hash
+from ablate.results.layout import StudyFolder, result_stem
+from ablate.core.log import LOG
+from ablate.results.rows import write_results_table
 from ablate.sweep.folder import resolve_target
 from ablate.sweep import search
-from ablate.outputs import remove_owned
+from ablate.results.safe_files import remove_owned
 from ablate.sweep.attempts import has_ok_result
 from ablate.sweep.ledger import Ledger
 from ablate.sweep.storage import StorageUnavailable
-from ablate.tensorboard_log import check_available
+from ablate.engine.tensorboard_log import check_available
 
 # failures a retry cannot change (same config, same seed, same data): not retried
 DETERMINISTIC_FAILURES = {"TrainingDiverged", "ConfigError"}
@@ -47,7 +47,7 @@ class CellResult:
 def result_line(row: dict[str, Any], label: str) -> str:
     """One line per finished cell: '<arm> seed <n>: done: test NLL …, KL …, MI …, AU … (train …, eval …;
     cell <id> a<attempt>)', or its failure."""
-    from ablate.run_progress import format_seconds
+    from ablate.core.progress import format_seconds
 
     where = f"cell {row.get('cell_id')} a{row.get('attempt')}"
     if row.get("status") != "ok":
@@ -64,7 +64,7 @@ def result_line(row: dict[str, Any], label: str) -> str:
 def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool = False,
             tensorboard: Path | None = None) -> CellResult:
     """Run a claimed trial's cell and end the trial; queue a retry on failure while attempts remain."""
-    from ablate.run import cell_label, execute
+    from ablate.engine.run import cell_label, execute
 
     attrs = trial.user_attrs
     cell_id, attempt = attrs["cell_id"], int(attrs.get("attempt", 1))
@@ -217,7 +217,7 @@ def device_env(device: str) -> dict[str, str]:
 
 def study_file_storage(folder: Path) -> str | None:
     """The storage a study folder's copy of its study file names (None when none, or unreadable)."""
-    from ablate.config import read_yaml
+    from ablate.core.config import read_yaml
 
     try:
         value = read_yaml(StudyFolder(folder).study_yaml).get("storage")
@@ -232,7 +232,7 @@ def _one_per_device(target: str | Path, out: str | Path, storage: str | None, de
     import subprocess
     import sys
 
-    from ablate.log import current_verbosity, verbosity_flag
+    from ablate.core.log import current_verbosity, verbosity_flag
     from ablate.sweep.storage import STORAGE_ENV, is_sqlite, redact
 
     if is_sqlite(storage) and len(devices) > 1:
@@ -240,7 +240,7 @@ def _one_per_device(target: str | Path, out: str | Path, storage: str | None, de
                           "MySQL for several workers")
     procs = []
     for device in devices:
-        command = [sys.executable, "-m", "ablate.cli", "worker", str(target), "--out", str(out), "--no-progress",
+        command = [sys.executable, "-m", "ablate", "worker", str(target), "--out", str(out), "--no-progress",
                    *verbosity_flag(current_verbosity()), *(["--threads", str(threads)] if threads else []),
                    *(["--fail-fast"] if fail_fast else []),
                    *(["--tensorboard", str(Path(tensorboard).resolve())] if tensorboard is not None else [])]

@@ -11,7 +11,7 @@ mode is on, each outer step becomes
 
 with the same loss (compose_loss, the outer step's β) throughout and the gradient of all parameters clipped before
 each update, as the reference does. After each epoch the validation MI is computed (He et al.'s `calc_mi`: the
-estimator within each validation batch, averaged weighted by batch size; ablate.metrics.mutual_information with
+estimator within each validation batch, averaged weighted by batch size; ablate.metrics.estimators.mutual_information with
 the batch as aggregate); aggressive mode switches off for good the first time it is lower than the epoch before
 (the first epoch compares with 0). Then training is plain VAE training.
 
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from ablate.metrics import mutual_information
+from ablate.metrics.estimators import mutual_information
 from ablate.techniques.base import Evaluated, Step, StepControl, Technique, TechniqueConfig, TrainContext
 from ablate.techniques.registry import register
 

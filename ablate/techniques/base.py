@@ -1,7 +1,7 @@
 """The Technique interface and the one place where the training objective is assembled.
 
 A technique is a remedy for posterior collapse with a strict config and a version. It plugs into the training
-loop (ablate.train) through optional hooks, called in this fixed order every optimiser step:
+loop (ablate.engine.train) through optional hooks, called in this fixed order every optimiser step:
 
 Within each hook, techniques are called in their declared `order` (`Technique.order`, ascending).
 
@@ -31,7 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from ablate.data.tokenize import SpecialIds  # noqa: F401 - part of a technique's TrainContext
+from ablate.data.tokenize import SpecialIds
 
 
 class TechniqueConfig(BaseModel):

@@ -25,7 +25,8 @@ from pydantic import Field
 from torch import Tensor
 
 from ablate.data.batching import Batch
-from ablate.techniques.base import SpecialIds, Technique, TechniqueConfig
+from ablate.techniques.base import Technique, TechniqueConfig
+from ablate.data.tokenize import SpecialIds
 from ablate.techniques.registry import register
 
 

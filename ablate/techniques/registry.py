@@ -1,6 +1,6 @@
 """Name → technique. Strict configs with "did you mean", conflict checks, the listing for `ablate techniques`.
 
-Techniques live on the one registry class (ablate.registry.Registry): each technique module registers its class
+Techniques live on the one registry class (ablate.core.registry.Registry): each technique module registers its class
 with `@register`, and every module of this package is imported on first use, so adding a file adds a technique.
 The order of application is each technique's declared `order` (unique, checked here), never the file or name order.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ablate.technique_configs import TECHNIQUES, get, resolve_techniques, technique_versions  # noqa: F401
+from ablate.core.technique_configs import TECHNIQUES
 from ablate.techniques.base import Technique, TrainContext
 
 

@@ -1,0 +1,1 @@
+"""The command line: the command registry, the entry point, and the sample and export commands."""

@@ -1,0 +1,526 @@
+"""The training loop: phases, optimiser, clipping, validation every epoch, best state, checkpoints.
+
+The objective is assembled in one place (ablate.techniques.base.compose_loss):
+    loss = mean_i rec_i + β · KLterm + Σ extra,   rec_i = −log p(x_i|z_i) summed over the tokens of sentence i.
+`train.epochs` and `train.max_steps` count the VAE phase; a pretraining phase (encoder_pretraining) comes first
+and is counted apart, so runs with and without pretraining get the same VAE-phase budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ablate.core.config import TrainConfig
+from ablate.data.batching import Batch, EncodedSplit, iterate_batches
+from ablate.data.tokenize import Framing
+from ablate.metrics.estimators import gaussian_kl_per_dim, sample_posterior
+from ablate.models.base import TextVAE
+from ablate.models.freeze import freeze
+from ablate.results.safe_files import atomic_target, load_tensors
+from ablate.core.progress import RunProgress
+from ablate.techniques.base import (Evaluated, LossParts, Objective, PhaseProgress, Step, StepControl, Technique,
+                                    compose_loss)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exceeded train.divergence_threshold."""
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run exactly (saved in checkpoints). The trainer's own, mutable record; what a
+    technique sees of it are two read-only views: `as_step()` (where training is) and `as_phase_progress()` (how far
+    the pretraining phase has come)."""
+
+    global_step: int = 0
+    phase: str = "vae"
+    phase_step: int = 0
+    epoch: int = 0
+    epochs_in_phase: int = 0
+    epoch_step: int = 0  # optimiser steps (groups of batches) done in the current epoch: a run stopped mid-epoch
+    valid_rec: list[float] = field(default_factory=list)  # of the pretraining phase
+    best_score: float = math.inf  # validation value of train.select_by
+    best_pretrain_rec: float = math.inf  # a decaying pretraining phase: its best validation rec
+    best_epoch: int = -1
+    train_tokens: int = 0
+    inner_steps: int = 0  # extra updates a technique made inside outer steps (aggressive), not in the budget
+    lr_scale: float = 1.0  # train.lr_decay: the learning rate is train.lr × lr_scale
+    decay_ref: float = math.inf  # He et al.'s opt_dict["best_loss"]
+    not_improved: int = 0
+    decays: int = 0
+    train_seconds: float = 0.0
+    finished: bool = False
+
+    def as_step(self) -> Step:
+        return Step(self.global_step, self.phase_step, self.epoch, self.phase)
+
+    def as_phase_progress(self) -> PhaseProgress:
+        return PhaseProgress(self.epochs_in_phase, self.phase_step, list(self.valid_rec))
+
+
+@dataclass
+class TrainResult:
+    curves: list[dict[str, Any]]
+    state: TrainState
+
+
+SYNC_EVERY = 50  # training curves are read off the device every N steps and at each epoch's end
+LIVE_EARLY = (0, 9, 24)  # phase steps at which the values are read early too (a short run shows them)
+
+
+def forward_parts(model: TextVAE, batch: Batch, precision: str = "fp32") -> LossParts:
+    """Encode, sample one z per sentence (reparameterised), score the sentence: the pieces of the loss.
+
+    precision bf16 autocasts the networks; the posterior, z, KL and log-probabilities stay fp32.
+    """
+    with torch.autocast(batch.enc_ids.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        mu, logvar = model.encode(batch)
+        mu, logvar = mu.float(), logvar.float()
+        z = sample_posterior(mu, logvar)
+        rec = -model.log_likelihood(batch, z).float()
+    return LossParts(rec=rec, kl_per_dim=gaussian_kl_per_dim(mu, logvar), mu=mu, logvar=logvar, z=z)
+
+
+def decay_on_plateau(state: TrainState, cfg: TrainConfig, valid_loss: float) -> bool:
+    """He et al. 2019's rule after a VAE epoch (config.LRDecayConfig); True when the learning rate was decayed
+    (the caller then restores the best state and starts a fresh optimiser)."""
+    rule = cfg.lr_decay
+    if valid_loss > state.decay_ref:
+        state.not_improved += 1
+        if state.not_improved >= rule.patience and state.epochs_in_phase > rule.min_epochs:
+            state.decay_ref, state.not_improved = valid_loss, 0
+            state.lr_scale *= rule.factor
+            state.decays += 1
+            return True
+        return False
+    state.not_improved, state.decay_ref = 0, valid_loss
+    return False
+
+
+class CurveBuffer:
+    """Per-step training values kept on the device and read off in one transfer every SYNC_EVERY steps (each
+    float(tensor) on a GPU would stall it). A non-finite or too large loss is caught at the next read."""
+
+    def __init__(self, curves: list[dict[str, Any]], divergence_threshold: float) -> None:
+        self.curves, self.threshold = curves, divergence_threshold
+        self.meta: list[dict[str, Any]] = []
+        self.values: list[Tensor] = []
+        self.last: dict[str, Any] | None = None  # the newest step read off (for the progress line)
+
+    def add(self, meta: dict[str, Any], loss: Tensor, kl: Tensor, rec: Tensor) -> dict[str, Any] | None:
+        """Buffer one step; at every SYNC_EVERY-th global step (and whenever SYNC_EVERY are buffered) read them off
+        and return the newest (else None)."""
+        self.meta.append(meta)
+        self.values.append(torch.stack([loss.detach().float(), kl.detach().float(), rec.detach().float()]))
+        due = (meta["step"] + 1) % SYNC_EVERY == 0 or len(self.values) >= SYNC_EVERY
+        return self.flush() if due else None
+
+    def flush(self) -> dict[str, Any] | None:
+        """Append the buffered steps to the curves; return the last one (None when empty)."""
+        if not self.values:
+            return None
+        values = torch.stack(self.values).cpu().tolist()
+        for meta, (loss, kl, rec) in zip(self.meta, values):
+            if not math.isfinite(loss) or loss > self.threshold:
+                raise TrainingDiverged(f"loss {loss} at step {meta['step']} (epoch {meta['epoch'] + 1})")
+            self.curves.append({**meta, "kl": kl, "rec": rec, "loss": loss})
+        self.meta, self.values = [], []
+        self.last = self.curves[-1]
+        return self.last
+
+
+def step_detail(point: dict[str, Any] | None) -> str:
+    """The progress line's live values of a training curve point ("" for none)."""
+    return "" if point is None else f"loss {point['loss']:.2f} kl {point['kl']:.2f} β {point['beta']:.2f}"
+
+
+@torch.no_grad()
+def validate(model: TextVAE, batches: list[Batch], device: torch.device) -> dict[str, float]:
+    """Mean single-sample rec, KL and −ELBO per sentence over a split, and the encoder's spread: mu_var, the mean
+    over dimensions of Var_x E[z_j] (unbiased), and au, the dimensions with Var_x E[z_j] ≥ 0.01 (Burda et al.
+    2016)."""
+    model.eval()
+    rec = kl = 0.0
+    count = 0
+    mus = []
+    for batch in batches:
+        parts = forward_parts(model, batch.to(device))
+        rec += float(parts.rec.sum())
+        kl += float(parts.kl.sum())
+        count += batch.size
+        mus.append(parts.mu.double().cpu())
+    model.train()
+    mu = torch.cat(mus) if mus else torch.zeros(0, 0, dtype=torch.float64)
+    var = mu.var(0, unbiased=True) if mu.shape[0] > 1 and mu.shape[1] > 0 else None
+    return {"rec": rec / count, "kl": kl / count, "nelbo": (rec + kl) / count,
+            "mu_var": float(var.mean()) if var is not None else float("nan"),
+            "au": float((var >= 0.01).sum()) if var is not None else float("nan")}
+
+
+def make_optimizer(model: TextVAE, cfg: TrainConfig, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """Adam or SGD, in PyTorch's fused form where the parameters' device has it (one kernel for all parameters:
+    on a 2-core CPU 4 ms instead of 12 ms per step for the 8M parameters of Li et al.'s PTB LSTM)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr * lr_scale, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               fused=fused or None)
+    return torch.optim.Adam(params, lr=cfg.lr * lr_scale, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def _save_checkpoint(path: Path, model: TextVAE, optimizer: torch.optim.Optimizer, techniques: list[Technique],
+                     state: TrainState, best: dict[str, Any] | None, curves: list[dict[str, Any]],
+                     generator: torch.Generator, best_pretrain: dict[str, Any] | None = None) -> None:
+    """Atomic: write a temporary file in the same folder, then rename."""
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "techniques": [t.state_dict() for t in techniques], "state": asdict(state), "best": best,
+               "best_pretrain": best_pretrain,
+               "curves": curves, "torch_rng": torch.get_rng_state(), "corrupt_rng": generator.get_state()}
+    with atomic_target(path) as tmp:
+        torch.save(payload, tmp)
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) during training: the current step finishes, the state is saved, then KeyboardInterrupt —
+    so an interrupted run continues from that step (`ablate run --resume`, a re-run sweep), not from its last
+    epoch. A second Ctrl-C stops at once. Only in the main thread, and only over Python's default handler."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+        return self
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class Trainer:
+    """The state of one training run and its steps; `train` below is the loop that drives it."""
+
+    def __init__(self, model: TextVAE, techniques: list[Technique], train_split: EncodedSplit,
+                 valid_split: EncodedSplit, framing: Framing, cfg: TrainConfig, device: torch.device, seed: int,
+                 eval_batch_size: int):
+        self.model, self.techniques, self.cfg, self.device, self.seed = model, techniques, cfg, device, seed
+        self.train_split, self.framing = train_split, framing
+        model.to(device).train()
+        self.state = TrainState(phase="pretrain" if any(t.wants_pretraining() for t in techniques) else "vae")
+        self.curves: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None  # the selected VAE-phase state (train.select_by)
+        self.best_pretrain: dict[str, Any] | None = None  # a decaying pretraining phase's best state (valid rec)
+        self.generator = torch.Generator().manual_seed(seed + 7919)  # corruptions
+        self.start_phase()
+        self.optimizer = make_optimizer(model, cfg)
+        self.valid_batches = iterate_batches(valid_split, framing, eval_batch_size)
+        self.pretrainers = [t for t in techniques if t.wants_pretraining()]
+        self.pretrain_decays = cfg.lr_decay is not None and any(t.pretraining_decays() for t in self.pretrainers)
+        self.taker = next((t for t in techniques if t.takes_over_step), None)
+
+    def start_phase(self) -> None:
+        """The techniques' set-up of the current phase (they may freeze or unfreeze parts), then train.freeze."""
+        for technique in self.techniques:
+            technique.start_phase(self.state.phase, self.model)
+        freeze(self.model, self.cfg.freeze)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+
+    def restore(self, checkpoint: Path | None) -> None:
+        """Continue exactly where a checkpoint left off (state, weights, optimiser, techniques, RNGs)."""
+        if checkpoint is None or not checkpoint.exists():
+            return
+        saved = load_tensors(checkpoint, "checkpoint", map_location=self.device)
+        self.state = TrainState(**saved["state"])
+        for technique, tech_state in zip(self.techniques, saved["techniques"]):
+            technique.load_state_dict(tech_state)
+        self.start_phase()
+        self.model.load_state_dict(saved["model"])
+        self.optimizer = make_optimizer(self.model, self.cfg, self.state.lr_scale)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.best, self.curves = saved["best"], saved["curves"]
+        self.best_pretrain = saved.get("best_pretrain")
+        torch.set_rng_state(saved["torch_rng"])
+        self.generator.set_state(saved["corrupt_rng"])
+
+    def save(self, checkpoint: Path | None) -> None:
+        if checkpoint is not None and self.cfg.checkpoint_every_epoch:
+            _save_checkpoint(checkpoint, self.model, self.optimizer, self.techniques, self.state, self.best,
+                             self.curves, self.generator, self.best_pretrain)
+
+    # -- one optimiser step ----------------------------------------------------------------------------------
+
+    def evaluate(self, batch: Batch, step: Step) -> Evaluated:
+        """The one loss: forward pass, then compose_loss (ablate.techniques.base)."""
+        parts = forward_parts(self.model, batch, self.cfg.precision)
+        return Evaluated(parts, compose_loss(parts, self.techniques, self.cfg.kl_weight, step))
+
+    def update(self, evaluated: Evaluated, params: str = "all") -> None:
+        """Backward, clip all gradients, then step the optimiser on all, encoder or decoder parameters."""
+        self.optimizer.zero_grad(set_to_none=True)
+        evaluated.objective.loss.backward()
+        self.apply_gradient(params)
+
+    def apply_gradient(self, params: str = "all") -> None:
+        """Clip all gradients, then step the optimiser on all, encoder or decoder parameters."""
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if params != "all":
+            for param in (self.model.decoder_parameters() if params == "encoder" else
+                          self.model.encoder_parameters()):
+                param.grad = None  # an optimiser skips parameters without a gradient (their state stays)
+        self.optimizer.step()
+
+    def step_control(self, step: Step, batches: list[Batch]) -> StepControl:
+        """What a technique that takes over the update may do (He et al.'s inner loop)."""
+        draws = random.Random(self.seed * 1_000_003 + self.state.global_step)
+
+        def random_batch() -> Batch:
+            batch = batches[draws.randrange(len(batches))]
+            for technique in self.techniques:
+                batch = technique.corrupt(batch, self.generator)
+            return batch.to(self.device, non_blocking=True)
+
+        def count_inner(batch: Batch) -> None:
+            self.state.inner_steps += 1
+            self.state.train_tokens += int(batch.dec_mask.sum())
+
+        return StepControl(evaluate=lambda b: self.evaluate(b, step), update=self.update,
+                           random_batch=random_batch, count_inner=count_inner)
+
+    def step(self, group: list[Batch], batches: list[Batch]) -> Evaluated:
+        """Corrupt (training batches only), then one update: the usual one, or a technique's own. A group of
+        several batches (train.grad_accum) is one update with their gradients averaged by sentence."""
+        step = self.state.as_step()
+        group = [self.training_batch(batch) for batch in group]
+        if len(group) > 1:
+            return self.accumulated_step(group, step)
+        batch = group[0]
+        evaluated = self.taker.take_step(batch, self.step_control(step, batches), step) if self.taker else None
+        if evaluated is None:
+            evaluated = self.evaluate(batch, step)
+            self.update(evaluated, "all")
+        return evaluated
+
+    def training_batch(self, batch: Batch) -> Batch:
+        for technique in self.techniques:
+            batch = technique.corrupt(batch, self.generator)
+        self.state.train_tokens += int(batch.dec_mask.sum())  # counted on the host copy
+        return batch.to(self.device, non_blocking=True)
+
+    def accumulated_step(self, group: list[Batch], step: Step) -> Evaluated:
+        """One optimiser step on Σ_g (B_g / B) · loss_g: each batch's loss is a mean over its sentences, so this is
+        the mean over the group's B sentences, one batch's activations in memory at a time."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total = sum(batch.size for batch in group)
+        done: list[Evaluated] = []
+        for batch in group:
+            evaluated = self.evaluate(batch, step)
+            (evaluated.objective.loss * (batch.size / total)).backward()
+            done.append(evaluated)
+        self.apply_gradient("all")
+        return merged(done, [batch.size / total for batch in group])
+
+    # -- one epoch -------------------------------------------------------------------------------------------
+
+    def phase_done(self) -> bool:
+        """Whether the pretraining techniques all say their phase is over."""
+        progress = self.state.as_phase_progress()
+        return all(t.pretraining_finished(progress) for t in self.pretrainers)
+
+    def vae_budget_done(self) -> bool:
+        cfg, state = self.cfg, self.state
+        return ((cfg.max_steps is not None and state.phase_step >= cfg.max_steps)
+                or (cfg.max_steps is None and state.epochs_in_phase >= cfg.epochs)
+                or (cfg.lr_decay is not None and state.decays >= cfg.lr_decay.max_decays))
+
+    def train_epoch(self, progress: RunProgress, stop: StopRequest | None = None) -> bool:
+        """Optimiser steps over one shuffled pass of train (or until the phase or step budget ends, or `stop` is
+        requested: then `state.epoch_step` says where the pass continues). Returns whether pretraining ended
+        during the pass."""
+        state, cfg = self.state, self.cfg
+        batches = iterate_batches(self.train_split, self.framing, cfg.batch_size,
+                                  random.Random(self.seed * 100_003 + state.epoch),
+                                  one_length=cfg.batching == "one_length")
+        groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+        started = time.perf_counter()
+        planned = f"/{state.epoch - state.epochs_in_phase + cfg.epochs}" \
+            if state.phase == "vae" and cfg.max_steps is None else ""
+        progress.begin(f"epoch {state.epoch + 1}{planned} [{state.phase}]")
+        buffer = CurveBuffer(self.curves, cfg.divergence_threshold)
+        switch_phase = ended = False
+        for group in groups[state.epoch_step:]:  # a run stopped mid-epoch continues with its next step
+            evaluated = self.step(group, batches)
+            parts, objective = evaluated.parts, evaluated.objective
+            read = buffer.add({"step": state.global_step, "epoch": state.epoch, "phase": state.phase,
+                               "split": "train", "beta": objective.beta}, objective.loss, parts.kl.mean(),
+                              parts.rec.mean())
+            if read is None and state.phase_step < SYNC_EVERY and state.phase_step in LIVE_EARLY:
+                read = buffer.flush()  # a short run or a new phase shows its values before SYNC_EVERY steps
+            state.global_step += 1
+            state.phase_step += 1
+            state.epoch_step += 1
+            progress.step(step_detail(read))
+            if state.phase == "pretrain" and self.phase_done():
+                switch_phase = ended = True
+                break
+            if state.phase == "vae" and cfg.max_steps is not None and state.phase_step >= cfg.max_steps:
+                ended = True
+                break
+            if stop is not None and stop.requested:
+                break
+        else:
+            ended = True
+        if ended:
+            state.epoch_step = 0
+        buffer.flush()
+        progress.pause()
+        state.train_seconds += time.perf_counter() - started
+        return switch_phase
+
+    def end_epoch(self, progress: RunProgress) -> bool:
+        """Validation, the techniques' end of epoch, the curve point, the selected state and He et al.'s decay
+        rule. Returns whether pretraining is over."""
+        state, cfg, model = self.state, self.cfg, self.model
+        started = time.perf_counter()
+        progress.begin(f"validate epoch {state.epoch + 1}")  # the line says what runs, not a frozen ETA
+        valid = validate(model, self.valid_batches, self.device)
+        progress.validated(time.perf_counter() - started, sum(b.size for b in self.valid_batches),
+                           sum(int(b.dec_mask.sum()) for b in self.valid_batches))
+        progress.pause()
+        model.eval()
+        for technique in self.techniques:
+            technique.end_epoch(model, self.valid_batches)
+        model.train()
+        self.curves.append({"step": state.global_step, "epoch": state.epoch, "phase": state.phase, "split": "valid",
+                            "beta": float("nan"), "kl": valid["kl"], "rec": valid["rec"], "loss": valid["nelbo"],
+                            "mu_var": valid["mu_var"], "au": valid["au"]})
+        state.epoch += 1
+        state.epochs_in_phase += 1
+        pretraining_over = False
+        if state.phase == "pretrain":
+            state.valid_rec.append(valid["rec"])
+            pretraining_over = self.phase_done()
+            if self.pretrain_decays:  # Li et al.'s text_beta.py: best AE kept, He et al.'s rule on the valid rec
+                if valid["rec"] < state.best_pretrain_rec:
+                    state.best_pretrain_rec = valid["rec"]
+                    self.best_pretrain = copy.deepcopy(model.state_dict())
+                if decay_on_plateau(state, cfg, valid["rec"]):
+                    model.load_state_dict(self.best_pretrain)
+                    self.optimizer = make_optimizer(model, cfg, state.lr_scale)
+                pretraining_over |= state.decays >= cfg.lr_decay.max_decays
+        else:
+            if cfg.select_by == "last" or valid[cfg.select_by] < state.best_score:
+                state.best_score, state.best_epoch = valid[cfg.select_by], state.epoch
+                self.best = copy.deepcopy(model.state_dict())
+            if cfg.lr_decay is not None and decay_on_plateau(state, cfg, valid["nelbo"]):
+                model.load_state_dict(self.best)
+                self.optimizer = make_optimizer(model, cfg, state.lr_scale)
+        progress.write(f"epoch {state.epoch} [{state.phase}] valid rec {valid['rec']:.2f} kl {valid['kl']:.3f} "
+                       f"-elbo {valid['nelbo']:.2f}")
+        return pretraining_over
+
+    def start_vae_phase(self) -> None:
+        state = self.state
+        state.phase, state.phase_step, state.epochs_in_phase = "vae", 0, 0
+        if self.pretrain_decays:  # the VAE phase starts from the best autoencoder with a fresh decay rule
+            if self.best_pretrain is not None:
+                self.model.load_state_dict(self.best_pretrain)
+            state.lr_scale, state.decay_ref, state.not_improved, state.decays = 1.0, math.inf, 0, 0
+        self.start_phase()
+        self.optimizer = make_optimizer(self.model, self.cfg, self.state.lr_scale)
+
+
+def merged(evaluated: list[Evaluated], weights: list[float]) -> Evaluated:
+    """The batches of one accumulated step as one: their sentences' pieces side by side, the weighted loss."""
+    parts = [e.parts for e in evaluated]
+    cat = {key: torch.cat([getattr(p, key).detach() for p in parts])
+           for key in ("rec", "kl_per_dim", "mu", "logvar", "z")}
+    last = evaluated[-1].objective
+    loss = sum(w * e.objective.loss.detach() for w, e in zip(weights, evaluated))
+    kl_term = sum(w * e.objective.kl_term.detach() for w, e in zip(weights, evaluated))
+    return Evaluated(LossParts(**cat), Objective(loss=loss, beta=last.beta, kl_term=kl_term))
+
+
+def epoch_point(curves: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last epoch's validation row (step, epoch, phase, kl, rec, loss = −ELBO) with that epoch's training
+    means (train_loss, train_kl, train_rec) and its last β."""
+    point = dict(curves[-1])
+    steps = [c for c in curves if c["split"] == "train" and c["epoch"] == point["epoch"]
+             and c["phase"] == point["phase"]]
+    if steps:
+        for key in ("loss", "kl", "rec"):
+            point[f"train_{key}"] = sum(c[key] for c in steps) / len(steps)
+        point["beta"] = steps[-1]["beta"]
+    return point
+
+
+def planned_steps(cfg: TrainConfig, techniques: list[Technique], steps_per_epoch: int, state: TrainState) -> int:
+    """The most optimiser steps a run can take (its ETA's training part): the pretraining phase's budget, if any
+    and not over, then the VAE phase's (train.max_steps, or epochs × steps per epoch); He et al.'s decay rule may
+    stop it earlier."""
+    vae = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    pretrain = max((t.pretraining_budget(steps_per_epoch) for t in techniques), default=0)
+    return (pretrain if state.phase == "pretrain" else state.global_step - state.phase_step) + vae
+
+
+def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit, valid_split: EncodedSplit,
+          framing: Framing, cfg: TrainConfig, device: torch.device, seed: int, eval_batch_size: int = 64,
+          checkpoint: Path | None = None, progress: bool | RunProgress = True,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train in place; on return the model holds the best VAE-phase state by `cfg.select_by` (validation).
+    `progress`: a line for the whole run (ablate.core.progress; True: one for training alone). `on_epoch` gets each
+    epoch's validation point (`epoch_point`: the curve row and the epoch's training means)."""
+    run = Trainer(model, techniques, train_split, valid_split, framing, cfg, device, seed, eval_batch_size)
+    run.restore(checkpoint)
+    state = run.state
+    if not isinstance(progress, RunProgress):
+        progress = RunProgress(bool(progress), 0)
+    progress.plan_more(planned_steps(cfg, techniques, cfg.steps_per_epoch(len(train_split)), state))
+    progress.resumed(state.global_step)
+    if state.phase == "vae" and run.vae_budget_done():
+        state.finished = True
+    with StopRequest() as stop:
+        _train_loop(run, progress, checkpoint, on_epoch, stop)
+    if run.best is not None:
+        model.load_state_dict(run.best)
+    return TrainResult(curves=run.curves, state=state)
+
+
+def _train_loop(run: Trainer, progress: RunProgress, checkpoint: Path | None,
+                on_epoch: Callable[[dict[str, Any]], None] | None, stop: StopRequest) -> None:
+    state = run.state
+    while not state.finished:
+        switch_phase = run.train_epoch(progress, stop)  # optimiser steps over one shuffled pass of train (one line)
+        if stop.requested and state.epoch_step:       # Ctrl-C mid-epoch: keep this step's state, then stop
+            run.save(checkpoint)
+            raise KeyboardInterrupt
+        switch_phase |= run.end_epoch(progress)       # validation, selected state, decay rule
+        if on_epoch is not None:
+            on_epoch(epoch_point(run.curves))         # live: the sweep's Optuna trial, TensorBoard
+        if switch_phase:                              # pretraining → VAE (techniques reset what they need)
+            run.start_vae_phase()
+        if state.phase == "vae" and run.vae_budget_done():
+            state.finished = True
+        run.save(checkpoint)                          # every epoch: a killed run continues from here
+        if stop.requested:
+            raise KeyboardInterrupt
