@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from ablate.sweep import ledger as ledger_module
+from ablate.sweep import liveness as liveness_module
 from ablate.sweep import storage as storage_module
 from ablate.sweep.attempts import claim_of
-from ablate.sweep.ledger import HOST_ENV, Ledger
+from ablate.sweep.ledger import Ledger
+from ablate.sweep.liveness import HOST_ENV
 from ablate.sweep.runner import run_sweep, status_text
 from ablate.sweep.study import load_study
 from malformed_inputs import STUDY
@@ -112,7 +114,7 @@ def test_a_claim_half_written_on_another_machine_is_reclaimed_after_the_grace(tm
     (trial,) = ledger.trials()
     assert claim_of(trial) is None
     assert ledger.is_live(trial)  # within the grace: its owner may be writing the rest
-    monkeypatch.setattr(ledger_module, "CLAIM_GRACE_SECONDS", 0.0)
+    monkeypatch.setattr(liveness_module, "CLAIM_GRACE_SECONDS", 0.0)
     assert not ledger.is_live(trial)
     with ledger.lock():
         assert [t.number for t in ledger.reclaim(retry=True)] == [trial.number]
@@ -136,7 +138,7 @@ def test_on_an_rdb_storage_every_kill_point_of_a_remote_claim_ends_in_silence(tm
         kill_at += 1
     assert kill_at >= 6
     time.sleep(3.5)  # > the grace of 3 heartbeat intervals
-    monkeypatch.setattr(ledger_module, "CLAIM_GRACE_SECONDS", 3.0)
+    monkeypatch.setattr(liveness_module, "CLAIM_GRACE_SECONDS", 3.0)
     for kill_at, url, folder in cases:
         ledger = Ledger.open_existing("bad", folder, url, write=True)
         (trial,) = ledger.trials()

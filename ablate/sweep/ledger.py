@@ -32,37 +32,30 @@ RDB URL (`postgresql+psycopg://…`, `mysql+pymysql://…`; `sqlite:///x.db` for
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import fcntl
 import functools
-import hashlib
 import json
 import math
 import os
 import socket
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from ablate.core.config import canonical_dict, flatten
 from ablate.results.layout import StudyFolder
 from ablate.metrics.schema import SELECT, selection_value
 from ablate.results.safe_files import STORAGE_ERRNOS
-from ablate.sweep.attempts import (ResultIndex, claim_of, has_ok_result, now_iso, process_alive, process_start,
+from ablate.sweep.attempts import (ResultIndex, claim_of, has_ok_result, now_iso, process_start,
                                    read_row, record_lost_attempt)
-from ablate.sweep.storage import _storage_error, _with_patience, is_outage, open_storage, quiet_optuna
+from ablate.sweep.cells import Cell
+from ablate.sweep.liveness import HOST_ENV, Liveness
+from ablate.sweep.storage import _storage_error, open_storage, quiet_optuna
 
-CLAIM_GRACE_SECONDS = 120.0  # a RUNNING trial with neither pid nor claimant counts as dead after this
-HOST_ENV = "ABLATE_HOST"  # this machine's name in the ledger (containers that share a hostname set it apart)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -80,7 +73,7 @@ class CellCounts:
     pending: int = 0  # not queued, or last attempt lost with a dead worker: the next `ablate sweep` runs them
 
 
-class Ledger:
+class Ledger(Liveness):
     """One Optuna study in a storage, used as a queue of cell attempts."""
 
     def __init__(self, storage: BaseStorage, study_name: str, folder: Path):
@@ -89,7 +82,10 @@ class Ledger:
         self.folder = Path(folder)
         self.study_id = storage.get_study_id_from_name(study_name)
         self.host = os.environ.get(HOST_ENV) or socket.gethostname()
-        self.heartbeats = isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval() is not None
+        # Optuna's heartbeat storages (RDB, gRPC) have `get_heartbeat_interval`; its base class BaseHeartbeat lives in
+        # the private optuna.storages._heartbeat, so the method is asked for instead of the class
+        interval = getattr(storage, "get_heartbeat_interval", None)
+        self.heartbeats = callable(interval) and interval() is not None
         self._stale: tuple[float, set[int]] = (-1.0, set())
 
     @classmethod
@@ -124,101 +120,6 @@ class Ledger:
     def optuna_study(self) -> optuna.Study:
         return optuna.load_study(study_name=self.name, storage=self.storage)
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """An exclusive lock for enqueue/reclaim decisions, so two coordinators never both enqueue: a file lock on
-        this machine and, on a PostgreSQL or MySQL storage, a database lock held by every machine's coordinator."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(StudyFolder(self.folder).ledger_lock, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                with self._database_lock():
-                    yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    @contextlib.contextmanager
-    def _database_lock(self) -> Iterator[None]:
-        engine = getattr(self.storage, "engine", None)
-        dialect = engine.dialect.name if engine is not None else ""
-        if dialect not in ("postgresql", "mysql"):
-            yield
-            return
-        import sqlalchemy
-
-        key = int.from_bytes(hashlib.sha256(f"ablate:{self.name}".encode()).digest()[:8], "big", signed=True)
-
-        def acquire() -> Any:
-            connection = engine.connect()
-            try:
-                if dialect == "postgresql":
-                    connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                else:
-                    connection.execute(sqlalchemy.text("SELECT GET_LOCK(:k, -1)"), {"k": f"ablate:{key}"})
-            except BaseException:
-                connection.close()
-                raise
-            return connection
-
-        outage = getattr(self.storage, "_ablate_outage", None)
-        connection = acquire() if outage is None else _with_patience(acquire, (), {}, outage, str(engine.url))
-        try:
-            yield
-        finally:
-            try:
-                if dialect == "postgresql":
-                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                else:
-                    connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": f"ablate:{key}"})
-            except Exception as error:  # noqa: BLE001 - a lost connection took its session's lock with it
-                if not is_outage(error):
-                    raise
-            finally:
-                connection.close()
-
-    # -- heartbeats (RDB storages) -------------------------------------------------------------------------
-
-    def stale_trial_ids(self) -> set[int]:
-        """RUNNING trials whose last heartbeat is older than the grace period (read at most once a second)."""
-        if not self.heartbeats:
-            return set()
-        outage = getattr(self.storage, "_ablate_outage", None)
-        grace = 3 * self.storage.get_heartbeat_interval()  # type: ignore[attr-defined]
-        if outage is not None and (outage.since is not None or time.monotonic() - outage.recovered_at < grace):
-            return set()  # after an outage every worker's last beat is old: give them a grace to beat again
-        read_at, stale = self._stale
-        if time.monotonic() - read_at > 1.0:
-            stale = set(self.storage._get_stale_trial_ids(self.study_id))  # type: ignore[attr-defined]
-            self._stale = (time.monotonic(), stale)
-        return stale
-
-    @contextlib.contextmanager
-    def beating(self, trial: FrozenTrial) -> Iterator[None]:
-        """While a worker runs a trial: a heartbeat every interval from a background thread (RDB storages)."""
-        if not self.heartbeats:
-            yield
-            return
-        stop = threading.Event()
-        trial_id = trial._trial_id
-        interval = self.storage.get_heartbeat_interval()  # type: ignore[attr-defined]
-
-        record = getattr(self.storage, "_ablate_direct", {}).get("record_heartbeat", self.storage.record_heartbeat)
-
-        def beat() -> None:
-            while not stop.wait(interval):
-                try:
-                    record(trial_id)  # no waiting: a beat missed in an outage is the next one's job
-                except Exception:  # noqa: BLE001 - a missed beat is retried; the grace period covers a few
-                    pass
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join(timeout=5)
-
     # -- reading -----------------------------------------------------------------------------------------
 
     def trials(self, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
@@ -235,33 +136,9 @@ class Ledger:
                 out.setdefault(cell, []).append(trial)
         return out
 
-    def is_live(self, trial: FrozenTrial) -> bool:
-        """WAITING, or RUNNING with a worker that may still be at it (see `claim_of`)."""
-        if trial.state == TrialState.WAITING:
-            return True
-        if trial.state != TrialState.RUNNING:
-            return False
-        if self.heartbeats and trial._trial_id in self.stale_trial_ids():
-            return False  # its worker stopped beating, wherever it ran
-        claim = claim_of(trial)
-        if claim is not None:
-            if claim["host"] != self.host:
-                return True  # another machine's worker: its heartbeat (RDB) or nothing (journal) tells
-            return process_alive(int(claim["pid"]), claim.get("pid_start"))
-        # RUNNING without a complete claim: the winner was killed between its writes, or is about to write it.
-        # A claimant of this machine tells at once; otherwise the claim gets CLAIM_GRACE_SECONDS to appear.
-        claimants = [key.split(":") for key in trial.user_attrs if key.startswith("claimant:")]
-        local = [(pid, start) for _, host, pid, start in claimants if host == self.host]
-        if any(process_alive(int(pid), None if start == "None" else start) for pid, start in local):
-            return True
-        if local and len(local) == len(claimants):
-            return False  # every claimant ran here and is gone
-        started = trial.datetime_start or dt.datetime.now()
-        return (dt.datetime.now() - started).total_seconds() < CLAIM_GRACE_SECONDS
-
     # -- writing -----------------------------------------------------------------------------------------
 
-    def enqueue(self, cell: Any, attempt: int, max_attempt: int, search: str = "",
+    def enqueue(self, cell: Cell, attempt: int, max_attempt: int, search: str = "",
                 objectives: tuple[str, ...] = ()) -> None:
         """Queue one attempt at a cell (a study.Cell); `search`: the key of the search that asked for it."""
         config = cell.config
@@ -434,7 +311,7 @@ class Ledger:
                 self.requeue(trial, attempt + 1)
         return reclaimed
 
-    def sync(self, cells: list[Any], max_attempts: int) -> dict[str, int]:
+    def sync(self, cells: list[Cell], max_attempts: int) -> dict[str, int]:
         """Queue every cell with no ok result and no live attempt (each gets `max_attempts` tries from now).
         Returns counts: done, queued (already waiting), running (held by a live worker elsewhere), enqueued."""
         results = ResultIndex(self.folder)

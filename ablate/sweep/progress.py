@@ -7,6 +7,8 @@ import time
 from typing import TextIO
 
 
+from optuna.trial import TrialState
+
 from ablate.sweep.attempts import ResultIndex
 from ablate.sweep.ledger import CellCounts, Ledger
 from ablate.sweep.cells import Study
@@ -126,7 +128,7 @@ def failure_lines(ledger: Ledger, study: Study, limit: int = 20) -> list[str]:
         trials = grouped.get(cell.cell_id, [])
         if ledger.cell_state(trials, False) != "failed":
             continue
-        last = max((t for t in trials if t.state.name == "FAIL"), key=lambda t: int(t.user_attrs.get("attempt", 0)))
+        last = max((t for t in trials if t.state == TrialState.FAIL), key=lambda t: int(t.user_attrs.get("attempt", 0)))
         attrs = last.user_attrs
         lines.append(f"failed: arm '{cell.arm}' seed {cell.seed} ({cell.dataset}, {cell.model}) cell {cell.cell_id}, "
                      f"{attrs.get('attempt', '?')} attempt(s): {attrs.get('error_class', '?')}: "

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from optuna.trial import TrialState
+
 from ablate.core.config import ConfigError, is_study, read_yaml
 from ablate.results.layout import MODEL_NAME, StudyFolder
 from ablate.core.log import LOG, current_verbosity, verbosity_flag
@@ -176,7 +178,7 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
         return 0
     counts = total(count_cells(ledger, study, ResultIndex(ledger.folder)))
     bar = SweepProgress(len(study.cells), counts.done, counts.failed, enabled=progress)
-    known_failures = {t.number for t in ledger.trials() if t.state.name == "FAIL"}
+    known_failures = {t.number for t in ledger.trials() if t.state == TrialState.FAIL}
     stopped = False
     try:
         if plan["enqueued"] or plan["queued"] or plan["running"] or asked or search.pending(ledger):
@@ -278,7 +280,7 @@ def _work_here(ledger: Ledger, study: Study, bar: SweepProgress, fail_fast: bool
         with ledger.lock():
             ledger.reclaim(retry=not fail_fast)
         trials = ledger.trials()
-        if any(t.state.name == "WAITING" for t in trials):
+        if any(t.state == TrialState.WAITING for t in trials):
             continue
         if not _running_elsewhere(ledger, study, trials):
             return False
@@ -288,7 +290,7 @@ def _work_here(ledger: Ledger, study: Study, bar: SweepProgress, fail_fast: bool
 
 def _running_elsewhere(ledger: Ledger, study: Study, trials: list[Any]) -> bool:
     cells = {c.cell_id for c in study.cells}
-    return any(t.state.name == "RUNNING" and (t.user_attrs.get("cell_id") in cells or t.user_attrs.get("search"))
+    return any(t.state == TrialState.RUNNING and (t.user_attrs.get("cell_id") in cells or t.user_attrs.get("search"))
                and ledger.is_live(t) for t in trials)
 
 
@@ -348,12 +350,12 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
             trials = ledger.trials()
             counts = _counts_now(ledger, study, ok_at_start)
             bar.update(counts.done, counts.failed, counts.running)
-            new_failures = [t for t in trials if t.state.name == "FAIL" and t.number not in known_failures
+            new_failures = [t for t in trials if t.state == TrialState.FAIL and t.number not in known_failures
                             and t.user_attrs.get("error_class") != "Interrupted"]
             if fail_fast and new_failures:
                 stopped = True
                 break
-            waiting = sum(t.state.name == "WAITING" for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
             alive = [p for p in procs if p is not None]
             if died:  # a worker that dies again before any cell finishes counts towards giving up
                 marker = counts.done + counts.failed
@@ -370,7 +372,7 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
             if not any(p is not None for p in procs):
                 with ledger.lock():  # every worker is gone: nothing of ours can still be running
                     ledger.reclaim(retry=not fail_fast)
-                waiting = sum(t.state.name == "WAITING" for t in ledger.trials())
+                waiting = sum(t.state == TrialState.WAITING for t in ledger.trials())
                 if waiting and spawned < max_spawns:
                     procs[0] = spawn(0)
                     continue

@@ -73,10 +73,10 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
         ledger.complete(trial, None, note="skipped: the cell already has an ok result")
         return CellResult(cell_id, attempt, ok=True)
     others = [t for t in ledger.by_cell().get(cell_id, []) if t.number != trial.number]
-    if ledger.done_elsewhere(others) or any(t.state.name == "COMPLETE" for t in others):
+    if ledger.done_elsewhere(others) or any(t.state == TrialState.COMPLETE for t in others):
         ledger.complete(trial, None, note="skipped: another attempt of the cell completed")
         return CellResult(cell_id, attempt, ok=True)
-    if any(t.state.name == "RUNNING" and t.number < trial.number and ledger.is_live(t) for t in others):
+    if any(t.state == TrialState.RUNNING and t.number < trial.number and ledger.is_live(t) for t in others):
         ledger.fail(trial, "Duplicate", "another worker holds an earlier attempt of this cell")
         return CellResult(cell_id, attempt, ok=False, error="Duplicate")
     try:
