@@ -117,16 +117,17 @@ def test_the_protocol_card_stands_beside_the_published_numbers(report):
 def test_the_matched_rate_table_interpolates_every_cell_of_each_arm(report):
     import pandas as pd
 
-    from ablate.report import tables
+    from ablate.report import equal_rate
+    from ablate.report import cell_settings
 
     study, out = report
     data = json.loads((out / "handmade" / "tables" / "handmade-matched-synthetic__lstm.json").read_text())
     ok = pd.concat([pd.read_parquet(p) for p in (study / "rows").glob("*.a*.parquet")])
     ok = ok[(ok["status"] == "ok") & (ok["model"] == "lstm")].sort_values("attempt").drop_duplicates("cell_id",
                                                                                                    keep="last")
-    ok = tables.attach_settings(ok, pd.read_parquet(study / "manifest.parquet"))
-    expected = tables.matched_rate(ok, "test", names=("rec", "nll", "mi", "au")).set_index(["arm", "kl"])
-    assert len(data["rows"]) == len(expected) == 4 * len(tables.MATCHED_RATES)
+    ok = cell_settings.attach_settings(ok, pd.read_parquet(study / "manifest.parquet"))
+    expected = equal_rate.matched_rate(ok, "test", names=("rec", "nll", "mi", "au")).set_index(["arm", "kl"])
+    assert len(data["rows"]) == len(expected) == 4 * len(equal_rate.MATCHED_RATES)
     for row in data["rows"]:
         want = expected.loc[(row["arm"], row["kl"])]
         assert row["status"] == want["status"]

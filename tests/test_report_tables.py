@@ -11,6 +11,9 @@ import pandas as pd
 import pytest
 
 from ablate.report import tables
+from ablate.report import equal_rate
+from ablate.report import significance
+from ablate.report import cell_settings
 from ablate.report.header import conventions
 from ablate.report.table_model import latex_escape
 from ablate.report.inputs import load_study
@@ -45,7 +48,7 @@ def test_load_keeps_latest_attempt_and_attaches_settings(study):
 
 
 def test_aggregate_means_std_n_match_pandas(study, raw):
-    agg = tables.aggregate(study.ok, "test", arms=tables.arm_order(study.manifest))
+    agg = tables.aggregate(study.ok, "test", arms=cell_settings.arm_order(study.manifest))
     names = [m.name for m in metrics_in(study.ok.columns, "test")]
     assert names[:8] == ["ppl", "ppl_word", "nelbo", "nll", "rec", "kl", "mi", "au"]
     assert "probe.sentiment" in names and "probe.topic" in names
@@ -174,7 +177,7 @@ def test_paired_differences_against_baseline(study, raw):
                 assert row[f"d.{name}.t"] == pytest.approx(t, rel=1e-12)
                 assert row[f"d.{name}.p"] == pytest.approx(_p_closed_form(t, len(d) - 1), rel=1e-9)
                 assert row[f"d.{name}.marker"] == ("≈" if row[f"d.{name}.within_noise"]
-                                                   else tables.significance_marker(row[f"d.{name}.p"]))
+                                                   else significance.significance_marker(row[f"d.{name}.p"]))
                 assert row[f"d.{name}.within_noise"] == (abs(d.mean()) < 2 * row[f"d.{name}.se"])
                 assert row[f"d.{name}.se"] >= d.std(ddof=1) / math.sqrt(len(d))  # seed spread, plus measurement
             checked += 1
@@ -217,20 +220,20 @@ def test_coverage_missing_and_failures(study):
 def test_results_without_manifest(study):
     """Runs without a study manifest: settings inferred from the config columns that vary within an arm."""
     ok, failed = load_results(study.folder / "rows")
-    ok = tables.attach_settings(ok, None)
+    ok = cell_settings.attach_settings(ok, None)
     fb = ok[(ok["arm"] == "free_bits") & (ok["model"] == "lstm")]
     assert sorted(set(fb["setting"])) == ["lambda_per_dim=0.25", "lambda_per_dim=0.5"]
     assert set(ok.loc[ok["arm"] == "vanilla", "setting"]) == {""}
-    cov = tables.coverage(None, ok, tables.attach_settings(failed, None))
+    cov = tables.coverage(None, ok, cell_settings.attach_settings(failed, None))
     assert cov["expected"].isna().all() and cov["missing"].isna().all()
     assert cov.set_index(["model", "arm"]).loc[("lstm", "kl_annealing"), "failed"] == 1
 
 
 def test_setting_labels():
-    assert tables.setting_label({}) == ""
-    assert tables.setting_label({"train.lr": 0.001, LAMBDA: 0.25}) == "lambda_per_dim=0.25, lr=0.001"
+    assert cell_settings.setting_label({}) == ""
+    assert cell_settings.setting_label({"train.lr": 0.001, LAMBDA: 0.25}) == "lambda_per_dim=0.25, lr=0.001"
     clash = {"model.dropout": 0.1, "train.dropout": 0.2}
-    assert tables.setting_label(clash) == "model.dropout=0.1, train.dropout=0.2"
+    assert cell_settings.setting_label(clash) == "model.dropout=0.1, train.dropout=0.2"
 
 
 # ----------------------------------------------------------------------------- the t distribution
@@ -239,8 +242,8 @@ def test_setting_labels():
 @pytest.mark.parametrize("a,b,x", [(1.0, 3.0, 0.2), (2.5, 1.0, 0.7), (0.5, 0.5, 0.3), (4.0, 4.0, 0.5),
                                    (30.0, 0.5, 0.95), (0.5, 12.0, 0.01)])
 def test_betainc_identities(a, b, x):
-    value = tables.betainc(a, b, x)
-    assert value == pytest.approx(1.0 - tables.betainc(b, a, 1.0 - x), abs=1e-13)
+    value = significance.betainc(a, b, x)
+    assert value == pytest.approx(1.0 - significance.betainc(b, a, 1.0 - x), abs=1e-13)
     if a == 1.0:
         assert value == pytest.approx(1.0 - (1.0 - x) ** b, rel=1e-12)
     if b == 1.0:
@@ -257,32 +260,32 @@ def test_betainc_identities(a, b, x):
     (0.0, 5, 1.0), (-2.228, 10, 0.05)])
 def test_t_p_values_against_tables(t, df, p):
     """Critical values of Student's t (two-sided) as printed in statistics tables (3 decimals)."""
-    assert tables.t_two_sided_p(t, df) == pytest.approx(p, abs=2e-4)
+    assert significance.t_two_sided_p(t, df) == pytest.approx(p, abs=2e-4)
 
 
 @pytest.mark.parametrize("t", [0.3, 1.0, 2.0, 4.0, 25.0])
 def test_t_p_values_closed_forms(t):
-    assert tables.t_two_sided_p(t, 1) == pytest.approx(_p_closed_form(t, 1), rel=1e-12)
-    assert tables.t_two_sided_p(t, 2) == pytest.approx(_p_closed_form(t, 2), rel=1e-12)
+    assert significance.t_two_sided_p(t, 1) == pytest.approx(_p_closed_form(t, 1), rel=1e-12)
+    assert significance.t_two_sided_p(t, 2) == pytest.approx(_p_closed_form(t, 2), rel=1e-12)
     # large df: the normal distribution, P(|Z| > t) = erfc(t / sqrt 2)
-    assert tables.t_two_sided_p(t, 1e7) == pytest.approx(math.erfc(t / math.sqrt(2.0)), rel=1e-4, abs=1e-12)
+    assert significance.t_two_sided_p(t, 1e7) == pytest.approx(math.erfc(t / math.sqrt(2.0)), rel=1e-4, abs=1e-12)
 
 
 def test_paired_t_test_values_and_edge_cases():
     x, y = [1.0, 2.0, 4.0], [0.5, 1.0, 1.0]
-    res = tables.paired_t_test(x, y)
+    res = significance.paired_t_test(x, y)
     d = np.subtract(x, y)
     t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
     assert (res["n"], res["df"]) == (3, 2)
     assert res["t"] == pytest.approx(t) and res["p"] == pytest.approx(_p_closed_form(t, 2))
     assert res["p"] == pytest.approx(0.188497, abs=1e-6)          # scipy.stats.ttest_rel(x, y).pvalue
-    one = tables.paired_t_test([1.0], [0.0])
-    assert one["n"] == 1 and math.isnan(one["p"]) and tables.significance_marker(one["p"]) == ""
-    const = tables.paired_t_test([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
-    assert const["std"] == 0.0 and const["p"] == 0.0 and tables.significance_marker(const["p"]) == "***"
-    same = tables.paired_t_test([1.0, 2.0], [1.0, 2.0])
-    assert same["p"] == 1.0 and tables.significance_marker(same["p"]) == ""
-    assert [tables.significance_marker(p) for p in (0.0009, 0.009, 0.049, 0.05)] == ["***", "**", "*", ""]
+    one = significance.paired_t_test([1.0], [0.0])
+    assert one["n"] == 1 and math.isnan(one["p"]) and significance.significance_marker(one["p"]) == ""
+    const = significance.paired_t_test([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+    assert const["std"] == 0.0 and const["p"] == 0.0 and significance.significance_marker(const["p"]) == "***"
+    same = significance.paired_t_test([1.0, 2.0], [1.0, 2.0])
+    assert same["p"] == 1.0 and significance.significance_marker(same["p"]) == ""
+    assert [significance.significance_marker(p) for p in (0.0009, 0.009, 0.049, 0.05)] == ["***", "**", "*", ""]
 
 
 def test_t_test_matches_scipy_when_installed():
@@ -290,7 +293,7 @@ def test_t_test_matches_scipy_when_installed():
     rng = np.random.default_rng(0)
     for n in (2, 3, 5, 10, 40):
         x, y = rng.normal(size=n), rng.normal(0.3, size=n)
-        assert tables.paired_t_test(x, y)["p"] == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-9)
+        assert significance.paired_t_test(x, y)["p"] == pytest.approx(stats.ttest_rel(x, y).pvalue, rel=1e-9)
 
 
 # ----------------------------------------------------------------------------- formatting helpers
@@ -314,12 +317,12 @@ def test_manifest_labels_name_the_rows_of_its_cells(study):
     manifest = study.manifest.copy()
     first = renamed["cell_id"].iloc[0]
     manifest.loc[manifest["cell_id"] == first, "model"] = "t5"
-    out = tables.attach_settings(renamed, manifest)
+    out = cell_settings.attach_settings(renamed, manifest)
     assert out.loc[out["cell_id"] == first, "model"].tolist() == ["t5"]
     expected = ok.set_index("cell_id")["model"].drop(first)
     assert out.set_index("cell_id")["model"].drop(first).to_dict() == expected.to_dict()
     stray = renamed.assign(cell_id="not-in-manifest")  # rows of cells the manifest does not list keep their own
-    assert set(tables.attach_settings(stray, manifest)["model"]) == {"seq2seq"}
+    assert set(cell_settings.attach_settings(stray, manifest)["model"]) == {"seq2seq"}
 
 
 def test_the_verdict_table_against_plain_pandas(study, raw):
@@ -329,7 +332,7 @@ def test_the_verdict_table_against_plain_pandas(study, raw):
 
     rows = study.ok[(study.ok["model"] == "lstm")]
     table = verdict_table(rows, ("synthetic", "lstm"), "test", "vanilla", tables.DEFAULT_SELECT,
-                          tables.arm_order(rows), "v")
+                          cell_settings.arm_order(rows), "v")
     data = table.data.set_index("arm")
     assert list(table.data["arm"]) == list(table.data.sort_values("mi.mean", ascending=False)["arm"])
     lstm = raw[raw["model"] == "lstm"]
@@ -413,11 +416,11 @@ def test_a_results_root_reports_its_own_runs_and_the_studies_inside(tmp_path, ca
 
 def test_combined_standard_error_by_hand():
     # two seeds of Δ: 1.0 and 3.0 (std √2), measurement SEs 0.3 and 0.4: seed part 2/2, measurement 0.125/2
-    assert tables.combined_se([1.0, 3.0], np.array([0.3, 0.4])) == pytest.approx(math.sqrt(1.0 + 0.0625))
-    assert tables.combined_se([2.0], np.array([0.5])) == pytest.approx(0.5)  # one seed: the measurement alone
-    assert math.isnan(tables.combined_se([2.0], np.array([math.nan])))  # nothing known
-    assert tables.within_noise(0.9, 0.5) and not tables.within_noise(1.1, 0.5)
-    assert not tables.within_noise(0.1, math.nan)
+    assert significance.combined_se([1.0, 3.0], np.array([0.3, 0.4])) == pytest.approx(math.sqrt(1.0 + 0.0625))
+    assert significance.combined_se([2.0], np.array([0.5])) == pytest.approx(0.5)  # one seed: the measurement alone
+    assert math.isnan(significance.combined_se([2.0], np.array([math.nan])))  # nothing known
+    assert significance.within_noise(0.9, 0.5) and not significance.within_noise(1.1, 0.5)
+    assert not significance.within_noise(0.1, math.nan)
 
 
 def _two_arm_rows(nll_b: float, se: float) -> pd.DataFrame:
@@ -450,7 +453,7 @@ def test_remedies_at_equal_rate_by_hand():
                          "test.kl": [0.1, 3, 6, 12, 1, 4], "test.rec": [100, 98, 97.5, 99, 100, 96],
                          "test.nll": [100, 99, 99, 100, 100, 98], "test.au": [0, 4, 8, 16, 2, 6],
                          "test.rec_se": [0.5] * 6})
-    out = tables.matched_rate(rows, "test", names=("rec", "nll", "au")).set_index(["arm", "kl"])
+    out = equal_rate.matched_rate(rows, "test", names=("rec", "nll", "au")).set_index(["arm", "kl"])
     assert out.at[("a", 2.0), "rec"] == pytest.approx(100 + (2 - 0.1) / (3 - 0.1) * (98 - 100))
     assert out.at[("a", 5.0), "au"] == pytest.approx(4 + (5 - 3) / 3 * 4)
     assert out.at[("a", 2.0), "rec.se"] == pytest.approx(0.5)  # one seed: the measurement error

@@ -27,7 +27,7 @@ from ablate.results.safe_files import through_link, write_text_atomic
 from ablate.study.protocol import load_protocol
 from ablate.study.selection import Condition, parse_where
 from ablate.study.references import load_references
-from ablate.report import plots, tables
+from ablate.report import cell_settings, equal_rate, plots, tables
 from ablate.report.header import header
 from ablate.report.inputs import StudyInput, load_study
 from ablate.report.schema import COLLAPSE_KL, main_metrics, metrics_in
@@ -46,8 +46,8 @@ WRITTEN_LIST = ".ablate-report-files.json"  # what the last build wrote, relativ
 
 @dataclass
 class Options:
-    baseline: str | None = None  # None: the study's `baseline:`, else tables.DEFAULT_BASELINE
-    rates: tuple[float, ...] = tables.MATCHED_RATES  # KL values of the matched-rate table
+    baseline: str | None = None  # None: the study's `baseline:`, else cell_settings.DEFAULT_BASELINE
+    rates: tuple[float, ...] = equal_rate.MATCHED_RATES  # KL values of the matched-rate table
     select: tuple[str, ...] | None = None  # None: the study's `select: {by}`, else metric_schema.SELECT
     split: str = "test"
     deltas: tuple[str, ...] = field(default_factory=lambda: tuple(in_table("delta")))
@@ -57,10 +57,10 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
     """Write the tables and plots of one study under out/<slug>/ and return the template's context."""
     table_dir, plot_dir = out / slug / "tables", out / slug / "plots"
     split = options.split
-    baseline = options.baseline or study_baseline(study.study_text) or tables.DEFAULT_BASELINE
+    baseline = options.baseline or study_baseline(study.study_text) or cell_settings.DEFAULT_BASELINE
     study_by, where = study_selection(study.study_text)
     select = options.select or study_by or SELECT
-    arms = tables.arm_order(study.manifest, study.ok, study.failed, baseline=baseline)
+    arms = cell_settings.arm_order(study.manifest, study.ok, study.failed, baseline=baseline)
     palette = plots.arm_palette(arms)
     ok = study.ok
     if study.manifest is not None and not study.manifest.empty and "cell_id" in ok:
@@ -132,7 +132,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
                                 if not searched.empty else searched, arms, palette,
                                 plot_dir / f"search__{pslug}", title),
         ]
-        settings = tables.settings_frame(rows)
+        settings = cell_settings.settings_frame(rows)
         sens = []
         for arm in arms:
             arm_rows = rows[rows["arm"] == arm]

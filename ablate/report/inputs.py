@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ablate.results.layout import StudyFolder
-from ablate.report import tables
+from ablate.report import cell_settings
 from ablate.results.rows import load_curves, load_results
 
 MANIFEST_KEYS = {"cell_id", "arm", "dataset", "model", "seed", "settings"}
@@ -92,8 +92,8 @@ def load_study(folder: str | Path) -> StudyInput:
             unreadable.append(layout.manifest)
     rows = layout.row_folders() or [folder]
     ok, failed = load_results(rows, unreadable)
-    ok = tables.attach_settings(ok, manifest)
-    failed = tables.attach_settings(failed, manifest)
+    ok = cell_settings.attach_settings(ok, manifest)
+    failed = cell_settings.attach_settings(failed, manifest)
     curve_folders = [p for p in (layout.curves, layout.legacy_runs) if p.is_dir()] or [folder]
     curves = load_curves(curve_folders, list(ok["run_id"])) if not ok.empty else pd.DataFrame()
     name = str(meta.get("study") or folder.resolve().name)

@@ -30,7 +30,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from ablate.results.safe_files import atomic_target  # noqa: E402
 from ablate.metrics.schema import metric
-from ablate.report.tables import rate_front, search_objectives, selection_metric, setting_points  # noqa: E402
+from ablate.report.tables import search_objectives, selection_metric
+from ablate.report.equal_rate import rate_front, setting_points
 
 RC = {
     "svg.hashsalt": "ablate-report",     # stable ids inside the SVG

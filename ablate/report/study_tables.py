@@ -13,6 +13,9 @@ from ablate.study.protocol import Protocol, card_rows
 from ablate.study.selection import Condition, where_text
 from ablate.study.references import Reference, convention_mismatches
 from ablate.report import tables
+from ablate.report import equal_rate
+from ablate.report import significance
+from ablate.report import cell_settings
 from ablate.report.schema import COLLAPSE_KL, metrics_in
 from ablate.metrics.schema import Metric, in_table, metric
 from ablate.report.header import conventions, probe_baselines
@@ -201,7 +204,7 @@ def settings_table(rows: pd.DataFrame, panel: tuple[str, str], arms: Sequence[st
     order = {arm: i for i, arm in enumerate(arms)}
     frame = frame.assign(_o=frame["run"].map(order)).sort_values("_o", kind="stable").drop(columns="_o")
     cols = [Col("run", "the run's name (ablate run --name)")] + [Col(k, f"config key {k}") for k in keys]
-    out_rows = [[Cell(str(r["run"]))] + [Cell("–" if pd.isna(r[k]) else tables._setting_value(r[k])) for k in keys]
+    out_rows = [[Cell(str(r["run"]))] + [Cell("–" if pd.isna(r[k]) else cell_settings._setting_value(r[k])) for k in keys]
                 for _, r in frame.iterrows()]
     return Table(tid, f"Settings that differ between the runs — {panel[0]} × {panel[1]}", cols, out_rows,
                  frame.reset_index(drop=True),
@@ -258,7 +261,7 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
         if top != -1:  # arms whose NLL cannot be told from the lowest share the mark: no winner within noise
             for i, r in clean.iterrows():
                 gap_se = math.hypot(_num(r["nll.se"]), _num(best.loc[top, "nll.se"]))
-                if i != top and tables.within_noise(r["nll.mean"] - best.loc[top, "nll.mean"], gap_se):
+                if i != top and significance.within_noise(r["nll.mean"] - best.loc[top, "nll.mean"], gap_se):
                     best.loc[i, "best_choice"] = True
     has_probes = not best.empty and best["probe_gain"].notna().any()
     cols = [Col("arm", "★: the best choice — no collapsed seed, and the lowest mean NLL among such arms; every such "
@@ -388,13 +391,13 @@ def published_table(refs: Sequence[Reference], rows: pd.DataFrame, panel: tuple[
 
 
 def matched_rate_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, arms: Sequence[str],
-                       tid: str, rates: Sequence[float] = tables.MATCHED_RATES) -> Table | None:
+                       tid: str, rates: Sequence[float] = equal_rate.MATCHED_RATES) -> Table | None:
     """Remedies compared at equal rate (Alemi et al. 2018, "Fixing a Broken ELBO"): each arm's Rec, NLL, MI and AU
     interpolated along its rate–distortion front (every setting, search trial and seed of the arm) at common KL
     values; the lowest Rec at each KL in bold, with every arm within noise of it."""
     mi_name = "mi_paired" if f"{split}.mi_paired" in rows and rows[f"{split}.mi_paired"].notna().any() else "mi"
     names = ["rec", "nll", mi_name, "au"]
-    data = tables.matched_rate(rows, split, rates, names=names)
+    data = equal_rate.matched_rate(rows, split, rates, names=names)
     if data.empty:
         return None
     order = {a: i for i, a in enumerate(arms)}
@@ -409,7 +412,7 @@ def matched_rate_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, a
         reached = part[part["status"] == "front"]
         best = reached["rec"].idxmin() if not reached.empty else None
         for i, r in part.iterrows():
-            ties = best is not None and r["status"] == "front" and (i == best or tables.within_noise(
+            ties = best is not None and r["status"] == "front" and (i == best or significance.within_noise(
                 r["rec"] - reached.at[best, "rec"], math.hypot(_num(r["rec.se"]), _num(reached.at[best, "rec.se"]))))
             cells = [Cell(f"{rate:g}", sort=rate), Cell(r["arm"], bold=bool(ties)), Cell(str(int(r["points"])),
                                                                                            sort=r["points"])]

@@ -12,183 +12,34 @@ arm) and `setting` (a short label); every other function groups by
 - `coverage`, `missing_cells`, `failures`: expected / succeeded / failed / missing cells per arm;
 - `select_settings`: per arm, the setting with the best mean of a validation metric;
 - `best_per_technique`: those settings on the test split, with the paired difference against a baseline arm
-  (the plain VAE, `vanilla`) over the seeds the two share, and a two-sided paired t-test (`paired_t_test`,
-  with the t distribution from the regularized incomplete beta function, `betainc`).
+  (the plain VAE, `vanilla`) over the seeds the two share, a two-sided paired t-test and the combined standard
+  error (ablate.report.significance).
+
+A cell's setting and the arms' order: ablate.report.cell_settings; remedies at equal rate: ablate.report.equal_rate.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ablate.metrics.schema import SELECT, in_table
 from ablate.study.selection import Condition, admits
-from ablate.results.rows import name_single_runs, single_runs
 from ablate.report.schema import COLLAPSE_KL, metrics_in
 from ablate.metrics.schema import Metric, metric
+from ablate.report.cell_settings import DEFAULT_BASELINE, setting_label, settings_sort_key, arm_order, _ordered
+from ablate.report.significance import paired_t_test, significance_marker, _measurement_se, combined_se, within_noise
 
 GROUP = ["dataset", "model", "arm", "setting"]
 PANEL = ["dataset", "model"]
-DEFAULT_BASELINE = "vanilla"
 DEFAULT_SELECT = SELECT   # the first present is used (the one rule of "best": ablate.metrics.schema.SELECT)
-SIGNIFICANCE = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
-NO_SETTING = ""
 
 
 # ----------------------------------------------------------------------------- settings of a cell
-
-
-def _setting_value(value: Any) -> str:
-    if isinstance(value, float):
-        return format(value, "g")
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return str(value)
-
-
-def setting_label(settings: dict[str, Any], all_keys: Iterable[str] = ()) -> str:
-    """'lambda_per_dim=0.25, lr=0.001': the last part of each dotted key, longer where two would clash."""
-    if not settings:
-        return NO_SETTING
-    keys = sorted(set(settings) | set(all_keys))
-    parts = []
-    for key in sorted(settings):
-        segments = key.split(".")
-        for n in range(1, len(segments) + 1):
-            short = ".".join(segments[-n:])
-            if sum(1 for k in keys if k == short or k.endswith("." + short)) == 1:
-                break
-        parts.append(f"{short}={_setting_value(settings[key])}")
-    return ", ".join(parts)
-
-
-def _sort_key(value: Any) -> tuple:
-    if isinstance(value, bool):
-        return (1, str(value))
-    if isinstance(value, (int, float)):
-        return (0, float(value))
-    return (1, str(value))
-
-
-def settings_sort_key(settings_json: str) -> tuple:
-    settings = json.loads(settings_json) if settings_json else {}
-    return tuple((k, _sort_key(settings[k])) for k in sorted(settings))
-
-
-def readable_settings(rows: pd.DataFrame) -> pd.DataFrame:
-    """A row's config as the settings a reader compares: `techniques` (the names switched on, or 'none'), each
-    technique's fields as `<technique>.<field>`, and every other key as `<section>.<key>`; not the seed, the
-    technique versions or the JSON markers of a technique without fields."""
-    out: dict[str, pd.Series] = {}
-    if "techniques" in rows:
-        def names(text: Any) -> str:
-            try:
-                return ", ".join(sorted(json.loads(text).get("config", {}))) or "none"
-            except (TypeError, ValueError, AttributeError):
-                return "?"
-        out["techniques"] = rows["techniques"].map(names)
-    for column in rows.columns:
-        if not column.startswith("config.") or column == "config.seed":
-            continue
-        key = column[len("config."):]
-        parts = key.split(".")
-        if parts[0] == "technique_versions" or (parts[0] == "techniques" and len(parts) <= 2):
-            continue
-        out[".".join(parts[1:]) if parts[0] == "techniques" else key] = rows[column]
-    return pd.DataFrame(out, index=rows.index)
-
-
-def infer_settings(rows: pd.DataFrame, by: Sequence[str] = ("dataset", "model", "arm")) -> pd.Series:
-    """Settings of rows with no manifest entry: the readable settings (`readable_settings`) that vary between the
-    rows of a group (an arm of a study; all the single runs of a dataset × model)."""
-    out = pd.Series("{}", index=rows.index, dtype=object)
-    readable = readable_settings(rows)
-    for _, part in rows.groupby(list(by), dropna=False, sort=False):
-        values = readable.loc[part.index]
-        varying = [c for c in values.columns if values[c].astype(str).nunique(dropna=False) > 1]
-        for idx in part.index:
-            out.at[idx] = json.dumps({c: _plain(values.at[idx, c]) for c in varying}, sort_keys=True)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def attach_settings(rows: pd.DataFrame, manifest: pd.DataFrame | None) -> pd.DataFrame:
-    """A copy of result rows with `settings` (JSON) and `setting` (label); arm/dataset/model are the manifest's
-    labels for the cells it lists (a study may label a seq2seq model 't5'), else the row's, filled where empty."""
-    rows = rows.copy()
-    if rows.empty:
-        for col in ("settings", "setting", "arm", "dataset", "model"):
-            if col not in rows:
-                rows[col] = pd.Series(dtype=object)
-        return rows
-    single = single_runs(rows)
-    if "arm" in rows:  # `ablate run` rows: each run is its own arm, shown by its name (--name)
-        rows["arm"] = name_single_runs(rows)
-    for col, default in (("arm", "run"), ("dataset", "?"), ("model", "?")):
-        if col not in rows:
-            rows[col] = default
-        rows[col] = rows[col].fillna(default).astype(str)
-    known = {}
-    if manifest is not None and not manifest.empty:
-        known = dict(zip(manifest["cell_id"], manifest["settings"]))
-    in_manifest = rows["cell_id"].isin(known.keys()) if "cell_id" in rows else pd.Series(False, index=rows.index)
-    if in_manifest.any():  # the study's labels (e.g. model 't5' for a seq2seq entry) over the config names
-        for col in ("arm", "dataset", "model"):
-            label = dict(zip(manifest["cell_id"], manifest[col].astype(str)))
-            rows.loc[in_manifest, col] = rows.loc[in_manifest, "cell_id"].map(label)
-    settings = pd.Series("{}", index=rows.index, dtype=object)
-    if in_manifest.any():
-        settings[in_manifest] = rows.loc[in_manifest, "cell_id"].map(known)
-    of_study = ~in_manifest & ~single
-    if of_study.any():
-        settings[of_study] = infer_settings(rows[of_study])
-    if (~in_manifest & single).any():  # single runs: what differs between all the runs of a dataset × model
-        settings[~in_manifest & single] = infer_settings(rows[~in_manifest & single], by=("dataset", "model"))
-    rows["settings"] = settings.map(lambda s: json.dumps(json.loads(s or "{}"), sort_keys=True))
-    labels = {}
-    for arm, part in rows.groupby("arm", sort=False):
-        keys = set().union(*(json.loads(s).keys() for s in part["settings"]))
-        for s in part["settings"].unique():
-            labels[(arm, s)] = setting_label(json.loads(s), keys)
-    rows["setting"] = [labels[(a, s)] for a, s in zip(rows["arm"], rows["settings"])]
-    return rows
-
-
-def arm_order(*frames: pd.DataFrame | None, baseline: str | None = DEFAULT_BASELINE) -> list[str]:
-    """Arms in the order of the study (first appearance in the manifest, then in the rows)."""
-    seen: list[str] = []
-    for frame in frames:
-        if frame is None or frame.empty or "arm" not in frame:
-            continue
-        for arm in frame["arm"].dropna().astype(str):
-            if arm not in seen:
-                seen.append(arm)
-    if baseline in seen:
-        seen.remove(baseline)
-        seen.insert(0, baseline)
-    return seen
-
-
-def _ordered(frame: pd.DataFrame, arms: Sequence[str]) -> pd.DataFrame:
-    """Sort groups: dataset, model, arm (study order), setting (by value)."""
-    if frame.empty:
-        return frame
-    rank = {a: i for i, a in enumerate(arms)}
-    key = frame.assign(_arm=frame["arm"].map(lambda a: rank.get(a, len(rank))),
-                       _set=frame["settings"].map(settings_sort_key) if "settings" in frame else 0)
-    key = key.sort_values(["dataset", "model", "_arm", "_set"], kind="stable")
-    return frame.loc[key.index].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -352,69 +203,6 @@ def failures(failed: pd.DataFrame, ok: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- paired t-test
 
 
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularized incomplete beta function I_x(a, b) (continued fraction by the modified Lentz method,
-    Press et al., Numerical Recipes, §6.4), using the symmetry I_x(a, b) = 1 − I_{1−x}(b, a) for convergence."""
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"betainc: x = {x} is outside [0, 1]")
-    if x == 0.0 or x == 1.0:
-        return x
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x > (a + 1.0) / (a + b + 2.0):
-        return 1.0 - betainc(b, a, 1.0 - x)
-    tiny, eps = 1e-300, 3e-16
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        for num in (m * (b - m) * x / ((a + m2 - 1.0) * (a + m2)),
-                    -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1.0))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return math.exp(log_front) * h / a
-
-
-def t_two_sided_p(t: float, df: float) -> float:
-    """P(|T| ≥ |t|) for Student's t with df degrees of freedom: I_{df/(df+t²)}(df/2, 1/2)."""
-    if math.isnan(t) or df <= 0:
-        return math.nan
-    if math.isinf(t):
-        return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
-
-
-def paired_t_test(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
-    """Two-sided paired t-test of mean(x − y) = 0: mean, std (ddof 1) and n of the differences, t, df, p.
-    With n < 2, t and p are NaN. With zero spread, p is 0 for a nonzero mean and 1 for a zero mean."""
-    d = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
-    d = d[~np.isnan(d)]
-    n = len(d)
-    mean = float(d.mean()) if n else math.nan
-    std = float(d.std(ddof=1)) if n > 1 else math.nan
-    if n < 2:
-        return {"mean": mean, "std": std, "n": n, "t": math.nan, "df": math.nan, "p": math.nan}
-    if std == 0.0:
-        t = math.nan if mean == 0.0 else math.copysign(math.inf, mean)
-        return {"mean": mean, "std": std, "n": n, "t": t, "df": n - 1, "p": 1.0 if mean == 0.0 else 0.0}
-    t = mean / (std / math.sqrt(n))
-    return {"mean": mean, "std": std, "n": n, "t": t, "df": n - 1, "p": t_two_sided_p(t, n - 1)}
-
-
-def significance_marker(p: float) -> str:
-    if p is None or math.isnan(p):
-        return ""
-    for threshold, marker in SIGNIFICANCE:
-        if p < threshold:
-            return marker
-    return ""
-
-
 # ----------------------------------------------------------------------------- best per technique
 
 
@@ -536,37 +324,6 @@ def best_per_technique(rows: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
     return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=list(chosen.columns))
 
 
-NOISE_Z = 2.0  # a difference within NOISE_Z combined standard errors of 0 is "within noise" (≈ 95 %)
-
-
-def _measurement_se(rows: pd.DataFrame, split: str, name: str) -> np.ndarray:
-    """Each row's measurement standard error of {split}.{name} ({split}.{name}_se; NaN where not recorded)."""
-    column = f"{split}.{name}_se"
-    return rows[column].astype(float).to_numpy() if column in rows.columns else np.full(len(rows), math.nan)
-
-
-def combined_se(values: Sequence[float] | pd.Series, measurement_se: np.ndarray) -> float:
-    """The standard error of a mean over seeds with both sources of noise: the seed spread (std / √n, n ≥ 2) and
-    the rows' measurement standard errors (√(mean se²) / √n). Added, so conservative: the seed spread already holds
-    part of the measurement noise. NaN when neither is known."""
-    values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]
-    n = len(values)
-    if n == 0:
-        return math.nan
-    seed = float(values.std(ddof=1)) ** 2 / n if n > 1 else math.nan
-    se = np.asarray(measurement_se, dtype=float)
-    se = se[~np.isnan(se)]
-    meas = float(np.mean(se ** 2)) / n if len(se) else math.nan
-    parts = [p for p in (seed, meas) if not math.isnan(p)]
-    return math.sqrt(sum(parts)) if parts else math.nan
-
-
-def within_noise(difference: float, se: float) -> bool:
-    """Whether a difference cannot be told from 0: |difference| < NOISE_Z · se (False when se is unknown)."""
-    return not math.isnan(se) and not math.isnan(difference) and abs(difference) < NOISE_Z * se
-
-
 def pareto_front(frame: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
     """Whether each row is on the Pareto front of the objectives (each minimised or maximised by its metric's
     declared direction): no other row is at least as good on all and better on one."""
@@ -637,12 +394,6 @@ def verdict(collapsed_seeds: int, n: int) -> str:
 # ----------------------------------------------------------------------------- helpers for plots and header
 
 
-def settings_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    """The settings JSON of each row expanded into one column per swept key (NaN where a row lacks it)."""
-    records = [json.loads(s) if s else {} for s in rows["settings"]]
-    return pd.DataFrame.from_records(records, index=rows.index) if records else pd.DataFrame(index=rows.index)
-
-
 def value_counts(rows: pd.DataFrame, column: str) -> list[tuple[str, int]]:
     """Distinct values of a column with their counts, sorted by value (for provenance in the header)."""
     if rows.empty or column not in rows:
@@ -652,73 +403,5 @@ def value_counts(rows: pd.DataFrame, column: str) -> list[tuple[str, int]]:
 
 
 # ----------------------------------------------------------------------------- remedies at equal rate
-MATCHED_RATES = (2.0, 5.0, 10.0)  # KL values (nats) where the matched-rate table compares the remedies
 
 
-def setting_points(rows: pd.DataFrame, split: str, names: Sequence[str]) -> pd.DataFrame:
-    """One point per dataset × model × arm × setting (a search trial is a setting of its own): the mean over seeds
-    of `kl` and each of `names`, and each one's combined standard error `<name>.se` (seed spread and the rows'
-    measurement errors)."""
-    keys = ["dataset", "model", "arm", "settings"]
-    records = []
-    for key, part in rows.groupby(keys, sort=False):
-        rec: dict[str, Any] = dict(zip(keys, key))
-        for name in ["kl", *names]:
-            column = f"{split}.{name}"
-            values = part[column].astype(float) if column in part else pd.Series(dtype=float)
-            rec[name] = values.mean() if values.notna().any() else math.nan
-            rec[f"{name}.se"] = combined_se(values, _measurement_se(part, split, name))
-        records.append(rec)
-    return pd.DataFrame.from_records(records)
-
-
-def rate_front(points: pd.DataFrame) -> pd.DataFrame:
-    """The lower-left front in the rate–distortion plane (Alemi et al. 2018): the points, by increasing KL, whose
-    Rec is below that of every point of smaller KL — for each rate, the best reconstruction this arm reached."""
-    ordered = points.dropna(subset=["kl", "rec"]).sort_values(["kl", "rec"], kind="stable")
-    keep, best = [], math.inf
-    for index, rec in zip(ordered.index, ordered["rec"]):
-        if rec < best:
-            keep.append(index)
-            best = rec
-    return ordered.loc[keep]
-
-
-def _by_rate(points: pd.DataFrame) -> pd.DataFrame:
-    """An arm's settings ordered by KL (settings at the same KL averaged): the curve interpolated off the front."""
-    ordered = points.dropna(subset=["kl"]).sort_values("kl", kind="stable")
-    return ordered.groupby("kl", as_index=False, sort=True).mean(numeric_only=True)
-
-
-def matched_rate(rows: pd.DataFrame, split: str, rates: Sequence[float] = MATCHED_RATES,
-                 names: Sequence[str] = ("rec", "nll", "mi", "au")) -> pd.DataFrame:
-    """Each arm's values interpolated (linearly in KL) along its rate front at each of `rates`, with their standard
-    errors interpolated alike, where the front covers that KL (no extrapolation). `status`: "front" (interpolated),
-    "not reached" (no setting of the arm got to that KL, or all went past it), "beyond front" (settings went past
-    it, but with a worse Rec than the front's last point: more rate for more distortion) — then the values are
-    interpolated between the arm's two settings nearest in KL on either side, so MI and AU at that rate still
-    show. Columns: dataset, model, kl (the target), arm, status, points (settings on the front), <name>,
-    <name>.se."""
-    present = [n for n in names if f"{split}.{n}" in rows.columns]
-    points = setting_points(rows, split, [n for n in present if n != "kl"])
-    records = []
-    for (dataset, model, arm), part in points.groupby(["dataset", "model", "arm"], sort=False):
-        front = rate_front(part)
-        for rate in rates:
-            rec: dict[str, Any] = {"dataset": dataset, "model": model, "kl": rate, "arm": arm,
-                                   "points": len(front)}
-            inside = len(front) > 0 and front["kl"].iloc[0] <= rate <= front["kl"].iloc[-1]
-            spanned = part["kl"].notna().any() and part["kl"].min() <= rate <= part["kl"].max()
-            rec["status"] = "front" if inside else "beyond front" if spanned else "not reached"
-            curve = front if inside else _by_rate(part) if spanned else None
-            for name in present:
-                for suffix in ("", ".se"):
-                    column = name + suffix
-                    if curve is None:
-                        rec[column] = math.nan
-                    elif len(curve) == 1:
-                        rec[column] = float(curve[column].iloc[0])
-                    else:
-                        rec[column] = float(np.interp(rate, curve["kl"].to_numpy(), curve[column].to_numpy()))
-            records.append(rec)
-    return pd.DataFrame.from_records(records)
