@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ablate.core.config import TrainConfig, build_config
-from ablate.engine.train import TrainState, decay_on_plateau
+from ablate.engine.train_state import TrainState, decay_on_plateau
 from conftest import tiny_overrides
 
 

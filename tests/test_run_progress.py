@@ -8,7 +8,8 @@ import pytest
 from ablate.core.config import build_config
 from ablate.engine.run import execute
 from ablate.core.progress import RunProgress, format_seconds
-from ablate.engine.train import planned_steps, TrainState
+from ablate.engine.train import planned_steps
+from ablate.engine.train_state import TrainState
 from conftest import tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,7 +12,8 @@ from ablate.cli.main import main
 from ablate.core.config import build_config
 from ablate.results.rows import load_curves, load_results
 from ablate.engine.run import build, execute, prepare
-from ablate.engine.train import TrainingDiverged, train
+from ablate.engine.train import train
+from ablate.engine.train_state import TrainingDiverged
 from conftest import tiny_overrides
 
 METRICS = ["kl", "rec", "nelbo", "nll", "ppl", "ppl_word", "mi", "au"]

@@ -38,7 +38,8 @@ from ablate.core.progress import RunProgress
 from ablate.engine.tensorboard_log import TensorBoardLog
 from ablate.techniques.base import TrainContext
 from ablate.techniques.registry import build_techniques, posterior_transforms
-from ablate.engine.train import TrainingDiverged, train
+from ablate.engine.train import train
+from ablate.engine.train_state import TrainingDiverged
 
 
 @dataclass

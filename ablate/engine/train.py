@@ -11,15 +11,11 @@ from __future__ import annotations
 import copy
 import math
 import random
-import signal
-import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
 
 from ablate.core.config import TrainConfig
 from ablate.data.batching import Batch, EncodedSplit, iterate_batches
@@ -27,56 +23,12 @@ from ablate.data.tokenize import Framing
 from ablate.metrics.estimators import gaussian_kl_per_dim, sample_posterior
 from ablate.models.base import TextVAE
 from ablate.models.freeze import freeze
-from ablate.results.safe_files import atomic_target, load_tensors
+from ablate.results.safe_files import load_tensors
 from ablate.core.progress import RunProgress
-from ablate.techniques.base import (Evaluated, LossParts, Objective, PhaseProgress, Step, StepControl, Technique,
+from ablate.techniques.base import (Evaluated, LossParts, Objective, Step, StepControl, Technique,
                                     compose_loss)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf or exceeded train.divergence_threshold."""
-
-
-@dataclass
-class TrainState:
-    """Everything needed to continue a run exactly (saved in checkpoints). The trainer's own, mutable record; what a
-    technique sees of it are two read-only views: `as_step()` (where training is) and `as_phase_progress()` (how far
-    the pretraining phase has come)."""
-
-    global_step: int = 0
-    phase: str = "vae"
-    phase_step: int = 0
-    epoch: int = 0
-    epochs_in_phase: int = 0
-    epoch_step: int = 0  # optimiser steps (groups of batches) done in the current epoch: a run stopped mid-epoch
-    valid_rec: list[float] = field(default_factory=list)  # of the pretraining phase
-    best_score: float = math.inf  # validation value of train.select_by
-    best_pretrain_rec: float = math.inf  # a decaying pretraining phase: its best validation rec
-    best_epoch: int = -1
-    train_tokens: int = 0
-    inner_steps: int = 0  # extra updates a technique made inside outer steps (aggressive), not in the budget
-    lr_scale: float = 1.0  # train.lr_decay: the learning rate is train.lr × lr_scale
-    decay_ref: float = math.inf  # He et al.'s opt_dict["best_loss"]
-    not_improved: int = 0
-    decays: int = 0
-    train_seconds: float = 0.0
-    finished: bool = False
-
-    def as_step(self) -> Step:
-        return Step(self.global_step, self.phase_step, self.epoch, self.phase)
-
-    def as_phase_progress(self) -> PhaseProgress:
-        return PhaseProgress(self.epochs_in_phase, self.phase_step, list(self.valid_rec))
-
-
-@dataclass
-class TrainResult:
-    curves: list[dict[str, Any]]
-    state: TrainState
-
-
-SYNC_EVERY = 50  # training curves are read off the device every N steps and at each epoch's end
-LIVE_EARLY = (0, 9, 24)  # phase steps at which the values are read early too (a short run shows them)
+from ablate.engine.train_state import TrainState, TrainResult, decay_on_plateau, make_optimizer, save_checkpoint, StopRequest
+from ablate.engine.curves import SYNC_EVERY, LIVE_EARLY, CurveBuffer, step_detail, epoch_point
 
 
 def forward_parts(model: TextVAE, batch: Batch, precision: str = "fp32") -> LossParts:
@@ -90,59 +42,6 @@ def forward_parts(model: TextVAE, batch: Batch, precision: str = "fp32") -> Loss
         z = sample_posterior(mu, logvar)
         rec = -model.log_likelihood(batch, z).float()
     return LossParts(rec=rec, kl_per_dim=gaussian_kl_per_dim(mu, logvar), mu=mu, logvar=logvar, z=z)
-
-
-def decay_on_plateau(state: TrainState, cfg: TrainConfig, valid_loss: float) -> bool:
-    """He et al. 2019's rule after a VAE epoch (config.LRDecayConfig); True when the learning rate was decayed
-    (the caller then restores the best state and starts a fresh optimiser)."""
-    rule = cfg.lr_decay
-    if valid_loss > state.decay_ref:
-        state.not_improved += 1
-        if state.not_improved >= rule.patience and state.epochs_in_phase > rule.min_epochs:
-            state.decay_ref, state.not_improved = valid_loss, 0
-            state.lr_scale *= rule.factor
-            state.decays += 1
-            return True
-        return False
-    state.not_improved, state.decay_ref = 0, valid_loss
-    return False
-
-
-class CurveBuffer:
-    """Per-step training values kept on the device and read off in one transfer every SYNC_EVERY steps (each
-    float(tensor) on a GPU would stall it). A non-finite or too large loss is caught at the next read."""
-
-    def __init__(self, curves: list[dict[str, Any]], divergence_threshold: float) -> None:
-        self.curves, self.threshold = curves, divergence_threshold
-        self.meta: list[dict[str, Any]] = []
-        self.values: list[Tensor] = []
-        self.last: dict[str, Any] | None = None  # the newest step read off (for the progress line)
-
-    def add(self, meta: dict[str, Any], loss: Tensor, kl: Tensor, rec: Tensor) -> dict[str, Any] | None:
-        """Buffer one step; at every SYNC_EVERY-th global step (and whenever SYNC_EVERY are buffered) read them off
-        and return the newest (else None)."""
-        self.meta.append(meta)
-        self.values.append(torch.stack([loss.detach().float(), kl.detach().float(), rec.detach().float()]))
-        due = (meta["step"] + 1) % SYNC_EVERY == 0 or len(self.values) >= SYNC_EVERY
-        return self.flush() if due else None
-
-    def flush(self) -> dict[str, Any] | None:
-        """Append the buffered steps to the curves; return the last one (None when empty)."""
-        if not self.values:
-            return None
-        values = torch.stack(self.values).cpu().tolist()
-        for meta, (loss, kl, rec) in zip(self.meta, values):
-            if not math.isfinite(loss) or loss > self.threshold:
-                raise TrainingDiverged(f"loss {loss} at step {meta['step']} (epoch {meta['epoch'] + 1})")
-            self.curves.append({**meta, "kl": kl, "rec": rec, "loss": loss})
-        self.meta, self.values = [], []
-        self.last = self.curves[-1]
-        return self.last
-
-
-def step_detail(point: dict[str, Any] | None) -> str:
-    """The progress line's live values of a training curve point ("" for none)."""
-    return "" if point is None else f"loss {point['loss']:.2f} kl {point['kl']:.2f} β {point['beta']:.2f}"
 
 
 @torch.no_grad()
@@ -166,54 +65,6 @@ def validate(model: TextVAE, batches: list[Batch], device: torch.device) -> dict
     return {"rec": rec / count, "kl": kl / count, "nelbo": (rec + kl) / count,
             "mu_var": float(var.mean()) if var is not None else float("nan"),
             "au": float((var >= 0.01).sum()) if var is not None else float("nan")}
-
-
-def make_optimizer(model: TextVAE, cfg: TrainConfig, lr_scale: float = 1.0) -> torch.optim.Optimizer:
-    """Adam or SGD, in PyTorch's fused form where the parameters' device has it (one kernel for all parameters:
-    on a 2-core CPU 4 ms instead of 12 ms per step for the 8M parameters of Li et al.'s PTB LSTM)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr * lr_scale, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               fused=fused or None)
-    return torch.optim.Adam(params, lr=cfg.lr * lr_scale, weight_decay=cfg.weight_decay, fused=fused or None)
-
-
-def _save_checkpoint(path: Path, model: TextVAE, optimizer: torch.optim.Optimizer, techniques: list[Technique],
-                     state: TrainState, best: dict[str, Any] | None, curves: list[dict[str, Any]],
-                     generator: torch.Generator, best_pretrain: dict[str, Any] | None = None) -> None:
-    """Atomic: write a temporary file in the same folder, then rename."""
-    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "techniques": [t.state_dict() for t in techniques], "state": asdict(state), "best": best,
-               "best_pretrain": best_pretrain,
-               "curves": curves, "torch_rng": torch.get_rng_state(), "corrupt_rng": generator.get_state()}
-    with atomic_target(path) as tmp:
-        torch.save(payload, tmp)
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) during training: the current step finishes, the state is saved, then KeyboardInterrupt —
-    so an interrupted run continues from that step (`ablate run --resume`, a re-run sweep), not from its last
-    epoch. A second Ctrl-C stops at once. Only in the main thread, and only over Python's default handler."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._installed = False
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, self._on_sigint)
-            self._installed = True
-        return self
-
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._installed and signal.getsignal(signal.SIGINT) == self._on_sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class Trainer:
@@ -264,7 +115,7 @@ class Trainer:
 
     def save(self, checkpoint: Path | None) -> None:
         if checkpoint is not None and self.cfg.checkpoint_every_epoch:
-            _save_checkpoint(checkpoint, self.model, self.optimizer, self.techniques, self.state, self.best,
+            save_checkpoint(checkpoint, self.model, self.optimizer, self.techniques, self.state, self.best,
                              self.curves, self.generator, self.best_pretrain)
 
     # -- one optimiser step ----------------------------------------------------------------------------------
@@ -459,19 +310,6 @@ def merged(evaluated: list[Evaluated], weights: list[float]) -> Evaluated:
     loss = sum(w * e.objective.loss.detach() for w, e in zip(weights, evaluated))
     kl_term = sum(w * e.objective.kl_term.detach() for w, e in zip(weights, evaluated))
     return Evaluated(LossParts(**cat), Objective(loss=loss, beta=last.beta, kl_term=kl_term))
-
-
-def epoch_point(curves: list[dict[str, Any]]) -> dict[str, Any]:
-    """The last epoch's validation row (step, epoch, phase, kl, rec, loss = −ELBO) with that epoch's training
-    means (train_loss, train_kl, train_rec) and its last β."""
-    point = dict(curves[-1])
-    steps = [c for c in curves if c["split"] == "train" and c["epoch"] == point["epoch"]
-             and c["phase"] == point["phase"]]
-    if steps:
-        for key in ("loss", "kl", "rec"):
-            point[f"train_{key}"] = sum(c[key] for c in steps) / len(steps)
-        point["beta"] = steps[-1]["beta"]
-    return point
 
 
 def planned_steps(cfg: TrainConfig, techniques: list[Technique], steps_per_epoch: int, state: TrainState) -> int:

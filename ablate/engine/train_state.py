@@ -1,0 +1,123 @@
+"""What a training run carries between steps and across a restart: its state (phase, epoch, step, learning rate and
+decays, best validation), the optimiser, the learning-rate decay on a plateau (He et al. 2019, `text.py`), the
+checkpoint, and a Ctrl-C that finishes the step before stopping."""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+import torch
+from ablate.core.config import TrainConfig
+from ablate.models.base import TextVAE
+from ablate.results.safe_files import atomic_target
+from ablate.techniques.base import (PhaseProgress, Step, Technique)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exceeded train.divergence_threshold."""
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run exactly (saved in checkpoints). The trainer's own, mutable record; what a
+    technique sees of it are two read-only views: `as_step()` (where training is) and `as_phase_progress()` (how far
+    the pretraining phase has come)."""
+
+    global_step: int = 0
+    phase: str = "vae"
+    phase_step: int = 0
+    epoch: int = 0
+    epochs_in_phase: int = 0
+    epoch_step: int = 0  # optimiser steps (groups of batches) done in the current epoch: a run stopped mid-epoch
+    valid_rec: list[float] = field(default_factory=list)  # of the pretraining phase
+    best_score: float = math.inf  # validation value of train.select_by
+    best_pretrain_rec: float = math.inf  # a decaying pretraining phase: its best validation rec
+    best_epoch: int = -1
+    train_tokens: int = 0
+    inner_steps: int = 0  # extra updates a technique made inside outer steps (aggressive), not in the budget
+    lr_scale: float = 1.0  # train.lr_decay: the learning rate is train.lr × lr_scale
+    decay_ref: float = math.inf  # He et al.'s opt_dict["best_loss"]
+    not_improved: int = 0
+    decays: int = 0
+    train_seconds: float = 0.0
+    finished: bool = False
+
+    def as_step(self) -> Step:
+        return Step(self.global_step, self.phase_step, self.epoch, self.phase)
+
+    def as_phase_progress(self) -> PhaseProgress:
+        return PhaseProgress(self.epochs_in_phase, self.phase_step, list(self.valid_rec))
+
+
+@dataclass
+class TrainResult:
+    curves: list[dict[str, Any]]
+    state: TrainState
+
+
+def decay_on_plateau(state: TrainState, cfg: TrainConfig, valid_loss: float) -> bool:
+    """He et al. 2019's rule after a VAE epoch (config.LRDecayConfig); True when the learning rate was decayed
+    (the caller then restores the best state and starts a fresh optimiser)."""
+    rule = cfg.lr_decay
+    if valid_loss > state.decay_ref:
+        state.not_improved += 1
+        if state.not_improved >= rule.patience and state.epochs_in_phase > rule.min_epochs:
+            state.decay_ref, state.not_improved = valid_loss, 0
+            state.lr_scale *= rule.factor
+            state.decays += 1
+            return True
+        return False
+    state.not_improved, state.decay_ref = 0, valid_loss
+    return False
+
+
+def make_optimizer(model: TextVAE, cfg: TrainConfig, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """Adam or SGD, in PyTorch's fused form where the parameters' device has it (one kernel for all parameters:
+    on a 2-core CPU 4 ms instead of 12 ms per step for the 8M parameters of Li et al.'s PTB LSTM)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr * lr_scale, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               fused=fused or None)
+    return torch.optim.Adam(params, lr=cfg.lr * lr_scale, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def save_checkpoint(path: Path, model: TextVAE, optimizer: torch.optim.Optimizer, techniques: list[Technique],
+                     state: TrainState, best: dict[str, Any] | None, curves: list[dict[str, Any]],
+                     generator: torch.Generator, best_pretrain: dict[str, Any] | None = None) -> None:
+    """Atomic: write a temporary file in the same folder, then rename."""
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+               "techniques": [t.state_dict() for t in techniques], "state": asdict(state), "best": best,
+               "best_pretrain": best_pretrain,
+               "curves": curves, "torch_rng": torch.get_rng_state(), "corrupt_rng": generator.get_state()}
+    with atomic_target(path) as tmp:
+        torch.save(payload, tmp)
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) during training: the current step finishes, the state is saved, then KeyboardInterrupt —
+    so an interrupted run continues from that step (`ablate run --resume`, a re-run sweep), not from its last
+    epoch. A second Ctrl-C stops at once. Only in the main thread, and only over Python's default handler."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+        return self
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
