@@ -28,7 +28,7 @@ METRICS = ("test.nll", "test.ppl", "test.nelbo", "test.kl", "test.mi", "test.au"
 def one(precision: str, epochs: int, iw: int, threads: int) -> dict:
     import torch
 
-    from ablate.core.config import build_config
+    from ablate.core.config_reading import build_config
     from ablate.engine.run import execute
 
     config = build_config({

@@ -167,7 +167,7 @@ def run_ablate(steps: int, threads: int, precision: str = "fp32") -> dict:
     import torch
 
     import ablate.engine.run
-    from ablate.core.config import build_config
+    from ablate.core.config_reading import build_config
     from ablate.engine.run import build, prepare
     from ablate.engine.train import train
 

@@ -21,7 +21,7 @@ import time
 import torch
 
 from common import SHARED, cpu_model, gemm_gflops, load
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.models.kernels import using
 from ablate.engine.run import build, choose_kernels, prepare, use_kernels
 from ablate.engine.train import train

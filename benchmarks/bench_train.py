@@ -42,7 +42,7 @@ def one_run(impl: str, size: str, steps: int, threads: int, device_name: str = "
     from torch.nn.utils.rnn import pack_padded_sequence
 
     import common
-    from ablate.core.config import build_config
+    from ablate.core.config_reading import build_config
     from ablate.data.batching import iterate_batches
     from ablate.engine.run import build, prepare
     from ablate.engine.train import train

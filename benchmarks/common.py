@@ -35,7 +35,7 @@ def corpus_config(name: str, **extra) -> dict:
 
 def li_ptb_model():
     """(config, prepared, model in eval mode): Li et al.'s PTB LSTM, random init (costs do not depend on weights)."""
-    from ablate.core.config import build_config
+    from ablate.core.config_reading import build_config
     from ablate.engine.run import build, prepare
 
     config = build_config({"data": corpus_config("ptb"), "model": LI_PTB, "train": {"device": "cpu"}}, "<bench>")

@@ -134,7 +134,7 @@ def test_what_passes_validate_starts(example, tmp_path, one_torch_thread):
     """Every shipped example validates and then starts: corpus, tokenizer, model, techniques, one training step
     (at a tiny corpus size: start-up is what validation vouches for, not the full run). An example of models
     installed from the package registry (scripts/setup.sh --pretrained) is skipped where they are not installed."""
-    from ablate.core.config import load_config
+    from ablate.core.config_reading import load_config
     from ablate.engine.preflight import check_model
 
     reason = check_model(load_config(example).model)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ablate.core.config import ConfigError, build_config, config_hash, load_config, parse_override
+from ablate.core.config import ConfigError, config_hash
+from ablate.core.config_reading import build_config, load_config, parse_override
 from ablate.cli.main import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "studies" / "examples"

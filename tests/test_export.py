@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from ablate.cli.main import main
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.data.batching import encode_split, make_batch
 from ablate.engine.run import execute
 from ablate.engine.saved_models import load_run, load_vae

@@ -95,7 +95,7 @@ def test_each_pair_is_isolated_and_padding_changes_nothing():
 
 
 def test_max_sentences_evaluates_the_first_n(tmp_path):
-    from ablate.core.config import build_config
+    from ablate.core.config_reading import build_config
     from ablate.engine.run import execute
 
     config = build_config({"data": {"synthetic": {"n_train": 64, "n_valid": 40, "n_test": 40}},

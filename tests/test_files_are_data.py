@@ -149,7 +149,7 @@ def test_a_resumed_sweep_deletes_nothing_through_a_symlinked_checkpoints_folder(
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    from ablate.core.config import build_config
+    from ablate.core.config_reading import build_config
     from ablate.engine.run import execute
     from conftest import tiny_overrides
 

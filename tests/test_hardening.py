@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from ablate.core import safe_yaml
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.results.safe_files import atomic_target, load_tensors
 from ablate.engine.run import execute
 from ablate.sweep import runner

@@ -164,7 +164,7 @@ def test_the_environment_sets_kernels_or_says_what_it_accepts(tmp_path, monkeypa
 
 
 def test_a_run_records_its_kernels_and_cpu_in_the_row(tmp_path, monkeypatch):
-    from ablate.core.config import build_config
+    from ablate.core.config_reading import build_config
     from ablate.engine.run import execute
 
     monkeypatch.setenv(C.KERNELS_ENV, "lstm=aten,output=plain")

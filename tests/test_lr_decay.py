@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ablate.core.config import TrainConfig, build_config
+from ablate.core.config import TrainConfig
+from ablate.core.config_reading import build_config
 from ablate.engine.train_state import TrainState, decay_on_plateau
 from conftest import tiny_overrides
 

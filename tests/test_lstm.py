@@ -152,7 +152,8 @@ def test_nz_0_is_he_et_al_s_language_model_and_its_nll_is_exact():
 def test_a_language_model_takes_no_technique():
     import pytest
 
-    from ablate.core.config import ConfigError, build_config
+    from ablate.core.config import ConfigError
+    from ablate.core.config_reading import build_config
 
     with pytest.raises(ConfigError, match="language model"):
         build_config({"model": {"name": "lstm", "nz": 0}, "techniques": {"free_bits": {"target_total": 8}}}, "x.yaml")

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from ablate.cli.main import format_metrics
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.metrics.schema import METRICS, SELECT, Metric, SplitStats, emitted, in_table, selection_value
 from ablate.report import tables
 from ablate.report.build import build_report

@@ -78,7 +78,7 @@ def test_the_decoder_reads_the_sentence_only_through_z(injection, texts):
 
 
 def test_an_optimus_run_end_to_end(tmp_path):
-    from ablate.core.config import build_config
+    from ablate.core.config_reading import build_config
     from ablate.engine.run import execute
     from conftest import tiny_overrides
 

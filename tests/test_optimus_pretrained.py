@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate.core.config import ConfigError, load_config
+from ablate.core.config import ConfigError
+from ablate.core.config_reading import load_config
 from ablate.engine.preflight import check_model
 from ablate.core.sources import resolve_source
 

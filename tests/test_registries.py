@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ablate.core.config import MODEL_CONFIGS, ConfigError, build_config
+from ablate.core.config import MODEL_CONFIGS, ConfigError
+from ablate.core.config_reading import build_config
 from ablate.models.registry import FAMILIES
 from ablate.core.registry import Registry, UnknownName
 

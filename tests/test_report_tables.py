@@ -364,7 +364,7 @@ def test_the_verdict_table_against_plain_pandas(study, raw):
 def test_single_runs_are_shown_by_name_with_the_settings_that_differ(tmp_path, capsys):
     """`ablate run --name` rows (no study, no manifest): each run is an arm named by its run name, and the report
     has one readable column per setting that differs between them (no internal keys)."""
-    from ablate.core.config import build_config
+    from ablate.core.config_reading import build_config
     from ablate.report.build import build_report
     from ablate.engine.run import execute
     from conftest import tiny_overrides

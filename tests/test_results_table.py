@@ -11,7 +11,7 @@ import pytest
 
 import ablate
 from ablate.cli.main import main
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.engine.run import base_row
 from ablate.results.rows import write_row
 from ablate.sweep.runner import run_sweep

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.engine.run import execute
 from ablate.core.progress import RunProgress, format_seconds
 from ablate.engine.train import planned_steps
@@ -103,7 +103,7 @@ def test_the_live_loss_shows_in_the_first_epoch_and_keeps_moving(one_torch_threa
     steps, in every epoch — and a run shorter than 50 steps shows it too."""
     import torch
 
-    from ablate.core.config import build_config
+    from ablate.core.config_reading import build_config
     from ablate.engine.run import build, prepare
     from ablate.core.progress import RunProgress
     from ablate.techniques.base import TrainContext

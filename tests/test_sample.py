@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ablate.cli.main import main
-from ablate.core.config import ConfigError, build_config
+from ablate.core.config import ConfigError
+from ablate.core.config_reading import build_config
 from ablate.engine.run import execute
 from ablate.engine.saved_models import load_run, model_file
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.data.batching import encode_split, make_batch
 from ablate.data.synthetic import generate_synthetic
 from ablate.models.seq2seq import Seq2SeqConfig, Seq2SeqVAE, build_seq2seq_tokenizer, build_seq2seq_vae

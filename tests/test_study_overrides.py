@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ablate.cli.main import main
-from ablate.core.config import load_config
+from ablate.core.config_reading import load_config
 from ablate.sweep.runner import run_sweep, status_text
 from ablate.sweep.study import load_study
 from malformed_inputs import STUDY

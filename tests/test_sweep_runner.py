@@ -294,7 +294,7 @@ def test_status_counts_per_arm_and_model_when_a_study_has_several_models(tmp_pat
 
 
 def test_result_rows_carry_the_study_labels_of_dataset_and_model():
-    from ablate.core.config import build_config
+    from ablate.core.config_reading import build_config
     from ablate.engine.run import base_row
 
     config = build_config({"model": {"nz": 4}}, "<test>")

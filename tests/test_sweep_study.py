@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from ablate.cli.main import main
-from ablate.core.config import ConfigError, build_config, config_hash
+from ablate.core.config import ConfigError, config_hash
+from ablate.core.config_reading import build_config
 from ablate.study.protocol import TOPICS
 from ablate.sweep.study import load_study
 

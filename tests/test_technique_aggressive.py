@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.techniques import aggressive as aggressive_module
 from ablate.techniques.aggressive import Aggressive, LossWindow
 from ablate.techniques.base import Step, StepControl, TrainContext

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.metrics.estimators import gaussian_kl
 from ablate.techniques.bn_vae import BatchNormMean
 from conftest import tiny_overrides

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.data.batching import EncodedSplit, make_batch
 from ablate.data.tokenize import Framing
 from ablate.engine.run import build, prepare

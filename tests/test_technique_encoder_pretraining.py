@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.engine.run import build, prepare
 from ablate.techniques.base import PhaseProgress, Step, Technique, TrainContext, kl_weight
 from ablate.data.tokenize import SpecialIds

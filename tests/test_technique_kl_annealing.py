@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from ablate.core.config import ConfigError, build_config
+from ablate.core.config import ConfigError
+from ablate.core.config_reading import build_config
 from ablate.techniques.base import Step, TrainContext
 from ablate.data.tokenize import SpecialIds
 from ablate.techniques.kl_annealing import KLAnnealing

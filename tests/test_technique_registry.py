@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ablate.cli.main import main
-from ablate.core.config import ConfigError, build_config, load_config
+from ablate.core.config import ConfigError
+from ablate.core.config_reading import build_config, load_config
 from ablate.engine.run import base_row
 from ablate.techniques.base import LossParts, Step, Technique, TechniqueConfig, TrainContext, compose_loss
 from ablate.data.tokenize import SpecialIds

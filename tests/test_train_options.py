@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ablate.cli.main import main
-from ablate.core.config import ConfigError, build_config
+from ablate.core.config import ConfigError
+from ablate.core.config_reading import build_config
 from ablate.data.batching import make_batch
 from ablate.models.freeze import freeze, matches, module_overview
 from ablate.engine.run import build, execute, prepare

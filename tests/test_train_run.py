@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ablate.cli.main import main
-from ablate.core.config import build_config
+from ablate.core.config_reading import build_config
 from ablate.results.rows import load_curves, load_results
 from ablate.engine.run import build, execute, prepare
 from ablate.engine.train import train

@@ -41,7 +41,8 @@ def format_metrics(row: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ablate.core.config import ConfigError, config_hash, is_study, load_config, read_yaml, with_quick
+    from ablate.core.config import ConfigError, config_hash
+    from ablate.core.config_reading import is_study, load_config, read_yaml, with_quick
     from ablate.results.layout import MAX_NAME, StudyFolder
     from ablate.results.safe_files import check_writable, remove_owned
     from ablate.engine.preflight import check_runnable
@@ -107,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ablate.core.config import is_study, load_config, read_yaml
+    from ablate.core.config_reading import is_study, load_config, read_yaml
     from ablate.engine.preflight import check_configs_runnable, check_runnable
 
     data = read_yaml(args.path)

@@ -22,7 +22,8 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 
 def _folder(target: str, out: str) -> Path:
-    from ablate.core.config import ConfigError, is_study, read_yaml
+    from ablate.core.config import ConfigError
+    from ablate.core.config_reading import is_study, read_yaml
     from ablate.sweep.folder import resolve_target
 
     path = Path(target)
@@ -54,7 +55,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     columns = [c for pattern in wanted for c in rows.columns if fnmatch.fnmatchcase(c, pattern)]
     unknown = [p for p in wanted if not any(fnmatch.fnmatchcase(c, p) for c in rows.columns)]
     if unknown and args.columns:
-        from ablate.core.config import suggest
+        from ablate.core.config_reading import suggest
 
         raise ConfigError(f"--columns: no column '{unknown[0]}'{suggest(unknown[0], list(rows.columns))}")
     rows = rows[list(dict.fromkeys(columns))].reset_index(drop=True)

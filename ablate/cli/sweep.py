@@ -21,7 +21,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from ablate.sweep.worker import parse_devices
 
-    from ablate.core.config import with_quick
+    from ablate.core.config_reading import with_quick
 
     return run_sweep(args.study, jobs=args.jobs, storage=_storage(args), dry_run=args.dry_run,
                      overrides=with_quick(args.set, args.quick),

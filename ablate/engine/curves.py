@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
 import torch
 from torch import Tensor
-from ablate.engine.train_state import TrainingDiverged
 
+from ablate.engine.train_state import TrainingDiverged
 
 SYNC_EVERY = 50  # training curves are read off the device every N steps and at each epoch's end
 

@@ -33,7 +33,8 @@ def model_file(run: str | Path) -> Path:
 
 def load_run(run: str | Path, device: str | torch.device = "cpu"):
     """(config, prepared, model in eval mode) of a saved run."""
-    from ablate.core.config import ConfigError, build_config
+    from ablate.core.config import ConfigError
+    from ablate.core.config_reading import build_config
     from ablate.results.safe_files import load_tensors
     from ablate.engine.preflight import check_data, check_model
     from ablate.engine.run import build, prepare, resolve_device
@@ -106,7 +107,8 @@ def load_vae(folder: str | Path, device: str | torch.device = "cpu") -> tuple[An
 
 
 def _export_config(path: Path) -> Any:
-    from ablate.core.config import ConfigError, build_config
+    from ablate.core.config import ConfigError
+    from ablate.core.config_reading import build_config
 
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:

@@ -10,11 +10,13 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
 import torch
+
 from ablate.core.config import TrainConfig
 from ablate.models.base import TextVAE
 from ablate.results.safe_files import atomic_target
-from ablate.techniques.base import (PhaseProgress, Step, Technique)
+from ablate.techniques.base import PhaseProgress, Step, Technique
 
 
 class TrainingDiverged(RuntimeError):

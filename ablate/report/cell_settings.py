@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import math
 from typing import Any, Iterable, Sequence
+
 import numpy as np
 import pandas as pd
-from ablate.results.rows import name_single_runs, single_runs
 
+from ablate.results.rows import name_single_runs, single_runs
 
 DEFAULT_BASELINE = "vanilla"
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 from typing import Any, Sequence
+
 import numpy as np
 import pandas as pd
-from ablate.report.significance import _measurement_se, combined_se
 
+from ablate.report.significance import _measurement_se, combined_se
 
 MATCHED_RATES = (2.0, 5.0, 10.0)  # KL values (nats) where the matched-rate table compares the remedies
 

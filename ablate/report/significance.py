@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 from typing import Sequence
+
 import numpy as np
 import pandas as pd
-
 
 SIGNIFICANCE = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
 

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ablate.core.config import ConfigError, build_config, config_hash
+from ablate.core.config import ConfigError, config_hash
+from ablate.core.config_reading import build_config
 from ablate.results.layout import RESULT_NAME, StudyFolder, result_stem
 from ablate.results.rows import ROW_KEYS, read_tables
 

@@ -111,7 +111,7 @@ class Study:
     def labelled_configs(self) -> list[tuple[str, RunConfig]]:
         """(where it comes from, config) of every cell (and of each search's lowest point), for checks that name
         the cell's arm (ablate.engine.preflight)."""
-        from ablate.core.config import build_config
+        from ablate.core.config_reading import build_config
 
         searches = [(f"{self.path}: arm '{s.arm}' ({s.dataset}, {s.model}, search)",
                      build_config(s.raw_at(s.corners()[0]))) for s in self.searches]

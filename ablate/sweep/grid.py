@@ -24,7 +24,14 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from ablate.core.config import DataConfig, EvalConfig, TrainConfig, model_config_class, model_name, set_path
+from ablate.core.config import (
+    DataConfig,
+    EvalConfig,
+    TrainConfig,
+    model_config_class,
+    model_name,
+)
+from ablate.core.config_reading import set_path
 
 Path_ = tuple[Any, ...]  # a key path in a config mapping: ("train", "lr"), ("datasets", 0)
 Setting = dict[Path_, Any]

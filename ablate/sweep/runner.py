@@ -32,7 +32,8 @@ from typing import Any, TextIO
 
 from optuna.trial import TrialState
 
-from ablate.core.config import ConfigError, is_study, read_yaml
+from ablate.core.config import ConfigError
+from ablate.core.config_reading import is_study, read_yaml
 from ablate.results.layout import MODEL_NAME, StudyFolder
 from ablate.core.log import LOG, current_verbosity, verbosity_flag
 from ablate.results.safe_files import check_writable, remove_owned

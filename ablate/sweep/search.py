@@ -21,7 +21,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from ablate.core.config import ConfigError, build_config, config_hash
+from ablate.core.config import ConfigError, config_hash
+from ablate.core.config_reading import build_config
 from ablate.core.log import LOG
 from ablate.study.selection import conditions_from_json, where_text
 from ablate.sweep.folder import append_manifest

@@ -75,7 +75,7 @@ class SearchSpec:
         """The arm's raw run config with a trial's values set at their dotted keys."""
         import copy
 
-        from ablate.core.config import set_path
+        from ablate.core.config_reading import set_path
 
         data = copy.deepcopy(self.base)
         for key, value in params.items():

@@ -41,10 +41,23 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ablate.core.config import apply_overrides, blame_overrides, config_hash, read_yaml_file, suggest
+from ablate.core.config import config_hash
+from ablate.core.config_reading import (
+    apply_overrides,
+    blame_overrides,
+    read_yaml_file,
+    suggest,
+)
 from ablate.core.safe_yaml import line_map
 from ablate.sweep.cells import Cell, Study, matches_labels
-from ablate.sweep.grid import Path_, apply, arm_units, find_axes, merge_cell_sections, product
+from ablate.sweep.grid import (
+    Path_,
+    apply,
+    arm_units,
+    find_axes,
+    merge_cell_sections,
+    product,
+)
 from ablate.sweep.search_space import SearchError, SearchSpec, parse_search
 from ablate.sweep.study_parts import MAX_CELLS, MAX_SETTINGS, StudyReader, _Sources
 

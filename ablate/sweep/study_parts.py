@@ -12,8 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from ablate.core.config import (ConfigError, RunConfig, canonical_dict, explain, flatten, model_name, parse_override,
-                                shorten, suggest)
+from ablate.core.config import (
+    ConfigError,
+    RunConfig,
+    canonical_dict,
+    flatten,
+    model_name,
+)
+from ablate.core.config_reading import explain, parse_override, suggest
+from ablate.core.errors import shorten
 from ablate.metrics.schema import SELECT, is_metric_column
 from ablate.results.layout import MAX_NAME
 from ablate.study.protocol import TOPICS, Protocol, Setting, config_value, same_value

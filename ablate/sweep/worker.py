@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from optuna.trial import TrialState
 
-from ablate.core.config import ConfigError, build_config, config_hash
+from ablate.core.config import ConfigError, config_hash
+from ablate.core.config_reading import build_config
 from ablate.results.layout import StudyFolder, result_stem
 from ablate.core.log import LOG
 from ablate.results.rows import write_results_table
@@ -217,7 +218,7 @@ def device_env(device: str) -> dict[str, str]:
 
 def study_file_storage(folder: Path) -> str | None:
     """The storage a study folder's copy of its study file names (None when none, or unreadable)."""
-    from ablate.core.config import read_yaml
+    from ablate.core.config_reading import read_yaml
 
     try:
         value = read_yaml(StudyFolder(folder).study_yaml).get("storage")
