@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from ablate.report.plots import readable_limits  # noqa: E402
+from ablate.report.plot_style import readable_limits
 
 
 def _ticks(ax, axis):
@@ -55,7 +55,8 @@ def test_a_collapsed_study_gets_a_rate_axis_a_reader_can_use(tmp_path):
 
     from matplotlib.collections import PathCollection
 
-    from ablate.report.plots import arm_palette, kl_vs_ppl, rate_distortion
+    from ablate.report.plots import kl_vs_ppl, rate_distortion
+    from ablate.report.plot_style import arm_palette
 
     arms = ["vanilla", "autoencoder", "free_bits"]
     rows = _rows(arms, [1e-4, 1.2e-4, 1.2e-4], [92.0241, 92.0236, 92.0236])
@@ -95,7 +96,8 @@ def test_a_collapsed_study_gets_a_rate_axis_a_reader_can_use(tmp_path):
 def test_a_single_arm_mi_au_figure_has_room_for_its_labels(tmp_path):
     import warnings
 
-    from ablate.report.plots import arm_palette, mi_au
+    from ablate.report.plots import mi_au
+    from ablate.report.plot_style import arm_palette
 
     rows = _rows(["vanilla", "vanilla"], [0.0, 0.0], [92.0, 92.0])
     with warnings.catch_warnings():

@@ -328,7 +328,7 @@ def test_manifest_labels_name_the_rows_of_its_cells(study):
 def test_the_verdict_table_against_plain_pandas(study, raw):
     """Verdict (collapsed seeds), cost (paired ΔNLL, Δ−ELBO against vanilla), gain (MI, probe accuracy above the
     majority class), sorted by MI, and the best choice: no collapsed seed and the lowest NLL."""
-    from ablate.report.study_tables import verdict_table
+    from ablate.report.verdict_table import verdict_table
 
     rows = study.ok[(study.ok["model"] == "lstm")]
     table = verdict_table(rows, ("synthetic", "lstm"), "test", "vanilla", tables.DEFAULT_SELECT,
@@ -432,7 +432,7 @@ def _two_arm_rows(nll_b: float, se: float) -> pd.DataFrame:
 
 @pytest.mark.parametrize("nll_b,se,noise", [(100.5, 0.4, True), (102.0, 0.4, False)])
 def test_a_difference_within_noise_is_shown_as_such_and_decides_nothing(nll_b, se, noise):
-    from ablate.report.study_tables import verdict_table
+    from ablate.report.verdict_table import verdict_table
 
     rows = _two_arm_rows(nll_b, se)
     best = tables.best_per_technique(rows, "vanilla", ("valid.nll",), "test", ["nll", "kl"], ["nll"])

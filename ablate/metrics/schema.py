@@ -11,7 +11,7 @@ and both too little (collapse) and too much (an autoencoder) are failures, so it
 
 Tables: "summary" (the lines `ablate run` prints), "main" (the report's main table, in declaration order), "best"
 (the best-setting-per-technique table), "delta" (paired differences against the baseline arm), "sensitivity"
-(the report's sensitivity plots).
+(the report's sensitivity plots), "verdict" (what z carries in the verdict table; its costs are the SELECT metrics).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ablate.core.registry import Registry
 from ablate.metrics.uncertainty import exp_ratio_se, mean_se
 
 Direction = Optional[Literal["min", "max"]]
-Table = Literal["summary", "main", "best", "delta", "sensitivity"]
+Table = Literal["summary", "main", "best", "delta", "sensitivity", "verdict"]
 
 
 @dataclass(frozen=True)
@@ -139,11 +139,11 @@ declare(Metric("kl", "KL", None, ".3f", "nats/sentence",
                "KL(q(z|x) ‖ N(0, I)), the plain (never thresholded) KL, mean over sentences: the rate. "
                "No best: near 0 is posterior collapse, very large is an autoencoder.",
                emit=lambda s: s.kl_sum / s.sentences,
-               tables=_tables("summary", "main", "best", "delta", "sensitivity"), se=_mean_se("kl")))
+               tables=_tables("summary", "main", "best", "delta", "sensitivity", "verdict"), se=_mean_se("kl")))
 declare(Metric("mi", "MI", "max", ".3f", "nats",
                "Mutual information I_q(x; z) (He et al. 2019 estimator, aggregate posterior over a pool of M "
                "sentences). Bounded above by log M: compare only at equal M. Small negatives are estimator noise.",
-               emit=lambda s: s.mi, tables=_tables("summary", "main", "best", "delta", "sensitivity"),
+               emit=lambda s: s.mi, tables=_tables("summary", "main", "best", "delta", "sensitivity", "verdict"),
                se=_bootstrap_se("mi")))
 declare(Metric("mi_paired", "MI (paired)", "max", ".3f", "nats",
                "Mutual information I_q(x; z) with both terms at the same S draws per sentence (eval.mi_samples), "
@@ -153,7 +153,7 @@ declare(Metric("mi_paired", "MI (paired)", "max", ".3f", "nats",
 declare(Metric("au", "AU", "max", ".1f", "dimensions",
                "Active units: dimensions j with Var_x(E_q[z_j]) ≥ δ (Burda et al. 2016), unbiased variance over the "
                "evaluation set. AU = 0 means no dimension carries information.",
-               emit=lambda s: float(s.au), tables=_tables("summary", "main", "best", "delta", "sensitivity"),
+               emit=lambda s: float(s.au), tables=_tables("summary", "main", "best", "delta", "sensitivity", "verdict"),
                se=_bootstrap_se("au")))
 # the counts and the pool size behind the numbers above (in every row, in no table)
 declare(Metric("mi_pool", "MI pool", None, ".0f", "sentences", "M: sentences per aggregate-posterior pool of MI.",

@@ -27,14 +27,13 @@ from ablate.results.safe_files import through_link, write_text_atomic
 from ablate.study.protocol import load_protocol
 from ablate.study.selection import Condition, parse_where
 from ablate.study.references import load_references
-from ablate.report import cell_settings, equal_rate, plots, tables
+from ablate.report import cell_settings, equal_rate, plot_style, plots, tables
 from ablate.report.header import header
 from ablate.report.inputs import StudyInput, load_study
 from ablate.report.schema import COLLAPSE_KL, main_metrics, metrics_in
 from ablate.metrics.schema import Metric, in_table, metric
-from ablate.report.study_tables import (best_table, coverage_table, failures_table, main_table, missing_table,
-                                        matched_rate_table, protocol_table, published_table, settings_table,
-                                        verdict_table)
+from ablate.report.study_tables import best_table, coverage_table, failures_table, main_table, missing_table, matched_rate_table, protocol_table, published_table, settings_table
+from ablate.report.verdict_table import verdict_table
 from ablate.report.table_model import write_table
 
 TEMPLATES = Path(__file__).with_name("templates")
@@ -61,7 +60,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
     study_by, where = study_selection(study.study_text)
     select = options.select or study_by or SELECT
     arms = cell_settings.arm_order(study.manifest, study.ok, study.failed, baseline=baseline)
-    palette = plots.arm_palette(arms)
+    palette = plot_style.arm_palette(arms)
     ok = study.ok
     if study.manifest is not None and not study.manifest.empty and "cell_id" in ok:
         # cells no longer in the study (it changed since they ran) count as "extra" in coverage, not in comparisons
@@ -87,7 +86,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
     panels = [] if ok.empty else list(ok.groupby(["dataset", "model"], sort=True).groups.keys())
     for dataset, model in panels:
         rows = ok[(ok["dataset"] == dataset) & (ok["model"] == model)]
-        pslug = plots.slug(dataset, model)
+        pslug = plot_style.slug(dataset, model)
         runs = None
         if study.manifest is None:  # single runs, or a study folder without its manifest: what differs
             runs = settings_table(rows, (dataset, model), arms, f"{slug}-settings-{pslug}")
@@ -139,7 +138,7 @@ def build_study(study: StudyInput, out: Path, slug: str, options: Options) -> di
             keys = [k for k in settings.columns if settings.loc[arm_rows.index, k].notna().any()]
             for key in sorted(keys):
                 fig = plots.sensitivity(rows, settings, arm, key, in_table("sensitivity"), palette[arm],
-                                        plot_dir / f"sensitivity__{pslug}__{plots.slug(arm, key)}",
+                                        plot_dir / f"sensitivity__{pslug}__{plot_style.slug(arm, key)}",
                                         f"{title}: {arm}", split)
                 if fig:
                     sens.append(fig)
@@ -190,7 +189,7 @@ def study_baseline(study_text: str | None) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _fig(fig: plots.Figure_, out: Path) -> dict[str, str]:
+def _fig(fig: plot_style.Figure_, out: Path) -> dict[str, str]:
     return {"title": fig.title, "caption": fig.caption, "png": fig.png.relative_to(out).as_posix(),
             "svg": fig.svg.relative_to(out).as_posix(), "key": fig.key}
 
@@ -228,7 +227,7 @@ def glossary(studies: Sequence[StudyInput], split: str) -> list[Metric]:
 def _unique_slugs(studies: Sequence[StudyInput]) -> list[str]:
     slugs, seen = [], {}
     for s in studies:
-        base = plots.slug(s.name) if plots.slug(s.name) != "plot" else "study"
+        base = plot_style.slug(s.name) if plot_style.slug(s.name) != "plot" else "study"
         seen[base] = seen.get(base, 0) + 1
         slugs.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
     return slugs

@@ -4,7 +4,7 @@ Figures are built on `matplotlib.figure.Figure` objects, never through pyplot's 
 context that makes the files deterministic: `svg.hashsalt` is fixed, and neither file carries a date or the
 software version. So regenerating a report from the same results gives byte-identical plot files.
 
-Each function takes the prepared result rows (ablate.report.tables.attach_settings) of one dataset × model
+Each function takes the prepared result rows (ablate.report.cell_settings.attach_settings) of one dataset × model
 panel and writes `<stem>.png` and `<stem>.svg`, returning a `Figure_` (the files and a caption), or None when
 there is nothing to draw.
 """
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,87 +24,21 @@ import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
 
-from ablate.results.safe_files import atomic_target  # noqa: E402
 from ablate.metrics.schema import metric
-from ablate.report.tables import search_objectives, selection_metric
 from ablate.report.equal_rate import rate_front, setting_points
+from ablate.report.plot_style import (
+    Figure_,
+    arm_marker,
+    legend,
+    new_figure,
+    readable_limits,
+    save,
+    style,
+)
+from ablate.report.tables import search_objectives, selection_metric
 
-RC = {
-    "svg.hashsalt": "ablate-report",     # stable ids inside the SVG
-    "svg.fonttype": "path",
-    "font.family": "DejaVu Sans",        # shipped with matplotlib: the same glyphs on every machine
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.labelsize": 9,
-    "legend.fontsize": 8,
-    "figure.dpi": 100,
-}
-DPI = 100
 MAX_BINS = 120   # training curves are averaged into at most this many step bins per run
-
-
-@dataclass(frozen=True)
-class Figure_:
-    key: str          # kind of plot
-    title: str
-    png: Path
-    svg: Path
-    caption: str
-
-
-def slug(*parts: str) -> str:
-    """A file or folder name from free text: letters, digits and `_.=-` only, no leading dot, never `..` (names
-    come from result files, which are data: a study called '..' must not become a path out of --out)."""
-    text = "__".join(str(p) for p in parts if p != "")
-    text = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.=-]+", "-", text))
-    return text.strip("-.") or "plot"
-
-
-def arm_palette(arms: Sequence[str]) -> dict[str, tuple]:
-    """One colour per arm, fixed by the arm's position in the study, shared by every figure."""
-    if len(arms) <= 10:
-        colours = sns.color_palette("tab10", 10)
-    else:   # tab20 pairs a dark and a light shade: take the ten dark ones first, then the light ones
-        pairs = sns.color_palette("tab20", 20)
-        colours = pairs[0::2] + pairs[1::2]
-    return {arm: tuple(colours[i % len(colours)]) for i, arm in enumerate(arms)}
-
-
-def _style():
-    return sns.axes_style("whitegrid", rc=RC)
-
-
-def _save(fig: Figure, stem: Path) -> tuple[Path, Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    png, svg = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")
-    with matplotlib.rc_context(RC), atomic_target(png) as png_tmp, atomic_target(svg) as svg_tmp:
-        fig.savefig(png_tmp, dpi=DPI, metadata={"Software": None}, format="png")
-        fig.set_layout_engine("none")    # keep the layout just computed: the SVG needs no second pass
-        fig.savefig(svg_tmp, metadata={"Date": None, "Creator": None}, format="svg")
-    return png, svg
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    with matplotlib.rc_context(RC):
-        return Figure(figsize=(width, height), layout="constrained")
-
-
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")  # arms at one point stay visible: shapes differ
-
-
-def arm_marker(arm: str, palette: dict[str, tuple]) -> str:
-    """One marker shape per arm, fixed by its position in the study (like its colour)."""
-    return MARKERS[list(palette).index(arm) % len(MARKERS)] if arm in palette else "o"
-
-
-def _legend(fig: Figure, ax, arms: Sequence[str], palette: dict[str, tuple]) -> None:
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], marker=arm_marker(a, palette), linestyle="", color=palette[a], label=a) for a in arms]
-    if handles:
-        fig.legend(handles=handles, loc="outside right upper", frameon=False, title="arm")
 
 
 # ----------------------------------------------------------------------------- rate–distortion and KL vs PPL
@@ -147,8 +79,8 @@ def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem
     if data.empty:
         return None
     present = [a for a in arms if a in set(data["arm"])]
-    with _style():
-        fig = _new_figure(7.5, 4.6)
+    with style():
+        fig = new_figure(7.5, 4.6)
         ax = fig.add_subplot()
         _scatter_runs_and_means(ax, data, present, palette, kl, rec)
         points = setting_points(data, split, ["rec"])
@@ -197,8 +129,8 @@ def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem
         ax.set_xlabel(f"KL (rate), {metric('kl').unit}" + (" (symlog scale)" if wide else ""))
         ax.set_ylabel(f"Rec (distortion), {metric('rec').unit}")
         ax.set_title(title)
-        _legend(fig, ax, present, palette)
-    png, svg = _save(fig, stem)
+        legend(fig, ax, present, palette)
+    png, svg = save(fig, stem)
     return Figure_("rate_distortion", f"Rate–distortion ({split})", png, svg,
                    f"{split.capitalize()} KL against Rec: small points are runs (one per seed; every search trial "
                    f"too), ringed points the mean of each setting, solid lines each arm's front (its settings not "
@@ -221,8 +153,8 @@ def kl_vs_ppl(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path
     if data.empty:
         return None
     present = [a for a in arms if a in set(data["arm"])]
-    with _style():
-        fig = _new_figure(7.5, 4.2)
+    with style():
+        fig = new_figure(7.5, 4.2)
         ax = fig.add_subplot()
         _scatter_runs_and_means(ax, data, present, palette, kl, ppl)
         if _wide_range(data[kl]):
@@ -236,29 +168,14 @@ def kl_vs_ppl(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path
         ax.set_xlabel(f"KL, {metric('kl').unit}")
         ax.set_ylabel(f"PPL ({metric('ppl').unit})")
         ax.set_title(title)
-        _legend(fig, ax, present, palette)
-    png, svg = _save(fig, stem)
+        legend(fig, ax, present, palette)
+    png, svg = save(fig, stem)
     return Figure_("kl_vs_ppl", f"KL vs PPL ({split})", png, svg,
                    f"{split.capitalize()} KL against perplexity (importance-weighted NLL): runs and setting means "
                    f"(ringed). A remedy that buys KL with a much worse PPL moves up and right.")
 
 
 # ----------------------------------------------------------------------------- axes
-
-
-def readable_limits(ax: Any, values: pd.Series, axis: str, integer: bool = False) -> None:
-    """Ticks a reader can use: integer ticks for counts (AU), and when every value is the same (AU of a collapsed
-    study: all zeros) a visible span around it instead of matplotlib's ±0.05 with ticks like 0.045."""
-    finite = values.astype(float).replace([np.inf, -np.inf], np.nan).dropna()
-    target = ax.xaxis if axis == "x" else ax.yaxis
-    if integer:
-        target.set_major_locator(mticker.MaxNLocator(integer=True))
-    if finite.empty or finite.max() > finite.min():
-        return
-    value = float(finite.iloc[0])
-    half = 1.0 if integer else max(abs(value) * 0.1, 0.1)
-    low = max(-0.5, value - half) if integer and value >= 0 else value - half  # a dot at 0 is not cut in half
-    (ax.set_xlim if axis == "x" else ax.set_ylim)(low, value + half)
 
 
 # ----------------------------------------------------------------------------- MI and AU per arm
@@ -277,8 +194,8 @@ def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, ti
     if not present:
         return None
     cols = [c for c in (mi, au) if c in rows]
-    with _style():
-        fig = _new_figure(8.0, max(2.4, 1.2 + 0.32 * len(present)))  # one arm: still room for ticks and labels
+    with style():
+        fig = new_figure(8.0, max(2.4, 1.2 + 0.32 * len(present)))  # one arm: still room for ticks and labels
         axes = fig.subplots(1, len(cols), sharey=True, squeeze=False)[0]
         ypos = {a: i for i, a in enumerate(present)}
         for ax, col in zip(axes, cols):
@@ -306,7 +223,7 @@ def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, ti
         axes[0].set_yticks(range(len(present)), present)
         axes[0].set_ylim(len(present) - 0.5, -0.5)
         fig.suptitle(title)
-    png, svg = _save(fig, stem)
+    png, svg = save(fig, stem)
     return Figure_("mi_au", f"MI and AU per arm ({split})", png, svg,
                    "Mutual information I(x; z)" + (" (the paired estimator)" if mi == paired else "")
                    + " and active units of each arm at its chosen setting (see “Best per technique”): bars are means "
@@ -327,8 +244,8 @@ def search_trials(trials: pd.DataFrame, arms: Sequence[str], palette: dict, stem
     present = [a for a in arms if a in set(trials["arm"])]
     if not present:
         return None
-    with _style():
-        fig = _new_figure(min(4.0 * len(present), 12.0) + 1.0, 3.2)
+    with style():
+        fig = new_figure(min(4.0 * len(present), 12.0) + 1.0, 3.2)
         axes = fig.subplots(1, len(present), squeeze=False)[0]
         for ax, arm in zip(axes, present):
             part = trials[trials["arm"] == arm]
@@ -361,7 +278,7 @@ def search_trials(trials: pd.DataFrame, arms: Sequence[str], palette: dict, stem
             ax.ticklabel_format(useOffset=False, style="plain")  # no "+9.698e1" offsets on close values
             ax.set_title(f"{arm} ({len(part)} trials)")
         fig.suptitle(title)
-    png, svg = _save(fig, stem)
+    png, svg = save(fig, stem)
     return Figure_("search", "Search arms: their trials", png, svg,
                    "Every trial of each search arm (validation split). One objective: its value per trial in the "
                    "order they ran and the best so far (a line per seed). Several: the first two objectives "
@@ -392,8 +309,8 @@ def training_curves(rows: pd.DataFrame, curves: pd.DataFrame, arms: Sequence[str
     binned = _binned(train, width)
     binned["arm"] = binned["run_id"].map(run_arm)
     quantities = [("beta", "β"), ("kl", "KL (nats)"), ("rec", "Rec (nats)")]
-    with _style():
-        fig = _new_figure(10.0, 0.6 + 1.55 * len(present))
+    with style():
+        fig = new_figure(10.0, 0.6 + 1.55 * len(present))
         axes = fig.subplots(len(present), 3, squeeze=False, sharex="row")
         for r, arm in enumerate(present):
             part = binned[binned["arm"] == arm]
@@ -418,7 +335,7 @@ def training_curves(rows: pd.DataFrame, curves: pd.DataFrame, arms: Sequence[str
                 if q == "beta":
                     ax.set_ylim(-0.05, max(1.05, float(stats[(q, "max")].max()) + 0.05))
         fig.suptitle(title)
-    png, svg = _save(fig, stem)
+    png, svg = save(fig, stem)
     return Figure_("training_curves", "Training curves", png, svg,
                    f"Per training step (averaged over bins of {width} step{'s' if width != 1 else ''}): the KL "
                    f"weight β, KL and Rec of the training batches, for each arm at its chosen setting. Lines are "
@@ -455,8 +372,8 @@ def sensitivity(rows: pd.DataFrame, settings: pd.DataFrame, arm: str, key: str, 
     xpos = {v: (float(v) if numeric else i) for i, v in enumerate(order)}
     groups = other_label.nunique()
     shades = [colour] if groups <= 1 else sns.dark_palette(colour, n_colors=groups + 1, reverse=True)[:groups]
-    with _style():
-        fig = _new_figure(2.3 * len(names) + 0.6, 2.6)
+    with style():
+        fig = new_figure(2.3 * len(names) + 0.6, 2.6)
         axes = fig.subplots(1, len(names), squeeze=False)[0]
         for ax, name in zip(axes, names):
             m = metric(name)
@@ -475,7 +392,7 @@ def sensitivity(rows: pd.DataFrame, settings: pd.DataFrame, arm: str, key: str, 
         if others:
             fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", frameon=False)
         fig.suptitle(title)
-    png, svg = _save(fig, stem)
+    png, svg = save(fig, stem)
     return Figure_("sensitivity", f"Sensitivity of {arm} to {key}", png, svg,
                    f"{split.capitalize()} metrics of arm '{arm}' against its swept setting '{key}': mean ± std over "
                    f"seeds" + (f", one line per value of the other swept settings ({', '.join(others)})."
