@@ -48,6 +48,10 @@ def test_the_eta_is_training_rate_times_steps_left_plus_the_evaluation_estimate(
     assert line.fraction_done() == pytest.approx((6 + 5) / (6 + 5 + 20))
     assert "step 10/10, eval 20/100 sent" in line.line() and "ETA 0m20s" in line.line()
     assert format_seconds(3725) == "1h02m" and format_seconds(59.6) == "1m00s"
+    # the same durations as a sweep writes them and as the report does (one formatter, three styles)
+    assert format_seconds(3725, precise=True) == "1h02m05s" and format_seconds(59.6, precise=True) == "1m00s"
+    assert format_seconds(3725, words=True) == "1 h 02 min" and format_seconds(125, words=True) == "2 min 05 s"
+    assert format_seconds(5, words=True) == "5 s" and format_seconds(float("nan")) == "–"
 
 
 def test_planned_steps_count_the_pretraining_budget_and_the_vae_phase():

@@ -7,6 +7,7 @@ times, the rec/KL pass once more — then, once it runs, its own time per senten
 
 from __future__ import annotations
 
+import math
 import logging
 import time
 
@@ -18,11 +19,19 @@ RESOLUTION = 1000  # the bar counts thousandths of the estimated work
 DRAW_EVERY = 0.25  # seconds between redraws (a step costs a clock read, not a formatted line)
 
 
-def format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float, precise: bool = False, words: bool = False) -> str:
+    """A duration, the one way ablate writes one: `1h02m` / `3m05s` on a progress line, `1h02m03s` with `precise`
+    (a sweep's wall time and ETA), `1 h 02 min` / `3 min 05 s` / `5 s` with `words` (the report); NaN is –."""
+    if math.isnan(seconds):
+        return "–"
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+    if words:
+        return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+    if hours:
+        return f"{hours}h{minutes:02d}m" + (f"{secs:02d}s" if precise else "")
+    return f"{minutes}m{secs:02d}s"
 
 
 class _Bar(tqdm):

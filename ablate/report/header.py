@@ -7,25 +7,13 @@ from typing import Any
 
 import pandas as pd
 
+from ablate.core.progress import format_seconds
 from ablate.report import tables
 from ablate.report.inputs import StudyInput
 from ablate.sweep.cells import study_hash
 
 
 # ----------------------------------------------------------------------------- header
-
-
-def _duration(seconds: float) -> str:
-    if math.isnan(seconds):
-        return "–"
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    mnt, sec = divmod(rem, 60)
-    if h:
-        return f"{h} h {mnt:02d} min"
-    if mnt:
-        return f"{mnt} min {sec:02d} s"
-    return f"{sec} s"
 
 
 def header(study: StudyInput) -> dict[str, Any]:
@@ -65,7 +53,7 @@ def header(study: StudyInput) -> dict[str, Any]:
         "versions": versions,
         "devices": tables.value_counts(rows, "device"),
         "hosts": tables.value_counts(rows, "host"),
-        "compute": _duration(seconds),
+        "compute": format_seconds(seconds, words=True),
         "compute_seconds": seconds,
         "n_ok": len(study.ok),
         "n_failed_attempts": len(study.failed),

@@ -9,6 +9,7 @@ from typing import TextIO
 
 from optuna.trial import TrialState
 
+from ablate.core.progress import format_seconds
 from ablate.sweep.attempts import ResultIndex
 from ablate.sweep.ledger import CellCounts, Ledger
 from ablate.sweep.cells import Study
@@ -57,13 +58,6 @@ def format_counts(counts: dict[str, CellCounts]) -> str:
     return "\n".join(lines)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
 class SweepProgress:
     """One bar for the sweep: cells done/failed/total with an ETA (a tqdm bar on a terminal, lines otherwise)."""
 
@@ -84,7 +78,7 @@ class SweepProgress:
         if ran <= 0:
             return "?"
         rate = (time.perf_counter() - self.started) / ran
-        return _duration(rate * (self.total - finished))
+        return format_seconds(rate * (self.total - finished), precise=True)
 
     def update(self, done: int, failed: int, running: int) -> None:
         if not self.enabled or (done, failed, running) == self.last:
@@ -96,8 +90,9 @@ class SweepProgress:
             self.bar.set_postfix_str(f"done {done} failed {failed} running {running}", refresh=False)
             self.bar.refresh()
         else:
+            elapsed = format_seconds(time.perf_counter() - self.started, precise=True)
             print(f"sweep: {done} done, {failed} failed, {running} running of {self.total} cells; "
-                  f"elapsed {_duration(time.perf_counter() - self.started)}, ETA {self.eta(finished)}",
+                  f"elapsed {elapsed}, ETA {self.eta(finished)}",
                   file=self.stream, flush=True)
 
     def write(self, message: str) -> None:

@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from ablate.core.config import ConfigError
 from ablate.core.config_reading import is_study, read_yaml
 from ablate.results.layout import MODEL_NAME, StudyFolder
+from ablate.core.progress import format_seconds
 from ablate.core.log import LOG, current_verbosity, verbosity_flag
 from ablate.results.safe_files import check_writable, remove_owned
 from ablate.engine.preflight import check_configs_runnable
@@ -44,7 +45,7 @@ from ablate.sweep.folder import (cells_outside_the_study, recorded_overrides, re
 from ablate.sweep.attempts import ResultIndex, process_alive
 from ablate.sweep.ledger import Ledger
 from ablate.sweep.storage import STORAGE_ENV, is_sqlite, redact
-from ablate.sweep.progress import (SweepProgress, _counts_now, _duration, count_cells, failure_lines,
+from ablate.sweep.progress import (SweepProgress, _counts_now, count_cells, failure_lines,
                                    format_counts, total)
 from ablate.sweep import search
 from ablate.sweep.cells import Study
@@ -204,8 +205,9 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
     for line in searching:
         print(line, file=stream)
     unfinished_search = search.pending(ledger)
+    wall = format_seconds(time.perf_counter() - started, precise=True)
     print(f"sweep '{study.name}': {t.done}/{t.expected} cells ok, {t.failed} failed, "
-          f"{t.expected - t.done - t.failed} not finished; wall {_duration(time.perf_counter() - started)}"
+          f"{t.expected - t.done - t.failed} not finished; wall {wall}"
           + ("; stopped at the first failure (--fail-fast)" if stopped else ""), file=stream, flush=True)
     return 0 if t.done == t.expected and not unfinished_search else 1
 
