@@ -15,16 +15,29 @@ import torch
 from torch import Tensor
 
 from ablate.core.config import EvalConfig
+from ablate.core.progress import RunProgress
+from ablate.core.seeds import derive
 from ablate.data.batching import Batch, EncodedSplit, iterate_batches, select_rows
 from ablate.data.tokenize import Framing
-from ablate.metrics.estimators import (LOG_2PI, active_units, gaussian_kl, iw_log_marginal, length_batches,
-                            linear_probe_accuracy, log_normal_diag, log_standard_normal, majority_baseline,
-                            mutual_information, mutual_information_paired, paired_draws, sample_posterior)
+from ablate.metrics.estimators import (
+    LOG_2PI,
+    active_units,
+    gaussian_kl,
+    iw_log_marginal,
+    length_batches,
+    linear_probe_accuracy,
+    log_normal_diag,
+    log_standard_normal,
+    majority_baseline,
+    mutual_information,
+    mutual_information_paired,
+    paired_draws,
+    sample_posterior,
+)
 from ablate.metrics.schema import SplitStats, emitted
 from ablate.metrics.uncertainty import bootstrap_au, bootstrap_indices, bootstrap_mi
 from ablate.models.base import TextVAE
 from ablate.models.output_layer import output_block
-from ablate.core.progress import RunProgress
 
 
 @dataclass
@@ -90,7 +103,7 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
                    desc: str = "eval") -> SplitEvaluation:
     """The metrics of one split. Sentences go by length (shortest first), counted on the run's progress line."""
     model.eval()
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(derive(seed, "iw_draws"))
     n = len(split)
     mu_all = torch.zeros(n, model.nz, dtype=torch.float64)
     logvar_all = torch.zeros_like(mu_all)
@@ -130,11 +143,11 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
         batch_order, block_sizes = length_batches([len(t) for t in split.tokens], pool)
         order = torch.tensor(batch_order, dtype=torch.long)
         mi_mu, mi_logvar = mu_all[order], logvar_all[order]
-    z_he = sample_posterior(mi_mu, mi_logvar, generator=torch.Generator().manual_seed(seed + 1))
+    z_he = sample_posterior(mi_mu, mi_logvar, generator=torch.Generator().manual_seed(derive(seed, "mi_draws")))
     mi, pool_used = mutual_information(mi_mu, mi_logvar, z=z_he, pool_size=pool, block_sizes=block_sizes)
     if pool is not None and block_sizes is None:  # blocks of M (the last one shorter)
         block_sizes = [min(pool, n - start) for start in range(0, n, pool)]
-    z_paired, own_paired = paired_draws(mi_mu, mi_logvar, cfg.mi_samples, torch.Generator().manual_seed(seed + 2))
+    z_paired, own_paired = paired_draws(mi_mu, mi_logvar, cfg.mi_samples, torch.Generator().manual_seed(derive(seed, "mi_paired_draws")))
     mi_paired, _ = mutual_information_paired(mi_mu, mi_logvar, cfg.mi_samples, block_sizes=block_sizes,
                                              draws=(z_paired, own_paired))
     au, _ = active_units(mu_all, cfg.au_delta)
@@ -142,12 +155,11 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
     if cfg.bootstrap > 0 and n > 1:  # standard errors of MI and AU: a bootstrap over sentences (ablate.metrics.uncertainty)
         nz = mi_mu.shape[1]
         neg_entropy = (-0.5 * nz * LOG_2PI - 0.5 * (1.0 + mi_logvar).sum(-1)).unsqueeze(1)
-        for name, draws, own, offset in (("mi", z_he.unsqueeze(1), neg_entropy, 4),
-                                         ("mi_paired", z_paired, own_paired, 5)):
+        for name, draws, own in (("mi", z_he.unsqueeze(1), neg_entropy), ("mi_paired", z_paired, own_paired)):
             values = bootstrap_mi(mi_mu, mi_logvar, draws, own, cfg.bootstrap,
-                                  torch.Generator().manual_seed(seed + offset), block_sizes=block_sizes)
+                                  torch.Generator().manual_seed(derive(seed, f"bootstrap_{name}")), block_sizes=block_sizes)
             bootstrap[name] = float(values.std(unbiased=True))
-        indices = bootstrap_indices(n, cfg.bootstrap, torch.Generator().manual_seed(seed + 6))
+        indices = bootstrap_indices(n, cfg.bootstrap, torch.Generator().manual_seed(derive(seed, "bootstrap_au")))
         bootstrap["au"] = float(bootstrap_au(mu_all, indices, cfg.au_delta).std(unbiased=True))
     stats = SplitStats(sentences=n, tokens=n_tokens, words=n_words, truncated=split.n_truncated,
                        kl_sum=sums["kl"], rec_sum=sums["rec"], nll_sum=sums["nll"], mi=mi, mi_paired=mi_paired,

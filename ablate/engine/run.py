@@ -20,26 +20,39 @@ from typing import Any, Callable
 import torch
 
 import ablate
-from ablate.core.config import ConfigError, EvalConfig, RunConfig, canonical_dict, config_hash, flatten
+from ablate.core.config import (
+    ConfigError,
+    EvalConfig,
+    RunConfig,
+    canonical_dict,
+    config_hash,
+    flatten,
+)
+from ablate.core.log import LOG
+from ablate.core.progress import RunProgress
+from ablate.core.seeds import derive
 from ablate.data.batching import EncodedSplit, encode_split
 from ablate.data.corpus import SPLITS, Corpus, load_corpus
 from ablate.data.tokenize import Tokenizer
-from ablate.engine.evaluate import encode_all, evaluate_split, probe_factors, probe_features
-from ablate.results.layout import RunFiles
-from ablate.core.log import LOG
+from ablate.engine.evaluate import (
+    encode_all,
+    evaluate_split,
+    probe_factors,
+    probe_features,
+)
+from ablate.engine.tensorboard_log import TensorBoardLog
+from ablate.engine.train import train
+from ablate.engine.train_state import TrainingDiverged
 from ablate.models.base import TextVAE
 from ablate.models.kernel_choice import choose, cpu_model, shapes_of
 from ablate.models.kernels import Kernels
 from ablate.models.kernels import use as use_kernels
 from ablate.models.registry import build_model, build_tokenizer, tokenizer_key
-from ablate.results.safe_files import atomic_target
+from ablate.results.layout import RunFiles
 from ablate.results.rows import git_commit, write_curves, write_row
-from ablate.core.progress import RunProgress
-from ablate.engine.tensorboard_log import TensorBoardLog
+from ablate.results.safe_files import atomic_target
 from ablate.techniques.base import TrainContext
 from ablate.techniques.registry import build_techniques, posterior_transforms
-from ablate.engine.train import train
-from ablate.engine.train_state import TrainingDiverged
 
 
 @dataclass
@@ -281,10 +294,10 @@ def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: 
     if config.eval.probe and corpus.factor_classes:
         train_mu, train_logvar = encode_all(model, prepared.splits["train"], prepared.tokenizer.framing,
                                             config.eval.batch_size, device)
-        train_z = probe_features(train_mu, train_logvar, seed=config.seed * 1000 + 999)
+        train_z = probe_features(train_mu, train_logvar, seed=derive(config.seed, "probe_train_features"))
     for i, split in enumerate(config.eval.splits):
         evaluation = evaluate_split(model, prepared.splits[split].head(limit), prepared.tokenizer.framing,
-                                    len(prepared.tokenizer), config.eval, device, seed=config.seed * 1000 + i,
+                                    len(prepared.tokenizer), config.eval, device, seed=derive(config.seed, "split_evaluation", i),
                                     token_unit=prepared.tokenizer.unit, progress=progress, desc=f"eval {split}")
         out.update({f"{split}.{k}": v for k, v in evaluation.metrics.items()})
         conv = evaluation.conventions
@@ -293,7 +306,7 @@ def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: 
                     "eval.au_delta": conv["au_delta"], "eval.token_unit": conv["token_unit"],
                     "eval.ppl_counts_eos": conv["ppl_counts_eos"], "eval.ppl_counts_bos": conv["ppl_counts_bos"]})
         if train_z is not None:
-            eval_z = probe_features(evaluation.mu, evaluation.logvar, seed=config.seed * 1000 + 998 - i)
+            eval_z = probe_features(evaluation.mu, evaluation.logvar, seed=derive(config.seed, "probe_eval_features", -i))
             factors = {name: values[: len(evaluation.mu)] for name, values in corpus.factors[split].items()}
             probes = probe_factors(train_z, corpus.factors["train"], eval_z, factors,
                                    corpus.factor_classes, seed=config.seed)

@@ -18,17 +18,38 @@ from typing import Any, Callable
 import torch
 
 from ablate.core.config import TrainConfig
+from ablate.core.progress import RunProgress
+from ablate.core.seeds import derive
 from ablate.data.batching import Batch, EncodedSplit, iterate_batches
 from ablate.data.tokenize import Framing
+from ablate.engine.curves import (
+    LIVE_EARLY,
+    SYNC_EVERY,
+    CurveBuffer,
+    epoch_point,
+    step_detail,
+)
+from ablate.engine.train_state import (
+    StopRequest,
+    TrainResult,
+    TrainState,
+    decay_on_plateau,
+    make_optimizer,
+    save_checkpoint,
+)
 from ablate.metrics.estimators import gaussian_kl_per_dim, sample_posterior
 from ablate.models.base import TextVAE
 from ablate.models.freeze import freeze
 from ablate.results.safe_files import load_tensors
-from ablate.core.progress import RunProgress
-from ablate.techniques.base import (Evaluated, LossParts, Objective, Step, StepControl, Technique,
-                                    compose_loss)
-from ablate.engine.train_state import TrainState, TrainResult, decay_on_plateau, make_optimizer, save_checkpoint, StopRequest
-from ablate.engine.curves import SYNC_EVERY, LIVE_EARLY, CurveBuffer, step_detail, epoch_point
+from ablate.techniques.base import (
+    Evaluated,
+    LossParts,
+    Objective,
+    Step,
+    StepControl,
+    Technique,
+    compose_loss,
+)
 
 
 def forward_parts(model: TextVAE, batch: Batch, precision: str = "fp32") -> LossParts:
@@ -80,7 +101,7 @@ class Trainer:
         self.curves: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None  # the selected VAE-phase state (train.select_by)
         self.best_pretrain: dict[str, Any] | None = None  # a decaying pretraining phase's best state (valid rec)
-        self.generator = torch.Generator().manual_seed(seed + 7919)  # corruptions
+        self.generator = torch.Generator().manual_seed(derive(seed, "corruptions"))
         self.start_phase()
         self.optimizer = make_optimizer(model, cfg)
         self.valid_batches = iterate_batches(valid_split, framing, eval_batch_size)
@@ -143,7 +164,7 @@ class Trainer:
 
     def step_control(self, step: Step, batches: list[Batch]) -> StepControl:
         """What a technique that takes over the update may do (He et al.'s inner loop)."""
-        draws = random.Random(self.seed * 1_000_003 + self.state.global_step)
+        draws = random.Random(derive(self.seed, "inner_batches", self.state.global_step))
 
         def random_batch() -> Batch:
             batch = batches[draws.randrange(len(batches))]
@@ -210,7 +231,7 @@ class Trainer:
         during the pass."""
         state, cfg = self.state, self.cfg
         batches = iterate_batches(self.train_split, self.framing, cfg.batch_size,
-                                  random.Random(self.seed * 100_003 + state.epoch),
+                                  random.Random(derive(self.seed, "batch_order", state.epoch)),
                                   one_length=cfg.batching == "one_length")
         groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
         started = time.perf_counter()

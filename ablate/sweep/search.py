@@ -24,13 +24,14 @@ from optuna.trial import TrialState
 from ablate.core.config import ConfigError, config_hash
 from ablate.core.config_reading import build_config
 from ablate.core.log import LOG
+from ablate.core.seeds import derive
 from ablate.study.selection import conditions_from_json, where_text
-from ablate.sweep.folder import append_manifest
 from ablate.sweep.attempts import ResultIndex, read_row
-from ablate.sweep.ledger import Ledger
-from ablate.sweep.storage import quiet_optuna
-from ablate.sweep.search_space import SearchSpec, distributions
 from ablate.sweep.cells import Cell
+from ablate.sweep.folder import append_manifest
+from ablate.sweep.ledger import Ledger
+from ablate.sweep.search_space import SearchSpec, distributions
+from ablate.sweep.storage import quiet_optuna
 
 SPEC_ATTR, ATTEMPTS_ATTR = "ablate_search", "ablate_max_attempts"
 NO_RETRY = {"TrainingDiverged", "ConfigError", "StaleCell"}  # failures the ledger does not retry
@@ -71,7 +72,7 @@ CONSTRAINTS_ATTR = "constraints"  # a trial's violations of the study's select c
 
 
 def _sampler(spec: SearchSpec, number: int) -> optuna.samplers.BaseSampler:
-    seed = (spec.sampler_seed * 1_000_003 + spec.seed * 10_007 + number) % 2**32
+    seed = derive(spec.sampler_seed, "search_sampler", spec.seed * 10_007 + number) % 2**32
     return optuna.samplers.TPESampler(seed=seed) if spec.sampler == "tpe" else optuna.samplers.RandomSampler(seed)
 
 

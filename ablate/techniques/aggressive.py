@@ -28,8 +28,16 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from ablate.core.seeds import derive
 from ablate.metrics.estimators import mutual_information
-from ablate.techniques.base import Evaluated, Step, StepControl, Technique, TechniqueConfig, TrainContext
+from ablate.techniques.base import (
+    Evaluated,
+    Step,
+    StepControl,
+    Technique,
+    TechniqueConfig,
+    TrainContext,
+)
 from ablate.techniques.registry import register
 
 
@@ -103,7 +111,7 @@ class Aggressive(Technique):
         if not self.active:
             return
         device = next(model.parameters()).device
-        generator = torch.Generator().manual_seed(self.context.seed * 7 + len(self.mi_history))
+        generator = torch.Generator().manual_seed(derive(self.context.seed, "aggressive_mi", len(self.mi_history)))
         total, count = 0.0, 0
         for batch in valid_batches:
             mu, logvar = model.encode(batch.to(device))
