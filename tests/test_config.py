@@ -118,3 +118,19 @@ def test_print_config_round_trips(tmp_path, capsys):
     printed.write_text(capsys.readouterr().out)
     original = load_config(EXAMPLES / "free_bits.yaml", ["train.epochs=3"])
     assert config_hash(load_config(printed)) == config_hash(original)
+
+
+def test_one_walk_over_the_config_schema_finds_each_declared_field():
+    """walk_fields is the one walker behind 'did you mean', the config columns' types and a study's list fields."""
+    from ablate.core.config import CONTAINER, walk_fields
+    from ablate.models.lstm import LSTMConfig
+    from ablate.techniques.free_bits import FreeBitsConfig
+
+    assert walk_fields(("train", "lr"), "lstm") == (float, None)
+    assert walk_fields(("model", "nz"), "lstm") == (int, None)
+    assert walk_fields(("model",), "lstm")[1] is LSTMConfig  # the family's own class, not the base section
+    assert walk_fields(("techniques", "free_bits"), None)[1] is FreeBitsConfig
+    assert walk_fields(("eval", "splits"), "lstm")[1] is CONTAINER and walk_fields(("eval", "splits", 0), "lstm")[1] is CONTAINER
+    assert walk_fields(("train", "nope"), "lstm") == (None, None)
+    assert walk_fields(("techniques", "nope", "x"), None) == (None, None)
+    assert walk_fields(("model", "nz"), "no_such_family") == (None, None)

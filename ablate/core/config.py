@@ -12,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from ablate.core.registry import Registry, did_you_mean
+from ablate.core.technique_configs import get as get_technique
 from ablate.core.technique_configs import resolve_techniques, step_takers, technique_versions
 
 
@@ -334,3 +337,46 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 # ---------------------------------------------------------------- errors
 
 
+# ---------------------------------------------------------------- the declared field at a key path
+
+CONTAINER = dict  # what a key path holds once it names a dict- or list-valued field: its keys are data, not fields
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (Optional[Model] included)."""
+    candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) \
+        else (annotation,)
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+
+
+def _is_container(annotation: Any) -> bool:
+    candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) \
+        else (annotation,)
+    return any(typing.get_origin(c) in (dict, list) or c in (dict, list) for c in candidates)
+
+
+def walk_fields(path: Sequence[Any], family: str | None) -> tuple[Any, Any]:
+    """The run config's declared field at a key path (list positions skipped), the one walk over its schema:
+    (its annotation, what it holds) — a pydantic model (`model` holds the family's config class,
+    `techniques.<name>` that technique's Config), CONTAINER for a dict or list field, None for a scalar.
+    (None, CONTAINER) inside a container, (None, None) once the path leaves the declared fields."""
+    annotation: Any = None
+    holds: Any = RunConfig
+    keys = [k for k in path if not isinstance(k, int)]
+    for i, key in enumerate(keys):
+        if i == 1 and keys[0] == "techniques":
+            try:
+                holds = annotation = get_technique(str(key)).Config
+            except ValueError:
+                return None, None
+            continue
+        if holds is CONTAINER:
+            return None, CONTAINER
+        if holds is None or key not in holds.model_fields:
+            return None, None
+        annotation = holds.model_fields[key].annotation
+        if i == 0 and key == "model":
+            holds = model_config_class(family or DEFAULT_MODEL)
+        else:
+            holds = _model_in(annotation) or (CONTAINER if _is_container(annotation) else None)
+    return annotation, holds

@@ -14,9 +14,8 @@ import typing
 from typing import Any, Literal, Union
 
 import pyarrow as pa
-from pydantic import BaseModel
 
-from ablate.core.config import RunConfig, model_config_class
+from ablate.core.config import CONTAINER, walk_fields
 from ablate.core.technique_configs import TECHNIQUES
 
 _NONE = type(None)
@@ -44,11 +43,6 @@ def annotation_type(annotation: Any) -> pa.DataType:
     return pa.string()
 
 
-def _field(model: type[BaseModel], name: str) -> Any:
-    info = model.model_fields.get(name)
-    return None if info is None else info.annotation
-
-
 def config_column_type(column: str, row: dict[str, Any]) -> pa.DataType | None:
     """The declared type of a `config.` column (None when the key is not a declared field)."""
     parts = column.split(".")[1:]
@@ -63,37 +57,11 @@ def config_column_type(column: str, row: dict[str, Any]) -> pa.DataType | None:
             return pa.string()  # a technique whose config has no fields: "{}"
         if len(parts) != 3 or parts[1] not in TECHNIQUES:
             return None
-        annotation = _field(TECHNIQUES.get(parts[1]).Config, parts[2])
+        annotation, _ = walk_fields(parts, None)
         return None if annotation is None else annotation_type(annotation)
-    model: Any = RunConfig
-    for i, part in enumerate(parts):
-        if parts[:1] == ["model"] and i == 1:
-            model = model_config_class(str(row.get("config.model.name")))
-            if model is None:
-                return None
-        annotation = _field(model, part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if annotation is None:
-            return pa.string() if model is dict else None
-        nested = _model_in(annotation)
-        if i == len(parts) - 1:
-            return pa.string() if nested is not None or _is_container(annotation) else annotation_type(annotation)
-        model = nested if nested is not None else (dict if _is_container(annotation) else None)
-        if model is dict:
-            return pa.string()
-    return None
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model an annotation holds (Optional[Model] included)."""
-    candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) \
-        else (annotation,)
-    for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def _is_container(annotation: Any) -> bool:
-    candidates = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, types.UnionType) \
-        else (annotation,)
-    return any(typing.get_origin(c) in (dict, list) or c in (dict, list) for c in candidates)
+    annotation, holds = walk_fields(parts, str(row.get("config.model.name")))
+    if holds is CONTAINER:
+        return pa.string()  # a dict or list field (kept as JSON), or a key inside one
+    if annotation is None:
+        return None
+    return pa.string() if holds is not None else annotation_type(annotation)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 from pydantic import BaseModel, ValidationError
 
 from ablate.core import safe_yaml
-from ablate.core.config import ConfigError, RunConfig, model_config_class, model_name
+from ablate.core.config import ConfigError, RunConfig, model_name, walk_fields
 from ablate.core.errors import shorten, validation_line
 from ablate.core.registry import did_you_mean
 
@@ -69,23 +69,8 @@ def suggest(word: str, options: list[str]) -> str:
 
 def _fields_at(loc: tuple[Any, ...], data: dict[str, Any]) -> list[str]:
     """The valid field names of the model at a key path of RunConfig (for 'did you mean')."""
-    model: Any = RunConfig
-    for part in loc:
-        if model is None:
-            return []
-        if isinstance(part, int):
-            continue
-        fields = getattr(model, "model_fields", {})
-        if part not in fields:
-            return []
-        annotation = fields[part].annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-        if part == "model":
-            model = model_config_class(model_name(data.get("model")))
-        elif model is None:
-            args = getattr(annotation, "__args__", ())
-            model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return list(getattr(model, "model_fields", {}))
+    _, holds = walk_fields(loc, model_name(data.get("model")))
+    return list(holds.model_fields) if isinstance(holds, type) and issubclass(holds, BaseModel) else []
 
 
 def explain(error: ValidationError, data: dict[str, Any], source: str,

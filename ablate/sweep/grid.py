@@ -22,15 +22,7 @@ import typing
 from collections.abc import Sequence as AbcSequence
 from typing import Any, Sequence
 
-from pydantic import BaseModel
-
-from ablate.core.config import (
-    DataConfig,
-    EvalConfig,
-    TrainConfig,
-    model_config_class,
-    model_name,
-)
+from ablate.core.config import model_name, walk_fields
 from ablate.core.config_reading import set_path
 
 Path_ = tuple[Any, ...]  # a key path in a config mapping: ("train", "lr"), ("datasets", 0)
@@ -131,43 +123,10 @@ def _is_list_annotation(annotation: Any) -> bool:
     return False
 
 
-SECTION_MODELS: dict[str, type[BaseModel]] = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
-
-
 def is_list_field(path: Path_, merged: dict[str, Any]) -> bool:
     """Whether the run-config field at a key path is itself list-valued (so a plain list there is not an axis)."""
-    if not path:
-        return False
-    head, rest = path[0], path[1:]
-    model: Any
-    if head == "techniques":
-        if len(rest) < 2:
-            return False
-        from ablate.core.technique_configs import get
-
-        try:
-            model = get(str(rest[0])).Config
-        except ValueError:
-            return False
-        rest = rest[1:]
-    elif head == "model":
-        model = model_config_class(model_name(merged.get("model")))
-    elif head in SECTION_MODELS:
-        model = SECTION_MODELS[head]
-    else:
-        return False
-    for i, part in enumerate(rest):
-        fields = getattr(model, "model_fields", {})
-        if part not in fields:
-            return False
-        annotation = fields[part].annotation
-        if i == len(rest) - 1:
-            return _is_list_annotation(annotation)
-        candidates = [annotation, *typing.get_args(annotation)]
-        model = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if model is None:
-            return False
-    return False
+    annotation, _ = walk_fields(path, model_name(merged.get("model")))
+    return annotation is not None and _is_list_annotation(annotation)
 
 
 def find_axes(data: Any, merged: dict[str, Any], path: Path_ = ()) -> dict[Path_, list[Any]]:
