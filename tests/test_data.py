@@ -202,7 +202,7 @@ def test_denoising_masks_the_encoders_ids_with_the_encoders_mask_token():
     import torch
 
     from ablate.techniques.base import TrainContext
-    from ablate.techniques.registry import build_techniques
+    from ablate.techniques.base import build_techniques
 
     pair, texts = _pair()
     batch = make_batch(encode_split(texts[:8], pair, 200), list(range(8)), pair.framing)

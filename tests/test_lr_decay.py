@@ -43,7 +43,7 @@ def test_a_decaying_pretraining_phase_follows_the_rule_and_hands_on_its_best_sta
     from ablate.engine.run import build, prepare
     from ablate.core.progress import RunProgress
     from ablate.techniques.base import TrainContext
-    from ablate.techniques.registry import build_techniques
+    from ablate.techniques.base import build_techniques
     from ablate.engine.train import Trainer
 
     config = build_config(tiny_overrides(**{

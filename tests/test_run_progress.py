@@ -57,7 +57,7 @@ def test_the_eta_is_training_rate_times_steps_left_plus_the_evaluation_estimate(
 def test_planned_steps_count_the_pretraining_budget_and_the_vae_phase():
     config = build_config(tiny_overrides(**{"train.epochs": 3, "techniques": {"encoder_pretraining": {"epochs": 2}}}))
     from ablate.techniques.base import TrainContext
-    from ablate.techniques.registry import build_techniques
+    from ablate.techniques.base import build_techniques
 
     techniques = build_techniques(config.techniques, TrainContext(nz=4, special_ids=None, seed=0, steps_per_epoch=7))
     assert planned_steps(config.train, techniques, 7, TrainState(phase="pretrain")) == 2 * 7 + 3 * 7
@@ -111,7 +111,7 @@ def test_the_live_loss_shows_in_the_first_epoch_and_keeps_moving(one_torch_threa
     from ablate.engine.run import build, prepare
     from ablate.core.progress import RunProgress
     from ablate.techniques.base import TrainContext
-    from ablate.techniques.registry import build_techniques
+    from ablate.techniques.base import build_techniques
     from ablate.engine.train import train
     from conftest import tiny_overrides
 

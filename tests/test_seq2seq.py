@@ -340,7 +340,7 @@ def test_run_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_lee_park_two_phase_recipe(tmp_path):
     """Phase 1: KL weight 0, deletion noise, frozen decoder; phase 2: annealing + per-dim free bits."""
-    from ablate.techniques.registry import techniques
+    from ablate.core.technique_registry import techniques
     from ablate.engine.run import execute
 
     if "encoder_pretraining" not in techniques() or "free_bits" not in techniques():

@@ -13,7 +13,7 @@ from ablate.techniques import aggressive as aggressive_module
 from ablate.techniques.aggressive import Aggressive, LossWindow
 from ablate.techniques.base import Step, StepControl, TrainContext
 from ablate.data.tokenize import SpecialIds
-from ablate.core.technique_configs import resolve_techniques
+from ablate.core.technique_registry import resolve_techniques
 from conftest import tiny_overrides
 
 STEP = Step(global_step=0, phase_step=0, epoch=0, phase="vae")

@@ -15,8 +15,8 @@ from ablate.engine.run import build, prepare
 from ablate.techniques.base import PhaseProgress, Step, Technique, TrainContext, kl_weight
 from ablate.data.tokenize import SpecialIds
 from ablate.techniques.encoder_pretraining import EncoderPretraining, patience_exhausted
-from ablate.techniques.registry import build_techniques
-from ablate.core.technique_configs import resolve_techniques
+from ablate.techniques.base import build_techniques
+from ablate.core.technique_registry import resolve_techniques
 from ablate.engine.train import train
 
 SPECIAL = SpecialIds(pad=0, bos=1, eos=2, unk=3, mask=3)

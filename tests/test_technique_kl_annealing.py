@@ -11,7 +11,7 @@ from ablate.core.config_reading import build_config
 from ablate.techniques.base import Step, TrainContext
 from ablate.data.tokenize import SpecialIds
 from ablate.techniques.kl_annealing import KLAnnealing
-from ablate.core.technique_configs import resolve_techniques
+from ablate.core.technique_registry import resolve_techniques
 
 SPECIAL = SpecialIds(pad=0, bos=1, eos=2, unk=3, mask=3)
 

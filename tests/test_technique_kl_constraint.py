@@ -10,7 +10,7 @@ from ablate.metrics.estimators import gaussian_kl_per_dim
 from ablate.techniques.base import LossParts, Step, TrainContext, compose_loss
 from ablate.data.tokenize import SpecialIds
 from ablate.techniques.kl_constraint import KLConstraint, target_rate
-from ablate.core.technique_configs import resolve_techniques
+from ablate.core.technique_registry import resolve_techniques
 
 F64 = torch.float64
 SPECIAL = SpecialIds(pad=0, bos=1, eos=2, unk=3, mask=3)

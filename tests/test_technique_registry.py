@@ -16,8 +16,9 @@ from ablate.core.config_reading import build_config, load_config
 from ablate.engine.run import base_row
 from ablate.techniques.base import LossParts, Step, Technique, TechniqueConfig, TrainContext, compose_loss
 from ablate.data.tokenize import SpecialIds
-from ablate.techniques.registry import build_techniques, describe, techniques
-from ablate.core.technique_configs import get, resolve_techniques
+from ablate.core.technique_registry import describe, techniques
+from ablate.techniques.base import build_techniques
+from ablate.core.technique_registry import get, resolve_techniques
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "studies" / "examples"
 NAMES = ["aggressive", "bn_vae", "denoising", "encoder_pretraining", "free_bits", "kl_annealing", "kl_constraint"]
@@ -175,8 +176,8 @@ def test_two_phase_recipe_runs_end_to_end(tmp_path):
 def test_order_of_application_is_declared_not_alphabetical():
     """Each technique declares its `order`; techniques() follows it, a new technique slots in by its order, and a
     missing or repeated order is refused at registration (issue 13: the order was alphabetical)."""
-    from ablate.techniques.registry import register
-    from ablate.core.technique_configs import TECHNIQUES
+    from ablate.core.technique_registry import register
+    from ablate.core.technique_registry import TECHNIQUES
 
     assert [cls.order for cls in techniques().values()] == sorted(cls.order for cls in techniques().values())
 

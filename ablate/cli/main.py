@@ -127,7 +127,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_techniques(args: argparse.Namespace) -> int:
-    from ablate.techniques.registry import describe
+    from ablate.core.technique_registry import describe
 
     for entry in describe():
         print(f"{entry['name']} (v{entry['version']}) — {entry['summary']}")

@@ -3,7 +3,7 @@ the one-line errors: ablate.core.config_reading).
 
 A run config has five sections (data, model, techniques, train, eval) plus a seed. Every section is strict:
 an unknown key is an error that names the file, the key path and the closest valid key ("did you mean").
-Technique configs are validated by the technique registry (ablate.core.technique_configs), which applies the
+Technique configs are validated by the technique registry (ablate.core.technique_registry), which applies the
 same rules to each technique's own fields.
 """
 
@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validat
 from pydantic_core import PydanticCustomError
 
 from ablate.core.registry import Registry, did_you_mean
-from ablate.core.technique_configs import get as get_technique
-from ablate.core.technique_configs import resolve_techniques, step_takers, technique_versions
+from ablate.core.technique_registry import get as get_technique
+from ablate.core.technique_registry import resolve_techniques, step_takers, technique_versions
 
 
 class ConfigError(ValueError):

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 import pyarrow as pa
 
 from ablate.core.config import CONTAINER, walk_fields
-from ablate.core.technique_configs import TECHNIQUES
+from ablate.core.technique_registry import TECHNIQUES
 
 _NONE = type(None)
 

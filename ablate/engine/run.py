@@ -52,7 +52,7 @@ from ablate.results.layout import RunFiles
 from ablate.results.rows import git_commit, write_curves, write_row
 from ablate.results.safe_files import atomic_target
 from ablate.techniques.base import TrainContext
-from ablate.techniques.registry import build_techniques, posterior_transforms
+from ablate.techniques.base import build_techniques, posterior_transforms
 
 
 @dataclass

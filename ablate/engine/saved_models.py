@@ -172,7 +172,7 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 def _build_exported(config: Any, folder: Path, tokenizer: Any) -> Any:
     from ablate.models.registry import build_model
-    from ablate.techniques.registry import posterior_transforms
+    from ablate.techniques.base import posterior_transforms
 
     model = build_model(config.model.in_export(folder), tokenizer)  # the exported Hugging Face parts, not the hub's
     for module in posterior_transforms(config.techniques, model.nz):

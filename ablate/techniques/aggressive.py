@@ -38,7 +38,7 @@ from ablate.techniques.base import (
     TechniqueConfig,
     TrainContext,
 )
-from ablate.techniques.registry import register
+from ablate.core.technique_registry import register
 
 
 class AggressiveConfig(TechniqueConfig):

@@ -31,6 +31,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
+from ablate.core.technique_registry import technique_config, techniques
 from ablate.data.tokenize import SpecialIds
 
 
@@ -225,3 +226,20 @@ def compose_loss(parts: LossParts, techniques: list[Technique], base_beta: float
     kl_term = replacing[0].kl_term(parts.kl_per_dim, step) if replacing else parts.kl.mean()
     loss = parts.rec.mean() + beta * kl_term
     return Objective(loss=loss, beta=beta, kl_term=kl_term.detach())
+
+
+def build_techniques(resolved: dict[str, dict[str, Any]], context: TrainContext) -> list[Technique]:
+    """Instantiate the configured techniques in the registry's fixed order."""
+    return [cls(technique_config(name, resolved[name]), context) for name, cls in techniques().items()
+            if name in resolved]
+
+
+def posterior_transforms(resolved: dict[str, dict[str, Any]], nz: int) -> list[Any]:
+    """The modules the configured techniques add after the encoder (e.g. BN-VAE), in the registry's order."""
+    modules = []
+    for name, cls in techniques().items():
+        if name in resolved:
+            module = cls.posterior_transform(technique_config(name, resolved[name]), nz)
+            if module is not None:
+                modules.append(module)
+    return modules

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ablate.techniques.base import Technique, TechniqueConfig
-from ablate.techniques.registry import register
+from ablate.core.technique_registry import register
 
 
 class BNVAEConfig(TechniqueConfig):

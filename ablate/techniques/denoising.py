@@ -27,7 +27,7 @@ from torch import Tensor
 from ablate.data.batching import Batch
 from ablate.techniques.base import Technique, TechniqueConfig
 from ablate.data.tokenize import SpecialIds
-from ablate.techniques.registry import register
+from ablate.core.technique_registry import register
 
 
 class DenoisingConfig(TechniqueConfig):

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ablate.techniques.base import PhaseProgress, Step, Technique, TechniqueConfig
-from ablate.techniques.registry import register
+from ablate.core.technique_registry import register
 
 
 class EncoderPretrainingConfig(TechniqueConfig):

@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from ablate.techniques.base import Step, Technique, TechniqueConfig, TrainContext
-from ablate.techniques.registry import register
+from ablate.core.technique_registry import register
 
 Mode = Literal["per_dim_batch", "per_dim_example", "total_example", "total_batch"]
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ablate.techniques.base import Step, Technique, TechniqueConfig, TrainContext
-from ablate.techniques.registry import register
+from ablate.core.technique_registry import register
 
 SCHEDULE_FIELDS: dict[str, tuple[str, ...]] = {
     "constant": ("beta",),

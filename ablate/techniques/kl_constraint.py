@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from ablate.techniques.base import Step, Technique, TechniqueConfig, TrainContext
-from ablate.techniques.registry import register
+from ablate.core.technique_registry import register
 
 DEFAULT_RAMP_EPOCHS = 2.0  # Prokhorov et al. 2019 scripts
 
