@@ -148,7 +148,7 @@ def test_yahoo_reduced_setting_from_the_shared_files():
     if not (folder / "vocab.txt").exists():
         pytest.skip(f"reference data absent: {folder}")
     from ablate.models.lstm import LSTMConfig
-    from ablate.models.registry import build_tokenizer
+    from ablate.models.build import build_tokenizer
 
     data = DataConfig(name="yahoo", path=str(folder), files={"train": "val.txt"}, valid_fraction=0.1,
                       vocab_file=str(folder / "vocab.txt"))

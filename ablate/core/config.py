@@ -14,15 +14,27 @@ import json
 import re
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Callable, Literal, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from ablate.core.registry import Registry, did_you_mean
 from ablate.core.technique_registry import get as get_technique
-from ablate.core.technique_registry import resolve_techniques, step_takers, technique_versions
+from ablate.core.technique_registry import (
+    resolve_techniques,
+    step_takers,
+    technique_versions,
+)
 
 
 class ConfigError(ValueError):
@@ -123,10 +135,30 @@ class ModelSection(Strict):
         return self
 
 
-# Every model family's config class, by model.name: each family's own module registers it
-# (ablate.models.registry.register_family), found by discovery on first use.
-MODEL_CONFIGS: Registry[type[ModelSection]] = Registry("model family", base=ModelSection, discover=("ablate.models",))
+@dataclass(frozen=True)
+class ModelFamily:
+    """What ablate needs to know to build one family of text VAEs: its config class, how to build its tokenizer and
+    the model itself (ablate.models.build calls them)."""
+
+    name: str  # the config's model.name
+    config: type[ModelSection]  # its config class (a `name: Literal[<name>]` field and the family's own fields)
+    build_tokenizer: Callable[..., Any]  # (model section, DataConfig, train texts) -> ablate.data.tokenize.Tokenizer
+    tokenizer_key: Callable[[ModelSection], str]  # what its token ids depend on besides the corpus
+    build_model: Callable[..., Any]  # (model section, tokenizer) -> ablate.models.base.TextVAE
+
+
+# The model families by model.name, in one registry: each family's own module registers itself with
+# `register_family`, found by discovery on first use (an unknown family is an error with a suggestion, never a
+# fallback). Adding a family is one file: `ablate/models/<family>.py`.
+FAMILIES: Registry[ModelFamily] = Registry("model family", base=ModelFamily, discover=("ablate.models",))
 DEFAULT_MODEL = "lstm"  # model.name when a config's model section omits it
+
+
+def register_family(entry: ModelFamily) -> ModelFamily:
+    """Register a family (the run config validates `model:` with its config class)."""
+    if entry.config.model_fields["name"].default != entry.name:
+        raise ValueError(f"model family '{entry.name}': its config's name field must default to '{entry.name}'")
+    return FAMILIES.register(entry.name, entry)  # type: ignore[return-value]
 
 
 def model_name(section: Any) -> str:
@@ -136,7 +168,8 @@ def model_name(section: Any) -> str:
 
 def model_config_class(name: str) -> type[ModelSection] | None:
     """The config class of a family name (None when there is no such family)."""
-    return MODEL_CONFIGS.all().get(name)
+    family = FAMILIES.all().get(name)
+    return None if family is None else family.config
 
 
 class LRDecayConfig(Strict):
@@ -256,7 +289,7 @@ class RunConfig(Strict):
 
     seed: int = Field(0, ge=0, le=SEED_MAX)
     data: DataConfig = DataConfig()
-    model: SerializeAsAny[ModelSection] = Field(default_factory=lambda: MODEL_CONFIGS.get(DEFAULT_MODEL)())
+    model: SerializeAsAny[ModelSection] = Field(default_factory=lambda: FAMILIES.get(DEFAULT_MODEL).config())
     techniques: dict[str, dict[str, Any] | None] = Field(default_factory=dict)  # None: the defaults
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
@@ -270,13 +303,13 @@ class RunConfig(Strict):
         if not isinstance(value, dict):
             raise PydanticCustomError("model_section", "must be a mapping: model.name (one of {known}) and that "
                                       "family's fields",
-                                      {"known": ", ".join(sorted(MODEL_CONFIGS.names()))})
+                                      {"known": ", ".join(sorted(FAMILIES.names()))})
         asked = model_name(value)
         config_class = model_config_class(asked)
         if config_class is None:
             raise PydanticCustomError("model_family", "no model family '{asked}'{hint}; model.name is one of {known}",
-                                      {"asked": asked, "hint": did_you_mean(asked, MODEL_CONFIGS.names()),
-                                       "known": ", ".join(sorted(MODEL_CONFIGS.names()))})
+                                      {"asked": asked, "hint": did_you_mean(asked, FAMILIES.names()),
+                                       "known": ", ".join(sorted(FAMILIES.names()))})
         return config_class.model_validate({"name": asked, **value})
 
     @model_validator(mode="after")

@@ -47,7 +47,7 @@ from ablate.models.base import TextVAE
 from ablate.models.kernel_choice import choose, cpu_model, shapes_of
 from ablate.models.kernels import Kernels
 from ablate.models.kernels import use as use_kernels
-from ablate.models.registry import build_model, build_tokenizer, tokenizer_key
+from ablate.models.build import build_model, build_tokenizer, tokenizer_key
 from ablate.results.layout import RunFiles
 from ablate.results.rows import git_commit, write_curves, write_row
 from ablate.results.safe_files import atomic_target

@@ -171,7 +171,7 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 
 def _build_exported(config: Any, folder: Path, tokenizer: Any) -> Any:
-    from ablate.models.registry import build_model
+    from ablate.models.build import build_model
     from ablate.techniques.base import posterior_transforms
 
     model = build_model(config.model.in_export(folder), tokenizer)  # the exported Hugging Face parts, not the hub's

@@ -25,7 +25,7 @@ from ablate.data.tokenize import WordVocab
 from ablate.models.base import TextVAE, decode_loop
 from ablate.models.dropout import MaskDropout
 from ablate.models.kernels import lstm_backend
-from ablate.models.registry import ModelFamily, register_family
+from ablate.core.config import ModelFamily, register_family
 
 
 class LSTMConfig(ModelSection):

@@ -27,7 +27,7 @@ from ablate.core.config import MAX_DIM, MAX_NZ, ConfigError, DataConfig, ModelSe
 from ablate.data.tokenize import HFTokenizer, PairTokenizer
 from ablate.models.dropout import cheaper_dropout
 from ablate.models.kernels import chosen_linears
-from ablate.models.registry import ModelFamily, register_family
+from ablate.core.config import ModelFamily, register_family
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
 from ablate.core.sources import resolve_source
 

@@ -36,7 +36,7 @@ from ablate.data.batching import Batch
 from ablate.data.tokenize import Framing, HFTokenizer
 from ablate.models.dropout import cheaper_dropout
 from ablate.models.kernels import chosen_linears
-from ablate.models.registry import ModelFamily, register_family
+from ablate.core.config import ModelFamily, register_family
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
 from ablate.core.sources import resolve_source
 
