@@ -122,3 +122,23 @@ def test_the_layer_test_sees_an_upward_import(tmp_path):
     planted = [(t, line) for t, line in edges["ablate.data.corpus"] if t == "ablate.cli.main"]
     assert planted and layer_of("ablate.cli.main") > layer_of("ablate.data.corpus")
     assert not any(t == "ablate.cli.main" for t, _ in imports()["ablate.data.corpus"])
+
+
+MAX_LINES = 450  # a module a newcomer can read in one sitting
+LONG_BY_NATURE = {"ablate/data/synthetic.py"}  # the corpus generator: its grammar and lexicon are one table
+
+
+def test_the_package_root_is_small_and_no_module_is_long():
+    """At most 8 modules at the package root (the layers live in folders) and none over MAX_LINES lines but the
+    corpus generator (issue 25)."""
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(root) <= 8, root
+    long = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {f: n for f, n in long.items() if n > MAX_LINES and f not in LONG_BY_NATURE} == {}
+
+
+def test_every_folder_of_the_package_is_in_the_layer_table():
+    """ARCHITECTURE.md's table names every folder (a new one must be placed in a layer before it is used)."""
+    folders = {f"ablate.{p.name}" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    listed = {name for layer in LAYERS for name in layer}
+    assert folders <= listed, sorted(folders - listed)
