@@ -64,7 +64,7 @@ def test_best_means_one_thing_in_the_ledger_and_the_report():
 
 
 def test_the_ledger_ranks_a_sweep_by_the_declared_selection(tmp_path):
-    from ablate.results.rows import load_results
+    from ablate.results.rows import ok_and_failed
     from ablate.sweep.ledger import Ledger
     from ablate.sweep.runner import run_sweep
     from malformed_inputs import STUDY
@@ -72,7 +72,7 @@ def test_the_ledger_ranks_a_sweep_by_the_declared_selection(tmp_path):
     study = tmp_path / "s.yaml"
     study.write_text(STUDY)
     assert run_sweep(study, jobs=1, out=tmp_path / "results", progress=False) == 0
-    ok, _ = load_results(tmp_path / "results" / "bad" / "rows")
+    ok, _ = ok_and_failed(tmp_path / "results" / "bad" / "rows")
     trial = next(t for t in Ledger.open_existing("bad", tmp_path / "results" / "bad").trials())
     assert trial.value == pytest.approx(ok["valid.nll"].iloc[0]) and trial.value != ok["valid.nelbo"].iloc[0]
 

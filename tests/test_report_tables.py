@@ -19,7 +19,7 @@ from ablate.report.table_model import latex_escape
 from ablate.report.inputs import load_study
 from ablate.report.schema import metrics_in
 from ablate.metrics.schema import METRICS, metric
-from ablate.results.rows import load_results
+from ablate.results.rows import ok_and_failed
 from report_fixtures import write_study
 
 LAMBDA = "techniques.free_bits.lambda_per_dim"
@@ -34,7 +34,7 @@ def study(tmp_path_factory):
 @pytest.fixture(scope="module")
 def raw(study):
     """The successful rows as pandas reads them, with the manifest's settings joined by cell id."""
-    ok, _ = load_results(study.folder / "rows")
+    ok, _ = ok_and_failed(study.folder / "rows")
     return ok.merge(study.manifest[["cell_id", "settings"]], on="cell_id")
 
 
@@ -219,7 +219,7 @@ def test_coverage_missing_and_failures(study):
 
 def test_results_without_manifest(study):
     """Runs without a study manifest: settings inferred from the config columns that vary within an arm."""
-    ok, failed = load_results(study.folder / "rows")
+    ok, failed = ok_and_failed(study.folder / "rows")
     ok = cell_settings.attach_settings(ok, None)
     fb = ok[(ok["arm"] == "free_bits") & (ok["model"] == "lstm")]
     assert sorted(set(fb["setting"])) == ["lambda_per_dim=0.25", "lambda_per_dim=0.5"]
@@ -311,7 +311,7 @@ def test_conventions_and_latex(study):
 
 def test_manifest_labels_name_the_rows_of_its_cells(study):
     """A study may label a seq2seq model 't5'; rows written with the config's name take the manifest's label."""
-    ok, _ = load_results(study.folder / "rows")
+    ok, _ = ok_and_failed(study.folder / "rows")
     renamed = ok.copy()
     renamed["model"] = "seq2seq"
     manifest = study.manifest.copy()

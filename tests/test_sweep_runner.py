@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ablate.cli.main import main
-from ablate.results.rows import load_results
+from ablate.results.rows import ok_and_failed
 from ablate.sweep.ledger import Ledger
 from ablate.sweep.runner import run_sweep, status_text
 from ablate.sweep.folder import write_study_files
@@ -60,7 +60,7 @@ def assert_each_cell_once(folder: Path, study_path: Path) -> pd.DataFrame:
     rows = raw_rows(folder)
     ok = rows[rows["status"] == "ok"]
     assert sorted(ok["cell_id"]) == sorted(c.cell_id for c in study.cells), "each cell exactly one ok row"
-    deduped, _ = load_results(folder / "rows")
+    deduped, _ = ok_and_failed(folder / "rows")
     assert len(deduped) == len(study.cells)
     return rows
 
@@ -77,7 +77,7 @@ def test_nan_cell_fails_rest_complete_and_rerun_duplicates_nothing(tmp_path, cap
     assert run_sweep(path, jobs=1, out=out, max_attempts=2, progress=False) == 1
     folder = out / "nan"
     rows = raw_rows(folder)
-    ok, failed = load_results(folder / "rows")
+    ok, failed = ok_and_failed(folder / "rows")
     assert sorted(ok["arm"]) == ["ae", "vae"]
     # a divergence is deterministic (same config, same seed): not retried, and the summary says why it failed
     assert list(failed["arm"]) == ["diverges"] and sorted(failed["attempt"]) == [1]

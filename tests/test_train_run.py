@@ -10,7 +10,7 @@ import torch
 
 from ablate.cli.main import main
 from ablate.core.config_reading import build_config
-from ablate.results.rows import load_curves, load_results
+from ablate.results.rows import load_curves, ok_and_failed
 from ablate.engine.run import build, execute, prepare
 from ablate.engine.train import train
 from ablate.engine.train_state import TrainingDiverged
@@ -53,7 +53,7 @@ def test_divergence_is_recorded_as_a_failed_row(tmp_path):
     config = build_config(tiny_overrides(**{"train.divergence_threshold": 1e-3}))
     outcome = execute(config, tmp_path, progress=False)
     assert not outcome.ok and isinstance(outcome.error, TrainingDiverged)
-    ok, failed = load_results(tmp_path)
+    ok, failed = ok_and_failed(tmp_path)
     assert ok.empty and failed.iloc[0]["error_class"] == "TrainingDiverged"
     assert "loss" in failed.iloc[0]["error_message"]
 
@@ -101,7 +101,7 @@ def test_cli_run_prints_table_and_writes_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "probe.topic" in out and "IW K=5" in out
     assert "ppl_word" not in out  # a word-level model: PPL per word is PPL itself (issue 26.10)
-    ok, _ = load_results(tmp_path / "out")
+    ok, _ = ok_and_failed(tmp_path / "out")
     assert len(ok) == 1
     assert not load_curves(tmp_path / "out").empty
 

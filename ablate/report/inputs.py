@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from ablate.results.layout import StudyFolder
 from ablate.report import cell_settings
-from ablate.results.rows import load_curves, load_results
+from ablate.results.rows import load_curves, ok_and_failed
 
 MANIFEST_KEYS = {"cell_id", "arm", "dataset", "model", "seed", "settings"}
 
@@ -91,7 +91,7 @@ def load_study(folder: str | Path) -> StudyInput:
             manifest = None
             unreadable.append(layout.manifest)
     rows = layout.row_folders() or [folder]
-    ok, failed = load_results(rows, unreadable)
+    ok, failed = ok_and_failed(rows, unreadable)
     ok = cell_settings.attach_settings(ok, manifest)
     failed = cell_settings.attach_settings(failed, manifest)
     curve_folders = [p for p in (layout.curves, layout.legacy_runs) if p.is_dir()] or [folder]

@@ -1,6 +1,6 @@
 """The report's numbers, as pure pandas: no files, no plotting, no formatting of text.
 
-Inputs are the frames of one study: `ok` and `failed` result rows (ablate.results.rows.load_results) and the
+Inputs are the frames of one study: `ok` and `failed` result rows (ablate.results.rows.ok_and_failed) and the
 study's manifest (one row per expected cell: cell_id, arm, dataset, model, seed, settings JSON; may be None).
 `attach_settings` adds to each result row its `settings` (JSON of the swept axis values of its cell within its
 arm) and `setting` (a short label); every other function groups by

@@ -185,9 +185,9 @@ def git_commit(directory: Path | None = None) -> str:
     return f"{commit}+dirty" if commit and dirty else commit
 
 
-def load_results(directory: Folders, unreadable: list[Path] | None = None
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All result rows under a folder (recursively): (successful, failed).
+def ok_and_failed(directory: Folders, unreadable: list[Path] | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All result rows under a folder (recursively), split as the report reads them: (successful, failed).
 
     Successful rows are deduplicated by cell id, keeping the latest attempt (then the latest finish time);
     failed rows are every failed attempt, kept apart so that a retried cell does not count twice. Files that
