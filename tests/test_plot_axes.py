@@ -107,3 +107,40 @@ def test_a_single_arm_mi_au_figure_has_room_for_its_labels(tmp_path):
 
     width, height = Image.open(figure.png).size
     assert height >= 240 and width == 800
+
+
+def test_iso_elbo_labels_never_touch(tmp_path):
+    """The single-arm report of a free-bits study (KL 5–13, Rec 53.9–55.4) had '−ELBO=60' and '−ELBO=61.5'
+    running into each other along the bottom edge: every pair of drawn labels' boxes is now apart."""
+    import matplotlib.figure
+
+    from ablate.report.plot_style import arm_palette
+    from ablate.report.plots import rate_distortion
+
+    rows = _rows(["free_bits"] * 6, [5.416, 6.309, 5.721, 12.738, 12.129, 12.565],
+                 [55.399, 54.540, 54.835, 53.873, 55.141, 54.342])
+    rows["settings"] = [f'{{"techniques.free_bits.lambda_per_dim": {lam}}}' for lam in (0.5, 0.5, 0.5, 1.0, 1.0, 1.0)]
+    rows["seed"] = [0, 1, 2, 0, 1, 2]
+    made = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        made["fig"] = self
+        return original(self, *args, **kwargs)
+
+    matplotlib.figure.Figure.savefig = keep
+    try:
+        rate_distortion(rows, ["free_bits"], arm_palette(["free_bits"]), tmp_path / "rd", "single arm")
+    finally:
+        matplotlib.figure.Figure.savefig = original
+    fig = made["fig"]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in fig.axes[0].texts if t.get_text().startswith("−ELBO=")]
+    assert len(boxes) >= 2
+    gap = 4  # pixels between two labels' boxes at least
+    padded = [b.expanded((b.width + gap) / b.width, (b.height + gap) / b.height) for b in boxes]
+    touching = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if padded[i].overlaps(padded[j])]
+    assert not touching
+    plt.close(fig)

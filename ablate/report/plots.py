@@ -115,8 +115,8 @@ def rate_distortion(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem
             if not (x0 <= x_at <= x1 and y0 <= y_at <= y1):
                 continue
             where = ax.transData.transform((x_at, y_at))
-            if any(np.hypot(*(where - other)) < 60 for other in labelled):
-                continue
+            if any(abs(where[0] - other[0]) < 95 and abs(where[1] - other[1]) < 16 for other in labelled):
+                continue  # two labels' boxes (about 90 × 15 px, right-aligned at their anchors) would touch
             if len(points_px) and np.any((points_px[:, 0] > where[0] - 95) & (points_px[:, 0] < where[0] + 10)
                                          & (points_px[:, 1] > where[1] - 10) & (points_px[:, 1] < where[1] + 22)):
                 continue  # a label (about 90 px left of and 15 px above its anchor) never covers a run's point
