@@ -130,7 +130,8 @@ def test_one_walk_over_the_config_schema_finds_each_declared_field():
     assert walk_fields(("model", "nz"), "lstm") == (int, None)
     assert walk_fields(("model",), "lstm")[1] is LSTMConfig  # the family's own class, not the base section
     assert walk_fields(("techniques", "free_bits"), None)[1] is FreeBitsConfig
-    assert walk_fields(("eval", "splits"), "lstm")[1] is CONTAINER and walk_fields(("eval", "splits", 0), "lstm")[1] is CONTAINER
+    assert walk_fields(("eval", "splits"), "lstm")[1] is CONTAINER
+    assert walk_fields(("eval", "splits", 0), "lstm")[1] is CONTAINER
     assert walk_fields(("train", "nope"), "lstm") == (None, None)
     assert walk_fields(("techniques", "nope", "x"), None) == (None, None)
     assert walk_fields(("model", "nz"), "no_such_family") == (None, None)

@@ -18,8 +18,8 @@ def test_each_stream_is_the_derivation_it_replaced(seed):
     assert split == seed * 1000 + 1
     assert derive(seed, "probe_train_features") == seed * 1000 + 999
     assert derive(seed, "probe_eval_features", -1) == seed * 1000 + 997
-    assert [derive(split, s) for s in ("iw_draws", "mi_draws", "mi_paired_draws", "bootstrap_mi",
-                                       "bootstrap_mi_paired", "bootstrap_au")] == [split + k for k in (0, 1, 2, 4, 5, 6)]
+    streams = ("iw_draws", "mi_draws", "mi_paired_draws", "bootstrap_mi", "bootstrap_mi_paired", "bootstrap_au")
+    assert [derive(split, s) for s in streams] == [split + k for k in (0, 1, 2, 4, 5, 6)]
     assert derive(seed, "search_sampler", 5 * 10_007 + 3) == seed * 1_000_003 + 5 * 10_007 + 3
 
 

@@ -47,7 +47,7 @@ WRITTEN_LIST = ".ablate-report-files.json"  # what the last build wrote, relativ
 class Options:
     baseline: str | None = None  # None: the study's `baseline:`, else cell_settings.DEFAULT_BASELINE
     rates: tuple[float, ...] = equal_rate.MATCHED_RATES  # KL values of the matched-rate table
-    select: tuple[str, ...] | None = None  # None: the study's `select: {by}`, else metric_schema.SELECT
+    select: tuple[str, ...] | None = None  # None: the study's `select: {by}`, else ablate.metrics.schema.SELECT
     split: str = "test"
     deltas: tuple[str, ...] = field(default_factory=lambda: tuple(in_table("delta")))
 

@@ -134,8 +134,8 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
                      "its ± interval); He et al.'s estimate, noisier by far at this size, is in the main table.")
     if noise is not None:
         notes.append(f"MI carries sampling noise of about ±{noise:.2f} nats here (√(nz / 2N): its first term is "
-                     "analytic, its second sampled; ablate.metrics.estimators.mutual_information): a value within it, negative "
-                     "ones included, reads as 0.")
+                     "analytic, its second sampled; ablate.metrics.estimators.mutual_information): a value within "
+                     "it, negative ones included, reads as 0.")
     if baseline not in set(best["arm"]) if not best.empty else True:
         notes.append(f"No baseline arm '{baseline}' in this panel: no costs (set --baseline).")
     data = best.copy()

@@ -9,7 +9,8 @@ A *sweep* is a list of settings, each a mapping from a key path (a tuple of conf
     fixed(a, 1)                                     -> [{a: 1}]
 
 An arm's settings are the `product` of its axes (every list-valued leaf of its merged config, `find_axes`), the axes
-named together in its `zip` groups first `zipit`-ed into one (`arm_units`); `apply` writes a setting into a copy of the config.
+named together in its `zip` groups first `zipit`-ed into one (`arm_units`); `apply` writes a setting into a copy of
+the config.
 How a cell's config is merged before its axes are found (base ← dataset ← model ← arm) is `merge_cell_sections`.
 """
 

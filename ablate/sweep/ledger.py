@@ -9,7 +9,7 @@ WAITING) with user attributes
 A worker pops a WAITING trial (the storage's WAITING → RUNNING transition is atomic: of two workers racing for
 one trial exactly one wins; each writes a claimant key first, so a winner killed before it records its pid is
 still accounted for), records its claim on it (`claim`: pid, its start time, host, in one record), runs the cell and ends the
-trial COMPLETE (value: `metric_schema.selection_value` of the row, the study's rule of "best": valid NLL by
+trial COMPLETE (value: `ablate.metrics.schema.selection_value` of the row, the study's rule of "best": valid NLL by
 default) or FAIL (user attributes error_class, error_message). A failed attempt is retried
 by enqueueing attempt + 1 while attempt < max_attempt (Optuna's own retry only covers dead workers).
 
