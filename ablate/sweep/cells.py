@@ -137,7 +137,10 @@ def matches_labels(entry: dict[str, Any], labels: dict[str, Any]) -> bool:
         return False
     return all(labels[k] in want if isinstance(want, list) else labels[k] == want for k, want in entry.items())
 
+
 def matches(entry: dict[str, Any], flat: dict[str, Any], cell: Cell) -> bool:
+    """Whether an exclude entry matches a cell: every key equal (a list value: any of them) in its flattened config
+    and labels (`flat`), a section or technique named whole compared as a mapping."""
     for key, want in entry.items():
         if key in flat:
             have = flat[key]

@@ -59,7 +59,7 @@ from ablate.sweep.grid import (
     product,
 )
 from ablate.sweep.search_space import SearchError, SearchSpec, parse_search
-from ablate.sweep.study_parts import MAX_CELLS, MAX_SETTINGS, StudyReader, _Sources
+from ablate.sweep.study_parts import MAX_CELLS, MAX_SETTINGS, StudyReader, Sources
 
 
 def _load_yaml(path: Path) -> tuple[str, dict[str, Any], dict[Path_, int]]:
@@ -73,7 +73,7 @@ def _load_yaml(path: Path) -> tuple[str, dict[str, Any], dict[Path_, int]]:
 class _Loader(StudyReader):
     """Builds a Study from a parsed file: every arm × dataset × model × setting × seed, validated, excluded."""
 
-    def expand_arm(self, arm: dict[str, Any], merged: dict[str, Any], at: Path_, sources: "_Sources"
+    def expand_arm(self, arm: dict[str, Any], merged: dict[str, Any], at: Path_, sources: "Sources"
                    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """(resolved raw config, settings) for every setting of one arm's axes."""
         axes = find_axes(merged, merged)
@@ -121,7 +121,7 @@ class _Loader(StudyReader):
                     merged = apply_overrides(merge_cell_sections(base, d_data, m_data, m_sections, overrides),
                                              self.overrides)
                     long_form = m_data is not None and "model" in self.data["models"][m_at[1]]
-                    sources = _Sources(at, (m_at + ("model",) if long_form else m_at) if m_data is not None else None,
+                    sources = Sources(at, (m_at + ("model",) if long_form else m_at) if m_data is not None else None,
                                        d_at if d_data else None, m_at if long_form else None)
                     settings = self.expand_arm(arm, merged, at, sources)
                     settings_seen = max(settings_seen, len(settings))

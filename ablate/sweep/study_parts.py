@@ -201,7 +201,7 @@ class StudyReader:
             out.append(paths)
         return out
 
-    def validate(self, data: dict[str, Any], where: str, sources: "_Sources") -> RunConfig:
+    def validate(self, data: dict[str, Any], where: str, sources: "Sources") -> RunConfig:
         try:
             return RunConfig.model_validate(data)
         except ValidationError as error:
@@ -396,7 +396,7 @@ class StudyReader:
         return card
 
     def search_spec(self, arm: str, dataset: str, model: str, seed: int, raw: dict[str, Any],
-                    search: dict[str, Any], sources: "_Sources") -> SearchSpec:
+                    search: dict[str, Any], sources: "Sources") -> SearchSpec:
         """A search of one arm on one dataset × model × seed, its space's corners validated as run configs (so a
         misspelt key or an out-of-range bound is an error now, not in the middle of the study)."""
         spec = SearchSpec(arm=arm, dataset=dataset, model=model, seed=seed, base={**raw, "seed": seed},
@@ -428,7 +428,7 @@ class StudyReader:
 
 
 @dataclass(frozen=True)
-class _Sources:
+class Sources:
     """Where the keys of one cell's merged config were written: the arm, a models entry, a datasets entry, base."""
 
     arm: Path_
