@@ -5,7 +5,8 @@
  2. writes the study folder (study.yaml, study.json, manifest.parquet; see ARCHITECTURE.md);
  3. under the ledger lock: reclaims the attempts of dead workers, then queues every cell with no ok result and
     no live attempt (ablate.sweep.ledger);
- 4. runs workers until the queue is empty: with N = 1 the worker runs in this process (the run's own progress
+ 4. runs workers until the queue is empty (N: --jobs, else $ABLATE_JOBS, else one per GPU, or on a CPU one per core
+    and at most one per queued cell: ablate.sweep.worker_count): with N = 1 the worker runs in this process (the run's own progress
     bar shows under the sweep's); with N > 1 it starts N `ablate worker` processes, each with
     max(1, cores // N) torch threads (one per GPU when there are GPUs: CUDA_VISIBLE_DEVICES), replaces a worker
     that dies (its attempt is reclaimed and retried) and stops them all at the first failure with --fail-fast;
@@ -51,6 +52,7 @@ from ablate.sweep import search
 from ablate.sweep.cells import Study
 from ablate.sweep.study import load_study
 from ablate.sweep.worker import CellResult, device_env, work
+from ablate.sweep.worker_count import default_jobs, gpus, jobs_from_environment, threads_per_worker
 from ablate.engine.tensorboard_log import check_available
 
 POLL_SECONDS = 0.5
@@ -68,33 +70,6 @@ def check_storage_for(storage: str | None, processes: int) -> None:
     if is_sqlite(storage) and processes > 1:
         raise ConfigError(f"--storage {redact(str(storage))}: SQLite is for one process only ({processes} workers "
                           "asked); use the default journal file on one machine, or PostgreSQL/MySQL for several")
-
-
-def _gpus() -> list[str]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    try:
-        import torch
-
-        count = torch.cuda.device_count()
-    except Exception:  # noqa: BLE001
-        count = 0
-    if count == 0:
-        return []
-    if visible:
-        return [v.strip() for v in visible.split(",") if v.strip()][:count]
-    return [str(i) for i in range(count)]
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def threads_per_worker(jobs: int) -> int:
-    """Torch threads of each of N workers so that N × threads ≤ cores."""
-    return max(1, cores() // max(1, jobs))
 
 
 def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = None, dry_run: bool = False,
@@ -118,11 +93,11 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
             raise ConfigError(f"--jobs {jobs} and --devices ({len(devices)} devices) disagree; give one of them")
         jobs = len(devices)
     else:
-        devices = [f"cuda:{g}" for g in _gpus()]
-    jobs = (len(devices) or 1) if jobs is None else jobs
-    if jobs < 1:
+        devices = [f"cuda:{g}" for g in gpus()]
+    jobs = jobs_from_environment() if jobs is None else jobs  # None: the default, once the cells to run are known
+    if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be at least 1 (got {jobs})")
-    check_storage_for(storage, 1 if no_work else jobs)
+    check_storage_for(storage, 1 if no_work or jobs is None else jobs)
     if dry_run:
         return _dry_run(study, folder, storage, jobs, stream)
     check_configs_runnable(study.labelled_configs())  # data, devices, model folders: before anything is written
@@ -162,6 +137,10 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
         search.register(ledger, study.searches, 1 if fail_fast else max_attempts)
         asked = search.step(ledger)  # each search's first trials (and what earlier sweeps' trials found)
         removed = remove_orphans(ledger)
+    chosen = jobs is not None
+    if jobs is None:
+        to_run = None if study.searches else plan["enqueued"] + plan["queued"]  # a search asks as it goes
+        jobs = default_jobs(to_run, devices, single_process=is_sqlite(storage))
     if removed:
         print(f"removed {removed} file(s) of attempts that were killed before finishing (no result refers to them)",
               file=stream)
@@ -171,7 +150,8 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
           + f"{plan['enqueued']} queued now"
           + (f", {asked} search trial(s) asked" if asked else "")
           + (f" ({len(reclaimed)} attempts of dead workers reclaimed)" if reclaimed else "")
-          + ("" if no_work else f"; {_workers_text(jobs, devices, explicit_devices)}") + f"; results in {folder}",
+          + ("" if no_work else f"; {_workers_text(jobs, devices, explicit_devices, chosen)}")
+          + f"; results in {folder}",
           file=stream, flush=True)
     if no_work:
         where = f" --storage {redact(storage)}" if storage else ""
@@ -244,22 +224,27 @@ def _overrides_text(overrides: list[str]) -> str:
     return " ".join(f"--set {o}" for o in overrides) if overrides else "no --set"
 
 
-def _workers_text(jobs: int, devices: list[str], explicit: bool = False) -> str:
+def _workers_text(jobs: int, devices: list[str], explicit: bool = False, chosen: bool = True) -> str:
+    how = "" if chosen or devices else " (the default: one per core, at most one per cell; --jobs N to choose)"
     if jobs == 1 and not explicit:
-        return "1 worker in this process" + (f" on {devices[0]}" if devices else "")
+        return "1 worker in this process" + (f" on {devices[0]}" if devices else "") + how
     where = f", devices {','.join(devices[slot % len(devices)] for slot in range(jobs))}" if devices else ""
-    return f"{jobs} worker processes × {threads_per_worker(jobs)} torch thread(s){where}"
+    return f"{jobs} worker processes × {threads_per_worker(jobs)} torch thread(s){where}{how}"
 
 
-def _dry_run(study: Study, folder: Path, storage: str | None, jobs: int, stream: TextIO) -> int:
+def _dry_run(study: Study, folder: Path, storage: str | None, jobs: int | None, stream: TextIO) -> int:
     """Print the cell counts and what a sweep would do; write nothing."""
     print(study.summary(), file=stream)
     results = ResultIndex(folder)
     ledger = Ledger.open_existing(study.name, folder, storage) if storage is None else None
     counts = total(count_cells(ledger, study, results))
     todo = counts.expected - counts.done - counts.running - counts.waiting
+    devices = [f"cuda:{g}" for g in gpus()]
+    chosen = jobs is not None
+    if jobs is None:
+        jobs = default_jobs(None if study.searches else todo + counts.waiting, devices, is_sqlite(storage))
     print(f"dry run: {counts.done} cells done, {counts.running + counts.waiting} queued or running, "
-          f"{todo} would be queued; {_workers_text(jobs, [f'cuda:{g}' for g in _gpus()])}; results in {folder}",
+          f"{todo} would be queued; {_workers_text(jobs, devices, chosen=chosen)}; results in {folder}",
           file=stream)
     return 0
 
