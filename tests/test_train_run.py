@@ -176,3 +176,56 @@ def test_ctrl_c_mid_epoch_keeps_the_step_and_resume_ends_where_an_uninterrupted_
     monkeypatch.setattr(Trainer, "step", step)
     assert main(["run", str(config), "--out", str(out), "--quiet", "--name", "cut", "--resume"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == whole  # the same metrics line
+
+
+@pytest.mark.parametrize("techniques", [{}, {"aggressive": {"max_inner": 5, "check_every": 3},
+                                        "kl_annealing": {"schedule": "linear", "start": 0.1, "warmup_epochs": 2}}],
+                         ids=["plain", "aggressive"])
+def test_a_mid_epoch_checkpoint_lets_a_killed_run_end_where_an_uninterrupted_run_ends(tmp_path, monkeypatch,
+                                                                                       capsys, techniques):
+    """train.checkpoint_minutes: 0 saves between every two steps; the run dies right after the save at step 5 of
+    epoch 1 (as a killed worker would, nothing more written), and `--resume` continues from that step to the
+    uninterrupted run's metrics — He et al.'s aggressive inner loop too (its state is in the checkpoint)."""
+    import yaml
+
+    from ablate.cli.main import main
+    from ablate.engine.train import Trainer
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_overrides(**{"train.epochs": 2, "train.threads": 1,
+                                                       "train.checkpoint_minutes": 0, "techniques": techniques})))
+    assert main(["run", str(config), "--out", str(tmp_path / "whole"), "--quiet", "--name", "whole"]) == 0
+    whole = capsys.readouterr().out.splitlines()[0]
+
+    save = Trainer.save
+
+    def save_then_die(self, checkpoint):
+        save(self, checkpoint)
+        if self.state.epoch == 0 and self.state.epoch_step == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    out = tmp_path / "cut"
+    assert main(["run", str(config), "--out", str(out), "--quiet", "--name", "cut"]) == 130
+    (checkpoint,) = (out / "checkpoints").glob("*.pt")
+    saved = torch.load(checkpoint, weights_only=False)
+    assert (saved["state"]["epoch"], saved["state"]["epoch_step"]) == (0, 5)
+    assert [c["step"] for c in saved["curves"] if c["split"] == "train"] == [0, 1, 2, 3, 4]  # its points kept
+    monkeypatch.setattr(Trainer, "save", save)
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(out), "--quiet", "--name", "cut", "--resume"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == whole  # the same metrics line
+    curves = pd.read_parquet(next((out / "curves").glob("*.parquet")))
+    steps = curves[curves["split"] == "train"]["step"].tolist()
+    assert steps == sorted(set(steps)) and steps[0] == 0 and len(steps) == steps[-1] + 1  # no gap, no repeat
+
+
+def test_checkpoint_minutes_is_left_out_of_the_cell_id_at_its_default():
+    from ablate.core.config import config_hash
+    from ablate.core.config_reading import build_config
+
+    base = build_config(tiny_overrides(), "<test>")
+    assert config_hash(base) == config_hash(build_config(tiny_overrides(**{"train.checkpoint_minutes": 10.0}),
+                                                         "<test>"))
+    assert config_hash(base) != config_hash(build_config(tiny_overrides(**{"train.checkpoint_minutes": 0}),
+                                                         "<test>"))

@@ -220,6 +220,10 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (None: torch's default)")
     divergence_threshold: float = Field(1e6, gt=0, description="a loss above this ends the run as diverged")
     checkpoint_every_epoch: bool = True
+    checkpoint_minutes: float | None = Field(
+        10.0, ge=0, description="also save the checkpoint mid-epoch when this many minutes passed since the last "
+        "save, so a long epoch survives a killed worker (0: after every step; None: at epoch ends only); saving "
+        "draws no random numbers, so results do not depend on it", json_schema_extra=NEW_FIELD)
 
     @field_validator("freeze")
     @classmethod

@@ -108,6 +108,8 @@ class Trainer:
         self.pretrainers = [t for t in techniques if t.wants_pretraining()]
         self.pretrain_decays = cfg.lr_decay is not None and any(t.pretraining_decays() for t in self.pretrainers)
         self.taker = next((t for t in techniques if t.takes_over_step), None)
+        self.checkpoint: Path | None = None  # where save() writes (train() sets it)
+        self.saved_at = time.monotonic()
 
     def start_phase(self) -> None:
         """The techniques' set-up of the current phase (they may freeze or unfreeze parts), then train.freeze."""
@@ -138,6 +140,16 @@ class Trainer:
         if checkpoint is not None and self.cfg.checkpoint_every_epoch:
             save_checkpoint(checkpoint, self.model, self.optimizer, self.techniques, self.state, self.best,
                              self.curves, self.generator, self.best_pretrain)
+            self.saved_at = time.monotonic()
+
+    def save_mid_epoch_if_due(self, buffer: CurveBuffer) -> None:
+        """train.checkpoint_minutes: the state between two steps of an epoch (its curve points first), from which
+        a resumed run continues with the next step exactly as an uninterrupted one would."""
+        minutes = self.cfg.checkpoint_minutes
+        if self.checkpoint is None or minutes is None or time.monotonic() - self.saved_at < 60 * minutes:
+            return
+        buffer.flush()
+        self.save(self.checkpoint)
 
     # -- one optimiser step ----------------------------------------------------------------------------------
 
@@ -260,6 +272,7 @@ class Trainer:
                 break
             if stop is not None and stop.requested:
                 break
+            self.save_mid_epoch_if_due(buffer)
         else:
             ended = True
         if ended:
@@ -351,6 +364,7 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
     epoch's validation point (`epoch_point`: the curve row and the epoch's training means)."""
     run = Trainer(model, techniques, train_split, valid_split, framing, cfg, device, seed, eval_batch_size)
     run.restore(checkpoint)
+    run.checkpoint = checkpoint
     state = run.state
     if not isinstance(progress, RunProgress):
         progress = RunProgress(bool(progress), 0)
