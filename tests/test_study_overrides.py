@@ -68,8 +68,11 @@ def test_sweep_records_its_overrides_and_status_reuses_them(tmp_path):
     rows = list((folder / "rows").glob("*.a1.parquet"))
     assert len(rows) == 1
     status = status_text(folder)  # the folder remembers its overrides: the cell counts as done
-    assert "vanilla           1         1" in status
-    assert "vanilla           1         0" in status_text(path, out=out)  # the file without them: another cell
+    assert "vanilla           1         1" in status and "with --set train.epochs=2 (as it was swept)" in status
+    by_file = status_text(path, out=out)  # the file alone: counted as it was swept, and said so
+    assert "vanilla           1         1" in by_file and "with --set train.epochs=2 (as it was swept)" in by_file
+    other = status_text(path, out=out, overrides=["train.epochs=3"])  # other overrides: another cell
+    assert "vanilla           1         0" in other and "counted with --set train.epochs=3\n" in other
 
 
 def test_set_null_removes_a_technique(tmp_path):

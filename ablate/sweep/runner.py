@@ -388,18 +388,24 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
 
 def status_text(target: str | Path, out: str | Path = "results", storage: str | None = None,
                 overrides: list[str] | None = None) -> str:
-    """`ablate status STUDY`: expected / done / failed / running / waiting / pending per arm (a study folder: with
-    the --set overrides it was swept with)."""
+    """`ablate status STUDY`: expected / done / failed / running / waiting / pending per arm — of the study as it
+    was swept: a study folder, or a study file without --set, counts with the --set overrides its folder recorded
+    (a sweep with --quick made other cells than the file alone describes)."""
     name, folder, study = resolve_target(target, out, overrides)
+    recorded = recorded_overrides(folder)
     if study is None:
-        study = load_study(StudyFolder(folder).study_yaml, recorded_overrides(folder))
+        study = load_study(StudyFolder(folder).study_yaml, recorded)
         study.name = name
+    elif not overrides and recorded:
+        study = load_study(target, recorded)
     storage = storage or study.storage
     ledger = Ledger.open_existing(name, folder, storage)
     results = ResultIndex(folder)
     counts = count_cells(ledger, study, results)
     head = f"study '{name}' ({folder}): " + ("no ledger yet (never swept)" if ledger is None else
                                               f"ledger {'journal' if storage is None else redact(storage)}")
+    if study.overrides:
+        head += f"; counted with {_overrides_text(study.overrides)}" + ("" if overrides else " (as it was swept)")
     lines = [head, format_counts(counts)] + (search.progress_lines(ledger) if ledger is not None else [])
     t = total(counts)
     other = cells_outside_the_study(folder)
