@@ -181,13 +181,22 @@ def test_a_run_records_its_kernels_and_cpu_in_the_row(tmp_path, monkeypatch):
 def test_mask_dropout_keeps_one_minus_p_scaled_and_is_the_identity_in_eval():
     from ablate.models.dropout import MaskDropout
 
+    from ablate.models.dropout import keep_probability
+
     torch.manual_seed(0)
     drop = MaskDropout(0.3)
-    x = torch.ones(200_000, requires_grad=True)
+    keep_p = keep_probability(0.3)
+    assert keep_p == 1 - 19661 / 65536 and abs(keep_p - 0.7) < 2 ** -17  # p at 16-bit resolution
+    assert keep_probability(0.5) == 0.5 and keep_probability(0.0) == 1.0 and keep_probability(1.0) == 0.0
+    x = torch.ones(200_001, requires_grad=True)  # not a multiple of 4: the last draw's words are cut
     y = drop(x)
     kept = y != 0
-    assert abs(kept.double().mean().item() - 0.7) < 0.005  # 40 standard errors would be 0.04
-    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    assert abs(kept.double().mean().item() - keep_p) < 0.005  # 5 standard errors (0.001 each)
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / keep_p))
+    for p in (0.1, 0.5, 0.9):  # every word position of an int64 draw is uniform (the sign bits too)
+        kept_at = MaskDropout(p).train()(torch.ones(4 * 50_000)).view(-1, 4) != 0  # column j: word j of each draw
+        for share in kept_at.double().mean(0).tolist():
+            assert abs(share - keep_probability(p)) < 6 * (keep_probability(p) * p / 50_000) ** 0.5 + 1e-9, (p, share)
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # ∂y/∂x is the same scaled mask
     drop.eval()
