@@ -138,8 +138,19 @@ def test_run_resume_continues_an_interrupted_run(tmp_path, monkeypatch):
     assert main(["run", str(config), "--out", str(tmp_path / "cut"), "--quiet", "--resume"]) == 2  # nothing left
 
 
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler for the test (a shell starts a background job with SIGINT ignored, and Python
+    keeps that: the interrupt would never arrive)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_mid_epoch_keeps_the_step_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch,
-                                                                                          capsys):
+                                                                                          capsys, default_sigint):
     """SIGINT at the 3rd optimiser step of epoch 1: the step finishes, the state is saved, `ablate run` says in
     one line how to continue (exit 130, no traceback); `--resume` then ends with the uninterrupted run's metrics
     (issue 26.7)."""
