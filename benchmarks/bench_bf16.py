@@ -1,6 +1,6 @@
 """bf16 training on a CPU against fp32: tokens/s and the test metrics, same seed, Li et al.'s PTB model.
 
-    python benchmarks/bench_bf16.py [--epochs 1] [--iw 100] [--threads 2] [--seeds 0,1,2]
+    python benchmarks/bench_bf16.py [--epochs 1] [--iw 100] [--threads 2] [--seeds 0,1,2] [--device cuda]
 
 Trains Li et al.'s PTB LSTM VAE (emb 256, hidden 256/256, nz 32, batch 32, SGD lr 1, KL annealed 0 → 1 over the
 run) twice from the same seed — `train.precision: fp32`, then `bf16` (autocast of the networks; the output layer's
@@ -28,7 +28,7 @@ import common
 METRICS = ("test.nll", "test.ppl", "test.nelbo", "test.kl", "test.mi", "test.au")
 
 
-def one(precision: str, epochs: int, iw: int, threads: int, seed: int = 0) -> dict:
+def one(precision: str, epochs: int, iw: int, threads: int, seed: int = 0, device: str = "cpu") -> dict:
     import torch
 
     from ablate.core.config_reading import build_config
@@ -37,7 +37,7 @@ def one(precision: str, epochs: int, iw: int, threads: int, seed: int = 0) -> di
     config = build_config({
         "data": common.corpus_config("ptb"),
         "model": {**common.LI_PTB, "dec_dropout_in": 0.5, "dec_dropout_out": 0.5, "output_bias": False},
-        "train": {"optimizer": "sgd", "lr": 1.0, "batch_size": 32, "epochs": epochs, "device": "cpu",
+        "train": {"optimizer": "sgd", "lr": 1.0, "batch_size": 32, "epochs": epochs, "device": device,
                   "grad_clip": 5.0, "precision": precision, "threads": threads},
         "techniques": {"kl_annealing": {"schedule": "linear", "start": 0.0, "warmup_epochs": epochs}},
         "eval": {"splits": ["test"], "iw_samples": iw, "mi_pool": "dataset"}, "seed": seed}, "<bench>")
@@ -52,7 +52,8 @@ def one(precision: str, epochs: int, iw: int, threads: int, seed: int = 0) -> di
 
 def run_one(precision: str, seed: int, args: argparse.Namespace) -> dict:
     out = subprocess.run([sys.executable, __file__, "--one", precision, "--seed", str(seed), "--epochs",
-                          str(args.epochs), "--iw", str(args.iw), "--threads", str(args.threads)],
+                          str(args.epochs), "--iw", str(args.iw), "--threads", str(args.threads), "--device",
+                          args.device],
                          capture_output=True, text=True, cwd=Path(__file__).parent)
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
@@ -68,16 +69,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--iw", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a lent GPU (benchmarks/gpu.sh)")
     parser.add_argument("--seeds", default="0", help="comma-separated; runs pair up by seed")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.epochs, args.iw, args.threads, args.seed)))
+        print(json.dumps(one(args.one, args.epochs, args.iw, args.threads, args.seed, args.device)))
         return
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"bf16 vs fp32 training, Li et al.'s PTB VAE, {args.epochs} epoch(s), seeds {seeds}, test IW K={args.iw}; "
-          f"{common.cpu_model()}")
+    print(f"bf16 vs fp32 training, Li et al.'s PTB VAE, {args.epochs} epoch(s), seeds {seeds}, test IW K={args.iw}, "
+          f"{args.device}; {common.cpu_model()}")
     runs = {seed: {precision: run_one(precision, seed, args) for precision in ("fp32", "bf16")} for seed in seeds}
     for seed, rows in runs.items():
         print(f"seed {seed}:{'':<20}{'fp32':>10}{'bf16':>10}{'bf16 − fp32':>14}")
