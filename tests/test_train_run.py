@@ -207,6 +207,9 @@ def test_a_mid_epoch_checkpoint_lets_a_killed_run_end_where_an_uninterrupted_run
                                                        "train.checkpoint_minutes": 0, "techniques": techniques})))
     assert main(["run", str(config), "--out", str(tmp_path / "whole"), "--quiet", "--name", "whole"]) == 0
     whole = capsys.readouterr().out.splitlines()[0]
+    assert main(["run", str(config), "--out", str(tmp_path / "unsaved"), "--quiet", "--name", "unsaved", "--set",
+                 "train.checkpoint_minutes=null"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == whole  # saving mid-epoch changes nothing
 
     save = Trainer.save
 

@@ -71,8 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     _devices(p)
     p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="worker processes (default: $ABLATE_JOBS, else one per GPU, else one per CPU core and at most one "
-                        "per queued cell); torch threads are divided among them")
+                   help="worker processes (default: $ABLATE_JOBS, else one per GPU, else one per CPU core and at "
+                        "most one per queued cell); torch threads are divided among them")
     p.add_argument("--dry-run", action="store_true", help="validate, print the cell counts and the plan; run nothing")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed attempt (no retries)")
     p.add_argument("--no-work", action="store_true",

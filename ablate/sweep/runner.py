@@ -5,9 +5,9 @@
  2. writes the study folder (study.yaml, study.json, manifest.parquet; see ARCHITECTURE.md);
  3. under the ledger lock: reclaims the attempts of dead workers, then queues every cell with no ok result and
     no live attempt (ablate.sweep.ledger);
- 4. runs workers until the queue is empty (N: --jobs, else $ABLATE_JOBS, else one per GPU, or on a CPU one per core
-    and at most one per queued cell: ablate.sweep.worker_count): with N = 1 the worker runs in this process (the run's own progress
-    bar shows under the sweep's); with N > 1 it starts N `ablate worker` processes, each with
+ 4. runs workers until the queue is empty (N: --jobs, else $ABLATE_JOBS, else one per GPU, or on a CPU one per
+    core and at most one per queued cell: ablate.sweep.worker_count): with N = 1 the worker runs in this process
+    (the run's own progress bar shows under the sweep's); with N > 1 it starts N `ablate worker` processes, each with
     max(1, cores // N) torch threads (one per GPU when there are GPUs: CUDA_VISIBLE_DEVICES), replaces a worker
     that dies (its attempt is reclaimed and retried) and stops them all at the first failure with --fail-fast;
  5. prints the per-arm outcome. Exit status: 0 when every cell has an ok result, 1 otherwise.
