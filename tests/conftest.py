@@ -16,7 +16,7 @@ os.environ.setdefault("ABLATE_KERNEL_CACHE", os.path.join(os.environ.get("TMPDIR
 
 # one worker in the test process (the default on a CPU is one worker process per core: tests that mean several
 # workers say --jobs, and tests/test_worker_count.py tests the default)
-os.environ.setdefault("ABLATE_JOBS", "1")
+os.environ["ABLATE_JOBS"] = "1"  # whatever the developer's shell says
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
