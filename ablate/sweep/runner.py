@@ -99,7 +99,7 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
         raise ConfigError(f"--jobs must be at least 1 (got {jobs})")
     check_storage_for(storage, 1 if no_work or jobs is None else jobs)
     if dry_run:
-        return _dry_run(study, folder, storage, jobs, stream)
+        return _dry_run(study, folder, storage, jobs, devices, stream)
     check_configs_runnable(study.labelled_configs())  # data, devices, model folders: before anything is written
     check_writable(out, "--out")
     if tensorboard is not None:
@@ -138,9 +138,7 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
         asked = search.step(ledger)  # each search's first trials (and what earlier sweeps' trials found)
         removed = remove_orphans(ledger)
     chosen = jobs is not None
-    if jobs is None:
-        to_run = None if study.searches else plan["enqueued"] + plan["queued"]  # a search asks as it goes
-        jobs = default_jobs(to_run, devices, single_process=is_sqlite(storage))
+    jobs = jobs or _default_jobs(study, plan["enqueued"] + plan["queued"], devices, storage)
     if removed:
         print(f"removed {removed} file(s) of attempts that were killed before finishing (no result refers to them)",
               file=stream)
@@ -232,17 +230,22 @@ def _workers_text(jobs: int, devices: list[str], explicit: bool = False, chosen:
     return f"{jobs} worker processes × {threads_per_worker(jobs)} torch thread(s){where}{how}"
 
 
-def _dry_run(study: Study, folder: Path, storage: str | None, jobs: int | None, stream: TextIO) -> int:
+def _default_jobs(study: Study, to_run: int, devices: list[str], storage: str | None) -> int:
+    """ablate.sweep.worker_count.default_jobs for `to_run` queued cells (open-ended when the study has searches:
+    they ask for trials as they go)."""
+    return default_jobs(None if study.searches else to_run, devices, single_process=is_sqlite(storage))
+
+
+def _dry_run(study: Study, folder: Path, storage: str | None, jobs: int | None, devices: list[str],
+             stream: TextIO) -> int:
     """Print the cell counts and what a sweep would do; write nothing."""
     print(study.summary(), file=stream)
     results = ResultIndex(folder)
     ledger = Ledger.open_existing(study.name, folder, storage) if storage is None else None
     counts = total(count_cells(ledger, study, results))
     todo = counts.expected - counts.done - counts.running - counts.waiting
-    devices = [f"cuda:{g}" for g in gpus()]
     chosen = jobs is not None
-    if jobs is None:
-        jobs = default_jobs(None if study.searches else todo + counts.waiting, devices, is_sqlite(storage))
+    jobs = jobs or _default_jobs(study, todo + counts.waiting, devices, storage)
     print(f"dry run: {counts.done} cells done, {counts.running + counts.waiting} queued or running, "
           f"{todo} would be queued; {_workers_text(jobs, devices, chosen=chosen)}; results in {folder}",
           file=stream)
