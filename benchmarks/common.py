@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from ablate.models.kernel_choice import cpu_model as kernel_cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -87,13 +89,6 @@ def peak_rss_mb() -> float:
 
 
 def cpu_model() -> str:
-    """The CPU model as lscpu names it (figures differ widely between the machines' CPUs), and its core count."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU {line.split(':', 1)[1].strip()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    except OSError:
-        pass
-    import platform
-
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    """The CPU model (with its family and model numbers: figures differ widely between the machines' CPUs, and a VM
+    may call several generations by one name), its core count and torch's version."""
+    return f"CPU {kernel_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}"

@@ -134,6 +134,34 @@ def test_the_fastest_candidate_is_chosen_per_product_and_cached(tmp_path, monkey
     assert len(json.loads(cache.read_text())) == 2
 
 
+ZEN4 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512vl
+
+processor\t: 1
+cpu family\t: 99
+model name\t: not the first
+"""
+
+
+def test_one_cpu_name_for_two_generations_keeps_two_cache_keys(tmp_path, monkeypatch):
+    info = tmp_path / "cpuinfo"
+    info.write_text(ZEN4)
+    monkeypatch.setattr(C, "CPUINFO", info)
+    assert C.cpu_model() == "AMD EPYC (family 25, model 17)"
+    assert C.cpu_flags() == ["avx2", "avx512f", "avx512_bf16"]
+    zen4 = C.cache_key(SHAPES, 2)
+    info.write_text(ZEN4.replace(": 25", ": 26", 1).replace(": 17", ": 2", 1))
+    assert C.cpu_model() == "AMD EPYC (family 26, model 2)" and C.cache_key(SHAPES, 2) != zen4
+    info.write_text(ZEN4.replace(" avx512_bf16", ""))
+    assert C.cpu_flags() == ["avx2", "avx512f"] and C.cache_key(SHAPES, 2) != zen4
+    monkeypatch.setattr(C, "CPUINFO", tmp_path / "absent")
+    assert C.cpu_model() and C.cpu_flags() == []
+
+
 def test_a_damaged_cache_is_measured_again_and_a_gpu_is_not_timed(tmp_path, monkeypatch):
     monkeypatch.delenv(C.KERNELS_ENV, raising=False)
     cache = tmp_path / "kernels.json"

@@ -46,16 +46,41 @@ class Shapes:
     linears: tuple[tuple[int, int], ...] = ()  # (in, out) of the ChosenLinear layers, at `positions` rows
 
 
-def cpu_model() -> str:
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = CPUINFO.read_text()
     except OSError:
-        pass
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU as /proc/cpuinfo names it, with its family and model numbers: a VM may name every AMD EPYC
+    generation just "AMD EPYC" (Zen 4 is family 25, Zen 5 family 26), and their kernels' speeds differ."""
+    info = _cpuinfo()
+    if "model name" in info:
+        numbers = ", ".join(f"{label} {info[key]}" for label, key in (("family", "cpu family"), ("model", "model"))
+                            if key in info)
+        return f"{info['model name']} ({numbers})" if numbers else info["model name"]
     import platform
 
     return platform.processor() or platform.machine()
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")  # what the kernels' speeds hang on
+
+
+def cpu_flags() -> list[str]:
+    """The instruction-set extensions among ISA_FLAGS this CPU reports (part of the kernel cache's key)."""
+    return [flag for flag in ISA_FLAGS if flag in _cpuinfo().get("flags", "").split()]
 
 
 def kernel_cache_path() -> Path:
@@ -67,7 +92,7 @@ def kernel_cache_path() -> Path:
 
 
 def cache_key(shapes: Shapes, threads: int) -> str:
-    machine = {"cpu": cpu_model(), "torch": torch.__version__, "threads": threads, **dataclasses.asdict(shapes),
+    machine = {"cpu": cpu_model(), "flags": cpu_flags(), "torch": torch.__version__, "threads": threads, **dataclasses.asdict(shapes),
                "candidates": [PRODUCT_BACKENDS, GRAD_H_BACKENDS, GRAD_W_BACKENDS, EVAL_BACKENDS, LSTM_BACKENDS]}
     # (a new candidate makes a new key: a choice cached before it existed is measured again)
     return hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]
