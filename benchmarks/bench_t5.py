@@ -2,6 +2,7 @@
 
     python benchmarks/bench_t5.py                                   # CPU: the example size and t5-small's size
     python benchmarks/bench_t5.py --device cuda --precision bf16 --sizes t5_small --steps 200   # a lent GPU
+    python benchmarks/bench_t5.py --sizes example --steps 100 --threads 1 --compare-precision 3  # fp32 vs bf16
 
 Sizes: `example` is studies/examples/t5_vae.yaml's (d_model 128, 2 layers, BPE vocabulary 1000); `t5_small` is
 t5-small's architecture (d_model 512, 6+6 layers, 8 heads, d_ff 2048) with the real t5-small tokenizer when
@@ -51,6 +52,9 @@ def main() -> None:
     parser.add_argument("--compare-linear", type=int, default=0, metavar="REPEATS",
                         help="instead: the Linear layers through MKL (blas) and oneDNN, interleaved, REPEATS times "
                         "each, in one process on the same model (the rest of the kernels as chosen)")
+    parser.add_argument("--compare-precision", type=int, default=0, metavar="REPEATS",
+                        help="instead: training in fp32 and in bf16 (autocast), interleaved, REPEATS times each, in "
+                        "one process on the same model, each precision with the kernels chosen for it")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -74,6 +78,9 @@ def main() -> None:
         config.train.max_steps = args.steps
         if args.compare_linear:
             compare_linear(model, prepared, config, device, chosen, size, args.compare_linear)
+            continue
+        if args.compare_precision:
+            compare_precision(model, prepared, config, device, size, args.compare_precision)
             continue
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -105,6 +112,33 @@ def compare_linear(model, prepared, config, device, chosen, size: str, repeats: 
     medians = {b: statistics.median(r) for b, r in rates.items()}
     print(f"{size}: linear blas {medians['blas']:.0f}, onednn {medians['onednn']:.0f} tokens/s: "
           f"{medians['onednn'] / medians['blas']:.2f}x (chosen at start-up: {chosen.linear})")
+
+
+def compare_precision(model, prepared, config, device, size: str, repeats: int) -> None:
+    """tokens/s of training in fp32 and in bf16, interleaved, medians of `repeats` (steady state: the first call
+    of each precision is a warm-up, not counted)."""
+    valid = prepared.splits["valid"].head(8)
+    settings = {}
+    for precision in ("fp32", "bf16"):
+        train_config = config.train.model_copy(update={"precision": precision})
+        run_config = config.model_copy(update={"train": train_config})
+        settings[precision] = (train_config, choose_kernels(model, run_config, prepared, device))
+        with using(settings[precision][1]):
+            train(model, [], prepared.splits["train"], valid, prepared.tokenizer.framing,
+                  train_config.model_copy(update={"max_steps": 5}), device, 0, progress=False)
+    rates: dict[str, list[float]] = {p: [] for p in settings}
+    for repeat in range(repeats):
+        for precision, (train_config, kernels) in settings.items():
+            with using(kernels):
+                state = train(model, [], prepared.splits["train"], valid, prepared.tokenizer.framing, train_config,
+                              device, repeat + 1, progress=False).state
+            rates[precision].append(state.train_tokens / state.train_seconds)
+            print(f"  {size} repeat {repeat + 1} {precision}{rates[precision][-1]:>9.0f} tokens/s; {load()}",
+                  flush=True)
+    medians = {p: statistics.median(r) for p, r in rates.items()}
+    print(f"{size}: fp32 {medians['fp32']:.0f}, bf16 {medians['bf16']:.0f} tokens/s: "
+          f"{medians['bf16'] / medians['fp32']:.2f}x ({repeats} interleaved repeats; kernels fp32: "
+          f"{settings['fp32'][1].describe()}; bf16: {settings['bf16'][1].describe()})")
 
 
 if __name__ == "__main__":
