@@ -8,7 +8,8 @@ import math
 import torch
 
 from ablate.metrics.estimators import LOG_2PI, _log_aggregate_density, mutual_information, paired_draws
-from ablate.metrics.uncertainty import bootstrap_au, bootstrap_indices, bootstrap_mi, exp_ratio_se, mean_se
+from ablate.metrics.uncertainty import (bootstrap_au, bootstrap_indices, bootstrap_mi, exp_ratio_se, log_weighted_sums,
+                                       mean_se)
 
 
 def _posteriors(n: int = 60, nz: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +53,22 @@ def test_the_mi_bootstrap_recomputes_each_resample_of_the_paired_estimate():
         log_agg = _log_aggregate_density(z[idx].reshape(-1, nz), mu[idx], logvar[idx], 1024)
         explicit = float((own[idx].reshape(-1) - log_agg).mean())
         assert abs(float(fast[b]) - explicit) < 1e-4
+
+
+def test_weighted_log_sums_are_exact_when_the_drawn_terms_underflow():
+    """Rows whose largest terms a resample did not draw: scaled by the row maximum, every drawn term underflows
+    (e^-1000), so those pairs are summed again; checked against logsumexp over the drawn terms, pair by pair."""
+    dens = torch.tensor([[0.0, -1000.0, -1003.0, -2.0], [5.0, -800.0, -900.0, -700.0], [-1.0, -1.5, -2.0, -2.5]],
+                        dtype=torch.float64)
+    counts = torch.tensor([[0, 2, 0], [1, 0, 1], [2, 0, 0], [0, 1, 1]], dtype=torch.float64)  # [sentences, resamples]
+    fast = log_weighted_sums(dens, counts)
+    for i in range(3):
+        for b in range(3):
+            expected = float(torch.logsumexp(dens[i] + counts[:, b].log(), 0))
+            assert abs(float(fast[i, b]) - expected) < 1e-9 * max(1.0, abs(expected))
+    assert fast[1, 2] < -690  # only e^-700 and smaller were drawn there: the product alone would say −690 (1e-300)
+    partly = log_weighted_sums(dens, counts, needed=torch.zeros(3, 3, dtype=torch.bool))
+    assert torch.isfinite(partly).all() and torch.equal(partly[2], fast[2])
 
 
 def test_block_pools_are_resampled_whole():

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ablate.metrics.estimators import log_density_blocks
 
-MAX_BOOTSTRAP_ELEMENTS = 120_000_000  # log-densities kept for the MI bootstrap (float32: 480 MB)
+MAX_BOOTSTRAP_ELEMENTS = 120_000_000  # N²·S' log-densities of the MI bootstrap at most: S' = S while N²·S fits
 
 
 def mean_se(values: Tensor) -> float:
@@ -78,18 +78,35 @@ def bootstrap_mi(mu: Tensor, logvar: Tensor, z: Tensor, own: Tensor, resamples: 
         picks = bootstrap_indices(len(block_sizes), resamples, generator)
         return sums_t[picks].sum(1) / sizes_t[picks].sum(1)
     indices = bootstrap_indices(n, resamples, generator)
-    s_used = max(1, min(s, MAX_BOOTSTRAP_ELEMENTS // max(1, n * n)))  # the first S' draws when memory is short
+    s_used = max(1, min(s, MAX_BOOTSTRAP_ELEMENTS // max(1, n * n)))  # the first S' draws: the work is N²·S'·B
     queries = z[:, :s_used].reshape(n * s_used, nz).double()
-    dens = torch.empty(n * s_used, n, dtype=torch.float32)  # log N(z_is; mu_m, sigma_m), row i·S' + s
-    for first, block in log_density_blocks(queries, mu64, lv64, chunk_size):
-        dens[first:first + block.shape[0]] = block.float()
-    own_used = own[:, :s_used].double()
-    out = torch.empty(resamples, dtype=torch.float64)
-    log_agg = torch.empty(n * s_used, dtype=torch.float64)
-    for b, idx in enumerate(indices):
-        log_counts = torch.bincount(idx, minlength=n).double().log().float()  # −inf for sentences not drawn
-        for first in range(0, n * s_used, chunk_size):
-            log_agg[first:first + chunk_size] = torch.logsumexp(dens[first:first + chunk_size] + log_counts, 1)
-        terms = own_used.reshape(-1) - (log_agg - math.log(n))  # [N·S'], row i·S' + s
-        out[b] = terms.view(n, s_used)[idx].mean()
+    counts = torch.zeros(n, resamples, dtype=torch.float64)  # [N, B]: how often resample b drew sentence m
+    counts.scatter_add_(0, indices.t(), torch.ones(n, resamples, dtype=torch.float64))
+    log_agg = torch.empty(n * s_used, resamples, dtype=torch.float64)  # log Σ_m c_bm q(z_is|x_m), row i·S' + s
+    drawn = counts > 0
+    for first, dens in log_density_blocks(queries, mu64, lv64, chunk_size):
+        sentence = torch.arange(first, first + dens.shape[0]) // s_used
+        log_agg[first:first + dens.shape[0]] = log_weighted_sums(dens, counts, drawn[sentence])
+    terms = own[:, :s_used].double().reshape(n, s_used, 1) - (log_agg.view(n, s_used, resamples) - math.log(n))
+    return (counts * terms.sum(1)).sum(0) / (n * s_used)  # the mean over each resample's sentences and draws
+
+
+def log_weighted_sums(dens: Tensor, counts: Tensor, needed: Tensor | None = None) -> Tensor:
+    """log Σ_m counts[m, b] · exp(dens[i, m]) for every row i [c] and resample b [B], as [c, B] (float64).
+
+    One matrix product with the densities scaled by their row's maximum: exact in float64 wherever resample b drew
+    a sentence within ≈ 575 nats of that maximum. The pairs (i, b) where it did not are summed again by logsumexp
+    over the drawn sentences — where `needed[i, b]` (default: all); the others (in the MI bootstrap: rows of
+    sentences the resample did not draw, which it weighs by 0) keep a finite stand-in."""
+    top = dens.max(1, keepdim=True).values
+    sums = torch.exp(dens - top) @ counts
+    low = sums < 1e-250  # every drawn sentence's term underflowed, or nearly: not to be trusted
+    if needed is not None:
+        low &= needed
+    out = top + sums.clamp_min(1e-300).log()
+    if bool(low.any()):
+        rows, picks = low.nonzero(as_tuple=True)
+        for start in range(0, len(rows), 256):
+            r, b = rows[start:start + 256], picks[start:start + 256]
+            out[r, b] = torch.logsumexp(dens[r] + counts[:, b].t().log(), 1)
     return out
