@@ -206,6 +206,25 @@ def test_a_run_records_its_kernels_and_cpu_in_the_row(tmp_path, monkeypatch):
     assert failed["status"] == "failed" and "$ABLATE_KERNELS: 'output=fast'" in failed["error_message"]
 
 
+@pytest.mark.parametrize("flags, expected", [("avx2 avx512f avx512_bf16", "bf16"), ("avx2 avx512f", "fp32")])
+def test_precision_auto_trains_in_bf16_only_where_the_cpu_has_it(tmp_path, monkeypatch, flags, expected):
+    from ablate.core.config_reading import build_config
+    from ablate.engine.run import execute
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(C, "CPUINFO", info)
+    monkeypatch.setenv(C.KERNELS_ENV, "default")
+    metrics = ("test.nll", "test.kl", "test.mi", "train_tokens")
+    auto = execute(build_config(tiny_overrides(**{"train.precision": "auto"})), tmp_path / "auto", progress=False,
+                   save_model=False).row
+    asked = execute(build_config(tiny_overrides(**{"train.precision": expected})), tmp_path / "asked",
+                    progress=False, save_model=False).row
+    assert auto["status"] == asked["status"] == "ok"
+    assert auto["precision"] == asked["precision"] == expected and auto["config.train.precision"] == "auto"
+    assert [auto[m] for m in metrics] == [asked[m] for m in metrics]  # the same run as asking for it by name
+
+
 def test_mask_dropout_keeps_one_minus_p_scaled_and_is_the_identity_in_eval():
     from ablate.models.dropout import MaskDropout
 

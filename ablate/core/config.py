@@ -214,8 +214,10 @@ class TrainConfig(Strict):
                             "steps")
     freeze: list[str] = Field(default_factory=list, description="parameters that do not train, by module path over "
                               "the model's parameter names: names, * or ranges a-b, e.g. lm.model.layers.0-23")
-    precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="fp32, or bf16 autocast of the training forward pass (metrics are always fp32)")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="fp32, or bf16 autocast of the training forward pass (metrics are always fp32); auto: "
+        "bf16 where the device multiplies bf16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else "
+        "fp32 — the row's `precision` says which")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads (None: torch's default)")
     divergence_threshold: float = Field(1e6, gt=0, description="a loss above this ends the run as diverged")

@@ -44,7 +44,7 @@ from ablate.engine.tensorboard_log import TensorBoardLog
 from ablate.engine.train import train
 from ablate.engine.train_state import TrainingDiverged
 from ablate.models.base import TextVAE
-from ablate.models.kernel_choice import choose, cpu_model, shapes_of
+from ablate.models.kernel_choice import choose, cpu_model, native_bf16, shapes_of
 from ablate.models.kernels import Kernels
 from ablate.models.kernels import use as use_kernels
 from ablate.models.build import build_model, build_tokenizer, tokenizer_key
@@ -86,6 +86,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def resolve_precision(config: RunConfig, device: torch.device) -> RunConfig:
+    """The config with train.precision auto made bf16 (the device multiplies bf16 natively) or fp32."""
+    if config.train.precision != "auto":
+        return config
+    precision = "bf16" if native_bf16(device) else "fp32"
+    return config.model_copy(update={"train": config.train.model_copy(update={"precision": precision})})
 
 
 def seed_everything(seed: int) -> None:
@@ -173,6 +181,8 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     row.update(_provenance(device))  # records the torch threads in use (they change the last digits)
+    config = resolve_precision(config, device)  # (the row's config columns keep what was asked: auto)
+    row["precision"] = config.train.precision
     line: RunProgress | None = None
     board = TensorBoardLog(tensorboard, tensorboard_name or run_id) if tensorboard is not None else None
     if board is not None:

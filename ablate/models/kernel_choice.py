@@ -83,6 +83,14 @@ def cpu_flags() -> list[str]:
     return [flag for flag in ISA_FLAGS if flag in _cpuinfo().get("flags", "").split()]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 in hardware: a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX
+    (elsewhere bf16 products are emulated, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
+
+
 def kernel_cache_path() -> Path:
     """$ABLATE_KERNEL_CACHE, else $XDG_CACHE_HOME/ablate/kernels.json, else ~/.cache/ablate/kernels.json."""
     if os.environ.get(CACHE_ENV):

@@ -33,6 +33,7 @@ IDENTITY_SCHEMA = pa.schema([
     ("params_total", pa.int64()), ("params_trainable", pa.int64()),
     ("train_tokens", pa.int64()), ("train_tokens_per_second", pa.float64()), ("best_epoch", pa.int64()),
     ("device", pa.string()), ("worker_device", pa.string()), ("threads", pa.int64()), ("kernels", pa.string()),
+    ("precision", pa.string()),
     ("cpu", pa.string()), ("host", pa.string()), ("git_commit", pa.string()),
     ("version.ablate", pa.string()), ("version.torch", pa.string()), ("version.transformers", pa.string()),
     ("version.python", pa.string()),
