@@ -484,3 +484,26 @@ def test_a_selection_constraint_changes_the_setting_and_the_trial_picked():
     by, parsed = study_selection('study: s\nselect: {by: valid.nll, where: "valid.au >= 8"}\n')
     assert by == ("valid.nll",) and parsed == where
     assert study_selection("study: s\n") == (None, ())
+
+
+def test_a_language_model_is_neither_collapsed_nor_the_best_choice():
+    """A model without a latent (model.nz 0, Li et al.'s LSTM-LM row) has AU 0 and KL 0 by construction: the report
+    says 'no latent', leaves it out of the collapse summary, and never gives it the ★ even at the lowest NLL."""
+    from ablate.report.build import summary
+    from ablate.report.verdict_table import verdict_table
+
+    rows = _two_arm_rows(101.0, 0.1).assign(**{"config.model.nz": 32})
+    lm = {**rows.iloc[0].to_dict(), "arm": "lm", "test.nll": 99.0, "test.kl": 0.0, "test.au": 0.0, "test.mi": 0.0,
+          "config.model.nz": 0, "cell_id": "c"}
+    rows = pd.concat([rows, pd.DataFrame([lm])], ignore_index=True)
+    assert list(tables.aggregate(rows).set_index("arm").loc[["lm", "vanilla"], "collapsed"]) == [False, False]
+    assert tables.aggregate(rows).set_index("arm").loc["lm", "no_latent"]
+    collapsed_lm = rows.assign(**{"config.model.nz": 32})  # the same numbers with a latent: collapsed
+    assert tables.aggregate(collapsed_lm).set_index("arm").loc["lm", "collapsed"]
+    table = verdict_table(rows, ("d", "m"), "test", "vanilla", ("valid.nll",), ["vanilla", "remedy", "lm"], "v")
+    data = table.data.set_index("arm")
+    assert not data.at["lm", "best_choice"] and data.at["vanilla", "best_choice"]
+    best = tables.best_per_technique(rows, "vanilla", ("valid.nll",), "test", ["nll", "kl"], ["nll"])
+    groups = summary("d", "m", best, ["vanilla", "remedy", "lm"])
+    assert "lm" not in groups["collapsed"] + groups["no collapse"] + groups["partial"]
+    assert tables.verdict(0, 1, no_latent=True) == "no latent"

@@ -200,6 +200,8 @@ def summary(dataset: str, model: str, best: pd.DataFrame, arms: Sequence[str]) -
     for _, r in best.iterrows():
         n = len(r["seeds"])
         k = int(r["collapsed_seeds"])
+        if r.get("no_latent"):
+            continue  # a language model: neither collapsed nor escaping
         if n and k == n:
             groups["collapsed"].append(r["arm"])
         elif k:

@@ -88,7 +88,8 @@ def main_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, arms: Seq
         for m in metrics:
             cells.append(Cell(mean_std_n(m, r[f"{m.name}.mean"], r[f"{m.name}.std"], r[f"{m.name}.n"]),
                               sort=_num(r[f"{m.name}.mean"]), bold=bool(best.at[i, m.name])))
-        cells.append(Cell("collapsed" if r["collapsed"] else "", cls="flag" if r["collapsed"] else ""))
+        cells.append(Cell("collapsed" if r["collapsed"] else "no latent" if r.get("no_latent") else "",
+                          cls="flag" if r["collapsed"] else ""))
         out_rows.append(cells)
         classes.append("collapsed" if r["collapsed"] else "")
     data = agg.drop(columns=["seeds"]).assign(seeds=agg["seeds"].map(lambda s: " ".join(map(str, s))))
@@ -137,7 +138,8 @@ def best_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseline:
         n = len(r["seeds"])
         k = int(r["collapsed_seeds"])
         cells = [Cell(r["arm"]), _setting_cell(r["setting"]), Cell(str(int(r["n_settings"])), sort=r["n_settings"]),
-                 Cell(tables.verdict(k, n) + ("" if 0 < k < n else f" ({k}/{n})"), sort=k / max(n, 1),
+                 Cell(tables.verdict(k, n, bool(r.get("no_latent"))) + ("" if 0 < k < n or r.get("no_latent")
+                                                                        else f" ({k}/{n})"), sort=k / max(n, 1),
                       cls="flag" if k else "")]
         if sel_metric:
             cells.append(Cell(f"{sel_metric.fmt(r['select.mean'])} ({int(r['select.n'])})",

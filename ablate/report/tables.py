@@ -54,10 +54,11 @@ def metric_columns(rows: pd.DataFrame, split: str, names: Sequence[str] | None =
 def aggregate(rows: pd.DataFrame, split: str = "test", names: Sequence[str] | None = None,
               arms: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per dataset × model × arm × setting: `<m>.mean`, `<m>.std` (ddof 1), `<m>.n` per metric, `seeds`
-    (the seeds present), `n_runs`, `collapsed` (mean AU = 0 or mean KL < COLLAPSE_KL)."""
+    (the seeds present), `n_runs`, `collapsed` (mean AU = 0 or mean KL < COLLAPSE_KL), `no_latent` (nz 0: never
+    flagged as collapsed)."""
     metrics = metric_columns(rows, split, names)
     columns = GROUP + ["settings", "seeds", "n_runs"] + [f"{m.name}.{s}" for m in metrics
-                                                           for s in ("mean", "std", "n")] + ["collapsed"]
+                                                           for s in ("mean", "std", "n")] + ["collapsed", "no_latent"]
     if rows.empty:
         return pd.DataFrame(columns=columns)
     records = []
@@ -66,6 +67,7 @@ def aggregate(rows: pd.DataFrame, split: str = "test", names: Sequence[str] | No
         rec["settings"] = part["settings"].iloc[0]
         rec["seeds"] = sorted(int(s) for s in part["seed"].dropna())
         rec["n_runs"] = len(part)
+        rec["no_latent"] = latent_free(part)
         for m in metrics:
             values = part[f"{split}.{m.name}"].astype(float).dropna()
             rec[f"{m.name}.mean"] = values.mean() if len(values) else math.nan
@@ -73,9 +75,15 @@ def aggregate(rows: pd.DataFrame, split: str = "test", names: Sequence[str] | No
             rec[f"{m.name}.n"] = int(len(values))
         records.append(rec)
     out = pd.DataFrame.from_records(records)
-    out["collapsed"] = collapsed(out.get("au.mean"), out.get("kl.mean"))
+    out["collapsed"] = collapsed(out.get("au.mean"), out.get("kl.mean")) & ~out["no_latent"].astype(bool)
     out = _ordered(out, arms or arm_order(rows))
     return out[columns]
+
+
+def latent_free(part: pd.DataFrame) -> bool:
+    """Whether these runs have no latent at all (`model.nz: 0`, a language model): AU 0 and KL 0 by construction,
+    which is not posterior collapse."""
+    return "config.model.nz" in part.columns and len(part) > 0 and bool((part["config.model.nz"] == 0).all())
 
 
 def collapsed(au: pd.Series | float | None, kl: pd.Series | float | None) -> Any:
@@ -296,9 +304,10 @@ def best_per_technique(rows: pd.DataFrame, baseline: str = DEFAULT_BASELINE,
             rec[f"{m.name}.std"] = values.std(ddof=1) if len(values) > 1 else math.nan
             rec[f"{m.name}.n"] = int(len(values))
             rec[f"{m.name}.se"] = combined_se(values, _measurement_se(mine, split, m.name))
+        rec["no_latent"] = latent_free(mine)
         flags = [collapsed(r.get(f"{split}.au"), r.get(f"{split}.kl")) for _, r in mine.iterrows()]
-        rec["collapsed_seeds"] = int(sum(flags))
-        rec["collapsed"] = collapsed(rec.get("au.mean"), rec.get("kl.mean"))
+        rec["collapsed_seeds"] = 0 if rec["no_latent"] else int(sum(flags))
+        rec["collapsed"] = not rec["no_latent"] and collapsed(rec.get("au.mean"), rec.get("kl.mean"))
         base_pick = chosen[(chosen["dataset"] == pick["dataset"]) & (chosen["model"] == pick["model"])
                            & (chosen["arm"] == baseline)]
         base = None
@@ -380,10 +389,12 @@ def best_search_trials(rows: pd.DataFrame, select: str | Sequence[str] = DEFAULT
     return pd.concat([rows[~searched], chosen]).sort_index(), trials
 
 
-def verdict(collapsed_seeds: int, n: int) -> str:
+def verdict(collapsed_seeds: int, n: int, no_latent: bool = False) -> str:
     """Plain words for the per-seed collapse count of a chosen setting."""
     if n == 0:
         return "no results"
+    if no_latent:
+        return "no latent"
     if collapsed_seeds == n:
         return "collapsed"
     if collapsed_seeds == 0:

@@ -69,7 +69,8 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
         best["probe_gain"] = best["arm"].map(chosen.groupby("arm")["_gain"].mean())
         best = best.sort_values([f"{mi}.mean", "au.mean"], ascending=False, kind="stable", na_position="last")
         best = best.reset_index(drop=True)
-        clean = best[(best["collapsed_seeds"] == 0) & (best["seeds"].map(len) > 0) & best["nll.mean"].notna()]
+        clean = best[(best["collapsed_seeds"] == 0) & (best["seeds"].map(len) > 0) & best["nll.mean"].notna()
+                     & ~best["no_latent"].astype(bool)]  # a language model is a reference, not a choice
         top = clean["nll.mean"].idxmin() if not clean.empty else -1
         best["best_choice"] = best.index == top
         if top != -1:  # arms whose NLL cannot be told from the lowest share the mark: no winner within noise
@@ -78,7 +79,8 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
                 if i != top and significance.within_noise(r["nll.mean"] - best.loc[top, "nll.mean"], gap_se):
                     best.loc[i, "best_choice"] = True
     has_probes = not best.empty and best["probe_gain"].notna().any()
-    cols = [Col("arm", "★: the best choice — no collapsed seed, and the lowest mean NLL among such arms; every such "
+    cols = [Col("arm", "★: the best choice — no collapsed seed, and the lowest mean NLL among such arms (a model "
+                "without a latent, such as a language model, is a reference, never the choice); every such "
                 "arm whose NLL is within noise of it (2 combined standard errors) shares the ★"),
             Col("collapsed", f"seeds whose {split} AU = 0 or KL < {COLLAPSE_KL} nats, of the seeds run", True)]
     cols += [Col(f"Δ{metric(n).label} (cost)",
@@ -97,7 +99,7 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
         n, k = len(r["seeds"]), int(r["collapsed_seeds"])
         star = "★ " if r["best_choice"] else ""
         cells = [Cell(star + r["arm"], sort=r["arm"], bold=bool(r["best_choice"])),
-                 Cell(f"{k} of {n}", sort=k / max(n, 1), cls="flag" if k else "")]
+                 Cell("no latent" if r.get("no_latent") else f"{k} of {n}", sort=k / max(n, 1), cls="flag" if k else "")]
         for name in costs:
             if r["arm"] == baseline:
                 cells.append(Cell("(baseline)", sort=math.nan))
