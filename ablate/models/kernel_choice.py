@@ -75,7 +75,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")  # what the kernels' speeds hang on
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")  # what kernel speeds hang on
 
 
 def cpu_flags() -> list[str]:
@@ -100,7 +100,8 @@ def kernel_cache_path() -> Path:
 
 
 def cache_key(shapes: Shapes, threads: int) -> str:
-    machine = {"cpu": cpu_model(), "flags": cpu_flags(), "torch": torch.__version__, "threads": threads, **dataclasses.asdict(shapes),
+    machine = {"cpu": cpu_model(), "flags": cpu_flags(), "torch": torch.__version__, "threads": threads,
+               **dataclasses.asdict(shapes),
                "candidates": [PRODUCT_BACKENDS, GRAD_H_BACKENDS, GRAD_W_BACKENDS, EVAL_BACKENDS, LSTM_BACKENDS]}
     # (a new candidate makes a new key: a choice cached before it existed is measured again)
     return hashlib.sha256(json.dumps(machine, sort_keys=True).encode()).hexdigest()[:16]

@@ -99,7 +99,8 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
         n, k = len(r["seeds"]), int(r["collapsed_seeds"])
         star = "★ " if r["best_choice"] else ""
         cells = [Cell(star + r["arm"], sort=r["arm"], bold=bool(r["best_choice"])),
-                 Cell("no latent" if r.get("no_latent") else f"{k} of {n}", sort=k / max(n, 1), cls="flag" if k else "")]
+                 Cell("no latent" if r.get("no_latent") else f"{k} of {n}", sort=k / max(n, 1),
+                      cls="flag" if k else "")]
         for name in costs:
             if r["arm"] == baseline:
                 cells.append(Cell("(baseline)", sort=math.nan))
