@@ -129,3 +129,29 @@ def test_rows_curves_and_models_are_kept_apart_and_old_folders_still_read(tmp_pa
     assert "moved 3 files of runs/ into rows/, curves/ and models/" in capsys.readouterr().err
     assert not legacy.exists() and len(pd.read_parquet(folder / "rows")) == 1  # moved, not run again
     assert pd.read_parquet(folder / "rows")["run_id"].tolist() == rows["run_id"].tolist()
+
+
+def test_curves_are_written_compactly_and_read_back_exactly(tmp_path):
+    """A curve's floats come from float32 tensors: zstd over split byte streams stores them smaller than the plain
+    file, and every value (None for a missing one, NaN where a value is NaN) reads back as it was."""
+    import math
+
+    import pyarrow as pa
+
+    from ablate.results.rows import CURVES_SCHEMA, write_atomic, write_curves
+
+    points = [{"step": i, "epoch": i // 100, "phase": "vae", "split": "train", "beta": min(1.0, i / 500),
+               "kl": float(pa.array([0.37 * math.sin(i)], pa.float32())[0].as_py()), "rec": 60.0 + (i % 7) / 8,
+               "loss": 61.5, "mu_var": None, "au": None} for i in range(2000)]
+    points.append({"step": 2000, "epoch": 20, "phase": "vae", "split": "valid", "beta": math.nan, "kl": 0.5,
+                   "rec": 59.0, "loss": 59.5, "mu_var": 0.02, "au": 1.0})
+    write_curves(points, "r1", tmp_path / "c.parquet")
+    back = pq.read_table(tmp_path / "c.parquet")
+    assert back.schema.equals(CURVES_SCHEMA) and back.num_rows == 2001
+    for written, read in zip(points, back.to_pylist()):
+        assert read["run_id"] == "r1"
+        for key, value in written.items():
+            assert read[key] == value or (isinstance(value, float) and math.isnan(value) and math.isnan(read[key]))
+    assert pq.ParquetFile(tmp_path / "c.parquet").metadata.row_group(0).column(5).compression == "ZSTD"
+    write_atomic(back, tmp_path / "plain.parquet")
+    assert (tmp_path / "c.parquet").stat().st_size < (tmp_path / "plain.parquet").stat().st_size

@@ -90,10 +90,11 @@ def _coerce(value: Any, kind: pa.DataType) -> Any:
     return value
 
 
-def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
+def write_atomic(table: pa.Table, path: Path, **options: Any) -> None:
+    """Write to a temporary name in the same folder, then rename: readers never see half a file. `options` go to
+    pyarrow.parquet.write_table."""
     with atomic_target(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, **options)
 
 
 def write_row(row: dict[str, Any], path: Path) -> None:
@@ -102,9 +103,21 @@ def write_row(row: dict[str, Any], path: Path) -> None:
     write_atomic(pa.Table.from_pydict(columns, schema=schema), path)
 
 
+# A curve has a point per training step (131,500 for 100 PTB epochs). Stored losslessly ≈ 3× smaller than parquet's
+# defaults: the floats come from float32 tensors, so their float64 low bytes are zeros, and split into byte streams
+# zstd packs them; steps and epochs count up, delta-encoded; the strings repeat, dictionary-encoded.
+_CURVE_FLOATS = [f.name for f in CURVES_SCHEMA if pa.types.is_floating(f.type)]
+_CURVE_COUNTERS = [f.name for f in CURVES_SCHEMA if pa.types.is_integer(f.type)]
+CURVES_WRITE_OPTIONS = {
+    "compression": "zstd", "compression_level": 19,
+    "use_dictionary": [n for n in CURVES_SCHEMA.names if n not in _CURVE_FLOATS + _CURVE_COUNTERS],
+    "column_encoding": {**{n: "BYTE_STREAM_SPLIT" for n in _CURVE_FLOATS},
+                        **{n: "DELTA_BINARY_PACKED" for n in _CURVE_COUNTERS}}}
+
+
 def write_curves(curves: list[dict[str, Any]], run_id: str, path: Path) -> None:
     columns = {f.name: [run_id if f.name == "run_id" else c.get(f.name) for c in curves] for f in CURVES_SCHEMA}
-    write_atomic(pa.Table.from_pydict(columns, schema=CURVES_SCHEMA), path)
+    write_atomic(pa.Table.from_pydict(columns, schema=CURVES_SCHEMA), path, **CURVES_WRITE_OPTIONS)
 
 
 ROW_KEYS = {"run_id", "cell_id", "status", "arm", "attempt", "seed", "dataset", "model", "finished_at"}
