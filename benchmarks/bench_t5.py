@@ -97,48 +97,44 @@ def main() -> None:
     print(load())
 
 
+def interleaved_medians(model, prepared, device, size: str, repeats: int, variants: dict) -> dict[str, float]:
+    """Median training tokens/s of each variant (label -> (train config, kernels)), run in turn `repeats` times."""
+    valid = prepared.splits["valid"].head(8)
+    rates: dict[str, list[float]] = {label: [] for label in variants}
+    for repeat in range(repeats):
+        for label, (train_config, kernels) in variants.items():
+            with using(kernels):
+                state = train(model, [], prepared.splits["train"], valid, prepared.tokenizer.framing, train_config,
+                              device, repeat + 1, progress=False).state
+            rates[label].append(state.train_tokens / state.train_seconds)
+            print(f"  {size} repeat {repeat + 1} {label:<14}{rates[label][-1]:>9.0f} tokens/s; {load()}", flush=True)
+    return {label: statistics.median(r) for label, r in rates.items()}
+
+
 def compare_linear(model, prepared, config, device, chosen, size: str, repeats: int) -> None:
     """tokens/s with the Linear layers through MKL and through oneDNN, interleaved, medians of `repeats`."""
-    rates: dict[str, list[float]] = {"blas": [], "onednn": []}
-    valid = prepared.splits["valid"].head(8)
-    for repeat in range(repeats):
-        for backend in rates:
-            with using(dataclasses.replace(chosen, linear=backend)):
-                state = train(model, [], prepared.splits["train"], valid, prepared.tokenizer.framing, config.train,
-                              device, repeat + 1, progress=False).state
-            rates[backend].append(state.train_tokens / state.train_seconds)
-            print(f"  {size} repeat {repeat + 1} linear {backend:<7}{rates[backend][-1]:>9.0f} tokens/s; {load()}",
-                  flush=True)
-    medians = {b: statistics.median(r) for b, r in rates.items()}
-    print(f"{size}: linear blas {medians['blas']:.0f}, onednn {medians['onednn']:.0f} tokens/s: "
-          f"{medians['onednn'] / medians['blas']:.2f}x (chosen at start-up: {chosen.linear})")
+    variants = {f"linear {b}": (config.train, dataclasses.replace(chosen, linear=b)) for b in ("blas", "onednn")}
+    medians = interleaved_medians(model, prepared, device, size, repeats, variants)
+    blas, onednn = medians["linear blas"], medians["linear onednn"]
+    print(f"{size}: linear blas {blas:.0f}, onednn {onednn:.0f} tokens/s: {onednn / blas:.2f}x "
+          f"(chosen at start-up: {chosen.linear})")
 
 
 def compare_precision(model, prepared, config, device, size: str, repeats: int) -> None:
     """tokens/s of training in fp32 and in bf16, interleaved, medians of `repeats` (steady state: the first call
     of each precision is a warm-up, not counted)."""
-    valid = prepared.splits["valid"].head(8)
-    settings = {}
+    variants = {}
     for precision in ("fp32", "bf16"):
         train_config = config.train.model_copy(update={"precision": precision})
-        run_config = config.model_copy(update={"train": train_config})
-        settings[precision] = (train_config, choose_kernels(model, run_config, prepared, device))
-        with using(settings[precision][1]):
-            train(model, [], prepared.splits["train"], valid, prepared.tokenizer.framing,
+        kernels = choose_kernels(model, config.model_copy(update={"train": train_config}), prepared, device)
+        variants[precision] = (train_config, kernels)
+        with using(kernels):
+            train(model, [], prepared.splits["train"], prepared.splits["valid"].head(8), prepared.tokenizer.framing,
                   train_config.model_copy(update={"max_steps": 5}), device, 0, progress=False)
-    rates: dict[str, list[float]] = {p: [] for p in settings}
-    for repeat in range(repeats):
-        for precision, (train_config, kernels) in settings.items():
-            with using(kernels):
-                state = train(model, [], prepared.splits["train"], valid, prepared.tokenizer.framing, train_config,
-                              device, repeat + 1, progress=False).state
-            rates[precision].append(state.train_tokens / state.train_seconds)
-            print(f"  {size} repeat {repeat + 1} {precision}{rates[precision][-1]:>9.0f} tokens/s; {load()}",
-                  flush=True)
-    medians = {p: statistics.median(r) for p, r in rates.items()}
+    medians = interleaved_medians(model, prepared, device, size, repeats, variants)
     print(f"{size}: fp32 {medians['fp32']:.0f}, bf16 {medians['bf16']:.0f} tokens/s: "
           f"{medians['bf16'] / medians['fp32']:.2f}x ({repeats} interleaved repeats; kernels fp32: "
-          f"{settings['fp32'][1].describe()}; bf16: {settings['bf16'][1].describe()})")
+          f"{variants['fp32'][1].describe()}; bf16: {variants['bf16'][1].describe()})")
 
 
 if __name__ == "__main__":
