@@ -100,8 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     print(format_metrics(row))
     tps = row.get("train_tokens_per_second") or 0.0
-    print(f"train {row['train_seconds']:.1f}s ({tps:,.0f} tokens/s), eval {row['eval_seconds']:.1f}s, "
-          f"device {row['device']}")
+    print(f"train {row['train_seconds']:.1f}s ({tps:,.0f} tokens/s, {row.get('precision', 'fp32')}), "
+          f"eval {row['eval_seconds']:.1f}s, device {row['device']}")
     model = f" and {outcome.model_path}" if outcome.model_path is not None else ""
     print(f"wrote {outcome.result_path}, {outcome.curves_path}{model}")
     return 0
