@@ -151,6 +151,13 @@ def one_length_order(lengths: list[int], batch_size: int, rng: random.Random | N
     return batches
 
 
+def batches_per_epoch(split: EncodedSplit, batch_size: int, one_length: bool = False) -> int:
+    """How many batches iterate_batches cuts from `split` (one_length gives more: one per run of a length)."""
+    if not one_length:
+        return -(-len(split.tokens) // batch_size)
+    return len(one_length_order([len(t) for t in split.tokens], batch_size, None))
+
+
 def iterate_batches(split: EncodedSplit, framing: Framing, batch_size: int,
                     rng: random.Random | None = None, one_length: bool = False) -> list[Batch]:
     """All batches of a split, bucketed by length (shuffled when rng is given); one_length: He et al.'s batches

@@ -20,7 +20,7 @@ import torch
 from ablate.core.config import TrainConfig
 from ablate.core.progress import RunProgress
 from ablate.core.seeds import derive
-from ablate.data.batching import Batch, EncodedSplit, iterate_batches
+from ablate.data.batching import Batch, EncodedSplit, batches_per_epoch, iterate_batches
 from ablate.data.tokenize import Framing
 from ablate.engine.curves import (
     LIVE_EARLY,
@@ -368,7 +368,8 @@ def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit
     state = run.state
     if not isinstance(progress, RunProgress):
         progress = RunProgress(bool(progress), 0)
-    progress.plan_more(planned_steps(cfg, techniques, cfg.steps_per_epoch(len(train_split)), state))
+    batches = batches_per_epoch(train_split, cfg.batch_size, one_length=cfg.batching == "one_length")
+    progress.plan_more(planned_steps(cfg, techniques, -(-batches // cfg.grad_accum), state))
     progress.resumed(state.global_step)
     if state.phase == "vae" and run.vae_budget_done():
         state.finished = True
