@@ -149,13 +149,17 @@ def default_sigint():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_mid_epoch_keeps_the_step_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch,
-                                                                                          capsys, default_sigint):
-    """SIGINT at the 3rd optimiser step of epoch 1: the step finishes, the state is saved, `ablate run` says in
-    one line how to continue (exit 130, no traceback); `--resume` then ends with the uninterrupted run's metrics
-    (issue 26.7)."""
+                                                                                          capsys, default_sigint,
+                                                                                          signame):
+    """SIGINT (Ctrl-C) or SIGTERM (a stopped worker) at the 3rd optimiser step of epoch 1: the step finishes, the
+    state is saved, `ablate run` says in one line how to continue (exit 130, no traceback); `--resume` then ends
+    with the uninterrupted run's metrics (issue 26.7). Afterwards both signals have their handlers back."""
     import os
     import signal
+
+    term_before = signal.getsignal(signal.SIGTERM)
 
     import yaml
 
@@ -172,7 +176,7 @@ def test_ctrl_c_mid_epoch_keeps_the_step_and_resume_ends_where_an_uninterrupted_
     def step_then_ctrl_c(self, group, batches):
         calls.append(1)
         if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # lands mid-step; the step still finishes
+            os.kill(os.getpid(), getattr(signal, signame))  # lands mid-step; the step still finishes
         return step(self, group, batches)
 
     monkeypatch.setattr(Trainer, "step", step_then_ctrl_c)
@@ -187,6 +191,8 @@ def test_ctrl_c_mid_epoch_keeps_the_step_and_resume_ends_where_an_uninterrupted_
     monkeypatch.setattr(Trainer, "step", step)
     assert main(["run", str(config), "--out", str(out), "--quiet", "--name", "cut", "--resume"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == whole  # the same metrics line
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) == term_before
 
 
 @pytest.mark.parametrize("techniques", [{}, {"aggressive": {"max_inner": 5, "check_every": 3},

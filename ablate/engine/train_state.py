@@ -101,25 +101,32 @@ def save_checkpoint(path: Path, model: TextVAE, optimizer: torch.optim.Optimizer
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) during training: the current step finishes, the state is saved, then KeyboardInterrupt —
-    so an interrupted run continues from that step (`ablate run --resume`, a re-run sweep), not from its last
-    epoch. A second Ctrl-C stops at once. Only in the main thread, and only over Python's default handler."""
+    """Ctrl-C (SIGINT) or SIGTERM during training: the current step finishes, the state is saved, then
+    KeyboardInterrupt — so an interrupted run continues from that step (`ablate run --resume`, a re-run sweep), not
+    from its last epoch (a stopped sweep worker loses nothing either). A second signal of the same kind acts as it
+    would have without this (Ctrl-C at once; SIGTERM by the handler before: a worker's exit, or the default).
+    Only in the main thread, over Python's default SIGINT handler, and not where SIGTERM is ignored."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._installed = False
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, self._on_sigint)
-            self._installed = True
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_signal)
+        term = signal.getsignal(signal.SIGTERM)
+        if term is signal.SIG_DFL or callable(term):
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
         return self
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
         self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
+        signal.signal(signum, self._previous.pop(signum))  # a second one: as before
 
     def __exit__(self, *exc: Any) -> None:
-        if self._installed and signal.getsignal(signal.SIGINT) == self._on_sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, previous)
+        self._previous.clear()
