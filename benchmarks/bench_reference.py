@@ -12,7 +12,8 @@ output bias), fp32, on ../shared/data/ptb's training split. Three implementation
 - `bare`: the same algorithm written here in plain PyTorch (nn.LSTM over one-length batches, the full logits
   block, cross-entropy, SGD, a host read of the loss each step) — shown here to run at the reference's speed:
   5,811 vs 6,056 tokens/s (0.96×; medians of 3, interleaved) on an AMD EPYC, 2 cores, torch 2.13.0+cpu,
-  2026-12-02 (benchmarks/README.md has the whole table).
+  2026-12-02, and 6,189 vs 5,707 (1.08×) on an AMD EPYC of family 26, model 2 (Zen 5), 2026-12-03
+  (benchmarks/README.md has the whole tables).
 - `ablate`: `ablate.engine.train.train` with the same settings (`train.batching: one_length`, the same batches).
 
 Steady-state tokens/s by differencing: each implementation runs the first A and the first B steps of the same
