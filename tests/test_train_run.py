@@ -249,3 +249,29 @@ def test_checkpoint_minutes_is_left_out_of_the_cell_id_at_its_default():
                                                          "<test>"))
     assert config_hash(base) != config_hash(build_config(tiny_overrides(**{"train.checkpoint_minutes": 0}),
                                                          "<test>"))
+
+
+def test_a_workers_sigterm_handler_waits_for_the_step_boundary_then_is_back():
+    """A sweep worker installs its own SIGTERM handler (an exit); during training the first SIGTERM only requests
+    the stop (the step finishes and is saved), a second reaches the worker's handler, and after training the
+    worker's handler is in place again."""
+    import os
+    import signal
+
+    from ablate.engine.train_state import StopRequest
+
+    reached: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: reached.append(signum))
+    try:
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.requested and reached == []
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert reached == [signal.SIGTERM]
+        with StopRequest() as stop:
+            pass
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert reached == [signal.SIGTERM, signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
