@@ -296,3 +296,31 @@ def test_a_commit_that_failed_for_an_outage_is_an_outage():
     refused = sqlalchemy.exc.IntegrityError("INSERT", {}, ValueError("duplicate key"))
     assert is_outage(wrapped(lost)) and is_outage(lost)
     assert not is_outage(wrapped(refused)) and not is_outage(optuna.exceptions.StorageInternalError("too long"))
+
+
+def test_status_says_where_each_live_attempt_stands():
+    """`ablate status`: one line per live attempt — arm, seed, cell, attempt, time since its claim, its last
+    validation point (a dead worker's attempt and finished ones say nothing)."""
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from ablate.sweep.progress import running_lines
+
+    def trial(state, live, **attrs):
+        return SimpleNamespace(state=state, live=live, user_attrs=attrs)
+
+    point = {"epoch": 4, "phase": "vae", "rec": 101.234, "kl": 0.7071, "nelbo": 101.94, "beta": 1.0}
+    trials = [trial(TrialState.RUNNING, True, arm="ae_fb", seed=0, cell_id="b649035d505b", attempt=7,
+                    claimed_at="2026-12-03T02:03:00+00:00", valid_curve=[dict(point, epoch=3), point]),
+              trial(TrialState.RUNNING, True, arm="lm", seed=1, cell_id="abc", attempt=1,
+                    claimed_at="2026-12-03T03:10:00+00:00"),
+              trial(TrialState.RUNNING, False, arm="dead", seed=0, cell_id="d", attempt=1)]
+    ledger = SimpleNamespace(trials=lambda states: [t for t in trials if t.state in states],
+                             is_live=lambda t: t.live)
+    now = datetime(2026, 12, 3, 3, 11, 5, tzinfo=timezone.utc)
+    assert running_lines(ledger, now) == [
+        "running: arm 'ae_fb' seed 0 cell b649035d505b (attempt 7, claimed 1h08m ago): epoch 5 [vae] done: "
+        "valid rec 101.23, KL 0.707, -ELBO 101.94",
+        "running: arm 'lm' seed 1 cell abc (attempt 1, claimed 1m05s ago): no epoch finished in this attempt yet"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime, timezone
 from typing import TextIO
 
 
@@ -113,6 +114,31 @@ def _counts_now(ledger: Ledger, study: Study, ok_at_start: set[str]) -> CellCoun
         state = ledger.cell_state(grouped.get(cell.cell_id, []), cell.cell_id in ok_at_start)
         setattr(out, state, getattr(out, state) + 1)
     return out
+
+
+def running_lines(ledger: Ledger, now: datetime | None = None) -> list[str]:
+    """Where each live attempt stands, one line each: its arm and seed, how long since it was claimed, and its
+    last validation point in this attempt (epoch, phase, rec, KL, −ELBO) — hours-long cells show they move."""
+    now = now or datetime.now(timezone.utc)
+    lines = []
+    for trial in ledger.trials((TrialState.RUNNING,)):
+        if not ledger.is_live(trial):
+            continue
+        attrs = trial.user_attrs
+        since = ""
+        if attrs.get("claimed_at"):
+            claimed = datetime.fromisoformat(str(attrs["claimed_at"]))
+            since = f", claimed {format_seconds((now - claimed).total_seconds())} ago"
+        curve = attrs.get("valid_curve") or []
+        if curve:
+            last = curve[-1]
+            where = (f"epoch {int(last['epoch']) + 1} [{last['phase']}] done: valid rec {last['rec']:.2f}, "
+                     f"KL {last['kl']:.3f}, -ELBO {last['nelbo']:.2f}")
+        else:
+            where = "no epoch finished in this attempt yet"
+        lines.append(f"running: arm '{attrs.get('arm', '?')}' seed {attrs.get('seed', '?')} cell "
+                     f"{attrs.get('cell_id', '?')} (attempt {attrs.get('attempt', '?')}{since}): {where}")
+    return lines
 
 
 def failure_lines(ledger: Ledger, study: Study, limit: int = 20) -> list[str]:

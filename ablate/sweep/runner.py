@@ -47,7 +47,7 @@ from ablate.sweep.attempts import ResultIndex, process_alive
 from ablate.sweep.ledger import Ledger
 from ablate.sweep.storage import STORAGE_ENV, is_sqlite, redact
 from ablate.sweep.progress import (SweepProgress, _counts_now, count_cells, failure_lines,
-                                   format_counts, total)
+                                   format_counts, running_lines, total)
 from ablate.sweep import search
 from ablate.sweep.cells import Study
 from ablate.sweep.study import load_study
@@ -409,7 +409,8 @@ def status_text(target: str | Path, out: str | Path = "results", storage: str | 
                                               f"ledger {'journal' if storage is None else redact(storage)}")
     if study.overrides:
         head += f"; counted with {_overrides_text(study.overrides)}" + ("" if overrides else " (as it was swept)")
-    lines = [head, format_counts(counts)] + (search.progress_lines(ledger) if ledger is not None else [])
+    lines = [head, format_counts(counts)] + (search.progress_lines(ledger) + running_lines(ledger)
+                                              if ledger is not None else [])
     t = total(counts)
     other = cells_outside_the_study(folder)
     if other:
