@@ -316,6 +316,8 @@ def test_status_says_where_each_live_attempt_stands():
                     claimed_at="2026-12-03T02:03:00+00:00", valid_curve=[dict(point, epoch=3), point]),
               trial(TrialState.RUNNING, True, arm="lm", seed=1, cell_id="abc", attempt=1,
                     claimed_at="2026-12-03T03:10:00+00:00"),
+              trial(TrialState.RUNNING, True, arm="old", seed=2, cell_id="e", attempt=3, claimed_at="yesterday",
+                    valid_curve=[{"epoch": 1}]),
               trial(TrialState.RUNNING, False, arm="dead", seed=0, cell_id="d", attempt=1)]
     ledger = SimpleNamespace(trials=lambda states: [t for t in trials if t.state in states],
                              is_live=lambda t: t.live)
@@ -323,4 +325,5 @@ def test_status_says_where_each_live_attempt_stands():
     assert running_lines(ledger, now) == [
         "running: arm 'ae_fb' seed 0 cell b649035d505b (attempt 7, claimed 1h08m ago): epoch 5 [vae] done: "
         "valid rec 101.23, KL 0.707, -ELBO 101.94",
-        "running: arm 'lm' seed 1 cell abc (attempt 1, claimed 1m05s ago): no epoch finished in this attempt yet"]
+        "running: arm 'lm' seed 1 cell abc (attempt 1, claimed 1m05s ago): no epoch finished in this attempt yet",
+        "running: arm 'old' seed 2 cell e (attempt 3): no epoch finished in this attempt yet"]  # odd records: no crash

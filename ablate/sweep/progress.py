@@ -126,15 +126,18 @@ def running_lines(ledger: Ledger, now: datetime | None = None) -> list[str]:
             continue
         attrs = trial.user_attrs
         since = ""
-        if attrs.get("claimed_at"):
+        try:
             claimed = datetime.fromisoformat(str(attrs["claimed_at"]))
+            claimed = claimed if claimed.tzinfo else claimed.replace(tzinfo=timezone.utc)
             since = f", claimed {format_seconds((now - claimed).total_seconds())} ago"
+        except (KeyError, ValueError, TypeError):
+            pass  # an attempt claimed by an older ablate: no time
         curve = attrs.get("valid_curve") or []
-        if curve:
+        try:
             last = curve[-1]
-            where = (f"epoch {int(last['epoch']) + 1} [{last['phase']}] done: valid rec {last['rec']:.2f}, "
-                     f"KL {last['kl']:.3f}, -ELBO {last['nelbo']:.2f}")
-        else:
+            where = (f"epoch {int(last['epoch']) + 1} [{last['phase']}] done: valid rec {float(last['rec']):.2f}, "
+                     f"KL {float(last['kl']):.3f}, -ELBO {float(last['nelbo']):.2f}")
+        except (IndexError, KeyError, ValueError, TypeError):
             where = "no epoch finished in this attempt yet"
         lines.append(f"running: arm '{attrs.get('arm', '?')}' seed {attrs.get('seed', '?')} cell "
                      f"{attrs.get('cell_id', '?')} (attempt {attrs.get('attempt', '?')}{since}): {where}")
