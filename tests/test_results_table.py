@@ -86,6 +86,9 @@ def test_a_sweep_reports_each_epoch_to_its_optuna_trial(tmp_path):
     assert trial.user_attrs["techniques"] == "none" and trial.user_attrs["dataset"] == "synthetic"
     train = curves[(curves["split"] == "train") & (curves["epoch"] == 2)]
     assert trial.user_attrs["valid_curve"][2]["beta"] == pytest.approx(train["beta"].iloc[-1])
+    from datetime import datetime  # each point stamped when it was reported (`ablate status` times epochs by it)
+    stamps = [datetime.fromisoformat(p["at"]) for p in trial.user_attrs["valid_curve"]]
+    assert stamps == sorted(stamps) and all(t.tzinfo is not None for t in stamps)
 
 
 def test_rows_curves_and_models_are_kept_apart_and_old_folders_still_read(tmp_path, capsys):

@@ -255,7 +255,7 @@ class Ledger(Liveness):
         optuna-dashboard draws the curve while the study runs) and the named values (rec, KL, −ELBO, phase) in
         the user attribute `valid_curve`, with the epoch's last β. A reporting failure never stops training."""
         curve.append({"epoch": int(point["epoch"]), "phase": point["phase"], "rec": point["rec"], "kl": point["kl"],
-                      "nelbo": point["loss"], "beta": point.get("beta")})
+                      "nelbo": point["loss"], "beta": point.get("beta"), "at": now_iso()})
         direct = getattr(self.storage, "_ablate_direct", {})  # never waits out an outage: training goes on
         try:
             trial_id = self.trial_id(trial)

@@ -139,9 +139,29 @@ def running_lines(ledger: Ledger, now: datetime | None = None) -> list[str]:
                      f"KL {float(last['kl']):.3f}, -ELBO {float(last['nelbo']):.2f}")
         except (IndexError, KeyError, ValueError, TypeError):
             where = "no epoch finished in this attempt yet"
+        where += epoch_pace(curve)
         lines.append(f"running: arm '{attrs.get('arm', '?')}' seed {attrs.get('seed', '?')} cell "
                      f"{attrs.get('cell_id', '?')} (attempt {attrs.get('attempt', '?')}{since}): {where}")
     return lines
+
+
+def epoch_pace(curve: list[dict]) -> str:
+    """", ≈ 4m10s an epoch (last 3)": the mean time between the last few validation points of the attempt's
+    current phase (points stamped `at` by Ledger.report_epoch); "" when fewer than two have a time."""
+    if not curve:
+        return ""
+    times = []
+    for point in reversed(curve):
+        if point.get("phase") != curve[-1].get("phase") or len(times) == 4:
+            break
+        try:
+            times.append(datetime.fromisoformat(str(point["at"])))
+        except (KeyError, ValueError, TypeError):
+            break
+    if len(times) < 2:
+        return ""
+    return f", ≈ {format_seconds((times[0] - times[-1]).total_seconds() / (len(times) - 1))} an epoch (last " \
+           f"{len(times) - 1})"
 
 
 def failure_lines(ledger: Ledger, study: Study, limit: int = 20) -> list[str]:
