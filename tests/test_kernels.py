@@ -286,6 +286,29 @@ def test_chosen_linear_gives_nn_linear_values_and_gradients(backend):
     assert set(layer.state_dict()) == {"weight", "bias"}
 
 
+@pytest.mark.parametrize("backend", K.PRODUCT_BACKENDS)
+def test_without_autograd_a_chosen_linear_runs_the_eval_choice_with_the_same_values(backend, monkeypatch):
+    """Evaluation's forward (no autograd) goes through `eval_linear`, training's through `linear`; both give
+    F.linear's values."""
+    torch.manual_seed(1)
+    layer = torch.nn.Linear(24, 40)
+    expected = torch.nn.functional.linear(x := torch.randn(3, 7, 24), layer.weight, layer.bias)
+    K.chosen_linears(torch.nn.Sequential(layer))
+    used: list[str] = []
+    product = K.product_nt
+    monkeypatch.setattr(K, "product_nt", lambda *a, **k: used.append(k.get("backend", a[-1])) or product(*a, **k))
+    other = "blas" if backend == "onednn" else "onednn"
+    with K.using(K.Kernels(linear=other, eval_linear=backend)), torch.no_grad():
+        out = layer(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    if K.ONEDNN:
+        assert used == ([backend] if backend == "onednn" else [])  # blas is F.linear itself
+        used.clear()
+        with K.using(K.Kernels(linear=backend, eval_linear=other)):
+            layer(x.requires_grad_(True))
+        assert used == ([backend] if backend == "onednn" else [])
+
+
 def test_a_transformers_model_gets_chosen_linears_and_their_shapes_are_timed(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     from transformers import T5Config, T5ForConditionalGeneration
@@ -305,7 +328,19 @@ def test_a_transformers_model_gets_chosen_linears_and_their_shapes_are_timed(tmp
 
     shapes = C.shapes_of(Wrapper(), batch_size=4, mean_tokens=6)
     assert shapes.linears == ((16, 16), (16, 32), (16, 40), (32, 16)) and shapes.lstms == ()
+    assert shapes.eval_positions == 0  # no evaluation pass asked for: nothing timed for it
     monkeypatch.delenv(C.KERNELS_ENV, raising=False)
     calls: list[str] = []
     C.choose(shapes, torch.device("cpu"), timer=fake_timer({"linear:onednn": 0.0}, calls), cache=tmp_path / "k.json")
     assert {"linear:blas", "linear:onednn"} <= set(calls) or not K.ONEDNN
+    assert not any(c.startswith("eval_linear") for c in calls)
+    # evaluation's forward-only products, timed at an IW chunk's rows, in a bf16 run too (evaluation is fp32)
+    shapes = C.shapes_of(Wrapper(), batch_size=4, mean_tokens=6, precision="bf16", eval_pairs=512)
+    assert shapes.eval_positions == 512 * 6
+    calls.clear()
+    chosen = C.choose(shapes, torch.device("cpu"), timer=fake_timer({"eval_linear:onednn": 0.0}, calls),
+                      cache=tmp_path / "k2.json")
+    if K.ONEDNN:
+        assert {"eval_linear:blas", "eval_linear:onednn"} <= set(calls) and not any(c == "linear:onednn" for c in calls)
+        assert (chosen.linear, chosen.eval_linear) == ("blas", "onednn")
+        assert "linear blas (eval onednn)" in chosen.describe()

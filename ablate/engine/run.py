@@ -35,6 +35,7 @@ from ablate.data.batching import EncodedSplit, encode_split
 from ablate.data.corpus import SPLITS, Corpus, load_corpus
 from ablate.data.tokenize import Tokenizer
 from ablate.engine.evaluate import (
+    IW_PAIRS_PER_CHUNK,
     encode_all,
     evaluate_split,
     probe_factors,
@@ -251,7 +252,8 @@ def choose_kernels(model: TextVAE, config: RunConfig, prepared: Prepared, device
     and shape, then read from the user cache)."""
     sample = prepared.splits["train"].tokens[:2000]
     mean_tokens = sum(len(t) + 1 for t in sample) / max(1, len(sample))
-    shapes = shapes_of(model, config.train.batch_size, mean_tokens, config.train.precision)
+    shapes = shapes_of(model, config.train.batch_size, mean_tokens, config.train.precision,
+                       eval_pairs=IW_PAIRS_PER_CHUNK)
     try:
         return choose(shapes, device)
     except ValueError as error:  # $ABLATE_KERNELS misspelt

@@ -44,6 +44,7 @@ class Shapes:
     lstms: tuple[tuple[int, int, int, int], ...] = ()
     dtype: str = "fp32"
     linears: tuple[tuple[int, int], ...] = ()  # (in, out) of the ChosenLinear layers, at `positions` rows
+    eval_positions: int = 0  # rows of an evaluation pass's Linear products (fp32, no autograd)
 
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -152,7 +153,7 @@ def parse_setting(text: str) -> dict[str, str]:
     """$ABLATE_KERNELS `name=value,…` → {field: value}; a clear error for an unknown name or value."""
     allowed = {"output": ("blocks", "plain"), "logits": PRODUCT_BACKENDS, "grad_h": GRAD_H_BACKENDS,
                "grad_w": GRAD_W_BACKENDS, "eval_logits": EVAL_BACKENDS, "lstm": LSTM_BACKENDS,
-               "linear": PRODUCT_BACKENDS}
+               "linear": PRODUCT_BACKENDS, "eval_linear": PRODUCT_BACKENDS}
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
@@ -169,7 +170,7 @@ def choose(shapes: Shapes, device: torch.device, threads: int | None = None, tim
     candidate (replaceable in tests)."""
     if device.type != "cpu":
         return Kernels(output="plain", logits="blas", grad_h="blas", grad_w="blas", eval_logits="blas",
-                       lstm="onednn", linear="blas", how="gpu")
+                       lstm="onednn", linear="blas", eval_linear="blas", how="gpu")
     setting = os.environ.get(KERNELS_ENV, "").strip()
     if setting == "default":
         return Kernels()
@@ -237,14 +238,24 @@ def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str
               for size_in, size_out in shapes.linears]
     linear_choice = fastest("linear", {b: (lambda b=b: _linear_step(layers, b)) for b in backends}) \
         if layers and shapes.dtype == "fp32" else Kernels().linear
+    eval_inputs = [(layer, torch.randn(max(1, shapes.eval_positions), layer.in_features)) for layer, _ in layers]
+    eval_linear = fastest("eval_linear", {b: (lambda b=b: _linear_forward(eval_inputs, b)) for b in backends}) \
+        if layers and shapes.eval_positions else Kernels().eval_linear
     return Kernels(output=output, logits=logits, grad_h=grad_h, grad_w=grad_w_choice, eval_logits=eval_logits,
-                   lstm=lstm, linear=linear_choice, how="measured")
+                   lstm=lstm, linear=linear_choice, eval_linear=eval_linear, how="measured")
 
 
 def _linear_step(layers: list[tuple[torch.nn.Linear, Tensor]], backend: str) -> None:
     """Forward and backward of one layer of each of the model's Linear shapes."""
     for layer, inputs in layers:
         linear(inputs, layer.weight, layer.bias, backend).sum().backward()
+
+
+@torch.no_grad()
+def _linear_forward(layers: list[tuple[torch.nn.Linear, Tensor]], backend: str) -> None:
+    """The forward of one layer of each Linear shape, fp32 and without autograd, as evaluation runs them."""
+    for layer, inputs in layers:
+        linear(inputs, layer.weight, layer.bias, backend)
 
 
 def _output_step(shapes: Shapes, dtype: torch.dtype, kernels: Kernels) -> None:
@@ -265,13 +276,16 @@ def _lstm_step(lstms: list[tuple[torch.nn.LSTM, Tensor]], backend: str, dtype: s
             out.float().sum().backward()
 
 
-def shapes_of(model: torch.nn.Module, batch_size: int, mean_tokens: float, precision: str = "fp32") -> Shapes:
+def shapes_of(model: torch.nn.Module, batch_size: int, mean_tokens: float, precision: str = "fp32",
+              eval_pairs: int = 0) -> Shapes:
     """The Shapes of a TextVAE's training step: its output layer (`model.output_layer()`), its LSTMs, a batch of
-    `batch_size` sentences of `mean_tokens` decoder positions each."""
+    `batch_size` sentences of `mean_tokens` decoder positions each; with `eval_pairs`, an evaluation pass of that
+    many (sentence, sample) pairs through its Linear layers."""
     weight, _ = model.output_layer()  # type: ignore[operator]
     length = max(1, round(mean_tokens))
     lstms = tuple((m.input_size, m.hidden_size, batch_size, length) for m in model.modules()
                   if isinstance(m, torch.nn.LSTM))
     linears = tuple(sorted({(m.in_features, m.out_features) for m in model.modules() if isinstance(m, ChosenLinear)}))
     return Shapes(vocab=weight.shape[0], hidden=weight.shape[1], positions=max(1, batch_size * length),
-                  block=output_block(weight.shape[0]), lstms=lstms, dtype=precision, linears=linears)
+                  block=output_block(weight.shape[0]), lstms=lstms, dtype=precision, linears=linears,
+                  eval_positions=eval_pairs * length if linears else 0)

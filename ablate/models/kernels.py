@@ -57,6 +57,7 @@ class Kernels:
     eval_logits: str = "onednn-packed" if ONEDNN else "blas"
     lstm: str = "onednn" if ONEDNN else "aten"
     linear: str = "blas"  # the Transformer families' nn.Linear layers (ChosenLinear): blas | onednn
+    eval_linear: str = "blas"  # the same layers' forward without autograd (evaluation, validation)
     how: str = "defaults"  # defaults | measured | cached | set ($ABLATE_KERNELS) | gpu
 
     def describe(self) -> str:
@@ -64,7 +65,8 @@ class Kernels:
         lstm onednn; measured'."""
         output = "plain" if self.output == "plain" else \
             f"blocks (logits {self.logits}, ∂h {self.grad_h}, ∂W {self.grad_w})"
-        return f"output {output}; eval {self.eval_logits}; lstm {self.lstm}; linear {self.linear}; {self.how}"
+        return (f"output {output}; eval {self.eval_logits}; lstm {self.lstm}; linear {self.linear} (eval "
+                f"{self.eval_linear}); {self.how}")
 
 
 _ACTIVE = [Kernels()]
@@ -184,8 +186,9 @@ class _ChosenLinear(torch.autograd.Function):
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, backend: str | None = None) -> Tensor:
-    """F.linear through the chosen backend (default: the active choice's `linear`)."""
-    backend = backend or active().linear
+    """F.linear through the chosen backend (default: the active choice's `linear`, or its `eval_linear` where
+    autograd is off — evaluation's forward-only products have other shapes and, in bf16 runs, another dtype)."""
+    backend = backend or (active().linear if torch.is_grad_enabled() else active().eval_linear)
     if backend != "onednn" or not _onednn_fits(x, weight) or x.dtype != torch.float32 \
             or torch.is_autocast_enabled(x.device.type):
         return F.linear(x, weight, bias)
