@@ -231,6 +231,7 @@ def test_a_mid_epoch_checkpoint_lets_a_killed_run_end_where_an_uninterrupted_run
     saved = torch.load(checkpoint, weights_only=False)
     assert (saved["state"]["epoch"], saved["state"]["epoch_step"]) == (0, 5)
     assert [c["step"] for c in saved["curves"] if c["split"] == "train"] == [0, 1, 2, 3, 4]  # its points kept
+    assert saved["state"]["train_seconds"] > 0  # the five steps' time, though no epoch has ended
     monkeypatch.setattr(Trainer, "save", save)
     capsys.readouterr()
     assert main(["run", str(config), "--out", str(out), "--quiet", "--name", "cut", "--resume"]) == 0
@@ -238,6 +239,8 @@ def test_a_mid_epoch_checkpoint_lets_a_killed_run_end_where_an_uninterrupted_run
     curves = pd.read_parquet(next((out / "curves").glob("*.parquet")))
     steps = curves[curves["split"] == "train"]["step"].tolist()
     assert steps == sorted(set(steps)) and steps[0] == 0 and len(steps) == steps[-1] + 1  # no gap, no repeat
+    row = pd.read_parquet(out / "rows" / "cut.parquet").iloc[0]
+    assert row["train_seconds"] > saved["state"]["train_seconds"]  # both attempts' training time
 
 
 def test_checkpoint_minutes_is_left_out_of_the_cell_id_at_its_default():

@@ -110,6 +110,7 @@ class Trainer:
         self.taker = next((t for t in techniques if t.takes_over_step), None)
         self.checkpoint: Path | None = None  # where save() writes (train() sets it)
         self.saved_at = time.monotonic()
+        self.timed_since: float | None = None  # while an epoch's steps run: when train_seconds was last brought up
 
     def start_phase(self) -> None:
         """The techniques' set-up of the current phase (they may freeze or unfreeze parts), then train.freeze."""
@@ -149,7 +150,15 @@ class Trainer:
         if self.checkpoint is None or minutes is None or time.monotonic() - self.saved_at < 60 * minutes:
             return
         buffer.flush()
+        self.bank_time()  # a run resumed from here counts the steps before it (aggressive's epochs span hours)
         self.save(self.checkpoint)
+
+    def bank_time(self) -> None:
+        """Add the training time since the last call (or the epoch's start) to state.train_seconds."""
+        if self.timed_since is not None:
+            now = time.perf_counter()
+            self.state.train_seconds += now - self.timed_since
+            self.timed_since = now
 
     # -- one optimiser step ----------------------------------------------------------------------------------
 
@@ -246,7 +255,7 @@ class Trainer:
                                   random.Random(derive(self.seed, "batch_order", state.epoch)),
                                   one_length=cfg.batching == "one_length")
         groups = [batches[i:i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
-        started = time.perf_counter()
+        self.timed_since = time.perf_counter()
         planned = f"/{state.epoch - state.epochs_in_phase + cfg.epochs}" \
             if state.phase == "vae" and cfg.max_steps is None else ""
         progress.begin(f"epoch {state.epoch + 1}{planned} [{state.phase}]")
@@ -279,7 +288,8 @@ class Trainer:
             state.epoch_step = 0
         buffer.flush()
         progress.pause()
-        state.train_seconds += time.perf_counter() - started
+        self.bank_time()
+        self.timed_since = None
         return switch_phase
 
     def end_epoch(self, progress: RunProgress) -> bool:
