@@ -323,3 +323,34 @@ def test_a_sweep_names_each_finished_cell_and_tells_apart_rows_of_another_set(tm
     assert main(["results", str(tmp_path / "results" / "named")]) == 0
     table = capsys.readouterr().out.splitlines()
     assert "config.train.epochs" in table[0] and len(table) == 9
+
+
+def test_arms_narrow_what_a_sweep_queues_and_what_a_worker_takes(tmp_path, capsys):
+    """--arms: a sweep queues and runs only those arms' cells (the study's records stay whole); a worker takes
+    only those arms' queued cells and leaves the rest waiting; an unknown arm is one line, before anything is
+    written."""
+    path = make_study(tmp_path, "some", "- name: vae\n- name: ae\n  train: {kl_weight: 0.0}\n- name: fb\n"
+                                        "  techniques: {free_bits: {mode: per_dim_example, lambda_per_dim: 0.5}}\n")
+    out = tmp_path / "results"
+    folder = out / "some"
+    assert main(["sweep", str(path), "--out", str(out), "--arms", "ae,nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(path) in err and "'nope'" in err and "vae, ae, fb" in err
+    assert not out.exists()
+
+    assert run_sweep(path, jobs=1, out=out, progress=False, arms=["ae"]) == 0
+    assert sorted(raw_rows(folder)["arm"]) == ["ae"]
+    assert sorted(pq.read_table(folder / "manifest.parquet").to_pandas()["arm"]) == ["ae", "fb", "vae"]
+    assert trials_by_state(folder, "some") == {"COMPLETE": 1}
+
+    assert run_sweep(path, out=out, progress=False, no_work=True) == 0  # queues vae and fb
+    assert run_sweep(path, jobs=2, out=out, progress=False, arms=["fb"]) == 0  # worker processes with --arms fb
+    assert sorted(raw_rows(folder)["arm"]) == ["ae", "fb"]
+    ledger = Ledger.open_existing("some", folder)
+    assert [t.user_attrs["arm"] for t in ledger.trials() if t.state.name == "WAITING"] == ["vae"]
+
+    assert main(["worker", str(folder), "--out", str(out), "--arms", "fb,x"]) == 2  # a study folder: its ledger's arms
+    assert "'x'" in capsys.readouterr().err and not (folder / "rows" / "x").exists()
+    assert main(["worker", str(path), "--out", str(out), "--arms", "vae", "--no-progress"]) == 0
+    assert trials_by_state(folder, "some") == {"COMPLETE": 3}
+    assert_each_cell_once(folder, path)

@@ -19,7 +19,7 @@ def _storage(args: argparse.Namespace) -> str | None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ablate.sweep.runner import run_sweep
 
-    from ablate.sweep.worker import parse_devices
+    from ablate.sweep.worker import parse_arms, parse_devices
 
     from ablate.core.config_reading import with_quick
 
@@ -27,17 +27,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                      overrides=with_quick(args.set, args.quick),
                      fail_fast=args.fail_fast, max_attempts=args.max_attempts, out=args.out,
                      progress=not args.quiet, tensorboard=args.tensorboard, devices=parse_devices(args.devices),
-                     no_work=args.no_work)
+                     no_work=args.no_work, arms=parse_arms(args.arms))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from ablate.sweep.worker import run_worker
 
-    from ablate.sweep.worker import parse_devices
+    from ablate.sweep.worker import parse_arms, parse_devices
 
     return run_worker(args.study, out=args.out, storage=_storage(args), threads=args.threads,
                       fail_fast=args.fail_fast, tensorboard=args.tensorboard, devices=parse_devices(args.devices),
-                      progress=not args.quiet and not args.no_progress and sys.stderr.isatty())
+                      progress=not args.quiet and not args.no_progress and sys.stderr.isatty(),
+                      arms=parse_arms(args.arms))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -65,6 +66,10 @@ def _devices(p: argparse.ArgumentParser) -> None:
                    help="one worker process per device, e.g. cuda:0,cuda:1 or cpu,cpu (recorded in each row)")
 
 
+def _arms(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--arms", metavar="LIST", default=None, help=what)
+
+
 @COMMANDS.register("sweep")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train every missing cell of a study, in parallel, resumably")
@@ -73,6 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="worker processes (default: $ABLATE_JOBS, else one per GPU, else one per CPU core and at "
                         "most one per queued cell); torch threads are divided among them")
+    _arms(p, "only these arms' cells, e.g. --arms vanilla,free_bits (the others keep their state; a later sweep "
+             "without --arms runs them)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the cell counts and the plan; run nothing")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first failed attempt (no retries)")
     p.add_argument("--no-work", action="store_true",
@@ -91,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     _devices(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of this worker")
+    _arms(p, "take only these arms' queued cells, e.g. --arms ae_fb (which cells this worker's core goes to)")
     p.add_argument("--fail-fast", action="store_true", help="stop after the first failed attempt, queue no retry")
     p.add_argument("--no-progress", action="store_true", help="no progress line (how a sweep starts its workers)")
     p.set_defaults(func=cmd_worker)

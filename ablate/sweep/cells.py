@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -63,6 +63,12 @@ class Study:
     def hash(self) -> str:
         """sha256 of the study file's text (and of the --set overrides it was run with, when any)."""
         return study_hash(self.text, self.overrides)
+
+    def only_arms(self, arms: list[str]) -> "Study":
+        """The same study narrowed to some of its arms (`ablate sweep --arms`): their cells and searches only."""
+        return replace(self, cells=[c for c in self.cells if c.arm in arms], arms=[a for a in self.arms if a in arms],
+                       searches=[s for s in self.searches if s.arm in arms],
+                       settings_per_arm={a: n for a, n in self.settings_per_arm.items() if a in arms})
 
     def cell(self, cell_id: str) -> Cell:
         for cell in self.cells:

@@ -160,8 +160,9 @@ class Ledger(Liveness):
         attrs.update({"attempt": attempt, "enqueued_at": now_iso()})
         self.optuna_study.enqueue_trial({}, user_attrs=attrs)
 
-    def pop(self) -> FrozenTrial | None:
-        """Claim the oldest WAITING trial for this process (atomic in the storage) and record the claim.
+    def pop(self, arms: frozenset[str] | None = None) -> FrozenTrial | None:
+        """Claim the oldest WAITING trial (of one of `arms`, when given) for this process (atomic in the storage)
+        and record the claim.
 
         The writes, in order: a heartbeat (RDB storages: a claimer killed at any later point is found by its
         silence), a claimant key of this process (`claimant:<host>:<pid>:<start>`), the WAITING → RUNNING transition
@@ -173,6 +174,8 @@ class Ledger(Liveness):
         pid = os.getpid()
         start = process_start(pid)
         for trial in self.trials((TrialState.WAITING,)):
+            if arms is not None and trial.user_attrs.get("arm") not in arms:
+                continue
             trial_id = self.trial_id(trial)
             try:
                 if self.heartbeats:
@@ -333,6 +336,10 @@ class Ledger(Liveness):
             self.enqueue(cell, last + 1, last + max_attempts)
             counts["enqueued"] += 1
         return counts
+
+    def known_arms(self) -> list[str]:
+        """The arms the study's sweeps declared (declare_arms)."""
+        return list(self.storage.get_study_user_attrs(self.study_id).get("arms") or [])
 
     def declare_arms(self, arms: list[str]) -> None:
         """Record the study's arms (the Optuna study's user attribute `arms`): the choices of every trial's

@@ -51,7 +51,7 @@ from ablate.sweep.progress import (SweepProgress, _counts_now, count_cells, fail
 from ablate.sweep import search
 from ablate.sweep.cells import Study
 from ablate.sweep.study import load_study
-from ablate.sweep.worker import CellResult, device_env, work
+from ablate.sweep.worker import CellResult, check_arms, device_env, work
 from ablate.sweep.worker_count import default_jobs, gpus, jobs_from_environment, threads_per_worker
 from ablate.engine.tensorboard_log import check_available
 
@@ -75,14 +75,18 @@ def check_storage_for(storage: str | None, processes: int) -> None:
 def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = None, dry_run: bool = False,
               fail_fast: bool = False, max_attempts: int = 2, out: str | Path = "results", progress: bool = True,
               stream: TextIO | None = None, overrides: list[str] | None = None,
-              tensorboard: str | Path | None = None, devices: list[str] | None = None, no_work: bool = False) -> int:
+              tensorboard: str | Path | None = None, devices: list[str] | None = None, no_work: bool = False,
+              arms: list[str] | None = None) -> int:
     """`ablate sweep`: see the module docstring. Returns the exit status. `tensorboard`: a folder that gets each
     cell's event files (DIR/<study>/<arm>/<cell>.a<attempt>); `devices`: one worker process per device;
-    `no_work`: queue the cells and stop (workers elsewhere run them)."""
+    `no_work`: queue the cells and stop (workers elsewhere run them); `arms`: queue and run only these arms' cells
+    (the study's records stay whole; the other arms' cells keep their state)."""
     stream = stream or sys.stdout
     if Path(path).is_file() and not is_study(read_yaml(path)):
         raise ConfigError(f"{path}: a run config (no arms), not a study; run it with `ablate run {path}`")
     study = load_study(path, overrides)  # raises ConfigError before anything is written
+    if arms is not None:
+        check_arms(arms, study.arms, f"{path}: study '{study.name}'")
     if max_attempts < 1:
         raise ConfigError(f"--max-attempts must be at least 1 (got {max_attempts})")
     folder = study_folder(out, study.name)
@@ -98,6 +102,7 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be at least 1 (got {jobs})")
     check_storage_for(storage, 1 if no_work or jobs is None else jobs)
+    whole, study = study, (study.only_arms(arms) if arms is not None else study)
     if dry_run:
         return _dry_run(study, folder, storage, jobs, devices, stream)
     check_configs_runnable(study.labelled_configs())  # data, devices, model folders: before anything is written
@@ -111,7 +116,7 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None  # stop workers as Ctrl-C does
     try:
         return _sweep(study, folder, jobs, devices, storage, fail_fast, max_attempts, progress, stream, tensorboard,
-                      no_work, explicit_devices)
+                      no_work, explicit_devices, whole=whole, arms=arms)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
@@ -119,11 +124,14 @@ def run_sweep(path: str | Path, jobs: int | None = None, storage: str | None = N
 
 def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: str | None, fail_fast: bool,
            max_attempts: int, progress: bool, stream: TextIO, tensorboard: Path | None = None,
-           no_work: bool = False, explicit_devices: bool = False) -> int:
+           no_work: bool = False, explicit_devices: bool = False, whole: Study | None = None,
+           arms: list[str] | None = None) -> int:
+    """`study` is what this sweep queues and runs (narrowed by --arms); `whole` the study its records describe."""
     started = time.perf_counter()
+    whole = whole or study
     ledger = Ledger.open(study.name, folder, storage)  # a storage that cannot be opened fails before the files
     before = recorded_overrides(folder) if StudyFolder(folder).study_json.exists() else None
-    write_study_files(study, folder)
+    write_study_files(whole, folder)
     other = cells_outside_the_study(folder)
     if other and before is not None and before != study.overrides:
         LOG.warning(f"{folder}: swept before with {_overrides_text(before)}, now with "
@@ -131,7 +139,7 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
                     "ones (`ablate results` shows the config columns that tell them apart; another --out keeps "
                     "them apart)")
     with ledger.lock():
-        ledger.declare_arms(list(study.arms))  # grid and search arms: the choices of the trials' "arm" param
+        ledger.declare_arms(list(whole.arms))  # grid and search arms: the choices of the trials' "arm" param
         reclaimed = ledger.reclaim(retry=False)
         plan = ledger.sync(study.cells, 1 if fail_fast else max_attempts)
         search.register(ledger, study.searches, 1 if fail_fast else max_attempts)
@@ -142,7 +150,8 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
     if removed:
         print(f"removed {removed} file(s) of attempts that were killed before finishing (no result refers to them)",
               file=stream)
-    print(f"{study.path}: study '{study.name}': {len(study.cells)} cells; {plan['done']} already done, "
+    only = f" (arms {', '.join(study.arms)} of {len(whole.cells)} cells)" if arms is not None else ""
+    print(f"{study.path}: study '{study.name}': {len(study.cells)} cells{only}; {plan['done']} already done, "
           + (f"{plan['queued']} still queued from an earlier sweep, " if plan["queued"] else "")
           + (f"{plan['running']} running in other worker processes, " if plan["running"] else "")
           + f"{plan['enqueued']} queued now"
@@ -153,8 +162,9 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
           file=stream, flush=True)
     if no_work:
         where = f" --storage {redact(storage)}" if storage else ""
-        print(f"queued only (--no-work); start workers with `ablate worker {study.path}{where} [--devices ...]` "
-              f"on each machine", file=stream)
+        only = f" --arms {','.join(arms)}" if arms is not None else ""
+        print(f"queued only (--no-work); start workers with `ablate worker {study.path}{where}{only} "
+              f"[--devices ...]` on each machine", file=stream)
         return 0
     counts = total(count_cells(ledger, study, ResultIndex(ledger.folder)))
     bar = SweepProgress(len(study.cells), counts.done, counts.failed, enabled=progress)
@@ -163,10 +173,10 @@ def _sweep(study: Study, folder: Path, jobs: int, devices: list[str], storage: s
     try:
         if plan["enqueued"] or plan["queued"] or plan["running"] or asked or search.pending(ledger):
             if jobs == 1 and not explicit_devices:  # else one process per device, whose environment selects it
-                stopped = _work_here(ledger, study, bar, fail_fast, progress, tensorboard)
+                stopped = _work_here(ledger, study, bar, fail_fast, progress, tensorboard, arms)
             else:
                 stopped = _work_in_processes(ledger, study, bar, jobs, devices, storage, fail_fast,
-                                             known_failures, tensorboard)
+                                             known_failures, tensorboard, arms)
     except KeyboardInterrupt:
         bar.close()
         LOG.warning("interrupted; run the same command again to continue")
@@ -253,7 +263,7 @@ def _dry_run(study: Study, folder: Path, storage: str | None, jobs: int | None, 
 
 
 def _work_here(ledger: Ledger, study: Study, bar: SweepProgress, fail_fast: bool, progress: bool,
-               tensorboard: Path | None = None) -> bool:
+               tensorboard: Path | None = None, arms: list[str] | None = None) -> bool:
     results = ResultIndex(ledger.folder)
     ok_at_start = {c.cell_id for c in study.cells if results.ok(c.cell_id)}
 
@@ -263,7 +273,8 @@ def _work_here(ledger: Ledger, study: Study, bar: SweepProgress, fail_fast: bool
 
     run_bars = progress and sys.stderr.isatty()
     while True:
-        outcomes = work(ledger, progress=run_bars, fail_fast=fail_fast, on_result=after, tensorboard=tensorboard)
+        outcomes = work(ledger, progress=run_bars, fail_fast=fail_fast, on_result=after, tensorboard=tensorboard,
+                        arms=frozenset(arms) if arms is not None else None)
         if fail_fast and any(not r.ok for r in outcomes):
             return True
         # the queue is empty; attempts still running elsewhere (another sweep's workers, or workers of a killed
@@ -271,12 +282,17 @@ def _work_here(ledger: Ledger, study: Study, bar: SweepProgress, fail_fast: bool
         with ledger.lock():
             ledger.reclaim(retry=not fail_fast)
         trials = ledger.trials()
-        if any(t.state == TrialState.WAITING for t in trials):
+        if _waiting(trials, arms):
             continue
         if not _running_elsewhere(ledger, study, trials):
             return False
         after(None)
         time.sleep(POLL_SECONDS)
+
+
+def _waiting(trials: list[Any], arms: list[str] | None) -> int:
+    """Queued attempts this sweep's workers would take (of `arms` only, when the sweep has --arms)."""
+    return sum(t.state == TrialState.WAITING and (arms is None or t.user_attrs.get("arm") in arms) for t in trials)
 
 
 def _running_elsewhere(ledger: Ledger, study: Study, trials: list[Any]) -> bool:
@@ -287,7 +303,7 @@ def _running_elsewhere(ledger: Ledger, study: Study, trials: list[Any]) -> bool:
 
 def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: int, devices: list[str],
                        storage: str | None, fail_fast: bool, known_failures: set[int],
-                       tensorboard: Path | None = None) -> bool:
+                       tensorboard: Path | None = None, arms: list[str] | None = None) -> bool:
     """Start N `ablate worker` processes; replace dead ones while work waits; stop all at a failure if asked."""
     results = ResultIndex(ledger.folder)
     ok_at_start = {c.cell_id for c in study.cells if results.ok(c.cell_id)}
@@ -308,6 +324,8 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
             command.append("--fail-fast")
         if tensorboard is not None:
             command += ["--tensorboard", str(tensorboard)]
+        if arms is not None:
+            command += ["--arms", ",".join(arms)]
         env = dict(os.environ)
         env.pop(STORAGE_ENV, None)
         if storage:  # by environment, never argv: `ps` shows a command line to every local user
@@ -346,7 +364,7 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
             if fail_fast and new_failures:
                 stopped = True
                 break
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            waiting = _waiting(trials, arms)
             alive = [p for p in procs if p is not None]
             if died:  # a worker that dies again before any cell finishes counts towards giving up
                 marker = counts.done + counts.failed
@@ -363,7 +381,7 @@ def _work_in_processes(ledger: Ledger, study: Study, bar: SweepProgress, jobs: i
             if not any(p is not None for p in procs):
                 with ledger.lock():  # every worker is gone: nothing of ours can still be running
                     ledger.reclaim(retry=not fail_fast)
-                waiting = sum(t.state == TrialState.WAITING for t in ledger.trials())
+                waiting = _waiting(ledger.trials(), arms)
                 if waiting and spawned < max_spawns:
                     procs[0] = spawn(0)
                     continue

@@ -133,13 +133,13 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
 
 def work(ledger: Ledger, progress: bool = False, fail_fast: bool = False,
          on_result: Callable[[CellResult], None] | None = None, tensorboard: Path | None = None,
-         drain: bool = False) -> list[CellResult]:
-    """Pull cells until the queue is empty (or, with fail_fast, until the first failure). With `drain` (workers on
-    an RDB storage, where no coordinator may be watching) a worker whose queue is empty stays while other attempts
-    run: one whose heartbeat stops is reclaimed, and its retry taken, here."""
+         drain: bool = False, arms: frozenset[str] | None = None) -> list[CellResult]:
+    """Pull cells (of `arms` only, when given) until the queue is empty (or, with fail_fast, until the first
+    failure). With `drain` (workers on an RDB storage, where no coordinator may be watching) a worker whose queue is
+    empty stays while other attempts run: one whose heartbeat stops is reclaimed, and its retry taken, here."""
     done = []
     while True:
-        trial = ledger.pop()
+        trial = ledger.pop(arms)
         if trial is None:
             with ledger.lock():
                 asked = search.step(ledger)  # the next points of searches whose trials ended
@@ -174,23 +174,47 @@ def set_threads(threads: int | None) -> None:
 
 def run_worker(target: str | Path, out: str | Path = "results", storage: str | None = None,
                threads: int | None = None, fail_fast: bool = False, progress: bool = False,
-               tensorboard: str | Path | None = None, devices: list[str] | None = None) -> int:
+               tensorboard: str | Path | None = None, devices: list[str] | None = None,
+               arms: list[str] | None = None) -> int:
     """`ablate worker STUDY`: pull cells of an already-queued study until its queue is empty; with `devices`, one
-    worker process per device (each sees only its own GPU)."""
+    worker process per device (each sees only its own GPU); with `arms`, only those arms' cells."""
     name, folder, study = resolve_target(target, out)
     storage = storage or (study.storage if study is not None else study_file_storage(folder))
+    if arms is not None and study is not None:
+        check_arms(arms, study.arms, f"{target}: study '{name}'")
     if devices:
-        return _one_per_device(target, out, storage, devices, threads, fail_fast, tensorboard)
+        return _one_per_device(target, out, storage, devices, threads, fail_fast, tensorboard, arms)
     ledger = Ledger.open_existing(name, folder, storage, write=True)
     if ledger is None:
         raise ConfigError(f"{target}: study '{name}' has no ledger under {folder}; run `ablate sweep` first")
+    if arms is not None and study is None:  # a study folder: the arms its sweeps declared
+        check_arms(arms, ledger.known_arms(), f"{target}: study '{name}'")
     signal.signal(signal.SIGTERM, _raise_exit)
     set_threads(threads)
     if tensorboard is not None:
         check_available()
     results = work(ledger, progress=progress, fail_fast=fail_fast,
-                   tensorboard=Path(tensorboard) if tensorboard is not None else None, drain=ledger.heartbeats)
+                   tensorboard=Path(tensorboard) if tensorboard is not None else None, drain=ledger.heartbeats,
+                   arms=frozenset(arms) if arms is not None else None)
     return 1 if fail_fast and any(not r.ok for r in results) else 0
+
+
+def parse_arms(text: str | None) -> list[str] | None:
+    """--arms a,b → ["a", "b"] (None: every arm)."""
+    if text is None:
+        return None
+    arms = [a.strip() for a in text.split(",") if a.strip()]
+    if not arms:
+        raise ConfigError(f"--arms {text!r}: no arm named; give arm names, comma-separated, e.g. --arms "
+                          "vanilla,free_bits")
+    return arms
+
+
+def check_arms(arms: list[str], known: list[str], where: str) -> None:
+    """One line naming the unknown arm and the study's arms, before anything is queued or run."""
+    unknown = [a for a in arms if a not in known]
+    if unknown:
+        raise ConfigError(f"--arms: {where} has no arm {unknown[0]!r}; its arms: {', '.join(known) or 'none yet'}")
 
 
 def parse_devices(text: str | None) -> list[str] | None:
@@ -228,7 +252,8 @@ def study_file_storage(folder: Path) -> str | None:
 
 
 def _one_per_device(target: str | Path, out: str | Path, storage: str | None, devices: list[str],
-                    threads: int | None, fail_fast: bool, tensorboard: str | Path | None) -> int:
+                    threads: int | None, fail_fast: bool, tensorboard: str | Path | None,
+                    arms: list[str] | None = None) -> int:
     """Start `ablate worker TARGET` once per device and wait for them all (the storage by environment)."""
     import subprocess
     import sys
@@ -244,6 +269,7 @@ def _one_per_device(target: str | Path, out: str | Path, storage: str | None, de
         command = [sys.executable, "-m", "ablate", "worker", str(target), "--out", str(out), "--no-progress",
                    *verbosity_flag(current_verbosity()), *(["--threads", str(threads)] if threads else []),
                    *(["--fail-fast"] if fail_fast else []),
+                   *(["--arms", ",".join(arms)] if arms is not None else []),
                    *(["--tensorboard", str(Path(tensorboard).resolve())] if tensorboard is not None else [])]
         env = {**os.environ, **device_env(device)}
         env.pop(STORAGE_ENV, None)
