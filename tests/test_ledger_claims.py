@@ -311,7 +311,7 @@ def test_status_says_where_each_live_attempt_stands():
     def trial(state, live, **attrs):
         return SimpleNamespace(state=state, live=live, user_attrs=attrs)
 
-    point = {"epoch": 4, "phase": "vae", "rec": 101.234, "kl": 0.7071, "nelbo": 101.94, "beta": 1.0,
+    point = {"epoch": 4, "phase": "vae", "rec": 101.234, "kl": 0.7071, "nelbo": 101.94, "beta": 1.0, "au": 1,
              "at": "2026-12-03T03:10:00+00:00"}
     curve = [dict(point, epoch=1, phase="pretrain", at="2026-12-03T02:10:00+00:00"),  # another phase: not timed
              dict(point, epoch=2, at="2026-12-03T02:58:00+00:00"), dict(point, epoch=3, at="2026-12-03T03:05:00+00:00"),
@@ -328,6 +328,6 @@ def test_status_says_where_each_live_attempt_stands():
     now = datetime(2026, 12, 3, 3, 11, 5, tzinfo=timezone.utc)
     assert running_lines(ledger, now) == [
         "running: arm 'ae_fb' seed 0 cell b649035d505b (attempt 7, claimed 1h08m ago): epoch 5 [vae] done: "
-        "valid rec 101.23, KL 0.707, -ELBO 101.94, ≈ 6m00s an epoch (last 2)",  # (03:10 − 02:58) / 2
+        "valid rec 101.23, KL 0.707, -ELBO 101.94, AU 1, ≈ 6m00s an epoch (last 2)",  # (03:10 − 02:58) / 2
         "running: arm 'lm' seed 1 cell abc (attempt 1, claimed 1m05s ago): no epoch finished in this attempt yet",
         "running: arm 'old' seed 2 cell e (attempt 3): no epoch finished in this attempt yet"]  # odd records: no crash

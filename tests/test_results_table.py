@@ -83,6 +83,7 @@ def test_a_sweep_reports_each_epoch_to_its_optuna_trial(tmp_path):
     assert sorted(trial.intermediate_values) == valid["epoch"].tolist() == [0, 1, 2]
     assert [trial.intermediate_values[e] for e in (0, 1, 2)] == pytest.approx(valid["loss"].tolist())
     assert [p["kl"] for p in trial.user_attrs["valid_curve"]] == pytest.approx(valid["kl"].tolist())
+    assert [p["au"] for p in trial.user_attrs["valid_curve"]] == valid["au"].astype(int).tolist()
     assert trial.user_attrs["techniques"] == "none" and trial.user_attrs["dataset"] == "synthetic"
     train = curves[(curves["split"] == "train") & (curves["epoch"] == 2)]
     assert trial.user_attrs["valid_curve"][2]["beta"] == pytest.approx(train["beta"].iloc[-1])

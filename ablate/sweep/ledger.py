@@ -256,9 +256,14 @@ class Ledger(Liveness):
     def report_epoch(self, trial: FrozenTrial, point: dict[str, Any], curve: list[dict[str, Any]]) -> None:
         """An epoch's validation point, live: Optuna's intermediate value at step = epoch (valid −ELBO, so
         optuna-dashboard draws the curve while the study runs) and the named values (rec, KL, −ELBO, phase) in
-        the user attribute `valid_curve`, with the epoch's last β. A reporting failure never stops training."""
-        curve.append({"epoch": int(point["epoch"]), "phase": point["phase"], "rec": point["rec"], "kl": point["kl"],
-                      "nelbo": point["loss"], "beta": point.get("beta"), "at": now_iso()})
+        the user attribute `valid_curve`, with the epoch's last β and its active units (AU, when the model has a
+        latent). A reporting failure never stops training."""
+        entry = {"epoch": int(point["epoch"]), "phase": point["phase"], "rec": point["rec"], "kl": point["kl"],
+                 "nelbo": point["loss"], "beta": point.get("beta"), "at": now_iso()}
+        au = point.get("au")
+        if isinstance(au, (int, float)) and math.isfinite(au):
+            entry["au"] = int(au)
+        curve.append(entry)
         direct = getattr(self.storage, "_ablate_direct", {})  # never waits out an outage: training goes on
         try:
             trial_id = self.trial_id(trial)

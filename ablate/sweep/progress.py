@@ -118,7 +118,7 @@ def _counts_now(ledger: Ledger, study: Study, ok_at_start: set[str]) -> CellCoun
 
 def running_lines(ledger: Ledger, now: datetime | None = None) -> list[str]:
     """Where each live attempt stands, one line each: its arm and seed, how long since it was claimed, and its
-    last validation point in this attempt (epoch, phase, rec, KL, −ELBO) — hours-long cells show they move."""
+    last validation point in this attempt (epoch, phase, rec, KL, −ELBO, AU) — hours-long cells show they move."""
     now = now or datetime.now(timezone.utc)
     lines = []
     for trial in ledger.trials((TrialState.RUNNING,)):
@@ -136,7 +136,8 @@ def running_lines(ledger: Ledger, now: datetime | None = None) -> list[str]:
         try:
             last = curve[-1]
             where = (f"epoch {int(last['epoch']) + 1} [{last['phase']}] done: valid rec {float(last['rec']):.2f}, "
-                     f"KL {float(last['kl']):.3f}, -ELBO {float(last['nelbo']):.2f}")
+                     f"KL {float(last['kl']):.3f}, -ELBO {float(last['nelbo']):.2f}"
+                     + (f", AU {int(last['au'])}" if isinstance(last.get("au"), int) else ""))
         except (IndexError, KeyError, ValueError, TypeError):
             where = "no epoch finished in this attempt yet"
         where += epoch_pace(curve)
