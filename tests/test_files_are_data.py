@@ -235,3 +235,26 @@ def test_an_exported_model_file_is_readable_by_others(exported):
     import stat
 
     assert stat.S_IMODE((exported / "model.safetensors").stat().st_mode) & 0o044 == 0o044
+
+
+def test_curves_of_an_older_ablate_are_read_and_an_unreadable_one_is_named(tmp_path, capsys):
+    """A curves file written before the validation points carried mu_var and AU (li2019_ptb's language model) is
+    read like a new one — the report had silently left its run out of the training-curves plot — and a file that
+    is not a curves table is left out with a warning that names it."""
+    from ablate.results.rows import load_curves, write_curves
+
+    points = [{"step": s, "epoch": 0, "phase": "vae", "split": "train", "beta": 1.0, "kl": 0.0, "rec": 9.0 - s,
+               "loss": 9.0 - s} for s in range(3)]
+    (tmp_path / "curves").mkdir()
+    write_curves(points, "new", tmp_path / "curves" / "new.curves.parquet")
+    old = pa.Table.from_pylist([{"run_id": "old", **p} for p in points])  # the columns of the first schema only
+    assert "au" not in old.column_names
+    pq.write_table(old, tmp_path / "curves" / "old.curves.parquet")
+    junk = tmp_path / "curves" / "junk.curves.parquet"
+    junk.write_bytes(b"not parquet")
+    curves = load_curves(tmp_path)
+    assert sorted(curves["run_id"].unique()) == ["new", "old"]
+    assert curves[curves["run_id"] == "old"]["rec"].tolist() == [9.0, 8.0, 7.0]
+    assert curves[curves["run_id"] == "old"]["au"].isna().all()
+    assert f"1 unreadable curves file(s) left out (not a curves table of the declared schema): {junk}" in \
+        capsys.readouterr().err

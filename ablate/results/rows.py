@@ -121,7 +121,7 @@ def write_curves(curves: list[dict[str, Any]], run_id: str, path: Path) -> None:
 
 
 ROW_KEYS = {"run_id", "cell_id", "status", "arm", "attempt", "seed", "dataset", "model", "finished_at"}
-CURVE_KEYS = set(CURVES_SCHEMA.names)
+CURVE_KEYS = set(CURVES_SCHEMA.names) - {"mu_var", "au"}  # added later: a curves file of an older ablate has none
 
 
 def schema_problem(table: pa.Table, curves: bool = False) -> str | None:
@@ -276,21 +276,23 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def warn_left_out(unreadable: list[Path]) -> None:
-    """One warning naming the result files left out as unreadable or not of the declared schema."""
+def warn_left_out(unreadable: list[Path], kind: str = "result", what: str = "a result row") -> None:
+    """One warning naming the result (or curves) files left out as unreadable or not of the declared schema."""
     if unreadable:
         from ablate.core.log import LOG
 
         names = ", ".join(str(p) for p in unreadable[:5]) + (f" and {len(unreadable) - 5} more"
                                                              if len(unreadable) > 5 else "")
-        LOG.warning(f"{len(unreadable)} unreadable result file(s) left out (not a result row of the declared "
+        LOG.warning(f"{len(unreadable)} unreadable {kind} file(s) left out (not {what} of the declared "
                     f"schema): {names}")
 
 
 def load_curves(directory: Folders, run_ids: list[str] | None = None) -> pd.DataFrame:
     """Curves of the runs under a folder or folders (optionally only some run ids)."""
     paths = sorted({p for d in _folders(directory) for p in d.rglob(f"*{CURVES_SUFFIX}")})
-    curves = read_rows(paths, [], CURVE_KEYS, curves=True)  # a run's unreadable curves leave its plot line out, nothing more
+    unreadable: list[Path] = []
+    curves = read_rows(paths, unreadable, CURVE_KEYS, curves=True)  # an unreadable file leaves its run's line out
+    warn_left_out(unreadable, "curves", "a curves table")
     if run_ids is not None and not curves.empty:
         curves = curves[curves["run_id"].isin(run_ids)]
     return curves
