@@ -144,3 +144,20 @@ def test_iso_elbo_labels_never_touch(tmp_path):
     touching = [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if padded[i].overlaps(padded[j])]
     assert not touching
     plt.close(fig)
+
+
+def test_a_long_run_step_axis_has_few_short_labels_that_do_not_touch():
+    """Training curves of a 100-epoch PTB run (131,600 steps) in a third of a 10-inch figure: matplotlib's own
+    labels ("75000100000125000") ran together; step_axis gives at most five, in thousands, apart."""
+    from ablate.report.plot_style import step_axis
+
+    fig, ax = plt.subplots(figsize=(10 / 3, 1.6))
+    ax.plot([0, 131_600], [1.0, 2.0])
+    step_axis(ax)
+    fig.canvas.draw()
+    labels = [t for t in ax.get_xticklabels() if t.get_text() and ax.get_xlim()[0] <= t.get_position()[0]
+              <= ax.get_xlim()[1]]
+    assert 2 <= len(labels) <= 6 and all(t.get_text() == "0" or t.get_text().endswith("k") for t in labels)
+    boxes = [t.get_window_extent() for t in labels]
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))  # left to right, with a gap
+    plt.close(fig)

@@ -107,3 +107,11 @@ def readable_limits(ax: Any, values: pd.Series, axis: str, integer: bool = False
     half = 1.0 if integer else max(abs(value) * 0.1, 0.1)
     low = max(-0.5, value - half) if integer and value >= 0 else value - half  # a dot at 0 is not cut in half
     (ax.set_xlim if axis == "x" else ax.set_ylim)(low, value + half)
+
+
+def step_axis(ax: Any) -> None:
+    """A training-step axis whose labels fit a third of a page: at most five ticks, thousands as "50k" (a PTB run's
+    131,600 steps printed as "75000100000125000" run together)."""
+    ax.xaxis.set_major_locator(mticker.MaxNLocator(nbins=5, integer=True))
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(
+        lambda value, _: f"{value / 1000:g}k" if abs(value) >= 1000 else f"{value:g}"))

@@ -34,6 +34,7 @@ from ablate.report.plot_style import (
     new_figure,
     readable_limits,
     save,
+    step_axis,
     style,
 )
 from ablate.report.tables import search_objectives, selection_metric
@@ -332,6 +333,7 @@ def training_curves(rows: pd.DataFrame, curves: pd.DataFrame, arms: Sequence[str
                     ax.set_ylabel(f"{arm}\n({n_runs} run{'s' if n_runs != 1 else ''})", fontsize=8)
                 if r == len(present) - 1:
                     ax.set_xlabel("step")
+                step_axis(ax)
                 if q == "beta":
                     ax.set_ylim(-0.05, max(1.05, float(stats[(q, "max")].max()) + 0.05))
         fig.suptitle(title)
