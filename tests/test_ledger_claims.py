@@ -331,3 +331,39 @@ def test_status_says_where_each_live_attempt_stands():
         "valid rec 101.23, KL 0.707, -ELBO 101.94, AU 1, ≈ 6m00s an epoch (last 2)",  # (03:10 − 02:58) / 2
         "running: arm 'lm' seed 1 cell abc (attempt 1, claimed 1m05s ago): no epoch finished in this attempt yet",
         "running: arm 'old' seed 2 cell e (attempt 3): no epoch finished in this attempt yet"]  # odd records: no crash
+
+
+def test_status_says_where_an_unvalidated_epoch_stands():
+    """Between validation points `ablate status` adds the step the attempt's current epoch has reached (reported
+    every few minutes), with its inner steps and how long ago; a report of an epoch already validated adds
+    nothing."""
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from ablate.sweep.progress import running_lines
+
+    def trial(**attrs):
+        return SimpleNamespace(state=TrialState.RUNNING, user_attrs={"seed": 0, "attempt": 1, **attrs})
+
+    point = {"epoch": 4, "phase": "vae", "rec": 94.0, "kl": 10.9, "nelbo": 104.9, "at": "2026-12-03T03:00:00+00:00"}
+    trials = [trial(arm="aggressive", cell_id="fa8", progress={"epoch": 0, "phase": "vae", "step": 424,
+                                                                "steps": 1315, "inner_steps": 21305,
+                                                                "at": "2026-12-03T03:09:25+00:00"}),
+              trial(arm="ae_fb", cell_id="b64", valid_curve=[point],
+                    progress={"epoch": 5, "phase": "vae", "step": 7, "steps": 1315, "inner_steps": 0,
+                              "at": "2026-12-03T03:11:00"}),  # no zone: UTC
+              trial(arm="done", cell_id="c", valid_curve=[point],
+                    progress={"epoch": 4, "phase": "vae", "step": 1315, "steps": 1315, "at": "2026-12-03T02:59:00"}),
+              trial(arm="odd", cell_id="d", progress={"epoch": "x"})]
+    ledger = SimpleNamespace(trials=lambda states: trials, is_live=lambda t: True)
+    now = datetime(2026, 12, 3, 3, 11, 5, tzinfo=timezone.utc)
+    assert running_lines(ledger, now) == [
+        "running: arm 'aggressive' seed 0 cell fa8 (attempt 1): no epoch finished in this attempt yet; "
+        "epoch 1 [vae]: step 424 of 1,315 (21,305 inner steps), 1m40s ago",
+        "running: arm 'ae_fb' seed 0 cell b64 (attempt 1): epoch 5 [vae] done: valid rec 94.00, KL 10.900, "
+        "-ELBO 104.90; epoch 6 [vae]: step 7 of 1,315, 0m05s ago",
+        "running: arm 'done' seed 0 cell c (attempt 1): epoch 5 [vae] done: valid rec 94.00, KL 10.900, "
+        "-ELBO 104.90",
+        "running: arm 'odd' seed 0 cell d (attempt 1): no epoch finished in this attempt yet"]

@@ -354,3 +354,27 @@ def test_arms_narrow_what_a_sweep_queues_and_what_a_worker_takes(tmp_path, capsy
     assert main(["worker", str(path), "--out", str(out), "--arms", "vae", "--no-progress"]) == 0
     assert trials_by_state(folder, "some") == {"COMPLETE": 3}
     assert_each_cell_once(folder, path)
+
+
+def test_a_worker_reports_where_a_long_epoch_stands(tmp_path, monkeypatch):
+    """Every PROGRESS_SECONDS (0 here: after every step) a worker's attempt records its epoch, phase, step of the
+    epoch's steps and inner steps so far in the ledger — what `ablate status` prints between validation points."""
+    from ablate.engine import train as train_module
+
+    monkeypatch.setattr(train_module, "PROGRESS_SECONDS", 0.0)
+    path = make_study(tmp_path, "slow", "- name: aggressive\n  techniques: {aggressive: {max_inner: 4, "
+                                        "check_every: 2}}\n")
+    out = tmp_path / "results"
+    seen: list[dict] = []
+    report = Ledger.report_progress
+    monkeypatch.setattr(Ledger, "report_progress", lambda self, trial, where: (seen.append(dict(where)),
+                                                                                report(self, trial, where)))
+    assert run_sweep(path, jobs=1, out=out, progress=False) == 0
+    steps = -(-120 // 32)  # four batches of train per epoch
+    assert [w["step"] for w in seen] == list(range(1, steps + 1))
+    assert all(w["epoch"] == 0 and w["phase"] == "vae" and w["steps"] == steps for w in seen)
+    inner = [w["inner_steps"] for w in seen]
+    assert inner == sorted(inner) and inner[-1] > 0  # the aggressive inner loop's steps, cumulative
+    (trial,) = Ledger.open_existing("slow", out / "slow").trials()
+    assert {k: v for k, v in trial.user_attrs["progress"].items() if k != "at"} == seen[-1]
+    assert trial.user_attrs["progress"]["at"].startswith("20")  # stamped (ISO time)

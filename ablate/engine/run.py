@@ -165,10 +165,12 @@ def base_row(config: RunConfig, run_id: str, labels: dict[str, Any]) -> dict[str
 def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels: dict[str, Any] | None = None,
             checkpoint: Path | None = None, progress: bool = True, save_model: bool = True,
             file_stem: str | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-            tensorboard: Path | None = None, tensorboard_name: str | None = None) -> RunOutcome:
+            tensorboard: Path | None = None, tensorboard_name: str | None = None,
+            on_progress: Callable[[dict[str, Any]], None] | None = None) -> RunOutcome:
     """Train and evaluate one config; always writes a result row (status ok or failed) before returning: into
     `out_dir`'s rows/, curves/ and models/ folders (ablate.results.layout.RunFiles), named `file_stem` (default: run_id).
-    `on_epoch` receives each epoch's validation point as it happens (a sweep reports it to its Optuna trial);
+    `on_epoch` receives each epoch's validation point as it happens (a sweep reports it to its Optuna trial),
+    `on_progress` where an epoch stands every few minutes (ablate.engine.train.Trainer.report_progress_if_due);
     `tensorboard` is a folder that gets the run's event files (ablate.engine.tensorboard_log) under `tensorboard_name`."""
     labels = labels or {}
     run_id = run_id or f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{config_hash(config)[:8]}"
@@ -211,7 +213,7 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
         result = train(model, techniques, prepared.splits["train"], prepared.splits["valid"],
                        prepared.tokenizer.framing, config.train, device, config.seed,
                        eval_batch_size=config.eval.batch_size, checkpoint=checkpoint, progress=line,
-                       on_epoch=on_epoch)
+                       on_epoch=on_epoch, on_progress=on_progress)
         curves = result.curves
         state = result.state
         row.update({"train_seconds": state.train_seconds, "train_steps": state.global_step,

@@ -51,6 +51,8 @@ from ablate.techniques.base import (
     compose_loss,
 )
 
+PROGRESS_SECONDS = 120.0  # how often a run tells on_progress where its epoch stands (a sweep's journal gets a line)
+
 
 def forward_parts(model: TextVAE, batch: Batch, precision: str = "fp32") -> LossParts:
     """Encode, sample one z per sentence (reparameterised), score the sentence: the pieces of the loss.
@@ -111,6 +113,8 @@ class Trainer:
         self.checkpoint: Path | None = None  # where save() writes (train() sets it)
         self.saved_at = time.monotonic()
         self.timed_since: float | None = None  # while an epoch's steps run: when train_seconds was last brought up
+        self.on_progress: Callable[[dict[str, Any]], None] | None = None  # where the epoch stands (train() sets it)
+        self.progress_at = time.monotonic()
 
     def start_phase(self) -> None:
         """The techniques' set-up of the current phase (they may freeze or unfreeze parts), then train.freeze."""
@@ -152,6 +156,16 @@ class Trainer:
         buffer.flush()
         self.bank_time()  # a run resumed from here counts the steps before it (aggressive's epochs span hours)
         self.save(self.checkpoint)
+
+    def report_progress_if_due(self, steps: int) -> None:
+        """At most every PROGRESS_SECONDS: where the current epoch stands (epoch, phase, step of `steps`, inner steps
+        so far) to `on_progress` — a sweep's `ablate status` shows it, so an epoch of hours visibly moves."""
+        if self.on_progress is None or time.monotonic() - self.progress_at < PROGRESS_SECONDS:
+            return
+        self.progress_at = time.monotonic()
+        state = self.state
+        self.on_progress({"epoch": state.epoch, "phase": state.phase, "step": state.epoch_step, "steps": steps,
+                          "inner_steps": state.inner_steps})
 
     def bank_time(self) -> None:
         """Add the training time since the last call (or the epoch's start) to state.train_seconds."""
@@ -282,6 +296,7 @@ class Trainer:
             if stop is not None and stop.requested:
                 break
             self.save_mid_epoch_if_due(buffer)
+            self.report_progress_if_due(len(groups))
         else:
             ended = True
         if ended:
@@ -368,11 +383,14 @@ def planned_steps(cfg: TrainConfig, techniques: list[Technique], steps_per_epoch
 def train(model: TextVAE, techniques: list[Technique], train_split: EncodedSplit, valid_split: EncodedSplit,
           framing: Framing, cfg: TrainConfig, device: torch.device, seed: int, eval_batch_size: int = 64,
           checkpoint: Path | None = None, progress: bool | RunProgress = True,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict[str, Any]], None] | None = None,
+          on_progress: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Train in place; on return the model holds the best VAE-phase state by `cfg.select_by` (validation).
     `progress`: a line for the whole run (ablate.core.progress; True: one for training alone). `on_epoch` gets each
-    epoch's validation point (`epoch_point`: the curve row and the epoch's training means)."""
+    epoch's validation point (`epoch_point`: the curve row and the epoch's training means); `on_progress`, at most
+    every PROGRESS_SECONDS, where the epoch stands (Trainer.report_progress_if_due)."""
     run = Trainer(model, techniques, train_split, valid_split, framing, cfg, device, seed, eval_batch_size)
+    run.on_progress = on_progress
     run.restore(checkpoint)
     run.checkpoint = checkpoint
     state = run.state

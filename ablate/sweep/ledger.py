@@ -273,6 +273,17 @@ class Ledger(Liveness):
         except Exception:  # noqa: BLE001 - the row and curves files keep the record
             pass
 
+    def report_progress(self, trial: FrozenTrial, where: dict[str, Any]) -> None:
+        """Where the attempt's current epoch stands (epoch, phase, step of steps, inner steps so far), stamped
+        `at`, in the user attribute `progress` (`ablate status` prints it). A reporting failure never stops
+        training."""
+        direct = getattr(self.storage, "_ablate_direct", {})
+        try:
+            direct.get("set_trial_user_attr", self.storage.set_trial_user_attr)(
+                self.trial_id(trial), "progress", {**where, "at": now_iso()})
+        except Exception:  # noqa: BLE001 - only a display
+            pass
+
     def retry_if_allowed(self, trial: FrozenTrial) -> bool:
         attempt = int(trial.user_attrs.get("attempt", 1))
         if attempt < int(trial.user_attrs.get("max_attempt", attempt)):

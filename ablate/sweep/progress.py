@@ -140,10 +140,30 @@ def running_lines(ledger: Ledger, now: datetime | None = None) -> list[str]:
                      + (f", AU {int(last['au'])}" if isinstance(last.get("au"), int) else ""))
         except (IndexError, KeyError, ValueError, TypeError):
             where = "no epoch finished in this attempt yet"
-        where += epoch_pace(curve)
+        where += epoch_pace(curve) + epoch_progress(attrs.get("progress"), curve, now)
         lines.append(f"running: arm '{attrs.get('arm', '?')}' seed {attrs.get('seed', '?')} cell "
                      f"{attrs.get('cell_id', '?')} (attempt {attrs.get('attempt', '?')}{since}): {where}")
     return lines
+
+
+def epoch_progress(progress: object, curve: list[dict], now: datetime) -> str:
+    """"; epoch 2 [vae]: step 424 of 1,315 (21,305 inner steps), 1m40s ago": where the epoch after the last
+    validation point stands (Ledger.report_progress, every few minutes); "" when none is reported or the report
+    is of an epoch already validated."""
+    if not isinstance(progress, dict):
+        return ""
+    try:
+        epoch, step, steps = int(progress["epoch"]), int(progress["step"]), int(progress["steps"])
+        phase, inner = str(progress["phase"]), int(progress.get("inner_steps") or 0)
+        at = datetime.fromisoformat(str(progress["at"]))
+    except (KeyError, ValueError, TypeError):
+        return ""
+    if curve and int(curve[-1].get("epoch", -1)) >= epoch:
+        return ""  # that epoch has its validation point already
+    at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    ago = format_seconds(max(0.0, (now - at).total_seconds()))
+    inner_text = f" ({inner:,} inner steps)" if inner else ""
+    return f"; epoch {epoch + 1} [{phase}]: step {step:,} of {steps:,}{inner_text}, {ago} ago"
 
 
 def epoch_pace(curve: list[dict]) -> str:

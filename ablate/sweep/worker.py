@@ -101,10 +101,10 @@ def run_one(ledger: Ledger, trial: Any, progress: bool = False, fail_fast: bool 
     try:
         curve: list[dict[str, Any]] = []
         with ledger.beating(trial):  # RDB storages: the heartbeat that tells other machines this worker lives
-                outcome = execute(config, folder, run_id=f"{ledger.name}.{stem}", labels=labels,
-                              checkpoint=checkpoint,
+            outcome = execute(config, folder, run_id=f"{ledger.name}.{stem}", labels=labels, checkpoint=checkpoint,
                               progress=progress, save_model=True, file_stem=stem,
                               on_epoch=lambda point: ledger.report_epoch(trial, point, curve),
+                              on_progress=lambda where: ledger.report_progress(trial, where),
                               tensorboard=tensorboard,
                               tensorboard_name=f"{ledger.name}/{attrs.get('arm') or 'arm'}/{stem}")
     except (KeyboardInterrupt, SystemExit):
