@@ -156,10 +156,10 @@ def epoch_progress(progress: object, curve: list[dict], now: datetime) -> str:
         epoch, step, steps = int(progress["epoch"]), int(progress["step"]), int(progress["steps"])
         phase, inner = str(progress["phase"]), int(progress.get("inner_steps") or 0)
         at = datetime.fromisoformat(str(progress["at"]))
-    except (KeyError, ValueError, TypeError):
+        if curve and int(curve[-1].get("epoch", -1)) >= epoch:
+            return ""  # that epoch has its validation point already
+    except (KeyError, ValueError, TypeError, AttributeError):
         return ""
-    if curve and int(curve[-1].get("epoch", -1)) >= epoch:
-        return ""  # that epoch has its validation point already
     at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
     ago = format_seconds(max(0.0, (now - at).total_seconds()))
     inner_text = f" ({inner:,} inner steps)" if inner else ""
