@@ -137,7 +137,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return read_yaml_file(path, "run config")[1]
 
 
-QUICK = ["data.max_train=2000", "train.max_steps=200", "eval.max_sentences=200", "eval.iw_samples=50"]  # `--quick`: a first look
+# `--quick`: a first look
+QUICK = ["data.max_train=2000", "train.max_steps=200", "eval.max_sentences=200", "eval.iw_samples=50"]
 
 
 def with_quick(overrides: list[str], quick: bool) -> list[str]:

@@ -155,7 +155,8 @@ class HFTokenizer:
     def save(self, folder: Path) -> None:
         """The Hugging Face tokenizer's own files (save_pretrained) and our decoder start id."""
         self.tokenizer.save_pretrained(str(folder))
-        write_text_atomic(folder / TOKENIZER_RECORD, json.dumps({"kind": "hf", "decoder_start_id": self.framing.dec_start}))
+        record = {"kind": "hf", "decoder_start_id": self.framing.dec_start}
+        write_text_atomic(folder / TOKENIZER_RECORD, json.dumps(record))
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

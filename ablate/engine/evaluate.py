@@ -147,17 +147,18 @@ def evaluate_split(model: TextVAE, split: EncodedSplit, framing: Framing, vocab_
     mi, pool_used = mutual_information(mi_mu, mi_logvar, z=z_he, pool_size=pool, block_sizes=block_sizes)
     if pool is not None and block_sizes is None:  # blocks of M (the last one shorter)
         block_sizes = [min(pool, n - start) for start in range(0, n, pool)]
-    z_paired, own_paired = paired_draws(mi_mu, mi_logvar, cfg.mi_samples, torch.Generator().manual_seed(derive(seed, "mi_paired_draws")))
+    z_paired, own_paired = paired_draws(mi_mu, mi_logvar, cfg.mi_samples,
+                                        torch.Generator().manual_seed(derive(seed, "mi_paired_draws")))
     mi_paired, _ = mutual_information_paired(mi_mu, mi_logvar, cfg.mi_samples, block_sizes=block_sizes,
                                              draws=(z_paired, own_paired))
     au, _ = active_units(mu_all, cfg.au_delta)
     bootstrap = {}
-    if cfg.bootstrap > 0 and n > 1:  # standard errors of MI and AU: a bootstrap over sentences (ablate.metrics.uncertainty)
+    if cfg.bootstrap > 0 and n > 1:  # standard errors of MI and AU: a bootstrap over sentences (metrics.uncertainty)
         nz = mi_mu.shape[1]
         neg_entropy = (-0.5 * nz * LOG_2PI - 0.5 * (1.0 + mi_logvar).sum(-1)).unsqueeze(1)
         for name, draws, own in (("mi", z_he.unsqueeze(1), neg_entropy), ("mi_paired", z_paired, own_paired)):
-            values = bootstrap_mi(mi_mu, mi_logvar, draws, own, cfg.bootstrap,
-                                  torch.Generator().manual_seed(derive(seed, f"bootstrap_{name}")), block_sizes=block_sizes)
+            resamples = torch.Generator().manual_seed(derive(seed, f"bootstrap_{name}"))
+            values = bootstrap_mi(mi_mu, mi_logvar, draws, own, cfg.bootstrap, resamples, block_sizes=block_sizes)
             bootstrap[name] = float(values.std(unbiased=True))
         indices = bootstrap_indices(n, cfg.bootstrap, torch.Generator().manual_seed(derive(seed, "bootstrap_au")))
         bootstrap["au"] = float(bootstrap_au(mu_all, indices, cfg.au_delta).std(unbiased=True))

@@ -221,7 +221,8 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
                     "train_tokens": state.train_tokens, "best_epoch": state.best_epoch,
                     "params_total": sum(p.numel() for p in model.parameters()),
                     "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                    "train_tokens_per_second": state.train_tokens / state.train_seconds if state.train_seconds else None})
+                    "train_tokens_per_second": state.train_tokens / state.train_seconds if state.train_seconds
+                    else None})
         if model_path is not None:
             model_path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_target(model_path) as tmp:  # a reader never sees half a model file
@@ -311,8 +312,9 @@ def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: 
         train_z = probe_features(train_mu, train_logvar, seed=derive(config.seed, "probe_train_features"))
     for i, split in enumerate(config.eval.splits):
         evaluation = evaluate_split(model, prepared.splits[split].head(limit), prepared.tokenizer.framing,
-                                    len(prepared.tokenizer), config.eval, device, seed=derive(config.seed, "split_evaluation", i),
-                                    token_unit=prepared.tokenizer.unit, progress=progress, desc=f"eval {split}")
+                                    len(prepared.tokenizer), config.eval, device,
+                                    seed=derive(config.seed, "split_evaluation", i), token_unit=prepared.tokenizer.unit,
+                                    progress=progress, desc=f"eval {split}")
         out.update({f"{split}.{k}": v for k, v in evaluation.metrics.items()})
         conv = evaluation.conventions
         out.update({"eval.iw_samples": conv["iw_samples"], "eval.mi_pool": conv["mi_pool"],
@@ -320,7 +322,8 @@ def evaluate_all(config: RunConfig, prepared: Prepared, model: TextVAE, device: 
                     "eval.au_delta": conv["au_delta"], "eval.token_unit": conv["token_unit"],
                     "eval.ppl_counts_eos": conv["ppl_counts_eos"], "eval.ppl_counts_bos": conv["ppl_counts_bos"]})
         if train_z is not None:
-            eval_z = probe_features(evaluation.mu, evaluation.logvar, seed=derive(config.seed, "probe_eval_features", -i))
+            eval_z = probe_features(evaluation.mu, evaluation.logvar,
+                                    seed=derive(config.seed, "probe_eval_features", -i))
             factors = {name: values[: len(evaluation.mu)] for name, values in corpus.factors[split].items()}
             probes = probe_factors(train_z, corpus.factors["train"], eval_z, factors,
                                    corpus.factor_classes, seed=config.seed)

@@ -56,8 +56,9 @@ class TextVAE(nn.Module):
         z is [B, nz] (→ [B]) or [B, K, nz] (→ [B, K]): K latents per sentence, for importance sampling. The sum
         (not a mean over the padded length) keeps the KL weight β what it says (a mean would rescale it).
         On a CPU only real positions reach the output layer, in blocks of `block` positions (ablate.models.
-        output_layer; "auto": OUTPUT_BLOCK_ELEMENTS // V, 640 at a 10k vocabulary). On a GPU ("auto") every position is projected in one block and padding masked
-        out afterwards: selecting the real positions would need their count on the host, a synchronisation.
+        output_layer; "auto": OUTPUT_BLOCK_ELEMENTS // V, 640 at a 10k vocabulary). On a GPU ("auto") every
+        position is projected in one block and padding masked out afterwards: selecting the real positions would
+        need their count on the host, a synchronisation.
         """
         per_sample = z.dim() == 3
         k = z.shape[1] if per_sample else 1

@@ -227,8 +227,9 @@ def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str
     eval_logits = fastest("eval_logits", {b: (lambda b=b, w=w: product_nt(h32, w, backend=b))
                                           for b, w in eval_weight.items()})
     blocks = Kernels(logits=logits, grad_h=grad_h, grad_w=grad_w_choice)
+    plain = dataclasses.replace(blocks, output="plain")
     output = fastest("output", {"blocks": lambda: _output_step(shapes, dtype, blocks),
-                                "plain": lambda: _output_step(shapes, dtype, dataclasses.replace(blocks, output="plain"))})
+                                "plain": lambda: _output_step(shapes, dtype, plain)})
     torch.manual_seed(2)
     lstms = [(torch.nn.LSTM(size_in, size_hidden, batch_first=True), torch.randn(batch, length, size_in))
              for size_in, size_hidden, batch, length in shapes.lstms]

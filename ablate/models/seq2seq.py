@@ -341,5 +341,6 @@ def _tokenizer_key(cfg: Seq2SeqConfig) -> str:
 
 
 register_family(ModelFamily(
-    name="seq2seq", config=Seq2SeqConfig, build_tokenizer=lambda model, data, texts: build_seq2seq_tokenizer(model, texts),
+    name="seq2seq", config=Seq2SeqConfig,
+    build_tokenizer=lambda model, data, texts: build_seq2seq_tokenizer(model, texts),
     tokenizer_key=_tokenizer_key, build_model=build_seq2seq_vae))

@@ -32,7 +32,8 @@ from ablate.report.header import header
 from ablate.report.inputs import StudyInput, load_study
 from ablate.report.schema import COLLAPSE_KL, main_metrics, metrics_in
 from ablate.metrics.schema import Metric, in_table, metric
-from ablate.report.study_tables import best_table, coverage_table, failures_table, main_table, missing_table, matched_rate_table, protocol_table, published_table, settings_table
+from ablate.report.study_tables import (best_table, coverage_table, failures_table, main_table, matched_rate_table,
+                                        missing_table, protocol_table, published_table, settings_table)
 from ablate.report.verdict_table import verdict_table
 from ablate.report.table_model import write_table
 

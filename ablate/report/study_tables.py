@@ -202,7 +202,8 @@ def settings_table(rows: pd.DataFrame, panel: tuple[str, str], arms: Sequence[st
     order = {arm: i for i, arm in enumerate(arms)}
     frame = frame.assign(_o=frame["run"].map(order)).sort_values("_o", kind="stable").drop(columns="_o")
     cols = [Col("run", "the run's name (ablate run --name)")] + [Col(k, f"config key {k}") for k in keys]
-    out_rows = [[Cell(str(r["run"]))] + [Cell("–" if pd.isna(r[k]) else cell_settings._setting_value(r[k])) for k in keys]
+    out_rows = [[Cell(str(r["run"]))]
+                + [Cell("–" if pd.isna(r[k]) else cell_settings._setting_value(r[k])) for k in keys]
                 for _, r in frame.iterrows()]
     return Table(tid, f"Settings that differ between the runs — {panel[0]} × {panel[1]}", cols, out_rows,
                  frame.reset_index(drop=True),

@@ -8,12 +8,13 @@ so the batch's second moment of μ̂_j is γ²·v_j/(v_j + ε) + b_j², and sinc
     E_batch[KL] = Σ_j (1/B) Σ_i KL_ij  ≥  ½ Σ_j (γ² v_j/(v_j + ε) + b_j²)  ≈  ½ · nz · γ²   (v_j ≫ ε).
 
 The KL can never vanish, whatever the decoder — once the encoder's μ varies across sentences by more than √ε:
-a small encoder at init U(±0.1) gave v_j ≈ 3e-7 ≪ ε (bound ≈ 0.03 of its nominal value), at U(±1) v_j ≈ 1e-2. As in the authors' code (valdersoul/bn-vae,
-`modules/encoders/enc_lstm.py`: `nn.BatchNorm1d(nz)` with its weight filled with γ and frozen), the shift starts at
-0, ε = 1e-5, momentum 0.1, and evaluation uses the running statistics. The scale is a buffer here, not a frozen
-parameter, so no phase that unfreezes the encoder can make it trainable. The module belongs to the model (saved
-with it, an encoder parameter); a training batch of one sentence, which has no batch variance, uses the running
-statistics. Reported KL is the KL of the normalised posterior.
+a small encoder at init U(±0.1) gave v_j ≈ 3e-7 ≪ ε (bound ≈ 0.03 of its nominal value), at U(±1) v_j ≈ 1e-2.
+As in the authors' code (valdersoul/bn-vae, `modules/encoders/enc_lstm.py`: `nn.BatchNorm1d(nz)` with its weight
+filled with γ and frozen), the shift starts at 0, ε = 1e-5, momentum 0.1, and evaluation uses the running
+statistics. The scale is a buffer here, not a frozen parameter, so no phase that unfreezes the encoder can make
+it trainable. The module belongs to the model (saved with it, an encoder parameter); a training batch of one
+sentence, which has no batch variance, uses the running statistics. Reported KL is the KL of the normalised
+posterior.
 """
 
 from __future__ import annotations
