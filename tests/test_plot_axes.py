@@ -161,3 +161,75 @@ def test_a_long_run_step_axis_has_few_short_labels_that_do_not_touch():
     boxes = [t.get_window_extent() for t in labels]
     assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))  # left to right, with a gap
     plt.close(fig)
+
+
+def _mi_au_drawn(rows, arms, tmp_path):
+    """mi_au's figure as the report draws it: per panel, its x label and its tick labels' texts and extents."""
+    import matplotlib.figure
+
+    from ablate.report.plot_style import arm_palette
+    from ablate.report.plots import mi_au
+
+    seen = []
+    original = matplotlib.figure.Figure.savefig
+
+    def measure_then_save(self, *args, **kwargs):  # inside the report's style, as the files are drawn
+        self.canvas.draw()
+        for ax in self.axes:
+            lo, hi = ax.get_xlim()
+            labels = [t for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+            bars = sorted(round(p.get_width(), 4) for p in ax.patches)
+            seen.append((ax.get_xlabel(), [t.get_text() for t in labels], [t.get_window_extent() for t in labels],
+                         bars))
+        return original(self, *args, **kwargs)
+
+    matplotlib.figure.Figure.savefig = measure_then_save
+    try:
+        mi_au(rows, arms, arm_palette(arms), tmp_path / "mi_au", "bnvae_ptb: ptb × lstm")
+    finally:
+        matplotlib.figure.Figure.savefig = original
+    return seen
+
+
+BNVAE_ARMS = ["kl_annealing", "bn_vae", "bn_vae_uniform_init", "bn_vae_no_anneal", "aggressive"]
+
+
+def _bnvae_rows() -> pd.DataFrame:
+    rows = _rows(BNVAE_ARMS, [0.005, 1.87, 1.71, 0.02, 0.077], [126.2, 125.5, 125.7, 126.6, 126.7])
+    rows["test.mi"] = [-0.036, 1.088, 0.950, -0.035, 0.052]
+    rows["test.au"] = [0.0, 16.0, 16.0, 0.0, 4.0]
+    rows["test.mi_pool"] = 1000.0
+    return rows
+
+
+def test_the_mi_panel_labels_do_not_run_together(tmp_path):
+    """One MI value (a single-arm study, or one arm with the paired estimator: a ±0.1 span around it) read
+    "0.0000.0250.0500.075…" as one string in the browser: the MI axis now has at most five labels, well apart."""
+    rows = _bnvae_rows().tail(1)
+    rows["test.mi_paired"] = [0.0786]
+    seen = _mi_au_drawn(rows, ["aggressive"], tmp_path)
+    mi_label, mi_texts, _, _ = seen[0]
+    assert mi_label.startswith("MI (paired)") and 2 <= len(mi_texts) <= 6, mi_texts
+    for _, texts, boxes, _ in seen:  # every file drawn (PNG, SVG): apart by half a label at least, since a browser
+        # sets the SVG's text in its own font, wider than matplotlib's measure (the 0.025 steps touched there)
+        assert all(b.x0 - a.x1 >= 0.5 * max(a.width, b.width) for a, b in zip(boxes, boxes[1:])), texts
+
+
+def test_rows_without_the_paired_mi_put_every_arm_on_he_et_al_s_estimator(tmp_path):
+    """bnvae_ptb's four older rows have no paired MI: its MI panel showed the one newer arm's bar and none for
+    BN-VAE (MI 1.09). With any row lacking it, every arm is drawn with He et al.'s estimator."""
+    rows = _bnvae_rows()
+    rows["test.mi_paired"] = [None, None, None, None, 0.0786]
+    mi_label, _, _, bars = _mi_au_drawn(rows, BNVAE_ARMS, tmp_path)[0]
+    assert not mi_label.startswith("MI (paired)"), mi_label
+    assert bars == sorted([-0.036, 1.088, 0.95, -0.035, 0.052])
+
+
+def test_a_language_model_row_does_not_take_the_paired_mi_from_the_others(tmp_path):
+    """A model without a latent (nz 0: li2019_ptb's language model) has no paired MI to report; the VAEs beside it
+    keep theirs."""
+    rows = _bnvae_rows().head(2)
+    rows["test.mi_paired"] = [None, 0.70]
+    rows["config.model.nz"] = [0, 32]
+    mi_label, _, _, bars = _mi_au_drawn(rows, BNVAE_ARMS[:2], tmp_path)[0]
+    assert mi_label.startswith("MI (paired)") and bars == [0.7]

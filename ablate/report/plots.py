@@ -185,9 +185,11 @@ def kl_vs_ppl(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path
 def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, title: str,
           split: str = "test") -> Figure_ | None:
     """MI and AU of each arm's chosen setting: a bar at the mean over seeds, a dot per seed; MI's bound log M. MI
-    is the paired estimator where the rows have it (He et al.'s one-draw estimate is noise at small N)."""
+    is the paired estimator where every row with a latent has it (He et al.'s one-draw estimate is noise at small
+    N), else He et al.'s for all (rows written before the paired estimator existed would otherwise show no bar)."""
     paired = f"{split}.mi_paired"
-    mi = paired if paired in rows and rows[paired].notna().any() else f"{split}.mi"
+    latent = rows["config.model.nz"].fillna(1) > 0 if "config.model.nz" in rows else pd.Series(True, rows.index)
+    mi = paired if paired in rows and rows.loc[latent, paired].notna().all() else f"{split}.mi"
     au = f"{split}.au"
     if rows.empty or (mi not in rows and au not in rows):
         return None
@@ -220,6 +222,8 @@ def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, ti
                                         transform=ax.get_xaxis_transform())
                         label.set_in_layout(False)  # outside a narrow MI axis it must not squeeze the figure
             ax.axvline(0.0, color="0.2", linewidth=0.6)
+            if col != au:  # half of an 8-inch figure: matplotlib's eight "0.025"-wide labels ran together
+                ax.xaxis.set_major_locator(mticker.MaxNLocator(nbins=4))
             readable_limits(ax, rows[col], "x", integer=col == au)
         axes[0].set_yticks(range(len(present)), present)
         axes[0].set_ylim(len(present) - 0.5, -0.5)
