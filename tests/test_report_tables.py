@@ -507,3 +507,20 @@ def test_a_language_model_is_neither_collapsed_nor_the_best_choice():
     groups = summary("d", "m", best, ["vanilla", "remedy", "lm"])
     assert "lm" not in groups["collapsed"] + groups["no collapse"] + groups["partial"]
     assert tables.verdict(0, 1, no_latent=True) == "no latent"
+
+
+def test_rates_no_arm_reaches_are_one_note_not_a_block_of_not_reached(tmp_path):
+    """bnvae_ptb (every KL under 2) showed fifteen rows of 'not reached' and nothing else: a rate no arm reaches
+    leaves the table for one note naming it and the largest KL seen; the files keep every row."""
+    from test_plot_axes import _rows
+
+    from ablate.report.study_tables import matched_rate_table
+
+    rows = _rows(["a", "b", "b"], [0.005, 1.8, 6.0], [126.2, 125.5, 124.0])
+    rows["seed"], rows["settings"] = [0, 0, 0], ["{}", '{"x": 1}', '{"x": 2}']
+    table = matched_rate_table(rows, ("ptb", "lstm"), "test", ["a", "b"], "m")
+    assert [(r[0].text, r[1].text) for r in table.rows] == [("2", "a"), ("2", "b"), ("5", "a"), ("5", "b")]
+    assert table.notes[0].startswith("No arm reaches KL 10 (the largest test KL of any run: 6 nats, b)")
+    assert len(table.data) == 2 * 3  # every arm at every rate, in the CSV/JSON/TeX
+    collapsed = matched_rate_table(rows.head(2), ("ptb", "lstm"), "test", ["a", "b"], "m")
+    assert collapsed.rows == [] and collapsed.notes[0].startswith("No arm reaches KL 2, 5, 10 (")

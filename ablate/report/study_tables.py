@@ -287,8 +287,11 @@ def matched_rate_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, a
     cols += [Col(metric(n).label, f"{metric(n).definition} Interpolated linearly in KL between the two front "
                  f"settings around this KL; ± 2 standard errors (seed spread and measurement), interpolated alike.",
                  True) for n in names]
-    out_rows, classes = [], []
+    out_rows, classes, unreached = [], [], []
     for rate, part in data.groupby("kl", sort=False):
+        if (part["status"] == "not reached").all():
+            unreached.append(rate)  # a block of 'not reached' alone says one thing: the note below says it once
+            continue
         reached = part[part["status"] == "front"]
         best = reached["rec"].idxmin() if not reached.empty else None
         for i, r in part.iterrows():
@@ -312,6 +315,14 @@ def matched_rate_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, a
              "settings of the arm reached that KL, but with more distortion than its front's last point (more rate "
              "for no better reconstruction); the values are interpolated between its settings nearest in KL. Bold: "
              "the lowest Rec on a front at that KL and every arm within noise of it (2 combined standard errors)."]
+    if unreached:
+        kl = rows[f"{split}.kl"].astype(float).reset_index(drop=True) if f"{split}.kl" in rows else pd.Series([])
+        top = "" if not kl.notna().any() else \
+            f" (the largest {split} KL of any run: {kl.max():.3g} nats, {rows['arm'].iloc[int(kl.idxmax())]})"
+        listed = ", ".join(f"{rate:g}" for rate in unreached)
+        notes.insert(0, f"No arm reaches KL {listed}{top}, so {'they are' if len(unreached) > 1 else 'it is'} "
+                        "left out of the table (kept in its CSV and JSON); `ablate report --rates` compares at other KL "
+                        "values.")
     return Table(tid, f"Remedies at equal rate — {panel[0]} × {panel[1]}", cols, out_rows, data, notes, classes)
 
 
