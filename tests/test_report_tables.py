@@ -524,3 +524,16 @@ def test_rates_no_arm_reaches_are_one_note_not_a_block_of_not_reached(tmp_path):
     assert len(table.data) == 2 * 3  # every arm at every rate, in the CSV/JSON/TeX
     collapsed = matched_rate_table(rows.head(2), ("ptb", "lstm"), "test", ["a", "b"], "m")
     assert collapsed.rows == [] and collapsed.notes[0].startswith("No arm reaches KL 2, 5, 10 (")
+
+
+def test_a_language_model_row_does_not_make_k_mixed(study):
+    """li2019_ptb's language model (nz 0) records K = 1, its NLL exact; beside VAEs at K = 500 the conventions read
+    'K = 1, 500 (MIXED between rows: not comparable)'. K is the latent rows' alone; different K among those is
+    still MIXED."""
+    rows = study.ok[study.ok["model"] == "lstm"].copy()
+    rows["config.model.nz"] = 16
+    lm = rows.head(1).assign(**{"config.model.nz": 0, "eval.iw_samples": 1})
+    text = "; ".join(conventions(pd.concat([rows, lm]), "test"))
+    assert "K = 100; exact NLL for the rows without a latent" in text and "MIXED" not in text
+    other = rows.head(1).assign(**{"eval.iw_samples": 500})
+    assert "K = 100, 500 (MIXED" in "; ".join(conventions(pd.concat([rows, lm, other]), "test"))

@@ -66,19 +66,23 @@ def header(study: StudyInput) -> dict[str, Any]:
 
 def conventions(rows: pd.DataFrame, split: str) -> list[str]:
     """The evaluation conventions of a table's rows, one phrase each; values that differ are flagged MIXED."""
-    def values(column: str) -> list[Any]:
-        if rows.empty or column not in rows:
+    def values(column: str, frame: pd.DataFrame = rows) -> list[Any]:
+        if frame.empty or column not in frame:
             return []
-        return sorted(rows[column].dropna().unique().tolist(), key=str)
+        return sorted(frame[column].dropna().unique().tolist(), key=str)
 
-    def shown(column: str) -> str:
-        found = values(column)
+    def shown(column: str, frame: pd.DataFrame = rows) -> str:
+        found = values(column, frame)
         text = ", ".join(_fmt_convention(v) for v in found)
         return text + (" (MIXED between rows: not comparable)" if len(found) > 1 else "")
 
     out = []
-    if values("eval.iw_samples"):
-        out.append(f"IW samples K = {shown('eval.iw_samples')}")
+    # a model without a latent (nz 0: a language model) has an exact NLL, which no K changes
+    no_latent = rows["config.model.nz"].fillna(1) <= 0 if "config.model.nz" in rows else pd.Series(False, rows.index)
+    latent_rows = rows[~no_latent] if (~no_latent).any() else rows
+    if values("eval.iw_samples", latent_rows):
+        exact = "; exact NLL for the rows without a latent" if no_latent.any() and (~no_latent).any() else ""
+        out.append(f"IW samples K = {shown('eval.iw_samples', latent_rows)}{exact}")
     pool_col = f"{split}.mi_pool" if values(f"{split}.mi_pool") else "eval.mi_pool"
     if values(pool_col):
         bounds = ", ".join(f"{math.log(float(v)):.2f}" for v in values(pool_col) if float(v) > 1)
