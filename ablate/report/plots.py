@@ -188,8 +188,8 @@ def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, ti
     is the paired estimator where every row with a latent has it (He et al.'s one-draw estimate is noise at small
     N), else He et al.'s for all (rows written before the paired estimator existed would otherwise show no bar)."""
     paired = f"{split}.mi_paired"
-    latent = rows["config.model.nz"].fillna(1) > 0 if "config.model.nz" in rows else pd.Series(True, rows.index)
-    mi = paired if paired in rows and rows.loc[latent, paired].notna().all() else f"{split}.mi"
+    latent = (rows["config.model.nz"].fillna(1) > 0).to_numpy() if "config.model.nz" in rows else slice(None)
+    mi = paired if paired in rows and rows[paired].notna().to_numpy()[latent].all() else f"{split}.mi"
     au = f"{split}.au"
     if rows.empty or (mi not in rows and au not in rows):
         return None
