@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ablate.core.progress import format_seconds
@@ -79,8 +78,7 @@ def conventions(rows: pd.DataFrame, split: str) -> list[str]:
 
     out = []
     # a model without a latent (nz 0: a language model) has an exact NLL, which no K changes
-    no_latent = (rows["config.model.nz"].fillna(1) <= 0).to_numpy() if "config.model.nz" in rows \
-        else np.zeros(len(rows), dtype=bool)
+    no_latent = ~tables.has_latent(rows)
     latent_rows = rows[~no_latent] if (~no_latent).any() else rows
     if values("eval.iw_samples", latent_rows):
         exact = "; exact NLL for the rows without a latent" if no_latent.any() and (~no_latent).any() else ""

@@ -37,7 +37,7 @@ from ablate.report.plot_style import (
     step_axis,
     style,
 )
-from ablate.report.tables import search_objectives, selection_metric
+from ablate.report.tables import has_latent, search_objectives, selection_metric
 
 MAX_BINS = 120   # training curves are averaged into at most this many step bins per run
 
@@ -188,8 +188,7 @@ def mi_au(rows: pd.DataFrame, arms: Sequence[str], palette: dict, stem: Path, ti
     is the paired estimator where every row with a latent has it (He et al.'s one-draw estimate is noise at small
     N), else He et al.'s for all (rows written before the paired estimator existed would otherwise show no bar)."""
     paired = f"{split}.mi_paired"
-    latent = (rows["config.model.nz"].fillna(1) > 0).to_numpy() if "config.model.nz" in rows else slice(None)
-    mi = paired if paired in rows and rows[paired].notna().to_numpy()[latent].all() else f"{split}.mi"
+    mi = paired if paired in rows and rows[paired].notna().to_numpy()[has_latent(rows)].all() else f"{split}.mi"
     au = f"{split}.au"
     if rows.empty or (mi not in rows and au not in rows):
         return None

@@ -86,6 +86,13 @@ def latent_free(part: pd.DataFrame) -> bool:
     return "config.model.nz" in part.columns and len(part) > 0 and bool((part["config.model.nz"] == 0).all())
 
 
+def has_latent(rows: pd.DataFrame) -> np.ndarray:
+    """Per row, whether the run has a latent (`model.nz` > 0; rows without the column count as having one)."""
+    if "config.model.nz" not in rows.columns:
+        return np.ones(len(rows), dtype=bool)
+    return (rows["config.model.nz"].fillna(1) > 0).to_numpy()
+
+
 def collapsed(au: pd.Series | float | None, kl: pd.Series | float | None) -> Any:
     """The collapse flag: AU = 0 or KL < COLLAPSE_KL (either missing counts as not flagged by it)."""
     if isinstance(au, pd.Series) or isinstance(kl, pd.Series):
