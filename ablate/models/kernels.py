@@ -196,6 +196,17 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, backend: str |
     return _ChosenLinear.apply(flat, weight, bias, backend).view(*x.shape[:-1], weight.shape[0])
 
 
+def linear_relu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """relu(x Wᵀ + b); in evaluation (fp32, no autograd) with `eval_linear` onednn the ReLU is the oneDNN
+    product's post-op, so the [N, d_ff] activation is written once instead of written, read and written again."""
+    if torch.is_grad_enabled() or active().eval_linear != "onednn" or not _onednn_fits(x, weight) \
+            or x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
+        return F.relu(linear(x, weight, bias))
+    flat = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.ops.mkldnn._linear_pointwise(flat, weight.contiguous(), bias, "relu", [], "")
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
 class ChosenLinear(nn.Linear):
     """nn.Linear (same parameters, same state dict) whose product runs through the chosen backend."""
 

@@ -7,8 +7,9 @@ decoder:    p(y_t | y_<t, z) from the model's own decoder and LM head, which see
             no cross-attention to the real encoder states. z enters in one of three ways (`injection`):
   memory           z → one extra key and one extra value per decoder layer and head, prepended to the decoder
                    self-attention's keys/values, so every position attends to it (Lee & Park 2021; Optimus
-                   `latent_as_gpt_memory`, Li et al. 2020). Given to the model as a pre-filled transformers
-                   `EncoderDecoderCache` (the current Cache API), built per sample: [N, layers, 2, heads, 1, d]
+                   `latent_as_gpt_memory`, Li et al. 2020). Given to transformers' decoder as a pre-filled
+                   `EncoderDecoderCache` (the current Cache API), and to a T5's whole-sentence passes (training,
+                   evaluation) by ablate.models.t5_stack directly; built per sample: [N, layers, 2, heads, 1, d]
                    reshaped batch-first (the released code reshaped [B, L·H·d] straight to [L, B, H, 1, d], handing
                    sample b another sample's latent).
   embedding        z → d_model vector added to every decoder input embedding (Optimus `latent_as_gpt_emb`).
@@ -35,6 +36,7 @@ from ablate.core.config import MAX_DIM, MAX_NZ, ConfigError, ModelSection, Stric
 from ablate.data.batching import Batch
 from ablate.data.tokenize import Framing, HFTokenizer
 from ablate.models.dropout import cheaper_dropout
+from ablate.models import t5_stack
 from ablate.models.kernels import chosen_linears
 from ablate.core.config import ModelFamily, register_family
 from ablate.models.transformer_parts import PooledTransformerVAE, cache_argument, memory_slots
@@ -216,6 +218,7 @@ class Seq2SeqVAE(PooledTransformerVAE):
         self.injection = cfg.injection
         self.framing = framing
         self.cache_argument = cache_argument(net.get_decoder())  # looked up once, not at every decoding step
+        self.own_stacks = t5_stack.runs_on(net, cfg.injection)  # T5's stacks by ablate.models.t5_stack
         d_model = net.config.d_model
         self.layers, self.heads, self.head_dim = decoder_geometry(net.config)
         self.to_posterior = nn.Linear(d_model, 2 * cfg.nz, bias=False)
@@ -268,7 +271,10 @@ class Seq2SeqVAE(PooledTransformerVAE):
     # ------------------------------------------------------------ encoder
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        hidden = self.net.get_encoder()(input_ids=batch.enc_ids, attention_mask=batch.enc_mask).last_hidden_state
+        if self.own_stacks:
+            hidden = t5_stack.encoder_states(self.net, batch.enc_ids, batch.enc_mask)
+        else:
+            hidden = self.net.get_encoder()(input_ids=batch.enc_ids, attention_mask=batch.enc_mask).last_hidden_state
         return self.posterior(hidden, batch.enc_mask)
 
     # ------------------------------------------------------------ decoder
@@ -279,8 +285,11 @@ class Seq2SeqVAE(PooledTransformerVAE):
 
         if self.injection != "memory":
             return EncoderDecoderCache(DynamicCache(), DynamicCache())
-        layers = memory_slots(self.z_to_decoder(z), self.layers, self.heads, self.head_dim)
-        return EncoderDecoderCache(DynamicCache(layers), DynamicCache())
+        return EncoderDecoderCache(DynamicCache(self.memory(z)), DynamicCache())
+
+    def memory(self, z: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """z as one (key, value) slot per decoder layer, each [N, heads, 1, head_dim] (injection memory)."""
+        return memory_slots(self.z_to_decoder(z), self.layers, self.heads, self.head_dim)
 
     def head_input(self, hidden: Tensor) -> Tensor:
         """Decoder states as the output layer takes them: T5 rescales tied outputs by d_model^-1/2."""
@@ -308,18 +317,22 @@ class Seq2SeqVAE(PooledTransformerVAE):
         """Decoder states [N, T, d] of decoder inputs [N, T] given z [N, nz], and the decoder cache.
 
         With `cache` (from new_cache or a previous call) dec_in continues the cached prefix (incremental decoding);
-        without, it starts a fresh sequence. The decoder never receives the real encoder states.
+        without, it starts a fresh sequence — for a T5 through ablate.models.t5_stack (the same function in fewer
+        operations; the cache returned is then None). The decoder never receives the real encoder states.
         """
         decoder = self.net.get_decoder()
-        if cache is None and self.injection == "memory":
-            cache = self.new_cache(z)
         embed = getattr(decoder, "embed_tokens", None)
         embed = self.net.get_input_embeddings() if embed is None else embed
         inputs = embed(dec_in)  # BART's embedding module applies its own scale
-        context, context_mask = None, None
         if self.injection == "embedding":
             inputs = inputs + self.z_to_decoder(z).unsqueeze(1).to(inputs.dtype)
-        elif self.injection == "cross_attention":
+        if cache is None and self.own_stacks:  # a whole sentence (training, evaluation): ablate.models.t5_stack
+            memory = self.memory(z) if self.injection == "memory" else None
+            return t5_stack.decoder_states(self.net, inputs, memory), None
+        if cache is None and self.injection == "memory":
+            cache = self.new_cache(z)
+        context, context_mask = None, None
+        if self.injection == "cross_attention":
             context = self.z_to_decoder(z).unsqueeze(1)
             context_mask = torch.ones(z.shape[0], 1, dtype=torch.long, device=z.device)
         out = decoder(inputs_embeds=inputs, encoder_hidden_states=context, encoder_attention_mask=context_mask,
