@@ -186,7 +186,8 @@ def choose(shapes: Shapes, device: torch.device, threads: int | None = None, tim
             return Kernels(**{**cached, **forced}, how="cached" if not forced else "set")
         except ValueError:
             pass  # a cache from another version of ablate: measure again
-    choice = measure(shapes, timer, forced)
+    with torch.random.fork_rng(devices=[]):  # the candidates draw from torch's global generator: a run's random
+        choice = measure(shapes, timer, forced)  # stream must not depend on whether its choice was cached
     _write_cache(path, key, {k: v for k, v in dataclasses.asdict(choice).items() if k != "how"})
     return dataclasses.replace(choice, how="set" if forced else "measured")
 
