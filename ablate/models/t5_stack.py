@@ -50,7 +50,7 @@ def attention(attn: nn.Module, x: Tensor, mask: Tensor, memory: tuple[Tensor, Te
     if memory is not None:
         k = torch.cat([memory[0].to(k.dtype), k], dim=2)
         v = torch.cat([memory[1].to(v.dtype), v], dim=2)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype) if mask.dtype != q.dtype else mask,
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
                                          dropout_p=attn.dropout if attn.training else 0.0, scale=1.0)
     return attn.o(out.transpose(1, 2).reshape(b, t, heads * head_dim))
 
