@@ -86,3 +86,31 @@ def test_evaluation_with_a_packed_weight_matches():
     with torch.no_grad():
         out = token_log_probs(hidden.float(), weight.float(), bias.float(), targets, block=8)
     assert torch.allclose(out.double(), plain(hidden, weight, bias, targets), atol=1e-4)
+
+
+@pytest.mark.parametrize("grad_w", ["blas", "onednn"])
+def test_the_formed_weight_gradient_becomes_the_parameters_grad_without_a_copy(grad_w, monkeypatch):
+    """∂W is accumulated into a buffer in the forward pass; autograd's AccumulateGrad takes that buffer as .grad only
+    if nothing else holds it (a 10 MB copy a step at Li et al.'s PTB vocabulary otherwise)."""
+    import ablate.models.output_layer as layer
+    from ablate.models.kernels import ONEDNN, Kernels, using
+
+    if grad_w == "onednn" and not ONEDNN:
+        pytest.skip("this torch build has no oneDNN")
+    addresses = []  # (not the buffers themselves: a reference held here would make autograd copy)
+    accumulator = layer.grad_w_accumulator
+
+    def recorded(*args):
+        buffer = accumulator(*args)
+        addresses.append(buffer.data_ptr())
+        return buffer
+
+    monkeypatch.setattr(layer, "grad_w_accumulator", recorded)
+    hidden, weight, bias, targets = inputs(3)
+    weight = torch.nn.Parameter(weight.float())
+    with using(Kernels(grad_w=grad_w)):
+        token_log_probs(hidden.float().requires_grad_(True), weight, None, targets, block=8).mean().backward()
+    assert len(addresses) == 1 and weight.grad.data_ptr() == addresses[0]
+    reference = weight.detach().double().requires_grad_(True)
+    plain(hidden, reference, None, targets).mean().backward()
+    assert torch.allclose(weight.grad.double(), reference.grad, atol=1e-5)
