@@ -124,6 +124,25 @@ def test_bad_command_lines_are_refused_in_a_few_lines(argv, tmp_path, monkeypatc
     assert _listing(tmp_path) == before
 
 
+@pytest.mark.parametrize("command", ["validate", "run", "sweep"])
+@pytest.mark.parametrize("setting", ["lstm=cudnn", "output blocks (logits fast); eval blas; lstm aten"])
+def test_a_bad_kernel_setting_is_refused_before_anything_is_written(command, setting, tmp_path, monkeypatch):
+    """$ABLATE_KERNELS (name=value pairs, or a row's `kernels` value) is checked with the config: one line, exit 2,
+    no failed row per run or cell."""
+    from malformed_inputs import STUDY
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ABLATE_KERNELS", setting)
+    config = tmp_path / "input.yaml"  # a study for sweep and validate, a run config for run
+    config.write_text(STUDY if command != "run" else
+                      "data: {name: synthetic, synthetic: {n_train: 40, n_valid: 10, n_test: 10}}\n"
+                      "model: {name: lstm, emb_dim: 8, enc_hidden: 8, dec_hidden: 8, nz: 2}\n")
+    before = _listing(tmp_path)
+    code, text = run_cli([command, str(config)] + ([] if command == "validate" else ["--out", str(tmp_path / "out")]))
+    assert code == 2 and text.startswith("error: $ABLATE_KERNELS: ") and len(text.splitlines()) == 1, text
+    assert _listing(tmp_path) == before
+
+
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "studies" / "examples").glob("*.yaml"))
 SMALL = ["data.synthetic.n_train=40", "data.synthetic.n_valid=8", "data.synthetic.n_test=8", "train.max_steps=1",
          "eval.splits=[]", "train.device=cpu"]

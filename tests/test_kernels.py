@@ -204,6 +204,52 @@ def test_the_environment_sets_kernels_or_says_what_it_accepts(tmp_path, monkeypa
         C.choose(SHAPES, torch.device("cpu"), timer=fake_timer({}, calls), cache=tmp_path / "c.json")
 
 
+def test_a_rows_kernels_value_read_back_sets_every_field():
+    """`Kernels.describe` (the row's `kernels` column) read back by $ABLATE_KERNELS: every combination round-trips,
+    rows of older versions (no Linear layers) read with those at their defaults, anything else is refused."""
+    import itertools
+
+    fields = ("output", "logits", "grad_h", "grad_w", "eval_logits", "lstm", "linear", "eval_linear")
+    for output, logits, grad_h, grad_w, eval_logits, lstm, linear in itertools.product(
+            ("blocks", "plain"), K.PRODUCT_BACKENDS, K.GRAD_H_BACKENDS, K.GRAD_W_BACKENDS, K.EVAL_BACKENDS,
+            K.LSTM_BACKENDS, K.PRODUCT_BACKENDS):
+        kernels = K.Kernels(output=output, logits=logits, grad_h=grad_h, grad_w=grad_w, eval_logits=eval_logits,
+                            lstm=lstm, linear=linear, eval_linear="onednn", how="measured")
+        read = K.Kernels(**C.parse_setting(kernels.describe()), how="set")
+        assert read.describe() == kernels.describe().replace("; measured", "; set")
+        if output == "blocks":  # (plain does not name the blocks' products: they take the defaults)
+            assert [getattr(read, f) for f in fields] == [getattr(kernels, f) for f in fields]
+    older = "output blocks (logits onednn, ∂h onednn-view, ∂W onednn-t); eval onednn-packed; lstm aten; measured"
+    assert C.parse_setting(older) == {"output": "blocks", "logits": "onednn", "grad_h": "onednn-view",
+                                      "grad_w": "onednn-t", "eval_logits": "onednn-packed", "lstm": "aten",
+                                      "linear": "blas", "eval_linear": "blas"}
+    with pytest.raises(ValueError, match=r"\$ABLATE_KERNELS: 'output blocks \(logits gpu.*not a result row's"):
+        C.parse_setting("output blocks (logits gpu); eval blas; lstm aten")
+    with pytest.raises(ValueError, match=r"'lstm=cudnn' is not one of"):  # well-formed, but no such kernel
+        C.parse_setting("output plain; eval blas; lstm cudnn; linear blas (eval blas); measured")
+
+
+@needs_onednn
+def test_a_rows_kernels_value_repeats_its_arithmetic(tmp_path, monkeypatch):
+    """A row's `kernels` value given back through $ABLATE_KERNELS runs those kernels and repeats the row's values
+    exactly (other kernels round otherwise, and training goes elsewhere from there: benchmarks/README.md)."""
+    from ablate.core.config_reading import build_config
+    from ablate.engine.run import execute
+
+    monkeypatch.setenv(C.CACHE_ENV, str(tmp_path / "kernels.json"))
+
+    def run(setting: str, name: str) -> dict:
+        monkeypatch.setenv(C.KERNELS_ENV, setting)
+        row = execute(build_config(tiny_overrides()), tmp_path / name, progress=False, save_model=False).row
+        assert row["status"] == "ok"
+        return row
+
+    first = run("output=blocks,logits=blas,grad_h=onednn-view,grad_w=onednn-t,eval_logits=onednn,lstm=aten", "first")
+    again = run(first["kernels"], "again")
+    assert again["kernels"] == first["kernels"]
+    assert (again["test.nll"], again["test.kl"]) == (first["test.nll"], first["test.kl"])
+
+
 def test_a_run_records_its_kernels_and_cpu_in_the_row(tmp_path, monkeypatch):
     from ablate.core.config_reading import build_config
     from ablate.engine.run import execute

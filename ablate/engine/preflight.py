@@ -2,7 +2,7 @@
 
 A config that validates (ablate.core.config) can still be unrunnable here: a data folder or split file that is not
 there, a CUDA device the machine lacks, a model or tokenizer folder that does not exist (or, offline, a hub name
-not in the local cache). `ablate validate`, `ablate run` and `ablate sweep` call `check_runnable` before anything
+not in the local cache), a $ABLATE_KERNELS setting that names no kernel. `ablate validate`, `ablate run` and `ablate sweep` call `check_runnable` before anything
 is written, so such a config fails in one line at once instead of writing a failed row after start-up.
 Study files themselves stay machine-independent (ablate.sweep.study does not call this).
 """
@@ -147,8 +147,22 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "v
                    "sentencepiece.bpe.model")
 
 
+def check_kernel_setting() -> None:
+    """Raise a one-line ConfigError when $ABLATE_KERNELS is set to something ablate.models.kernel_choice refuses
+    (before a run or a sweep writes anything, instead of a failed row per cell)."""
+    from ablate.models.kernel_choice import KERNELS_ENV, parse_setting
+
+    setting = os.environ.get(KERNELS_ENV, "").strip()
+    if setting and setting != "default":
+        try:
+            parse_setting(setting)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+
 def check_runnable(config: RunConfig, source: str) -> None:
     """Raise a one-line ConfigError naming `source` when this machine cannot run the config."""
+    check_kernel_setting()
     device = check_device(config.train.device)
     if device:
         raise ConfigError(f"{source}: train.device: {device}")

@@ -4,7 +4,9 @@ The fastest way to run a product differs from CPU to CPU (ablate.models.kernels 
 training, `choose` times them on the shapes the run will use (well under a second), keeps the answer in a user
 cache per CPU model, torch version, thread count and shape (`kernel_cache_path()`, so a machine measures once),
 and the run records the choice in its row (`kernels`). On GPUs nothing is timed. $ABLATE_KERNELS overrides:
-`default` (no timing: ablate's defaults) or `name=value,…` (e.g. `lstm=aten,grad_w=blas`; the rest measured).
+`default` (no timing: ablate's defaults), `name=value,…` (e.g. `lstm=aten,grad_w=blas`; the rest measured), or a
+result row's `kernels` value copied whole (every field as that run had it: to repeat its arithmetic exactly, since
+another choice rounds otherwise and training goes elsewhere from there).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import torch
 from torch import Tensor
 
 from ablate.models.kernels import (EVAL_BACKENDS, GRAD_H_BACKENDS, GRAD_W_BACKENDS, LSTM_BACKENDS, ONEDNN,
-                                   PRODUCT_BACKENDS, ChosenLinear, Kernels, add_grad_w_product, grad_h_product,
-                                   grad_w_accumulator, linear, lstm_backend, packed_weight, product_nt, using)
+                                   PRODUCT_BACKENDS, ChosenLinear, Kernels, add_grad_w_product, described,
+                                   grad_h_product, grad_w_accumulator, linear, lstm_backend, packed_weight,
+                                   product_nt, using)
 from ablate.models.output_layer import output_block, token_log_probs
 
 KERNELS_ENV = "ABLATE_KERNELS"
@@ -150,16 +153,25 @@ def median_seconds(label: str, fn: Callable[[], Any], best: float = math.inf, re
 
 
 def parse_setting(text: str) -> dict[str, str]:
-    """$ABLATE_KERNELS `name=value,…` → {field: value}; a clear error for an unknown name or value."""
+    """$ABLATE_KERNELS `name=value,…` → {field: value}; a clear error for an unknown name or value. A result row's
+    `kernels` value, copied whole, sets every field as that run had them (to repeat the run's arithmetic exactly:
+    the choice changes rounding, and rounding changes where training goes)."""
     allowed = {"output": ("blocks", "plain"), "logits": PRODUCT_BACKENDS, "grad_h": GRAD_H_BACKENDS,
                "grad_w": GRAD_W_BACKENDS, "eval_logits": EVAL_BACKENDS, "lstm": LSTM_BACKENDS,
                "linear": PRODUCT_BACKENDS, "eval_linear": PRODUCT_BACKENDS}
+    if text.strip().startswith("output "):  # a row's `kernels` value
+        fields = described(text)
+        if fields is None:
+            raise ValueError(f"${KERNELS_ENV}: {text!r} is not a result row's `kernels` value (e.g. "
+                             f"{Kernels().describe()!r}) nor name=value pairs")
+        text = ",".join(f"{name}={value}" for name, value in fields.items())
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
         if name not in allowed or value not in allowed[name]:
             raise ValueError(f"${KERNELS_ENV}: {part!r} is not one of "
-                             + "; ".join(f"{k}={'|'.join(v)}" for k, v in allowed.items()) + " (or 'default')")
+                             + "; ".join(f"{k}={'|'.join(v)}" for k, v in allowed.items())
+                             + " (or 'default', or a result row's `kernels` value)")
         out[name] = value
     return out
 

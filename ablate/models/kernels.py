@@ -22,6 +22,7 @@ The candidates (every one computes the same values: tests/test_kernels.py):
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -67,6 +68,23 @@ class Kernels:
             f"blocks (logits {self.logits}, ∂h {self.grad_h}, ∂W {self.grad_w})"
         return (f"output {output}; eval {self.eval_logits}; lstm {self.lstm}; linear {self.linear} (eval "
                 f"{self.eval_linear}); {self.how}")
+
+
+_DESCRIPTION = re.compile(
+    r"output (?P<output>plain|blocks)(?: \(logits (?P<logits>[\w-]+), ∂h (?P<grad_h>[\w-]+), ∂W (?P<grad_w>[\w-]+)\))?"
+    r"; eval (?P<eval_logits>[\w-]+); lstm (?P<lstm>[\w-]+)"
+    r"(?:; linear (?P<linear>[\w-]+) \(eval (?P<eval_linear>[\w-]+)\))?(?:; [^;]*)?")
+
+
+def described(text: str) -> dict[str, str] | None:
+    """The fields of a row's `kernels` value (`Kernels.describe`, read back), or None if `text` is not one. Fields the
+    description leaves out — the blocks' products of `output plain`, which that path does not use, and the Linear
+    layers' in rows written before they were chosen — take the defaults."""
+    match = _DESCRIPTION.fullmatch(text.strip())
+    if match is None:
+        return None
+    defaults = Kernels()
+    return {name: value or getattr(defaults, name) for name, value in match.groupdict().items()}
 
 
 _ACTIVE = [Kernels()]
