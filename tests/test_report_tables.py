@@ -359,6 +359,13 @@ def test_the_verdict_table_against_plain_pandas(study, raw):
                                                                            data.at[best, "nll.se"])
         assert data.at[arm, "best_choice"] == (arm == best or tie)
     assert table.rows[list(data.index).index(best)][0].text == f"★ {best}"
+    assert not any("one seed" in note for note in table.notes)
+    fewer = rows[(rows["arm"] != "li2019") | (rows["seed"] == 0)]
+    mixed = verdict_table(fewer, ("synthetic", "lstm"), "test", "vanilla", tables.DEFAULT_SELECT,
+                          cell_settings.arm_order(fewer), "v")
+    assert [note for note in mixed.notes if "one seed" in note] == [
+        "li2019: one seed only: its ± is the measurement error alone, not the spread of training runs, which is "
+        "larger (the same seed moves with the CPU kernels' rounding: README.md) — compare arms over seeds."]
 
 
 def test_single_runs_are_shown_by_name_with_the_settings_that_differ(tmp_path, capsys):
@@ -387,6 +394,7 @@ def test_single_runs_are_shown_by_name_with_the_settings_that_differ(tmp_path, c
     verdict = json.loads(next(out.rglob("*-verdict-synthetic__lstm.json")).read_text())
     assert {r["arm"] for r in verdict["rows"]} == {"plain", "fb", "fb_lr"}
     assert any("MI is the paired estimator" in n for n in verdict["notes"])  # the verdict reads the low-noise MI
+    assert any(n.startswith("Every arm has one seed: its ± is the measurement error alone") for n in verdict["notes"])
     assert "mi_paired.mean" in verdict["rows"][0]
     from ablate.cli.main import main
 

@@ -131,6 +131,12 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
              "row's measurement error: over sentences, MI and AU by a bootstrap; ablate.metrics.uncertainty)."]
     if not best.empty and not best["best_choice"].any():
         notes.append("No best choice: every arm collapsed in at least one seed.")
+    single = [] if best.empty else [r["arm"] for _, r in best.iterrows() if len(r["seeds"]) == 1]
+    if single:
+        which = "Every arm has one seed" if len(single) == len(best) else f"{', '.join(single)}: one seed only"
+        notes.append(f"{which}: its ± is the measurement error alone, not the spread of training runs, which is "
+                     "larger (the same seed moves with the CPU kernels' rounding: README.md) — compare arms over "
+                     "seeds.")
     noise = mi_noise(rows, split) if mi == "mi" else None
     if mi == "mi_paired":
         notes.append("MI is the paired estimator (both terms at the same draws: exactly 0 at collapse, its noise in "
