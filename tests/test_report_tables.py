@@ -364,7 +364,7 @@ def test_the_verdict_table_against_plain_pandas(study, raw):
     mixed = verdict_table(fewer, ("synthetic", "lstm"), "test", "vanilla", tables.DEFAULT_SELECT,
                           cell_settings.arm_order(fewer), "v")
     assert [note for note in mixed.notes if "one seed" in note] == [
-        "li2019: one seed only: its ± is the measurement error alone, not the spread of training runs, which is "
+        "li2019: one seed only: its ± is the measurement error alone, not the spread of training runs, often "
         "larger (the same seed moves with the CPU kernels' rounding: README.md) — compare arms over seeds."]
 
 

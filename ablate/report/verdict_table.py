@@ -134,7 +134,7 @@ def verdict_table(rows: pd.DataFrame, panel: tuple[str, str], split: str, baseli
     single = [] if best.empty else [r["arm"] for _, r in best.iterrows() if len(r["seeds"]) == 1]
     if single:
         which = "Every arm has one seed" if len(single) == len(best) else f"{', '.join(single)}: one seed only"
-        notes.append(f"{which}: its ± is the measurement error alone, not the spread of training runs, which is "
+        notes.append(f"{which}: its ± is the measurement error alone, not the spread of training runs, often "
                      "larger (the same seed moves with the CPU kernels' rounding: README.md) — compare arms over "
                      "seeds.")
     noise = mi_noise(rows, split) if mi == "mi" else None
