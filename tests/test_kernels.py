@@ -3,6 +3,7 @@ is chosen and cached per machine, $ABLATE_KERNELS overrides, and the choice is r
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -189,6 +190,40 @@ def test_a_damaged_cache_is_measured_again_and_a_gpu_is_not_timed(tmp_path, monk
     assert calls == [] and gpu.output == "plain" and gpu.how == "gpu"
 
 
+def test_processes_starting_together_measure_once_and_share_the_choice(tmp_path, monkeypatch):
+    """A sweep's workers start together on a fresh cache: the second waits for the first's measurement and reads
+    its choice (it would otherwise measure too, on shared cores, and might choose otherwise). Two threads stand in
+    for the two processes (flock locks per open file, so they exclude each other as processes do)."""
+    import threading
+    import time
+
+    monkeypatch.delenv(C.KERNELS_ENV, raising=False)
+    cache = tmp_path / "kernels.json"
+    first_is_measuring = threading.Event()
+    first_calls: list[str] = []
+    second_calls: list[str] = []
+
+    def slow_timer(label, fn, best):
+        first_calls.append(label)
+        first_is_measuring.set()
+        time.sleep(0.05)  # the second process arrives while this one measures
+        fn()
+        return 0.1 if label == "lstm:aten" else 1.0
+
+    results = {}
+    first = threading.Thread(target=lambda: results.__setitem__(
+        "first", C.choose(SHAPES, torch.device("cpu"), threads=2, timer=slow_timer, cache=cache)))
+    first.start()
+    assert first_is_measuring.wait(30)
+    results["second"] = C.choose(SHAPES, torch.device("cpu"), threads=2, timer=fake_timer({}, second_calls),
+                                 cache=cache)
+    first.join(30)
+    assert first_calls and second_calls == []
+    assert results["first"].how == "measured" and results["second"].how == "cached"
+    assert dataclasses.replace(results["second"], how="measured") == results["first"]
+    assert results["first"].lstm == "aten"  # (the choice the slow timer made, not a default)
+
+
 def test_the_environment_sets_kernels_or_says_what_it_accepts(tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setenv(C.KERNELS_ENV, "default")
@@ -207,8 +242,6 @@ def test_the_environment_sets_kernels_or_says_what_it_accepts(tmp_path, monkeypa
 def test_a_rows_kernels_value_read_back_sets_every_field():
     """`Kernels.describe` (the row's `kernels` column) read back by $ABLATE_KERNELS: every combination round-trips,
     rows of older versions (no Linear layers) read with those at their defaults, anything else is refused."""
-    import itertools
-
     fields = ("output", "logits", "grad_h", "grad_w", "eval_logits", "lstm", "linear", "eval_linear")
     for output, logits, grad_h, grad_w, eval_logits, lstm, linear in itertools.product(
             ("blocks", "plain"), K.PRODUCT_BACKENDS, K.GRAD_H_BACKENDS, K.GRAD_W_BACKENDS, K.EVAL_BACKENDS,

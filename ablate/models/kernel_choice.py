@@ -11,7 +11,9 @@ another choice rounds otherwise and training goes elsewhere from there).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -20,7 +22,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -190,18 +192,53 @@ def choose(shapes: Shapes, device: torch.device, threads: int | None = None, tim
     threads = threads or torch.get_num_threads()
     key = cache_key(shapes, threads)
     path = cache if cache is not None else kernel_cache_path()
+    found = _cached_choice(path, key, forced)
+    if found is not None:
+        return found
+    with _measuring_alone(path):
+        found = _cached_choice(path, key, forced)  # measured by another process while this one waited
+        if found is not None:
+            return found
+        with torch.random.fork_rng(devices=[]):  # the candidates draw from torch's global generator: a run's
+            choice = measure(shapes, timer, forced)  # random stream must not depend on whether it was cached
+        _write_cache(path, key, {k: v for k, v in dataclasses.asdict(choice).items() if k != "how"})
+    return dataclasses.replace(choice, how="set" if forced else "measured")
+
+
+def _cached_choice(path: Path, key: str, forced: dict[str, str]) -> Kernels | None:
+    """The cached choice for `key` with `forced` on top, or None (absent, or written by another version)."""
     cached = _read_cache(path).get(key)
     fields = {f.name for f in dataclasses.fields(Kernels)} - {"how"}
-    if isinstance(cached, dict) and set(cached) == fields:
+    if not isinstance(cached, dict) or set(cached) != fields:
+        return None
+    try:
+        parse_setting(",".join(f"{k}={v}" for k, v in cached.items()))
+    except ValueError:
+        return None  # a cache from another version of ablate: measure again
+    return Kernels(**{**cached, **forced}, how="cached" if not forced else "set")
+
+
+@contextlib.contextmanager
+def _measuring_alone(path: Path) -> Iterator[None]:
+    """One process at a time measures for a cache file (`fcntl.flock` on `<cache>.lock`; the kernel releases it
+    if its holder dies). A sweep's workers start together: without the lock each measured at once, on cores the
+    others were timing on, and could choose differently, so a study's first cells ran other arithmetic than the
+    rest (and a seed's training moves with the arithmetic: README.md). A lock that cannot be made (a read-only
+    home) is done without."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(f"{path}.lock", "a")
+    except OSError:
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            parse_setting(",".join(f"{k}={v}" for k, v in cached.items()))
-            return Kernels(**{**cached, **forced}, how="cached" if not forced else "set")
-        except ValueError:
-            pass  # a cache from another version of ablate: measure again
-    with torch.random.fork_rng(devices=[]):  # the candidates draw from torch's global generator: a run's random
-        choice = measure(shapes, timer, forced)  # stream must not depend on whether its choice was cached
-    _write_cache(path, key, {k: v for k, v in dataclasses.asdict(choice).items() if k != "how"})
-    return dataclasses.replace(choice, how="set" if forced else "measured")
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str] | None = None) -> Kernels:
