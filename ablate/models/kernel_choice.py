@@ -1,9 +1,10 @@
 """Kernels chosen by measurement: the candidates timed on the run's own shapes, the fastest kept per machine.
 
 The fastest way to run a product differs from CPU to CPU (ablate.models.kernels lists the candidates). Before
-training, `choose` times them on the shapes the run will use (well under a second), keeps the answer in a user
-cache per CPU model, torch version, thread count and shape (`kernel_cache_path()`, so a machine measures once),
-and the run records the choice in its row (`kernels`). On GPUs nothing is timed. $ABLATE_KERNELS overrides:
+training, `choose` times them on the shapes the run will use (a second at a small model's shapes, ≈ 8 at Li et
+al.'s PTB vocabulary), keeps the answer in a user cache per CPU model, torch version, thread count and shape
+(`kernel_cache_path()`, so a machine measures once, one process at a time: a sweep's cells share one choice), and
+the run records the choice in its row (`kernels`). On GPUs nothing is timed. $ABLATE_KERNELS overrides:
 `default` (no timing: ablate's defaults), `name=value,…` (e.g. `lstm=aten,grad_w=blas`; the rest measured), or a
 result row's `kernels` value copied whole (every field as that run had it: to repeat its arithmetic exactly, since
 another choice rounds otherwise and training goes elsewhere from there).
