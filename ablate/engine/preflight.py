@@ -2,8 +2,9 @@
 
 A config that validates (ablate.core.config) can still be unrunnable here: a data folder or split file that is not
 there, a CUDA device the machine lacks, a model or tokenizer folder that does not exist (or, offline, a hub name
-not in the local cache), a $ABLATE_KERNELS setting that names no kernel. `ablate validate`, `ablate run` and `ablate sweep` call `check_runnable` before anything
-is written, so such a config fails in one line at once instead of writing a failed row after start-up.
+not in the local cache), a $ABLATE_KERNELS setting that names no kernel. `ablate validate`, `ablate run` and
+`ablate sweep` call `check_runnable` before anything is written, so such a config fails in one line at once instead
+of writing a failed row after start-up.
 Study files themselves stay machine-independent (ablate.sweep.study does not call this).
 """
 

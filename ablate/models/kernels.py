@@ -71,7 +71,8 @@ class Kernels:
 
 
 _DESCRIPTION = re.compile(
-    r"output (?P<output>plain|blocks)(?: \(logits (?P<logits>[\w-]+), ∂h (?P<grad_h>[\w-]+), ∂W (?P<grad_w>[\w-]+)\))?"
+    r"output (?P<output>plain|blocks)"
+    r"(?: \(logits (?P<logits>[\w-]+), ∂h (?P<grad_h>[\w-]+), ∂W (?P<grad_w>[\w-]+)\))?"
     r"; eval (?P<eval_logits>[\w-]+); lstm (?P<lstm>[\w-]+)"
     r"(?:; linear (?P<linear>[\w-]+) \(eval (?P<eval_linear>[\w-]+)\))?(?:; [^;]*)?")
 
