@@ -265,7 +265,7 @@ def test_a_rows_kernels_value_read_back_sets_every_field():
 @needs_onednn
 def test_a_rows_kernels_value_repeats_its_arithmetic(tmp_path, monkeypatch):
     """A row's `kernels` value given back through $ABLATE_KERNELS runs those kernels and repeats the row's values
-    exactly (other kernels round otherwise, and training goes elsewhere from there: benchmarks/README.md)."""
+    exactly (other kernels round otherwise, and training goes elsewhere from there: README.md, the first look)."""
     from ablate.core.config_reading import build_config
     from ablate.engine.run import execute
 
