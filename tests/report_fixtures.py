@@ -117,6 +117,11 @@ def metrics_for(model: str, arm: str, settings: dict, seed: int) -> dict[str, fl
     return out
 
 
+KERNELS_LSTM = ("output blocks (logits onednn, ∂h blas, ∂W blas); eval onednn-packed; lstm onednn; "
+                "linear blas (eval blas)")
+KERNELS_T5 = "output plain; eval onednn-packed; lstm onednn; linear blas (eval onednn); cached"
+
+
 def make_row(model: str, arm: str, settings: dict, seed: int, attempt: int, status: str = "ok") -> dict:
     cid = cell_id(model, arm, settings, seed)
     row = {
@@ -127,6 +132,8 @@ def make_row(model: str, arm: str, settings: dict, seed: int, attempt: int, stat
         "finished_at": f"2026-01-0{1 + seed}T10:3{attempt}:00+00:00",
         "train_seconds": 60.0 + seed, "eval_seconds": 5.0, "train_steps": 40, "train_tokens": 8000,
         "train_tokens_per_second": 133.0, "best_epoch": 2, "device": "cpu", "host": "testhost",
+        "cpu": "Test CPU (family 1, model 2)",
+        "kernels": (KERNELS_LSTM + ("; measured" if seed == 0 else "; cached")) if model == "lstm" else KERNELS_T5,
         "git_commit": "abc123" if model == "lstm" else "def456",
         "version.ablate": "0.1.0", "version.torch": "2.13.0", "version.transformers": "4.50.0",
         "version.python": "3.11.7",

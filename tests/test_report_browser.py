@@ -21,9 +21,15 @@ import pytest
 
 from ablate.cli.main import main
 from ablate.report.build import build_report
-from report_fixtures import write_study
+from report_fixtures import KERNELS_LSTM, KERNELS_T5, write_study
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def _row_model(path: Path) -> str:
+    import pandas as pd
+
+    return str(pd.read_parquet(path, columns=["model"])["model"].iloc[0])
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -64,8 +70,13 @@ def test_report_files(report):
                  "24 min 09 s", "TrainingDiverged", "loss became nan at step 17", "warmup_epochs=1",
                  "IW samples K = 100", "AU δ = 0.01", "collapsed in every seed:</b> vanilla, kl_annealing",
                  "no collapse:</b> free_bits, li2019", "ΔNLL", "(baseline)",
-                 "majority-class baseline (test, mean over rows): sentiment 0.500, topic 0.500"):
+                 "majority-class baseline (test, mean over rows): sentiment 0.500, topic 0.500",
+                 "Test CPU (family 1, model 2)"):
         assert html.escape(text, quote=False) in page or text in page, text
+    # the kernels the rows ran, counted without how each was chosen (measured or cached: the same arithmetic)
+    lstm_rows = sum(1 for row in (study / "rows").glob("*.parquet") if "lstm" in _row_model(row))
+    assert f"<code>{html.escape(KERNELS_LSTM)}</code> ({lstm_rows})" in page
+    assert f"<code>{html.escape(KERNELS_T5.removesuffix('; cached'))}</code>" in page
     # no generation time stamped anywhere
     assert "generated" not in page.lower()
     # best per column in bold, the collapse flag, definitions as tooltips

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pandas as pd
@@ -53,12 +54,26 @@ def header(study: StudyInput) -> dict[str, Any]:
         "versions": versions,
         "devices": tables.value_counts(rows, "device"),
         "hosts": tables.value_counts(rows, "host"),
+        "cpus": tables.value_counts(rows, "cpu"),
+        "kernels": kernel_counts(rows),
         "compute": format_seconds(seconds, words=True),
         "compute_seconds": seconds,
         "n_ok": len(study.ok),
         "n_failed_attempts": len(study.failed),
         "study_text": study.study_text,
     }
+
+
+def kernel_counts(rows: pd.DataFrame) -> list[tuple[str, int]]:
+    """The CPU kernels the rows ran (their `kernels` value, ablate.models.kernels.Kernels.describe) with counts,
+    without how each was chosen (measured or cached is the same arithmetic): a study whose rows ran several kernel
+    sets on one model did not round alike, and one seed's training moves with its rounding (README.md). Rows that
+    predate the record have none; older versions of ablate described fewer fields."""
+    if rows.empty or "kernels" not in rows:
+        return []
+    stripped = rows[["kernels"]].assign(kernels=rows["kernels"].map(
+        lambda v: re.sub(r"; (defaults|measured|cached|set|gpu)$", "", v) if isinstance(v, str) else v))
+    return tables.value_counts(stripped, "kernels")
 
 
 # ----------------------------------------------------------------------------- conventions
