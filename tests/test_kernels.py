@@ -256,6 +256,10 @@ def test_a_rows_kernels_value_read_back_sets_every_field():
     assert C.parse_setting(older) == {"output": "blocks", "logits": "onednn", "grad_h": "onednn-view",
                                       "grad_w": "onednn-t", "eval_logits": "onednn-packed", "lstm": "aten",
                                       "linear": "blas", "eval_linear": "blas"}
+    before_eval_linear = "output plain; eval blas; lstm onednn; linear onednn; cached"  # evaluation ran `linear`
+    assert C.parse_setting(before_eval_linear)["eval_linear"] == "onednn"
+    assert K.arithmetic(before_eval_linear) == "output plain; eval blas; lstm onednn; linear onednn (eval onednn)"
+    assert K.arithmetic("not a description") == "not a description"
     with pytest.raises(ValueError, match=r"\$ABLATE_KERNELS: 'output blocks \(logits gpu.*not a result row's"):
         C.parse_setting("output blocks (logits gpu); eval blas; lstm aten")
     with pytest.raises(ValueError, match=r"'lstm=cudnn' is not one of"):  # well-formed, but no such kernel

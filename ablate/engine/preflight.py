@@ -151,14 +151,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model", "v
 def check_kernel_setting() -> None:
     """Raise a one-line ConfigError when $ABLATE_KERNELS is set to something ablate.models.kernel_choice refuses
     (before a run or a sweep writes anything, instead of a failed row per cell)."""
-    from ablate.models.kernel_choice import KERNELS_ENV, parse_setting
+    from ablate.models.kernel_choice import env_setting
 
-    setting = os.environ.get(KERNELS_ENV, "").strip()
-    if setting and setting != "default":
-        try:
-            parse_setting(setting)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+    try:
+        env_setting()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def check_runnable(config: RunConfig, source: str) -> None:

@@ -179,6 +179,13 @@ def parse_setting(text: str) -> dict[str, str]:
     return out
 
 
+def env_setting() -> dict[str, str] | None:
+    """$ABLATE_KERNELS read: None for `default` (no timing), else the fields it sets ({} when unset); ValueError
+    when it names no kernel."""
+    setting = os.environ.get(KERNELS_ENV, "").strip()
+    return None if setting == "default" else parse_setting(setting)
+
+
 def choose(shapes: Shapes, device: torch.device, threads: int | None = None, timer: Timer = median_seconds,
            cache: Path | None = None) -> Kernels:
     """The fastest kernels for these shapes on this machine (module docstring); `timer(label, fn)` times one
@@ -186,10 +193,9 @@ def choose(shapes: Shapes, device: torch.device, threads: int | None = None, tim
     if device.type != "cpu":
         return Kernels(output="plain", logits="blas", grad_h="blas", grad_w="blas", eval_logits="blas",
                        lstm="onednn", linear="blas", eval_linear="blas", how="gpu")
-    setting = os.environ.get(KERNELS_ENV, "").strip()
-    if setting == "default":
+    forced = env_setting()
+    if forced is None:
         return Kernels()
-    forced = parse_setting(setting)
     threads = threads or torch.get_num_threads()
     key = cache_key(shapes, threads)
     path = cache if cache is not None else kernel_cache_path()

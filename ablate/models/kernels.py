@@ -74,18 +74,29 @@ _DESCRIPTION = re.compile(
     r"output (?P<output>plain|blocks)"
     r"(?: \(logits (?P<logits>[\w-]+), ∂h (?P<grad_h>[\w-]+), ∂W (?P<grad_w>[\w-]+)\))?"
     r"; eval (?P<eval_logits>[\w-]+); lstm (?P<lstm>[\w-]+)"
-    r"(?:; linear (?P<linear>[\w-]+) \(eval (?P<eval_linear>[\w-]+)\))?(?:; [^;]*)?")
+    r"(?:; linear (?P<linear>[\w-]+)(?: \(eval (?P<eval_linear>[\w-]+)\))?)?(?:; [^;]*)?")
 
 
 def described(text: str) -> dict[str, str] | None:
     """The fields of a row's `kernels` value (`Kernels.describe`, read back), or None if `text` is not one. Fields the
-    description leaves out — the blocks' products of `output plain`, which that path does not use, and the Linear
-    layers' in rows written before they were chosen — take the defaults."""
+    description leaves out take the defaults — the blocks' products of `output plain`, which that path does not use,
+    and the Linear layers' in rows written before they were chosen — but for evaluation's Linear layers in rows
+    written before they were chosen apart, which ran training's (`linear`)."""
     match = _DESCRIPTION.fullmatch(text.strip())
     if match is None:
         return None
+    found = match.groupdict()
+    if found["eval_linear"] is None:
+        found["eval_linear"] = found["linear"]
     defaults = Kernels()
-    return {name: value or getattr(defaults, name) for name, value in match.groupdict().items()}
+    return {name: value or getattr(defaults, name) for name, value in found.items()}
+
+
+def arithmetic(text: str) -> str:
+    """A row's `kernels` value in today's form, without how the choice was made (measured or cached, the same
+    arithmetic); a text that is not one, as it is."""
+    fields = described(text)
+    return text if fields is None else Kernels(**fields).describe().rsplit("; ", 1)[0]
 
 
 _ACTIVE = [Kernels()]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import pandas as pd
 
 from ablate.core.progress import format_seconds
+from ablate.models.kernels import arithmetic
 from ablate.report import tables
 from ablate.report.inputs import StudyInput
 from ablate.sweep.cells import study_hash
@@ -65,15 +65,13 @@ def header(study: StudyInput) -> dict[str, Any]:
 
 
 def kernel_counts(rows: pd.DataFrame) -> list[tuple[str, int]]:
-    """The CPU kernels the rows ran (their `kernels` value, ablate.models.kernels.Kernels.describe) with counts,
-    without how each was chosen (measured or cached is the same arithmetic): a study whose rows ran several kernel
-    sets on one model did not round alike, and one seed's training moves with its rounding (README.md). Rows that
-    predate the record have none; older versions of ablate described fewer fields."""
+    """The CPU kernels the rows ran (their `kernels` value, in today's form and without how each was chosen:
+    ablate.models.kernels.arithmetic) with counts: a study whose rows ran several kernel sets on one model did not
+    round alike, and one seed's training moves with its rounding (README.md). Rows that predate the record have none."""
     if rows.empty or "kernels" not in rows:
         return []
-    stripped = rows[["kernels"]].assign(kernels=rows["kernels"].map(
-        lambda v: re.sub(r"; (defaults|measured|cached|set|gpu)$", "", v) if isinstance(v, str) else v))
-    return tables.value_counts(stripped, "kernels")
+    same = rows["kernels"].map(lambda v: arithmetic(v) if isinstance(v, str) else v)
+    return tables.value_counts(pd.DataFrame({"kernels": same}), "kernels")
 
 
 # ----------------------------------------------------------------------------- conventions
