@@ -241,13 +241,16 @@ def test_the_environment_sets_kernels_or_says_what_it_accepts(tmp_path, monkeypa
 
 def test_a_rows_kernels_value_read_back_sets_every_field():
     """`Kernels.describe` (the row's `kernels` column) read back by $ABLATE_KERNELS: every combination round-trips,
-    rows of older versions (no Linear layers) read with those at their defaults, anything else is refused."""
-    fields = ("output", "logits", "grad_h", "grad_w", "eval_logits", "lstm", "linear", "eval_linear")
-    for output, logits, grad_h, grad_w, eval_logits, lstm, linear in itertools.product(
+    rows of older versions (no Linear layers, no embedding gradients) read with those at their defaults, anything
+    else is refused."""
+    fields = ("output", "logits", "grad_h", "grad_w", "eval_logits", "lstm", "linear", "eval_linear",
+              "embedding_grads")
+    for output, logits, grad_h, grad_w, eval_logits, lstm, linear, embedding_grads in itertools.product(
             ("blocks", "plain"), K.PRODUCT_BACKENDS, K.GRAD_H_BACKENDS, K.GRAD_W_BACKENDS, K.EVAL_BACKENDS,
-            K.LSTM_BACKENDS, K.PRODUCT_BACKENDS):
+            K.LSTM_BACKENDS, K.PRODUCT_BACKENDS, K.EMBEDDING_GRADS):
         kernels = K.Kernels(output=output, logits=logits, grad_h=grad_h, grad_w=grad_w, eval_logits=eval_logits,
-                            lstm=lstm, linear=linear, eval_linear="onednn", how="measured")
+                            lstm=lstm, linear=linear, eval_linear="onednn", embedding_grads=embedding_grads,
+                            how="measured")
         read = K.Kernels(**C.parse_setting(kernels.describe()), how="set")
         assert read.describe() == kernels.describe().replace("; measured", "; set")
         if output == "blocks":  # (plain does not name the blocks' products: they take the defaults)
@@ -255,10 +258,11 @@ def test_a_rows_kernels_value_read_back_sets_every_field():
     older = "output blocks (logits onednn, ∂h onednn-view, ∂W onednn-t); eval onednn-packed; lstm aten; measured"
     assert C.parse_setting(older) == {"output": "blocks", "logits": "onednn", "grad_h": "onednn-view",
                                       "grad_w": "onednn-t", "eval_logits": "onednn-packed", "lstm": "aten",
-                                      "linear": "blas", "eval_linear": "blas"}
+                                      "linear": "blas", "eval_linear": "blas", "embedding_grads": "dense"}
     before_eval_linear = "output plain; eval blas; lstm onednn; linear onednn; cached"  # evaluation ran `linear`
     assert C.parse_setting(before_eval_linear)["eval_linear"] == "onednn"
-    assert K.arithmetic(before_eval_linear) == "output plain; eval blas; lstm onednn; linear onednn (eval onednn)"
+    assert K.arithmetic(before_eval_linear) == ("output plain; eval blas; lstm onednn; linear onednn (eval onednn); "
+                                                "embedding grads dense")
     assert K.arithmetic("not a description") == "not a description"
     with pytest.raises(ValueError, match=r"\$ABLATE_KERNELS: 'output blocks \(logits gpu.*not a result row's"):
         C.parse_setting("output blocks (logits gpu); eval blas; lstm aten")

@@ -5,6 +5,7 @@ The only place that wires the parts together. `ablate run`, sweep workers and te
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import platform
@@ -41,6 +42,7 @@ from ablate.engine.evaluate import (
     probe_factors,
     probe_features,
 )
+from ablate.engine.gradients import sparse_embeddings_allowed
 from ablate.engine.tensorboard_log import TensorBoardLog
 from ablate.engine.train import train
 from ablate.engine.train_state import TrainingDiverged
@@ -252,15 +254,18 @@ def execute(config: RunConfig, out_dir: Path, run_id: str | None = None, labels:
 
 def choose_kernels(model: TextVAE, config: RunConfig, prepared: Prepared, device: torch.device) -> Kernels:
     """The fastest kernels for this model's shapes on this machine (ablate.models.kernels; timed once per machine
-    and shape, then read from the user cache)."""
+    and shape, then read from the user cache), and sparse embedding gradients where plain SGD trains them."""
     sample = prepared.splits["train"].tokens[:2000]
     mean_tokens = sum(len(t) + 1 for t in sample) / max(1, len(sample))
     shapes = shapes_of(model, config.train.batch_size, mean_tokens, config.train.precision,
                        eval_pairs=IW_PAIRS_PER_CHUNK)
+    allowed = sparse_embeddings_allowed(model, config.train)
     try:
-        return choose(shapes, device)
+        kernels = choose(shapes, device, embedding_grads="sparse" if allowed else "dense")
     except ValueError as error:  # $ABLATE_KERNELS misspelt
         raise ConfigError(str(error)) from None
+    # sparse embedding gradients only where the optimiser allows them (Trainer applies the same rule)
+    return kernels if allowed else dataclasses.replace(kernels, embedding_grads="dense")
 
 
 def cell_label(labels: dict[str, Any] | None, seed: int) -> str:

@@ -29,17 +29,20 @@ from ablate.engine.curves import (
     epoch_point,
     step_detail,
 )
+from ablate.engine.gradients import clip_grad_norm_, sparse_embeddings_allowed, use_sparse_embedding_grads
 from ablate.engine.train_state import (
     StopRequest,
     TrainResult,
     TrainState,
     decay_on_plateau,
+    load_optimizer_state,
     make_optimizer,
     save_checkpoint,
 )
 from ablate.metrics.estimators import gaussian_kl_per_dim, sample_posterior
 from ablate.models.base import TextVAE
 from ablate.models.freeze import freeze
+from ablate.models.kernels import active
 from ablate.results.safe_files import load_tensors
 from ablate.techniques.base import (
     Evaluated,
@@ -105,6 +108,8 @@ class Trainer:
         self.best_pretrain: dict[str, Any] | None = None  # a decaying pretraining phase's best state (valid rec)
         self.generator = torch.Generator().manual_seed(derive(seed, "corruptions"))
         self.start_phase()
+        sparse = active().embedding_grads == "sparse" and sparse_embeddings_allowed(model, cfg)
+        use_sparse_embedding_grads(model, sparse)  # before the optimiser: it steps sparse gradients apart
         self.optimizer = make_optimizer(model, cfg)
         self.valid_batches = iterate_batches(valid_split, framing, eval_batch_size)
         self.pretrainers = [t for t in techniques if t.wants_pretraining()]
@@ -135,7 +140,7 @@ class Trainer:
         self.start_phase()
         self.model.load_state_dict(saved["model"])
         self.optimizer = make_optimizer(self.model, self.cfg, self.state.lr_scale)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        load_optimizer_state(self.optimizer, saved["optimizer"])
         self.best, self.curves = saved["best"], saved["curves"]
         self.best_pretrain = saved.get("best_pretrain")
         torch.set_rng_state(saved["torch_rng"])
@@ -190,7 +195,7 @@ class Trainer:
     def apply_gradient(self, params: str = "all") -> None:
         """Clip all gradients, then step the optimiser on all, encoder or decoder parameters."""
         if self.cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         if params != "all":
             for param in (self.model.decoder_parameters() if params == "encoder" else
                           self.model.encoder_parameters()):

@@ -89,6 +89,10 @@ class TextVAE(nn.Module):
         """Re-initialise the decoder (Li et al. 2019 two-phase training)."""
         raise NotImplementedError
 
+    def word_embeddings(self) -> list[nn.Embedding]:
+        """The embeddings whose gradient may be sparse (only looked up, never multiplied as an output layer)."""
+        return []
+
     @torch.no_grad()
     def generate(self, z: Tensor, max_length: int, strategy: str = "greedy", top_k: int = 0, top_p: float = 1.0,
                  generator: torch.Generator | None = None) -> list[list[int]]:

@@ -28,13 +28,14 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor
 
-from ablate.models.kernels import (EVAL_BACKENDS, GRAD_H_BACKENDS, GRAD_W_BACKENDS, LSTM_BACKENDS, ONEDNN,
-                                   PRODUCT_BACKENDS, ChosenLinear, Kernels, add_grad_w_product, described,
-                                   grad_h_product, grad_w_accumulator, linear, lstm_backend, packed_weight,
-                                   product_nt, using)
+from ablate.models.kernels import (EMBEDDING_GRADS, EVAL_BACKENDS, GRAD_H_BACKENDS, GRAD_W_BACKENDS,
+                                   LSTM_BACKENDS, ONEDNN, PRODUCT_BACKENDS, ChosenLinear, Kernels,
+                                   add_grad_w_product, column_major, described, grad_h_product,
+                                   grad_w_accumulator, linear, lstm_backend, packed_weight, product_nt, using)
 from ablate.models.output_layer import output_block, token_log_probs
 
 KERNELS_ENV = "ABLATE_KERNELS"
+UNCACHED = {"how", "embedding_grads"}  # not a property of the machine: how it was chosen; what the optimiser allows
 CACHE_ENV = "ABLATE_KERNEL_CACHE"
 
 
@@ -51,6 +52,7 @@ class Shapes:
     dtype: str = "fp32"
     linears: tuple[tuple[int, int], ...] = ()  # (in, out) of the ChosenLinear layers, at `positions` rows
     eval_positions: int = 0  # rows of an evaluation pass's Linear products (fp32, no autograd)
+    weight_columns: bool = False  # the output weight stored column-major (kernels.column_major; LSTM decoders)
 
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -161,7 +163,8 @@ def parse_setting(text: str) -> dict[str, str]:
     the choice changes rounding, and rounding changes where training goes)."""
     allowed = {"output": ("blocks", "plain"), "logits": PRODUCT_BACKENDS, "grad_h": GRAD_H_BACKENDS,
                "grad_w": GRAD_W_BACKENDS, "eval_logits": EVAL_BACKENDS, "lstm": LSTM_BACKENDS,
-               "linear": PRODUCT_BACKENDS, "eval_linear": PRODUCT_BACKENDS}
+               "linear": PRODUCT_BACKENDS, "eval_linear": PRODUCT_BACKENDS,
+               "embedding_grads": EMBEDDING_GRADS}
     if text.strip().startswith("output "):  # a row's `kernels` value
         fields = described(text)
         if fields is None:
@@ -187,15 +190,17 @@ def env_setting() -> dict[str, str] | None:
 
 
 def choose(shapes: Shapes, device: torch.device, threads: int | None = None, timer: Timer = median_seconds,
-           cache: Path | None = None) -> Kernels:
+           cache: Path | None = None, embedding_grads: str = "dense") -> Kernels:
     """The fastest kernels for these shapes on this machine (module docstring); `timer(label, fn)` times one
-    candidate (replaceable in tests)."""
+    candidate (replaceable in tests). `embedding_grads`: what the run's optimiser allows (not timed, not cached);
+    $ABLATE_KERNELS may set it too."""
     if device.type != "cpu":
         return Kernels(output="plain", logits="blas", grad_h="blas", grad_w="blas", eval_logits="blas",
                        lstm="onednn", linear="blas", eval_linear="blas", how="gpu")
     forced = env_setting()
     if forced is None:
         return Kernels()
+    forced = {"embedding_grads": embedding_grads, **forced}
     threads = threads or torch.get_num_threads()
     key = cache_key(shapes, threads)
     path = cache if cache is not None else kernel_cache_path()
@@ -208,21 +213,21 @@ def choose(shapes: Shapes, device: torch.device, threads: int | None = None, tim
             return found
         with torch.random.fork_rng(devices=[]):  # the candidates draw from torch's global generator: a run's
             choice = measure(shapes, timer, forced)  # random stream must not depend on whether it was cached
-        _write_cache(path, key, {k: v for k, v in dataclasses.asdict(choice).items() if k != "how"})
-    return dataclasses.replace(choice, how="set" if forced else "measured")
+        _write_cache(path, key, {k: v for k, v in dataclasses.asdict(choice).items() if k not in UNCACHED})
+    return dataclasses.replace(choice, how="set" if set(forced) - UNCACHED else "measured")
 
 
 def _cached_choice(path: Path, key: str, forced: dict[str, str]) -> Kernels | None:
     """The cached choice for `key` with `forced` on top, or None (absent, or written by another version)."""
     cached = _read_cache(path).get(key)
-    fields = {f.name for f in dataclasses.fields(Kernels)} - {"how"}
+    fields = {f.name for f in dataclasses.fields(Kernels)} - UNCACHED
     if not isinstance(cached, dict) or set(cached) != fields:
         return None
     try:
         parse_setting(",".join(f"{k}={v}" for k, v in cached.items()))
     except ValueError:
         return None  # a cache from another version of ablate: measure again
-    return Kernels(**{**cached, **forced}, how="cached" if not forced else "set")
+    return Kernels(**{**cached, **forced}, how="cached" if not set(forced) - UNCACHED else "set")
 
 
 @contextlib.contextmanager
@@ -254,7 +259,7 @@ def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str
     dtype = torch.bfloat16 if shapes.dtype == "bf16" else torch.float32
     gen = torch.Generator().manual_seed(0)
     rows = min(shapes.block, shapes.positions)
-    weight = (torch.randn(shapes.vocab, shapes.hidden, generator=gen) * 0.05).to(dtype)
+    weight = _as_stored((torch.randn(shapes.vocab, shapes.hidden, generator=gen) * 0.05).to(dtype), shapes)
     h = torch.randn(rows, shapes.hidden, generator=gen).to(dtype)
     g = torch.randn(rows, shapes.vocab, generator=gen).softmax(-1).to(dtype)
     backends = PRODUCT_BACKENDS if ONEDNN else ("blas",)
@@ -273,7 +278,7 @@ def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str
         return min(times, key=times.get)
 
     logits = fastest("logits", {b: (lambda b=b: product_nt(h, weight, backend=b)) for b in backends})
-    grad_h = fastest("grad_h", {b: (lambda b=b: grad_h_product(g, weight, weight.t().contiguous()  # its copy too
+    grad_h = fastest("grad_h", {b: (lambda b=b: grad_h_product(g, weight, weight.t().contiguous()  # its copy, if any
                                                                if b == "onednn" else None, b))
                                 for b in (GRAD_H_BACKENDS if ONEDNN else ("blas",))})
     accumulators = {b: grad_w_accumulator(weight, b) for b in (GRAD_W_BACKENDS if ONEDNN else ("blas",))}
@@ -300,7 +305,8 @@ def measure(shapes: Shapes, timer: Timer = median_seconds, forced: dict[str, str
     eval_linear = fastest("eval_linear", {b: (lambda b=b: _linear_forward(eval_inputs, b)) for b in backends}) \
         if layers and shapes.eval_positions else Kernels().eval_linear
     return Kernels(output=output, logits=logits, grad_h=grad_h, grad_w=grad_w_choice, eval_logits=eval_logits,
-                   lstm=lstm, linear=linear_choice, eval_linear=eval_linear, how="measured")
+                   lstm=lstm, linear=linear_choice, eval_linear=eval_linear,
+                   embedding_grads=forced.get("embedding_grads", Kernels.embedding_grads), how="measured")
 
 
 def _linear_step(layers: list[tuple[torch.nn.Linear, Tensor]], backend: str) -> None:
@@ -320,10 +326,15 @@ def _output_step(shapes: Shapes, dtype: torch.dtype, kernels: Kernels) -> None:
     """One training step of the output layer: forward and backward over `positions` positions."""
     gen = torch.Generator().manual_seed(1)
     hidden = torch.randn(shapes.positions, shapes.hidden, generator=gen, requires_grad=True)
-    weight = (torch.randn(shapes.vocab, shapes.hidden, generator=gen) * 0.05).requires_grad_(True)
+    weight = _as_stored(torch.randn(shapes.vocab, shapes.hidden, generator=gen) * 0.05, shapes).requires_grad_(True)
     targets = torch.randint(0, shapes.vocab, (shapes.positions,), generator=gen)
     with using(kernels), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         token_log_probs(hidden, weight, None, targets, shapes.block).sum().backward()
+
+
+def _as_stored(weight: Tensor, shapes: Shapes) -> Tensor:
+    """The output weight in the model's layout (the layout decides which products copy)."""
+    return column_major(weight) if shapes.weight_columns else weight
 
 
 def _lstm_step(lstms: list[tuple[torch.nn.LSTM, Tensor]], backend: str, dtype: str) -> None:
@@ -346,4 +357,5 @@ def shapes_of(model: torch.nn.Module, batch_size: int, mean_tokens: float, preci
     linears = tuple(sorted({(m.in_features, m.out_features) for m in model.modules() if isinstance(m, ChosenLinear)}))
     return Shapes(vocab=weight.shape[0], hidden=weight.shape[1], positions=max(1, batch_size * length),
                   block=output_block(weight.shape[0]), lstms=lstms, dtype=precision, linears=linears,
-                  eval_positions=eval_pairs * length if linears else 0)
+                  eval_positions=eval_pairs * length if linears else 0,
+                  weight_columns=not weight.is_contiguous() and weight.t().is_contiguous())

@@ -17,6 +17,8 @@ The candidates (every one computes the same values: tests/test_kernels.py):
 - the Transformer families' Linear layers (`ChosenLinear`, swapped in for every nn.Linear of a T5/BART/Optimus
   model): `blas` (F.linear) or `onednn` (forward and both backward products through oneDNN, fp32 only; under
   autocast they are F.linear).
+Not timed but recorded with them, as it changes rounding: the word embeddings' gradients, `dense` or `sparse`
+(only the rows a batch uses; under plain SGD, ablate.engine.gradients).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ GRAD_H_BACKENDS = ("blas", "onednn", "onednn-view")  # onednn-view: Wᵀ passed 
 GRAD_W_BACKENDS = ("blas", "onednn", "onednn-t")  # onednn-t: ∂Wᵀ = hᵀ G accumulated as [H, V], G's view, no copy
 EVAL_BACKENDS = ("blas", "onednn", "onednn-packed")
 LSTM_BACKENDS = ("onednn", "aten")
+EMBEDDING_GRADS = ("dense", "sparse")
 
 
 def _onednn_available() -> bool:
@@ -59,29 +62,32 @@ class Kernels:
     lstm: str = "onednn" if ONEDNN else "aten"
     linear: str = "blas"  # the Transformer families' nn.Linear layers (ChosenLinear): blas | onednn
     eval_linear: str = "blas"  # the same layers' forward without autograd (evaluation, validation)
+    embedding_grads: str = "dense"  # dense | sparse (not timed: sparse wherever plain SGD trains word embeddings)
     how: str = "defaults"  # defaults | measured | cached | set ($ABLATE_KERNELS) | gpu
 
     def describe(self) -> str:
         """The row's `kernels` value, e.g. 'output blocks (logits onednn, ∂h onednn, ∂W blas); eval onednn-packed;
-        lstm onednn; measured'."""
+        lstm onednn; linear blas (eval blas); embedding grads dense; measured'."""
         output = "plain" if self.output == "plain" else \
             f"blocks (logits {self.logits}, ∂h {self.grad_h}, ∂W {self.grad_w})"
         return (f"output {output}; eval {self.eval_logits}; lstm {self.lstm}; linear {self.linear} (eval "
-                f"{self.eval_linear}); {self.how}")
+                f"{self.eval_linear}); embedding grads {self.embedding_grads}; {self.how}")
 
 
 _DESCRIPTION = re.compile(
     r"output (?P<output>plain|blocks)"
     r"(?: \(logits (?P<logits>[\w-]+), ∂h (?P<grad_h>[\w-]+), ∂W (?P<grad_w>[\w-]+)\))?"
     r"; eval (?P<eval_logits>[\w-]+); lstm (?P<lstm>[\w-]+)"
-    r"(?:; linear (?P<linear>[\w-]+)(?: \(eval (?P<eval_linear>[\w-]+)\))?)?(?:; [^;]*)?")
+    r"(?:; linear (?P<linear>[\w-]+)(?: \(eval (?P<eval_linear>[\w-]+)\))?)?"
+    r"(?:; embedding grads (?P<embedding_grads>\w+))?(?:; [^;]*)?")
 
 
 def described(text: str) -> dict[str, str] | None:
     """The fields of a row's `kernels` value (`Kernels.describe`, read back), or None if `text` is not one. Fields the
     description leaves out take the defaults — the blocks' products of `output plain`, which that path does not use,
-    and the Linear layers' in rows written before they were chosen — but for evaluation's Linear layers in rows
-    written before they were chosen apart, which ran training's (`linear`)."""
+    the Linear layers' in rows written before they were chosen, dense embedding gradients in rows written before
+    sparse ones existed — but for evaluation's Linear layers in rows written before they were chosen apart, which
+    ran training's (`linear`)."""
     match = _DESCRIPTION.fullmatch(text.strip())
     if match is None:
         return None
@@ -128,10 +134,23 @@ def _onednn_fits(*tensors: Tensor) -> bool:
     return ONEDNN and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.bfloat16) for t in tensors)
 
 
+def column_major(weight: Tensor) -> Tensor:
+    """The same values stored column-major: a [V, H] view of a contiguous [H, V] tensor. For the output layer's
+    weight W: the blocked backward's ∂h = G W reads Wᵀ contiguous, and its `onednn-t` ∂W accumulator has this
+    layout, so neither the weight nor its gradient is copied transposed each step (two single-threaded 10 MB copies
+    at Li et al.'s PTB size, 8 % of a training step on an AMD EPYC of family 25). Every product reads either
+    layout to the same values (tests/test_kernels.py)."""
+    return weight.t().contiguous().t() if weight.dim() == 2 else weight
+
+
+def _transposed_contiguous(t: Tensor) -> bool:
+    return t.dim() == 2 and t.t().is_contiguous()
+
+
 def product_nt(a: Tensor, b: Tensor, bias: Tensor | None = None, backend: str = "blas") -> Tensor:
-    """a @ bᵀ (+ bias): a [M, K], b [N, K] (or b already packed by `packed_weight`)."""
+    """a @ bᵀ (+ bias): a [M, K], b [N, K] row- or column-major (or b already packed by `packed_weight`)."""
     if backend.startswith("onednn") and (b.is_mkldnn or _onednn_fits(a, b)):
-        b = b if b.is_mkldnn else b.contiguous()
+        b = b if b.is_mkldnn or _transposed_contiguous(b) else b.contiguous()  # oneDNN reads a column-major b
         return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b, bias, "none", [], "")
     return F.linear(a, b, bias)
 

@@ -6,6 +6,8 @@ encoder:  e_t = Emb(x_t);  h_T = LSTM(e_1..e_T) at the sentence's last real toke
 decoder:  c_0 = W_z z,  h_0 = tanh(c_0);  h_t = LSTM([Drop(Emb'(y_{t-1})); z], h_{t-1});
           p(y_t | y_<t, z) = softmax(V Drop(h_t) [+ b])   (He et al.'s pred_linear has no bias: output_bias false)
 Init (He et al.): weights U(-0.01, 0.01), embeddings U(-0.1, 0.1).
+The output weight V [vocab, H] is stored column-major (kernels.column_major): the values are the same, and the
+output layer's backward products read it as Vᵀ and accumulate its gradient as ∂Vᵀ without a transposed copy.
 nz 0: no latent and no encoder — the decoder alone is He et al.'s LSTM language model (modules/lm/lm_lstm.py:
 h_0 = c_0 = 0, inputs the embeddings only); KL = 0 and every importance-weighted estimate is the exact log p(x).
 """
@@ -24,7 +26,7 @@ from ablate.data.batching import Batch
 from ablate.data.tokenize import WordVocab
 from ablate.models.base import TextVAE, decode_loop
 from ablate.models.dropout import MaskDropout
-from ablate.models.kernels import lstm_backend
+from ablate.models.kernels import column_major, lstm_backend
 from ablate.core.config import ModelFamily, register_family
 
 
@@ -74,6 +76,7 @@ class LSTMDecoder(nn.Module):
         self.z_to_cell = nn.Linear(cfg.nz, cfg.dec_hidden, bias=False) if cfg.nz > 0 else None
         self.drop_out = MaskDropout(cfg.dec_dropout_out)
         self.out = nn.Linear(cfg.dec_hidden, vocab_size, bias=cfg.output_bias)
+        self.out.weight.data = column_major(self.out.weight.data)
 
     def initial_state(self, z: Tensor) -> tuple[Tensor, Tensor]:
         if self.z_to_cell is None:  # a language model: h_0 = c_0 = 0 (He et al.'s lm_lstm.py)
@@ -111,11 +114,14 @@ class LSTMVAE(TextVAE):
             self.reset_parameters(self.encoder)
         self.reset_parameters(self.decoder)
 
+    @torch.no_grad()
     def reset_parameters(self, module: nn.Module) -> None:
-        """He et al. 2019 init: U(-0.01, 0.01) for weights, U(-0.1, 0.1) for embeddings."""
+        """He et al. 2019 init: U(-0.01, 0.01) for weights, U(-0.1, 0.1) for embeddings (drawn in row-major order
+        whatever a parameter's layout, so a seed gives the values it gave before the output weight was stored
+        column-major)."""
         for name, param in module.named_parameters():
             bound = self.cfg.emb_init_uniform if name.startswith("embed") else self.cfg.init_uniform
-            nn.init.uniform_(param, -bound, bound)
+            param.copy_(torch.empty(param.shape, dtype=param.dtype, device=param.device).uniform_(-bound, bound))
 
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
         if self.encoder is None:  # a language model: the posterior over R^0
@@ -139,6 +145,9 @@ class LSTMVAE(TextVAE):
 
     def reset_decoder(self) -> None:
         self.reset_parameters(self.decoder)
+
+    def word_embeddings(self) -> list[nn.Embedding]:
+        return [m.embed for m in (self.encoder, self.decoder) if m is not None]
 
     @torch.no_grad()
     def generate(self, z: Tensor, max_length: int, strategy: str = "greedy", top_k: int = 0, top_p: float = 1.0,
