@@ -135,3 +135,31 @@ def test_a_plain_sgd_checkpoint_of_one_group_loads_into_the_grouped_optimiser():
     adam = torch.optim.Adam(list(model.parameters())[:2])
     with pytest.raises(ValueError):
         load_optimizer_state(adam, torch.optim.Adam(model.parameters()).state_dict())
+
+
+def test_a_plain_sgd_run_with_sparse_embedding_gradients_resumes_exactly(tmp_path, monkeypatch):
+    """Through `execute` (the row records the choice): one epoch, its checkpoint, the second epoch resumed from it
+    ends where the uninterrupted run ends — the grouped optimiser and the column-major weight round-trip."""
+    from ablate.engine.run import execute
+    from ablate.engine.train import train
+
+    sparse = dataclasses.replace(K.Kernels(), embedding_grads="sparse")
+    monkeypatch.setenv("ABLATE_KERNELS", sparse.describe())  # every field set: nothing is timed
+    config = build_config(tiny_overrides(**{**SGD, "train.epochs": 2}))
+    straight = execute(config, tmp_path / "a", progress=False, save_model=False).row
+    assert "embedding grads sparse" in straight["kernels"]
+
+    checkpoint = tmp_path / "ckpt.pt"
+    one_epoch = build_config(tiny_overrides(**{**SGD, "train.epochs": 1}))
+    prepared = prepare(one_epoch)
+    model = build(one_epoch, prepared)
+    with K.using(sparse):
+        train(model, [], prepared.splits["train"], prepared.splits["valid"], prepared.tokenizer.framing,
+              one_epoch.train, torch.device("cpu"), one_epoch.seed, checkpoint=checkpoint, progress=False)
+    saved = torch.load(checkpoint, weights_only=False)
+    assert len(saved["optimizer"]["param_groups"]) == 2
+    saved["state"]["finished"] = False
+    torch.save(saved, checkpoint)
+    resumed = execute(config, tmp_path / "b", checkpoint=checkpoint, progress=False, save_model=False).row
+    for metric in ("nll", "kl", "mi", "au"):
+        assert resumed[f"test.{metric}"] == straight[f"test.{metric}"], metric
