@@ -90,7 +90,8 @@ def make_optimizer(model: TextVAE, cfg: TrainConfig, lr_scale: float = 1.0) -> t
         sparse = {id(e.weight) for e in model.word_embeddings() if e.sparse}
         apart = [p for p in params if id(p) in sparse or not p.is_contiguous()]
         if fused and apart and cfg.momentum == 0 and cfg.weight_decay == 0:
-            together = [p for p in params if all(p is not q for q in apart)]
+            apart_ids = {id(p) for p in apart}
+            together = [p for p in params if id(p) not in apart_ids]
             groups = ([{"params": together, "fused": True}] if together else []) + \
                 [{"params": apart, "fused": False, "foreach": False}]
             return torch.optim.SGD(groups, lr=lr)

@@ -31,7 +31,8 @@ from torch import Tensor
 from ablate.models.kernels import (EMBEDDING_GRADS, EVAL_BACKENDS, GRAD_H_BACKENDS, GRAD_W_BACKENDS,
                                    LSTM_BACKENDS, ONEDNN, PRODUCT_BACKENDS, ChosenLinear, Kernels,
                                    add_grad_w_product, column_major, described, grad_h_product,
-                                   grad_w_accumulator, linear, lstm_backend, packed_weight, product_nt, using)
+                                   grad_w_accumulator, is_column_major, linear, lstm_backend, packed_weight,
+                                   product_nt, using)
 from ablate.models.output_layer import output_block, token_log_probs
 
 KERNELS_ENV = "ABLATE_KERNELS"
@@ -214,7 +215,7 @@ def choose(shapes: Shapes, device: torch.device, threads: int | None = None, tim
         with torch.random.fork_rng(devices=[]):  # the candidates draw from torch's global generator: a run's
             choice = measure(shapes, timer, forced)  # random stream must not depend on whether it was cached
         _write_cache(path, key, {k: v for k, v in dataclasses.asdict(choice).items() if k not in UNCACHED})
-    return dataclasses.replace(choice, how="set" if set(forced) - UNCACHED else "measured")
+    return dataclasses.replace(choice, how=_how(forced, "measured"))
 
 
 def _cached_choice(path: Path, key: str, forced: dict[str, str]) -> Kernels | None:
@@ -227,7 +228,12 @@ def _cached_choice(path: Path, key: str, forced: dict[str, str]) -> Kernels | No
         parse_setting(",".join(f"{k}={v}" for k, v in cached.items()))
     except ValueError:
         return None  # a cache from another version of ablate: measure again
-    return Kernels(**{**cached, **forced}, how="cached" if not set(forced) - UNCACHED else "set")
+    return Kernels(**{**cached, **forced}, how=_how(forced, "cached"))
+
+
+def _how(forced: dict[str, str], otherwise: str) -> str:
+    """`set` when $ABLATE_KERNELS set a timed field, else how the timed ones were found."""
+    return "set" if set(forced) - UNCACHED else otherwise
 
 
 @contextlib.contextmanager
@@ -358,4 +364,4 @@ def shapes_of(model: torch.nn.Module, batch_size: int, mean_tokens: float, preci
     return Shapes(vocab=weight.shape[0], hidden=weight.shape[1], positions=max(1, batch_size * length),
                   block=output_block(weight.shape[0]), lstms=lstms, dtype=precision, linears=linears,
                   eval_positions=eval_pairs * length if linears else 0,
-                  weight_columns=not weight.is_contiguous() and weight.t().is_contiguous())
+                  weight_columns=is_column_major(weight))

@@ -139,18 +139,19 @@ def column_major(weight: Tensor) -> Tensor:
     weight W: the blocked backward's ∂h = G W reads Wᵀ contiguous, and its `onednn-t` ∂W accumulator has this
     layout, so neither the weight nor its gradient is copied transposed each step (two single-threaded 10 MB copies
     at Li et al.'s PTB size, 8 % of a training step on an AMD EPYC of family 25). Every product reads either
-    layout to the same values (tests/test_kernels.py)."""
+    layout to the same values (tests/test_gradients.py)."""
     return weight.t().contiguous().t() if weight.dim() == 2 else weight
 
 
-def _transposed_contiguous(t: Tensor) -> bool:
-    return t.dim() == 2 and t.t().is_contiguous()
+def is_column_major(t: Tensor) -> bool:
+    """A matrix stored as `column_major` makes it (and not also row-major, as a single row or column is)."""
+    return t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous()
 
 
 def product_nt(a: Tensor, b: Tensor, bias: Tensor | None = None, backend: str = "blas") -> Tensor:
     """a @ bᵀ (+ bias): a [M, K], b [N, K] row- or column-major (or b already packed by `packed_weight`)."""
     if backend.startswith("onednn") and (b.is_mkldnn or _onednn_fits(a, b)):
-        b = b if b.is_mkldnn or _transposed_contiguous(b) else b.contiguous()  # oneDNN reads a column-major b
+        b = b if b.is_mkldnn or is_column_major(b) else b.contiguous()  # oneDNN reads a column-major b
         return torch.ops.mkldnn._linear_pointwise(a.contiguous(), b, bias, "none", [], "")
     return F.linear(a, b, bias)
 
