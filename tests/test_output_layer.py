@@ -66,6 +66,33 @@ def test_large_logits_stay_finite():
     assert torch.allclose(out.double(), plain(hidden * 1e3, weight, bias, targets), rtol=1e-6, atol=1e-3)
 
 
+def test_training_values_of_improbable_targets_come_from_the_logits():
+    """Training reads log p_target off the softmax; where p_target < 1e-30 (here down to e^-3000: 0 in fp32) the
+    row's value is logit_target − logsumexp, so it stays finite and exact, and the gradients stay those of autograd."""
+    hidden, weight, bias, targets = inputs(3)
+    hidden = hidden * 300.0
+    h32, w32, b32 = (t.float().requires_grad_(True) for t in (hidden, weight, bias))
+    out = token_log_probs(h32, w32, b32, targets, block=8)
+    ref = plain(hidden, weight, bias, targets)
+    assert (ref < -100).any() and (ref > -1).any()  # both kinds of rows are there
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out.double(), ref, rtol=1e-5, atol=1e-3)
+    out.sum().backward()
+    h64, w64, b64 = (t.clone().requires_grad_(True) for t in (hidden, weight, bias))
+    plain(h64, w64, b64, targets).sum().backward()
+    for a, b in ((h32.grad, h64.grad), (w32.grad, w64.grad), (b32.grad, b64.grad)):
+        assert torch.allclose(a.double(), b, atol=1e-3)
+
+
+def test_softmax_written_over_its_input_equals_the_softmax():
+    """The training blocks' softmax writes over the logits (torch.softmax(x, out=x)): bit for bit the values of
+    torch.softmax into a new tensor (pins what a torch upgrade could change)."""
+    logits = torch.randn(64, 1521, generator=torch.Generator().manual_seed(0)) * 5
+    expected = torch.softmax(logits, 1)
+    torch.softmax(logits, 1, out=logits)
+    assert torch.equal(logits, expected)
+
+
 def test_float32_path_matches_float64_reference():
     """fp32 inputs take the CPU's oneDNN products (when present); values and gradients against float64 autograd."""
     hidden, weight, bias, targets = inputs(4, n=50, h=16, v=40)
