@@ -9,7 +9,8 @@ t5-small's architecture (d_model 512, 6+6 layers, 8 heads, d_ff 2048) with the r
 ../shared/data/t5_tokenizer is there (32k vocabulary), else a BPE vocabulary fitted on the corpus. Random init,
 Lee & Park's memory injection, the embedded corpus, batch 32. Model FLOPs per token ≈ 6 × parameters (forward
 and backward; Kaplan et al. 2020), so MFU = 6·N·tokens/s ÷ the device's peak (--peak-tflops, default the H200's
-dense bf16 989 TFLOP/s on CUDA, else the fp32 GEMM rate measured here).
+dense bf16 989 TFLOP/s or fp32 67 TFLOP/s on CUDA (no TF32: PyTorch's default), on a CPU the GEMM rate measured
+here in the training precision — bf16 work against an fp32 rate would read as more than 100 %).
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ def model_section(size: str) -> dict:
     return section
 
 
+H200_PEAK_TFLOPS = {"bf16": 989.0, "fp32": 67.0}  # NVIDIA's H200 SXM datasheet: dense bf16 tensor cores, fp32
+
+
+def mfu_peak_tflops(device: torch.device, precision: str) -> float:
+    """The denominator of MFU: the H200's peak for the precision on CUDA, else the GEMM rate measured here in it."""
+    if device.type == "cuda":
+        return H200_PEAK_TFLOPS[precision]
+    return gemm_gflops(dtype=torch.bfloat16 if precision == "bf16" else torch.float32) / 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="example,t5_small")
@@ -58,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    peak = args.peak_tflops or (989.0 if device.type == "cuda" else gemm_gflops() / 1000)
+    peak = args.peak_tflops or mfu_peak_tflops(device, args.precision)
     print(f"T5 VAE training, {args.device}, {args.precision}, batch 32, {args.steps} steps after 5 warm-up; "
           f"peak for MFU {peak:.3g} TFLOP/s; {load()}; {cpu_model()}")
     print(f"{'size':<10}{'params':>10}{'vocab':>7}{'tokens/s':>10}{'ms/step':>9}{'MFU':>7}")

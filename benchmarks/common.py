@@ -55,14 +55,14 @@ def load() -> str:
         return f"loadavg {os.getloadavg()[0]:.2f}"
 
 
-def gemm_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """The machine's fp32 matrix-multiply rate now: the better of torch's default BLAS (MKL) and oneDNN, each the
-    median of `repeats` size×size products (on AMD CPUs MKL takes a slower path; oneDNN reaches the hardware)."""
-    return max(gemm_rates(size, repeats).values())
+def gemm_gflops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """The machine's matrix-multiply rate now in `dtype`: the better of torch's default BLAS (MKL) and oneDNN, each
+    the median of `repeats` size×size products (on AMD CPUs MKL takes a slower path; oneDNN reaches the hardware)."""
+    return max(gemm_rates(size, repeats, dtype).values())
 
 
-def gemm_rates(size: int = 2048, repeats: int = 5) -> dict[str, float]:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def gemm_rates(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     products = {"blas": lambda: a @ b}
     if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         bt = b.t().contiguous()
