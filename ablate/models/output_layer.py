@@ -29,7 +29,7 @@ from ablate.models.kernels import (Kernels, active, add_grad_w_product, grad_h_p
                                    packed_weight, product_nt)
 
 
-TINY_PROBABILITY = 1e-30  # below it, log p_target is taken from the logits (_log_probs_and_softmax)
+TINY_PROBABILITY = 1e-30  # below it, log p_target is taken from the logits (_log_probs_and_softmax_)
 OUTPUT_BLOCK_ELEMENTS = 6_400_000  # logits per output-layer block: 25 MB fp32, cache-friendly (output_layer.py)
 
 
@@ -91,7 +91,7 @@ class _FusedTokenLogProbs(torch.autograd.Function):
         for start in range(0, n, block):
             h, t = hidden[start: start + block], targets[start: start + block]
             logits = _block_logits(h, logits_weight, product_bias, logits_backend)
-            if not grads:  # evaluation: PyTorch's fused row-wise log-softmax, one pass where ours takes four
+            if not grads:  # evaluation needs no softmax: PyTorch's fused cross-entropy, one pass
                 out[start: start + block] = -F.cross_entropy(logits, t, reduction="none")
                 continue
             out[start: start + block] = _log_probs_and_softmax_(
