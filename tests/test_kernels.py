@@ -351,6 +351,20 @@ def test_mask_dropout_keeps_one_minus_p_scaled_and_is_the_identity_in_eval():
     assert torch.equal(MaskDropout(1.0).train()(x.detach()), torch.zeros_like(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_a_mask_read_through_its_bytes_is_the_mask_cast(dtype):
+    """mask_values (the mask's bytes cast) gives PyTorch's own bool cast bit for bit, from a comparison's mask and
+    from a mask of all True / all False."""
+    from ablate.models.dropout import keep_mask, mask_values
+
+    torch.manual_seed(0)
+    masks = (keep_mask(torch.empty(3, 7, 11), 0.3), torch.ones(5, dtype=torch.bool),
+             torch.zeros(5, dtype=torch.bool), torch.randn(4, 6) > 0)
+    for mask in masks:
+        assert torch.equal(mask_values(mask, dtype), mask.to(dtype))
+        assert mask_values(mask, dtype).dtype == dtype
+
+
 def test_transformers_models_get_the_cheaper_dropout():
     pytest.importorskip("transformers")
     from transformers import T5Config, T5ForConditionalGeneration

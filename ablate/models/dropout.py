@@ -35,6 +35,13 @@ def keep_mask(x: Tensor, p: float) -> Tensor:
     return words.view(torch.int16)[:n].view(x.shape) >= drop_threshold(p)
 
 
+def mask_values(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A bool mask as 1.0 / 0.0 in `dtype`, read through its bytes (a bool is stored as the byte 1 or 0): PyTorch's
+    bool → bf16 cast took 285 µs for a [32, 12, 512] mask, bytes → bf16 39 µs (bool → fp32 171 against 22 µs for
+    [32, 25, 288]; one thread of an AMD EPYC of family 25, medians of 200) — the same values."""
+    return mask.view(torch.uint8).to(dtype)
+
+
 class MaskDropout(nn.Dropout):
     """nn.Dropout (same arguments, same state dict: none) with the cheaper mask of `keep_mask`."""
 
@@ -44,7 +51,7 @@ class MaskDropout(nn.Dropout):
         keep_p = keep_probability(self.p)
         if keep_p <= 0.0:
             return x * 0.0
-        keep = keep_mask(x, self.p).to(x.dtype).mul_(1.0 / keep_p)
+        keep = mask_values(keep_mask(x, self.p), x.dtype).mul_(1.0 / keep_p)
         return x.mul_(keep) if self.inplace else x * keep
 
 
