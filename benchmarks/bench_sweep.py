@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, load
+from common import ROOT, cpu_model, load
 
 STUDY = """study: bench_sweep
 base:
@@ -51,12 +51,13 @@ def main() -> None:
                 walls[jobs].append(time.perf_counter() - started)
                 if proc.returncode:
                     raise SystemExit(proc.stdout + proc.stderr)
-    print(f"sweep of {args.cells} LSTM cells on the embedded corpus; {load()}")
+    print(f"sweep of {args.cells} LSTM cells on the embedded corpus; {cpu_model()}; {load()}")
     for jobs, ws in walls.items():
         print(f"--jobs {jobs}: wall {statistics.median(ws):.1f} s, {60 * args.cells / statistics.median(ws):.2f} "
               f"cells/min (runs: {', '.join(f'{w:.1f}' for w in ws)})")
-    print(f"--jobs 2 / --jobs 1 throughput: {statistics.median(walls[1]) / statistics.median(walls[2]):.2f}x; "
-          + load())
+    ratio = statistics.median(walls[1]) / statistics.median(walls[2])
+    print(f"--jobs 2 / --jobs 1 throughput: {ratio:.2f}x (target: the default worker count gives the most cells per "
+          f"minute; the default, one worker per core, is {'right' if ratio >= 1 else 'wrong'} here); " + load())
 
 
 if __name__ == "__main__":

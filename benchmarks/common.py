@@ -79,6 +79,11 @@ def gemm_rates(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.fl
     return rates
 
 
+def beside_target(ratio: float, target: float) -> str:
+    """A speed ratio with issue 24's target for it and whether this run meets it: "1.42x (target ≥ 1.5x: missed)"."""
+    return f"{ratio:.2f}x (target ≥ {target:g}x: {'met' if ratio >= target else 'missed'})"
+
+
 def median_of(fn: Callable[[], float], repeats: int) -> tuple[float, list[float]]:
     values = [fn() for _ in range(repeats)]
     return statistics.median(values), values
